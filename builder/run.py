@@ -1,0 +1,56 @@
+"""The one way pi-image runs external commands.
+
+Every subprocess goes through `run()` so that failures become a `ToolError` naming the command and quoting
+its stderr, and so that a missing tool says which package to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from .errors import ToolError, UserError
+
+log = logging.getLogger(__name__)
+
+# Which Debian package provides each tool we call, for the "not installed" message.
+PACKAGES = {
+    "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs",
+    "mdir": "mtools", "mcopy": "mtools", "mtype": "mtools", "mmd": "mtools", "mdel": "mtools", "mattrib": "mtools",
+    "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "sfdisk": "fdisk",
+    "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip",
+}
+
+# mtools must not read the user's ~/.mtoolsrc nor refuse images whose geometry it dislikes.
+TOOL_ENV = {"MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    stdout: int | None = subprocess.PIPE,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv`, capture its output, and raise `ToolError` (with stderr) if it exits non-zero and `check`."""
+    tool = argv[0]
+    if shutil.which(tool) is None:
+        package = PACKAGES.get(tool, tool)
+        raise UserError(f"{tool} is not installed: install the '{package}' package (apt-get install {package})")
+    full_env = {**os.environ, **TOOL_ENV, **(env or {})}
+    log.debug("run: %s", shlex.join(argv))
+    proc = subprocess.run(argv, input=input, stdout=stdout, stderr=subprocess.PIPE, env=full_env, check=False)
+    if check and proc.returncode != 0:
+        raise ToolError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {summarize(proc.stderr)}")
+    return proc
+
+
+def summarize(stderr: bytes, limit: int = 400) -> str:
+    """Squeeze a tool's stderr into one line for an error message."""
+    text = " | ".join(line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip())
+    return (text[: limit - 3] + "...") if len(text) > limit else (text or "no error output")
