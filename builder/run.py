@@ -11,7 +11,9 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import BinaryIO
 
 from .errors import ToolError, UserError
 
@@ -38,10 +40,7 @@ def run(
     stdout: int | None = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `argv`, capture its output, and raise `ToolError` (with stderr) if it exits non-zero and `check`."""
-    tool = argv[0]
-    if shutil.which(tool) is None:
-        package = PACKAGES.get(tool, tool)
-        raise UserError(f"{tool} is not installed: install the '{package}' package (apt-get install {package})")
+    _require(argv[0])
     full_env = {**os.environ, **TOOL_ENV, **(env or {})}
     log.debug("run: %s", shlex.join(argv))
     proc = subprocess.run(argv, input=input, stdout=stdout, stderr=subprocess.PIPE, env=full_env, check=False)
@@ -54,3 +53,32 @@ def summarize(stderr: bytes, limit: int = 400) -> str:
     """Squeeze a tool's stderr into one line for an error message."""
     text = " | ".join(line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip())
     return (text[: limit - 3] + "...") if len(text) > limit else (text or "no error output")
+
+
+def stream(argv: Sequence[str], source: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Run the filter `argv` (e.g. `xz -dc`) with `source` as stdin and yield its stdout in chunks.
+
+    A failing tool raises `ToolError` with its stderr once its output is exhausted.
+    """
+    _require(argv[0])
+    log.debug("stream: %s", shlex.join(argv))
+    with tempfile.TemporaryFile() as errors, subprocess.Popen(
+        argv, stdin=source, stdout=subprocess.PIPE, stderr=errors, env={**os.environ, **TOOL_ENV}
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read(chunk_size):
+                yield chunk
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+        if returncode != 0:
+            errors.seek(0)
+            raise ToolError(f"{shlex.join(argv)} failed (exit {returncode}): {summarize(errors.read())}")
+
+
+def _require(tool: str) -> None:
+    """Fail with the package to install if `tool` is not on PATH."""
+    if shutil.which(tool) is None:
+        package = PACKAGES.get(tool, tool)
+        raise UserError(f"{tool} is not installed: install the '{package}' package (apt-get install {package})")

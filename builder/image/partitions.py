@@ -1,0 +1,105 @@
+"""Partition tables (MBR and GPT) read with pyparted, and the filesystem found in each partition.
+
+libparted opens what it reads read-write. The base image must never be opened for writing, so for read-only use
+pyparted reads a *table snapshot*: a sparse temporary file of the same size holding only the image's first and
+last MiB (where MBR, GPT and the GPT backup live). Filesystems are then identified from their own superblocks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import parted
+
+from ..errors import UserError
+from .ext4 import read_superblock
+from .fat import read_fat_label
+
+TABLE_BYTES = 1 << 20  # MBR, GPT header + entries, and the GPT backup all lie in the first/last MiB
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: where it is, and what filesystem it holds (None if pi-image does not recognize it)."""
+
+    number: int
+    start: int  # bytes from the start of the image
+    size: int  # bytes
+    fs: str | None  # "ext4", "ext2/3", "fat32", "fat16", "fat12" or None
+    label: str | None  # filesystem label (ext4 volume name / FAT volume label)
+    name: str | None  # GPT partition name (None on MBR)
+    bootable: bool
+
+    @property
+    def description(self) -> str:
+        """How messages name this partition, e.g. "partition 2 (ext4 'writable')"."""
+        what = " ".join(x for x in (self.fs, repr(self.label) if self.label else None,
+                                    f"name {self.name!r}" if self.name else None) if x)
+        return f"partition {self.number}" + (f" ({what})" if what else "")
+
+    def matches(self, key: int | str) -> bool:
+        """True if `key` is this partition's number, filesystem label or GPT name."""
+        return key == self.number or (isinstance(key, str) and key in (self.label, self.name, str(self.number)))
+
+
+def _snapshot(image: Path, size: int, tmpdir: str) -> str:
+    """A sparse file of `size` bytes holding only the first and last MiB of `image`."""
+    snap = os.path.join(tmpdir, "table")
+    with open(image, "rb") as src, open(snap, "wb") as dst:
+        dst.truncate(size)
+        for offset in sorted({0, max(0, size - TABLE_BYTES)}):
+            src.seek(offset)
+            dst.seek(offset)
+            dst.write(src.read(TABLE_BYTES))
+    return snap
+
+
+def read_partitions(image: Path, size: int) -> tuple[str, list[Partition]]:
+    """The table type ("msdos" or "gpt") and partitions of the disk image `image` of `size` bytes."""
+    with tempfile.TemporaryDirectory(prefix="pi-image-table-") as tmp:
+        try:
+            device = parted.Device(_snapshot(image, size, tmp))
+            disk = parted.newDisk(device)
+        except (parted.DiskException, parted.DiskLabelException, parted.IOException, parted.DeviceException) as err:
+            raise UserError(f"{image}: {_explain(str(err), size)}") from None
+        sector = device.sectorSize
+        partitions = []
+        for p in disk.partitions:
+            if p.type & parted.PARTITION_EXTENDED:
+                raise UserError(f"{image}: extended/logical MBR partitions are not supported")
+            start, length = p.geometry.start * sector, p.geometry.length * sector
+            if start + length > size:
+                raise UserError(f"{image}: partition {p.number} ends at byte {start + length} but the image is only "
+                                f"{size} bytes: the file is truncated (incomplete download or copy?)")
+            fs, label = _probe(image, start)
+            partitions.append(Partition(
+                number=p.number, start=start, size=length, fs=fs, label=label,
+                name=(p.name or None) if disk.type == "gpt" else None,
+                bootable=p.isFlagAvailable(parted.PARTITION_BOOT) and p.getFlag(parted.PARTITION_BOOT),
+            ))
+        if not partitions:
+            raise UserError(f"{image}: the partition table ({disk.type}) holds no partitions")
+        return disk.type, partitions
+
+
+def _explain(message: str, size: int) -> str:
+    """Turn libparted's wording into what the user should know."""
+    if "unrecognised disk label" in message or "unrecognized disk label" in message:
+        return "no partition table (MBR or GPT) found: is this a disk image?"
+    if "outside the disk" in message or "end of file" in message or "beyond the end" in message:
+        return f"the partition table describes a disk larger than the file ({size} bytes): the image is truncated"
+    return f"cannot read the partition table: {message.strip()}"
+
+
+def _probe(image: Path, offset: int) -> tuple[str | None, str | None]:
+    """Identify the filesystem at `offset` from its own superblock/boot sector."""
+    sb = read_superblock(image, offset)
+    if sb is not None:
+        return sb.kind, sb.label or None
+    fat = read_fat_label(image, offset)
+    if fat is not None:
+        return fat[0], fat[1] or None
+    return None, None

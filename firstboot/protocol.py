@@ -1,0 +1,107 @@
+"""The join protocol spoken by the device agent and the token endpoint (both import this module).
+
+Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fingerprint:
+
+    GET  /v1/challenge   -> 200 {"nonce": "...", "expires_in": 60}
+    POST /v1/join        -> 200 {"state": "token-issued", "api_server", "token", "ca_cert_hashes",
+                                 "kubernetes_version", "node_subnet", "server_time"}
+                            200 {"state": "joined"}   (the node already joined with the last issued token)
+                            202 {"state": "pending"}  (unknown node waiting for `pi-image approve`)
+                            4xx/5xx {"error": "..."}
+    POST /v1/report      -> 200 {"state": "..."}
+
+POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
+/v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
+method, path, nonce and body. Challenge-response instead of timestamps because Raspberry Pis have no RTC.
+"""
+
+import hashlib
+import hmac
+import re
+
+CHALLENGE_PATH = "/v1/challenge"
+JOIN_PATH = "/v1/join"
+REPORT_PATH = "/v1/report"
+
+HEADER_NODE = "X-Pi-Image-Node"
+HEADER_NONCE = "X-Pi-Image-Nonce"
+HEADER_SIGNATURE = "X-Pi-Image-Signature"
+
+NONCE_TTL_SECONDS = 60
+MAX_BODY_BYTES = 64 * 1024
+TOKEN_TTL = "30m"
+
+# Report states a device sends; the endpoint's own states add pending/approved/token-issued.
+REPORT_STATES = ("progress", "failed", "joined")
+
+# A Kubernetes node name (DNS-1123 label, lower case) — also what the credential is derived from.
+NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+# Anything shaped like a bootstrap token, anywhere in a text: what redact() removes.
+_TOKEN_IN_TEXT_RE = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?$")
+
+
+def node_credential(enrollment_key, node_name):
+    """The per-node secret: hex HMAC-SHA256(enrollment key bytes, node name). The build writes it into node.json."""
+    return hmac.new(enrollment_key, node_name.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def sign(credential, method, path, nonce, body):
+    """Signature of one request: hex HMAC-SHA256 keyed with the credential's bytes."""
+    message = b"\n".join([method.encode("ascii"), path.encode("ascii"), nonce.encode("ascii"), body])
+    return hmac.new(bytes.fromhex(credential), message, hashlib.sha256).hexdigest()
+
+
+def signature_matches(credential, method, path, nonce, body, signature):
+    """Constant-time check of a request signature."""
+    expected = sign(credential, method, path, nonce, body)
+    return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace"))
+
+
+def certificate_fingerprint(der):
+    """The pin images carry: 'sha256:' + lowercase hex of SHA-256 over the DER certificate."""
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def normalize_fingerprint(text):
+    """Accept 'sha256:AB:CD…', 'AB CD…' or plain hex; return the canonical 'sha256:abcd…' form."""
+    value = text.strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:"):]
+    value = re.sub(r"[\s:]", "", value)
+    if not re.match(r"^[0-9a-f]{64}$", value):
+        raise ValueError("not a SHA-256 fingerprint: {!r}".format(text))
+    return "sha256:" + value
+
+
+def redact(text):
+    """Replace anything shaped like a bootstrap token, so no log or report ever carries one."""
+    return _TOKEN_IN_TEXT_RE.sub("<token>", text)
+
+
+def minor_version(version):
+    """(major, minor) of 'v1.31.4', '1.31' or 'v1.31.0-rc.1'; ValueError for anything else."""
+    match = _VERSION_RE.match(version.strip())
+    if not match:
+        raise ValueError("not a Kubernetes version: {!r}".format(version))
+    return int(match.group(1)), int(match.group(2))
+
+
+def split_host_port(address, default_port=None):
+    """('host', port) from 'host:port', '[v6]:port' or, with a default port, a bare host."""
+    address = address.strip()
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif address.count(":") == 1:
+        host, _, port_text = address.partition(":")
+    else:
+        host, port_text = address, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError("missing port in {!r} (expected HOST:PORT)".format(address))
+        return host, default_port
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError("not HOST:PORT: {!r}".format(address))
+    return host, int(port_text)
