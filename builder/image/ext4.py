@@ -122,17 +122,17 @@ class Ext4Filesystem(Filesystem):
             self._dirs[path] = _split_listings(out, [path]).get(path, {})
         return self._dirs[path]
 
-    def lstat(self, path: str) -> FileStat | None:
+    def _lstat_resolved(self, path: str) -> FileStat | None:
         if path in self._queue:
             return self._queue[path].stat
         if path == "/":
             return FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0)
-        parent = self.lstat(posixpath.dirname(path))
+        parent = self._lstat_resolved(posixpath.dirname(path))
         if parent is None or not parent.is_dir:
             return None
         return self._listing(posixpath.dirname(path)).get(posixpath.basename(path))
 
-    def listdir(self, path: str) -> list[str]:
+    def _listdir_resolved(self, path: str) -> list[str]:
         names = {n for n, st in self._listing(path).items()}
         for queued, q in self._queue.items():
             if posixpath.dirname(queued) == path:
@@ -169,7 +169,7 @@ class Ext4Filesystem(Filesystem):
 
     def _replace(self, path: str) -> None:
         """Queue removal of whatever is at `path` now, so debugfs can create the new entry."""
-        if self.lstat(path) is not None:
+        if self._lstat_resolved(path) is not None:
             self._order.append(f'rm "{path}"')
 
     def _write_resolved(self, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
@@ -194,7 +194,7 @@ class Ext4Filesystem(Filesystem):
         self._queue[path] = _Queued(None)
 
     def _set_owner_mode(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
-        st = self.lstat(path)
+        st = self._lstat_resolved(path)
         assert st is not None
         full_mode = None if mode is None else (statmod.S_IFMT(st.mode) | mode)
         new = FileStat(full_mode if full_mode is not None else st.mode,

@@ -52,10 +52,10 @@ class FatFilesystem(Filesystem):
     def _m(self, tool: str, *args: str, check: bool = True):
         return run([tool, "-i", f"{self.image}@@{self.offset}", *args], check=check)
 
-    def lstat(self, path: str) -> FileStat | None:
+    def _lstat_resolved(self, path: str) -> FileStat | None:
         if path == "/":
             return FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0)
-        parent = self.lstat(posixpath.dirname(path))
+        parent = self._lstat_resolved(posixpath.dirname(path))
         if parent is None or not parent.is_dir:
             return None
         return self._listing(posixpath.dirname(path)).get(posixpath.basename(path).lower())
@@ -78,7 +78,7 @@ class FatFilesystem(Filesystem):
             self._dirs[path] = entries
         return self._dirs[path]
 
-    def listdir(self, path: str) -> list[str]:
+    def _listdir_resolved(self, path: str) -> list[str]:
         self._listing(path)
         return sorted(self._names.get(path, {}).values())
 

@@ -66,11 +66,11 @@ class Filesystem(ABC):
     # --- primitives every backend implements (paths are normalized and already resolved) ---------------
 
     @abstractmethod
-    def lstat(self, path: str) -> FileStat | None:
+    def _lstat_resolved(self, path: str) -> FileStat | None:
         """Stat `path` without following a final symlink; None if it does not exist."""
 
     @abstractmethod
-    def listdir(self, path: str) -> list[str]:
+    def _listdir_resolved(self, path: str) -> list[str]:
         """Names in directory `path`, sorted, without '.' and '..'."""
 
     @abstractmethod
@@ -128,7 +128,7 @@ class Filesystem(ABC):
                 resolved.pop()
                 continue
             candidate = "/" + "/".join(resolved + [name])
-            st = self.lstat(candidate)
+            st = self._lstat_resolved(candidate)
             if st is None or not st.is_symlink:
                 resolved.append(name)
                 continue
@@ -143,9 +143,19 @@ class Filesystem(ABC):
             pending = [p for p in target.split("/") if p] + pending
         return "/" + "/".join(resolved)
 
+    def lstat(self, path: str) -> FileStat | None:
+        """Stat `path` without following a final symlink (links in the middle are followed, inside the fs)."""
+        return self._lstat_resolved(self.resolve(path, follow_last=False))
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in the directory `path` (sorted); [] if it does not exist or is not a directory."""
+        real = self.resolve(path)
+        st = self._lstat_resolved(real)
+        return self._listdir_resolved(real) if st is not None and st.is_dir else []
+
     def stat(self, path: str) -> FileStat | None:
         """Stat `path`, following symlinks inside the filesystem; None if it (or a link's target) is missing."""
-        return self.lstat(self.resolve(path))
+        return self._lstat_resolved(self.resolve(path))
 
     def exists(self, path: str) -> bool:
         """True if `path` exists (after following symlinks inside the filesystem)."""
@@ -154,7 +164,7 @@ class Filesystem(ABC):
     def read(self, path: str) -> bytes:
         """Contents of the file at `path`, following symlinks inside the filesystem."""
         real = self.resolve(path)
-        st = self.lstat(real)
+        st = self._lstat_resolved(real)
         if st is None:
             raise FileNotFoundError(f"{self.description}: {path} does not exist")
         if not st.is_file:
@@ -173,7 +183,7 @@ class Filesystem(ABC):
     def readlink(self, path: str) -> str:
         """Target of the symlink at `path` (the link itself is not followed)."""
         real = self.resolve(path, follow_last=False)
-        st = self.lstat(real)
+        st = self._lstat_resolved(real)
         if st is None or not st.is_symlink:
             raise UserError(f"{self.description}: {path} is not a symlink")
         return self._readlink_resolved(real)
@@ -181,7 +191,7 @@ class Filesystem(ABC):
     def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
         """Create or replace the file `path` (parents created as root-owned 0755 directories)."""
         real = self._prepare_entry(path)
-        existing = self.lstat(real)
+        existing = self._lstat_resolved(real)
         if existing is not None and existing.is_dir:
             raise UserError(f"{self.description}: cannot write {path}: it is a directory")
         self._write_resolved(real, data, mode, uid, gid)
@@ -191,7 +201,7 @@ class Filesystem(ABC):
         real = self.resolve(path)
         if real == "/":
             return
-        st = self.lstat(real)
+        st = self._lstat_resolved(real)
         if st is not None:
             if not st.is_dir:
                 raise UserError(f"{self.description}: cannot create directory {path}: a file is in the way")
@@ -205,7 +215,7 @@ class Filesystem(ABC):
         if not target or "\x00" in target or "\n" in target or '"' in target:
             raise UserError(f"invalid symlink target {target!r} for {path}")
         real = self._prepare_entry(path)
-        existing = self.lstat(real)
+        existing = self._lstat_resolved(real)
         if existing is not None and existing.is_dir:
             raise UserError(f"{self.description}: cannot create symlink {path}: a directory is in the way")
         self._symlink_resolved(real, target, uid, gid)
@@ -213,7 +223,7 @@ class Filesystem(ABC):
     def remove(self, path: str) -> None:
         """Remove the file or symlink `path`; nothing happens if it does not exist."""
         real = self.resolve(path, follow_last=False)
-        st = self.lstat(real)
+        st = self._lstat_resolved(real)
         if st is None:
             return
         if st.is_dir:
@@ -232,7 +242,7 @@ class Filesystem(ABC):
     def _existing(self, path: str) -> str:
         self._require_writable()
         real = self.resolve(path, follow_last=False)
-        if self.lstat(real) is None:
+        if self._lstat_resolved(real) is None:
             raise UserError(f"{self.description}: {path} does not exist")
         return real
 

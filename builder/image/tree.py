@@ -35,7 +35,7 @@ class DirectoryFilesystem(Filesystem):
     def _host(self, path: str) -> str:
         return os.path.join(str(self.root), path.lstrip("/"))
 
-    def lstat(self, path: str) -> FileStat | None:
+    def _lstat_resolved(self, path: str) -> FileStat | None:
         try:
             st = os.lstat(self._host(path))
         except (FileNotFoundError, NotADirectoryError):
@@ -43,7 +43,7 @@ class DirectoryFilesystem(Filesystem):
         uid, gid = self._owners.get(path, (st.st_uid, st.st_gid))
         return FileStat(st.st_mode, uid, gid, st.st_size)
 
-    def listdir(self, path: str) -> list[str]:
+    def _listdir_resolved(self, path: str) -> list[str]:
         return sorted(os.listdir(self._host(path)))
 
     def _read_resolved(self, path: str) -> bytes:
@@ -85,7 +85,7 @@ class DirectoryFilesystem(Filesystem):
         if mode is not None and not statmod.S_ISLNK(os.lstat(host).st_mode):
             os.chmod(host, mode)
         if uid is not None or gid is not None:
-            st = self.lstat(path)
+            st = self._lstat_resolved(path)
             assert st is not None
             self._own(path, st.uid if uid is None else uid, st.gid if gid is None else gid)
 

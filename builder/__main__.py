@@ -1,0 +1,5 @@
+"""`python -m builder` runs the pi-image CLI."""
+
+from .cli import main
+
+main()

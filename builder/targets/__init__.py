@@ -1,0 +1,64 @@
+"""Target detection: which OS image this is, found from what it holds (labels, os-release, marker files).
+
+Never from a file name or a fixed offset. Anything unrecognized ends in one line naming what was found.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from ..image import DirectoryFilesystem, DiskImage, Filesystem
+from .base import OsRelease, Probe, Target
+from .jetson import JetsonSd, L4tRootfs
+from .kali_raspi import KaliRaspi
+from .raspios import RaspiOS
+from .ubuntu_raspi import UbuntuRaspi
+
+# Most specific first: an L4T image is also "ubuntu".
+TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOS, UbuntuRaspi]
+
+__all__ = ["TARGETS", "Target", "OsRelease", "detect"]
+
+
+def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
+    """The target `medium` is, bound to its root and boot filesystems."""
+    root, boot = (_tree_root(medium), None) if isinstance(medium, DirectoryFilesystem) else _image_filesystems(medium)
+    os_release = OsRelease.parse(root.read_text("/etc/os-release") or "")
+    probe = Probe(medium, root, os_release, boot, facts={
+        "tegra": root.exists("/etc/nv_tegra_release"),
+        "rpi_issue": root.exists("/etc/rpi-issue"),
+    })
+    for cls in TARGETS:
+        if cls.matches(probe):
+            return cls(medium, root, os_release, boot)
+    where = root.description
+    supported = ", ".join(t.name for t in TARGETS)
+    raise UserError(f"{where} holds {os_release.pretty_name!r} (ID={os_release.id}"
+                    f"{', boot partition found' if boot else ', no FAT boot partition'}), "
+                    f"which pi-image does not support (supported: {supported})")
+
+
+def _tree_root(tree: DirectoryFilesystem) -> Filesystem:
+    if not tree.exists("/etc/os-release"):
+        hint = " (for L4T, pass Linux_for_Tegra/rootfs)" if (tree.root / "rootfs").is_dir() else ""
+        raise UserError(f"{tree.root} is not a root filesystem: it has no etc/os-release{hint}")
+    return tree
+
+
+def _image_filesystems(image: DiskImage) -> tuple[Filesystem, Filesystem | None]:
+    """The root filesystem (the ext4 with /etc/os-release) and the Pi boot partition (FAT with cmdline.txt)."""
+    found = ", ".join(p.description for p in image.partitions)
+    ext = [p for p in image.partitions if p.fs in ("ext4", "ext2/3")]
+    if not ext:
+        raise UserError(f"{image.path}: no ext4 root partition (found {found})")
+    root = None
+    for partition in ext:
+        fs = image.filesystem(partition)
+        if fs.exists("/etc/os-release"):
+            root = fs
+            break
+    if root is None:
+        raise UserError(f"{image.path}: {ext[0].description} is ext4 but has no /etc/os-release "
+                        f"(found {found})")
+    fats = [image.filesystem(p) for p in image.partitions if p.fs and p.fs.startswith("fat")]
+    boot = next((fs for fs in fats if fs.exists("/cmdline.txt") or fs.exists("/config.txt")), None)
+    return root, boot

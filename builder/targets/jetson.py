@@ -1,0 +1,30 @@
+"""NVIDIA Jetson (L4T): an SD card image (GPT, ext4 `APP`) or a `Linux_for_Tegra/rootfs` directory.
+
+The kernel command line is the APPEND line of /boot/extlinux/extlinux.conf; /etc/nv_tegra_release says L4T.
+"""
+
+from __future__ import annotations
+
+from ..image import DirectoryFilesystem, DiskImage
+from .base import Probe, Target
+
+
+class JetsonSd(Target):
+    name = "jetson-sd"
+    description = "NVIDIA Jetson SD card image (GPT, ext4 APP, extlinux.conf)"
+    cmdline_kind = "extlinux"
+    network_stack = "networkmanager"
+    default_user = None  # oem-config asks on screen unless pi-image creates one
+
+    @classmethod
+    def matches(cls, probe: Probe) -> bool:
+        return probe.facts.get("tegra", False) and isinstance(probe.medium, DiskImage)
+
+
+class L4tRootfs(JetsonSd):
+    name = "l4t-rootfs"
+    description = "NVIDIA L4T Linux_for_Tegra/rootfs directory (before flash.sh)"
+
+    @classmethod
+    def matches(cls, probe: Probe) -> bool:
+        return probe.facts.get("tegra", False) and isinstance(probe.medium, DirectoryFilesystem)

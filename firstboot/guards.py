@@ -1,0 +1,112 @@
+"""The token endpoint's defences that do not depend on HTTP: one-time nonces, rate limits, connection deadlines."""
+
+import secrets
+import socket
+import threading
+import time
+
+
+class TooManyNonces(Exception):
+    """Raised when the outstanding-nonce table is full (a challenge flood): answer 503, keep memory bounded."""
+
+
+class NonceBook(object):
+    """Issues random one-time nonces and accepts each exactly once before it expires.
+
+    Kept in memory on purpose: a restarted endpoint forgets outstanding nonces, which only makes clients ask again.
+    """
+
+    def __init__(self, ttl_seconds, capacity=10000, clock=time.monotonic):
+        self.ttl_seconds = ttl_seconds
+        self.capacity = capacity
+        self._clock = clock
+        self._expiry = {}
+        self._lock = threading.Lock()
+
+    def issue(self):
+        """A fresh nonce valid for ttl_seconds."""
+        nonce = secrets.token_urlsafe(24)
+        now = self._clock()
+        with self._lock:
+            if len(self._expiry) >= self.capacity:
+                self._expiry = {key: end for key, end in self._expiry.items() if end > now}
+                if len(self._expiry) >= self.capacity:
+                    raise TooManyNonces()
+            self._expiry[nonce] = now + self.ttl_seconds
+        return nonce
+
+    def consume(self, nonce):
+        """True if `nonce` was issued here, unused and unexpired; it is spent either way."""
+        with self._lock:
+            expiry = self._expiry.pop(nonce, None)
+        return expiry is not None and self._clock() <= expiry
+
+
+class RateLimiter(object):
+    """Token bucket per key (a source address or a node name): `burst` requests at once, then `per_minute`."""
+
+    def __init__(self, per_minute, burst, capacity=100000, clock=time.monotonic):
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.capacity = capacity
+        self._clock = clock
+        self._buckets = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key):
+        """Take one request from `key`'s bucket; False when it is empty."""
+        now = self._clock()
+        with self._lock:
+            if len(self._buckets) >= self.capacity:
+                self._forget_full_buckets(now)
+            level, stamp = self._buckets.get(key, (self.burst, now))
+            level = min(self.burst, level + (now - stamp) * self.rate)
+            allowed = level >= 1.0
+            self._buckets[key] = (level - 1.0 if allowed else level, now)
+        return allowed
+
+    def retry_after(self):
+        """Seconds until one request is allowed again, for the Retry-After header."""
+        return max(1, int(round(1.0 / self.rate))) if self.rate > 0 else 60
+
+    def _forget_full_buckets(self, now):
+        full_after = self.burst / self.rate if self.rate > 0 else float("inf")
+        self._buckets = {key: value for key, value in self._buckets.items() if now - value[1] < full_after}
+
+
+class ConnectionWatchdog(object):
+    """Cuts connections that outlive their deadline, whatever they are blocked on (TLS handshake, headers, body).
+
+    A per-read socket timeout alone does not stop a slowloris client that sends one byte just inside each timeout;
+    a deadline for the whole connection does. One thread serves all connections.
+    """
+
+    def __init__(self, interval=0.25):
+        self._deadlines = {}
+        self._lock = threading.Lock()
+        self._interval = interval
+        thread = threading.Thread(target=self._reap_forever, name="connection-watchdog", daemon=True)
+        thread.start()
+
+    def watch(self, sock, seconds):
+        """Shut `sock` down if it is still watched `seconds` from now."""
+        with self._lock:
+            self._deadlines[sock] = time.monotonic() + seconds
+
+    def release(self, sock):
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def _reap_forever(self):
+        while True:
+            time.sleep(self._interval)
+            now = time.monotonic()
+            with self._lock:
+                expired = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+                for sock in expired:
+                    del self._deadlines[sock]
+            for sock in expired:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
