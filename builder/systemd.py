@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .errors import UserError
 from .image import Filesystem
 
 UNIT_DIR = "/etc/systemd/system"
@@ -22,3 +23,46 @@ def wants_links(root: Filesystem, unit: str) -> list[str]:
 def unit_enabled(root: Filesystem, unit: str) -> bool:
     """True if `unit` would start at boot: wanted by some target and not masked."""
     return bool(wants_links(root, unit)) and not unit_masked(root, unit)
+
+
+UNIT_PATHS = (UNIT_DIR, "/usr/lib/systemd/system", "/lib/systemd/system")
+
+
+def unit_file(root: Filesystem, unit: str) -> str | None:
+    """Where `unit`'s file is in the image (first of /etc, /usr/lib, /lib systemd dirs), or None."""
+    for directory in UNIT_PATHS:
+        st = root.stat(f"{directory}/{unit}")
+        if st is not None and st.is_file:
+            return f"{directory}/{unit}"
+    return None
+
+
+def enable_links(root: Filesystem, unit: str) -> list[tuple[str, str]]:
+    """The (link, target) symlinks `systemctl enable UNIT` would create for a unit installed in the image."""
+    path = unit_file(root, unit)
+    if path is None:
+        raise UserError(f"{root.description}: {unit} is not installed in the image")
+    return install_links(root.read_text(path) or "", unit, path)
+
+
+def install_links(unit_text: str, unit: str, path: str) -> list[tuple[str, str]]:
+    """The (link, target) symlinks the [Install] section of `unit_text` asks for, the unit living at `path`."""
+    links = []
+    section = ""
+    for line in unit_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+            continue
+        key, _, value = line.partition("=")
+        if section != "[Install]" or not value:
+            continue
+        for name in value.split():
+            if key.strip() in ("WantedBy", "RequiredBy"):
+                suffix = "wants" if key.strip() == "WantedBy" else "requires"
+                links.append((f"{UNIT_DIR}/{name}.{suffix}/{unit}", path))
+            elif key.strip() == "Alias":
+                links.append((f"{UNIT_DIR}/{name}", path))
+    if not links:
+        raise UserError(f"{unit} has no [Install] section to enable it with")
+    return links

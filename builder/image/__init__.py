@@ -54,7 +54,7 @@ class DiskImage:
                 fs: Filesystem = Ext4Filesystem(self.path, partition.start, partition.description, self.writable,
                                                 self.fake_time)
             elif partition.fs and partition.fs.startswith("fat"):
-                fs = FatFilesystem(self.path, partition.start, partition.description, self.writable)
+                fs = FatFilesystem(self.path, partition.start, partition.description, self.writable, self.fake_time)
             else:
                 raise UserError(f"{self.path}: {partition.description} holds no filesystem pi-image can read")
             self._open[partition.number] = fs

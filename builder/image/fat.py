@@ -41,8 +41,9 @@ def read_fat_label(image: Path, offset: int) -> tuple[str, str] | None:
 class FatFilesystem(Filesystem):
     """A FAT12/16/32 filesystem at a byte offset of an image file."""
 
-    def __init__(self, image: Path, offset: int, description: str, writable: bool):
+    def __init__(self, image: Path, offset: int, description: str, writable: bool, fake_time: int | None = None):
         self.image = Path(image)
+        self.env = {"SOURCE_DATE_EPOCH": str(fake_time)} if fake_time is not None else None
         self.offset = offset
         self.description = description
         self.writable = writable
@@ -50,7 +51,7 @@ class FatFilesystem(Filesystem):
         self._names: dict[str, dict[str, str]] = {}  # lower-cased name -> name as stored, per directory
 
     def _m(self, tool: str, *args: str, check: bool = True):
-        return run([tool, "-i", f"{self.image}@@{self.offset}", *args], check=check)
+        return run([tool, "-i", f"{self.image}@@{self.offset}", *args], check=check, env=self.env)
 
     def _lstat_resolved(self, path: str) -> FileStat | None:
         if path == "/":

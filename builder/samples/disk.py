@@ -57,7 +57,7 @@ def resolve(part: Partition, layout: Layout, sectors: int) -> Partition:
 
 
 def write_table_sfdisk(layout: Layout, parts: list[Partition], image: Path) -> None:
-    """Write the partition table with sfdisk; `imgN :` prefixes set the numbers (Jetson's APP is 1, yet last)."""
+    """Write the partition table with sfdisk; `partN :` prefixes set the numbers (Jetson's APP is 1, yet last)."""
     lines = [f"label: {layout.table}", f"label-id: {layout.disk_id}", "unit: sectors"]
     if layout.table == "gpt":
         lines.append("first-lba: 34")
@@ -70,7 +70,7 @@ def write_table_sfdisk(layout: Layout, parts: list[Partition], image: Path) -> N
             fields.append(f"uuid={layout.partition_uuid(part.number)}")
         if part.bootable:
             fields.append("bootable")
-        lines.append(f"{image.name}{part.number} : " + ", ".join(fields))
+        lines.append(f"part{part.number} : " + ", ".join(fields))
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)], input="\n".join(lines).encode() + b"\n")
 
 
@@ -105,7 +105,8 @@ def make_vfat(image: Path, part: Partition, variables: dict[str, str]) -> None:
     """Make FAT32 in the partition and copy its tree in with mtools (directories first, sorted)."""
     fs = part.fs
     assert isinstance(fs, Vfat) and part.size is not None
-    run(["mkfs.vfat", "-F", "32", "-n", fs.label, "-i", fs.volume_id, f"--offset={part.start}", str(image),
+    run(["mkfs.vfat", "--invariant", "-F", "32", "-s", str(fs.cluster_sectors), "-n", fs.label, "-i", fs.volume_id,
+         "-h", str(part.start), f"--offset={part.start}", str(image),
          str(part.size * SECTOR // 1024)], env=TOOL_ENV)
     target = f"{image}@@{part.start * SECTOR}"
     with tempfile.TemporaryDirectory(prefix="pi-image-fat-") as tmp:
@@ -132,11 +133,13 @@ def make_ext4(image: Path, part: Partition, variables: dict[str, str]) -> None:
 
 
 def set_owners(image: Path, offset: int, stage: Path, manifest: Manifest, script: Path) -> None:
-    """Set uid/gid of every inode copied from `stage` (mkfs.ext4 -d copied the builder's own)."""
+    """Set uid/gid of every inode copied from `stage` (mkfs.ext4 -d copied the builder's own) and its times
+    (it also copied the host's ctime, which no one can set on the host)."""
     lines = []
     for rel in ["lost+found", *walk(stage)]:
         uid, gid = manifest.owner(rel)
         lines += [f'sif "/{rel}" uid {uid}', f'sif "/{rel}" gid {gid}']
+        lines += [f'sif "/{rel}" {field} @{EPOCH}' for field in ("atime", "ctime", "mtime", "crtime")]
     script.write_text("\n".join(lines) + "\n")
     result = run(["debugfs", "-w", "-f", str(script), f"{image}?offset={offset}"], env=TOOL_ENV)
     errors = [line for line in result.stderr.decode(errors="replace").splitlines()

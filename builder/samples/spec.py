@@ -22,8 +22,8 @@ class Tree:
     """The content of one filesystem: data layers stacked in order (later layers override earlier files).
 
     Each layer is a directory under `builder/samples/data/` holding the files for this filesystem in a
-    subdirectory named after `part` (`root` or `boot`) and, for `root`, a `manifest.yaml` with what git
-    cannot carry (symlinks, empty directories, modes, owners).
+    subdirectory named after `part` (`root` or `boot`) and, beside it, `<part>.yaml`: what git cannot carry
+    (symlinks, empty directories, modes, owners).
     """
 
     layers: tuple[str, ...]
@@ -32,11 +32,16 @@ class Tree:
 
 @dataclass(frozen=True)
 class Vfat:
-    """A FAT32 filesystem made with `mkfs.vfat -F 32 -n LABEL -i VOLUME_ID`."""
+    """A FAT32 filesystem made with `mkfs.vfat -F 32 -s CLUSTER_SECTORS -n LABEL -i VOLUME_ID`.
+
+    `cluster_sectors` keeps a small FAT32 above the 65525 clusters that FAT32 requires (mtools and the Pi
+    firmware tell FAT16 from FAT32 by that count): Ubuntu's ubuntu-image uses 1, pi-gen 4.
+    """
 
     label: str
     volume_id: str
     tree: Tree
+    cluster_sectors: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Stage a sample's file tree in a host directory, and say who owns what inside it.
 
-A tree is built from data layers (`builder/samples/data/<layer>/<part>/`) plus each layer's `manifest.yaml`,
+A tree is built from data layers (`builder/samples/data/<layer>/<part>/`) plus each layer's `<part>.yaml`,
 which carries what a git checkout or a wheel cannot: symlinks, empty directories, modes and owners. The staged
 directory feeds `mkfs.ext4 -d` or mtools; ownership is applied afterwards (debugfs for ext4), because a
 non-root build cannot chown host files.

@@ -93,18 +93,24 @@ class Target:
                 return fields[1]
         return self.default_boot_mount
 
+    def filesystem(self, name: str) -> Filesystem:
+        """The filesystem called `name`: "root" or "boot" (the FAT partition with the Pi firmware)."""
+        found = self.root if name == "root" else self.boot if name == "boot" else None
+        if found is None:
+            raise UserError(f"{self.name}: this target has no {name} filesystem")
+        return found
+
     @property
-    def cmdline_file(self) -> tuple[Filesystem, str]:
-        """The filesystem and path of the file holding the kernel command line."""
+    def cmdline_location(self) -> tuple[str, str]:
+        """("root" | "boot", path) of the file holding the kernel command line."""
         if self.cmdline_kind == "extlinux":
-            return self.root, "/boot/extlinux/extlinux.conf"
-        if self.boot is None:
-            raise UserError(f"{self.name}: no boot partition holds cmdline.txt")
-        return self.boot, "/cmdline.txt"
+            return "root", "/boot/extlinux/extlinux.conf"
+        return "boot", "/cmdline.txt"
 
     def kernel_args(self) -> list[str]:
         """The effective kernel command line, as a list of arguments."""
-        fs, path = self.cmdline_file
+        name, path = self.cmdline_location
+        fs = self.filesystem(name)
         text = fs.read_text(path)
         if text is None:
             raise UserError(f"{fs.description}: {path} is missing")

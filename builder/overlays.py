@@ -1,0 +1,155 @@
+"""Overlays: file trees under `overlays/NAME/` rendered into an image's root (or boot) filesystem.
+
+    overlays/k8s-kernel/
+      overlay.yaml                   # optional: description, filesystem (root|boot), per-file mode/owner/merge
+      etc/sysctl.d/k8s.conf          # copied as is
+      etc/apt/preferences.d/kubernetes.j2   # rendered with jinja2 (StrictUndefined), ".j2" dropped
+
+Files default to 0644 root:root; directories are created as needed (0755 root) unless the manifest lists them. `merge: json` deep-merges a rendered JSON object into the
+file already in the image (how Jetson's nvidia runtime survives in daemon.json). Symlinks in an overlay become
+symlinks in the image; one that climbs out of the image root, or any path with `..`, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from .errors import UserError
+from .plan import FileOp, Plan, PlanView
+from .profiles import PROJECT_DIR
+
+OVERLAY_DIRS = [PROJECT_DIR / "overlays"]
+MANIFEST = "overlay.yaml"
+FILE_KEYS = {"mode", "owner", "merge"}
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One overlay directory and its manifest."""
+
+    name: str
+    path: Path
+    filesystem: str
+    files: dict[str, dict[str, Any]]
+    description: str
+
+
+def find_overlay(name_or_dir: str) -> Overlay:
+    """The overlay called `name_or_dir` under overlays/, or the directory it names."""
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        path = next((d / name_or_dir for d in OVERLAY_DIRS if (d / name_or_dir).is_dir()), Path())
+    if not path.is_dir() or str(path) == ".":
+        known = sorted(p.name for d in OVERLAY_DIRS for p in d.iterdir() if p.is_dir())
+        raise UserError(f"unknown overlay '{name_or_dir}' (known: {', '.join(known)})")
+    manifest: dict[str, Any] = {}
+    if (path / MANIFEST).is_file():
+        manifest = yaml.safe_load((path / MANIFEST).read_text()) or {}
+    unknown = set(manifest) - {"description", "filesystem", "files"}
+    if unknown:
+        raise UserError(f"{path / MANIFEST}: unknown key(s) {', '.join(sorted(unknown))}")
+    files = manifest.get("files") or {}
+    for rel, spec in files.items():
+        if ".." in Path(rel).parts or rel.startswith("/"):
+            raise UserError(f"{path / MANIFEST}: file '{rel}' must be a relative path inside the overlay")
+        if set(spec or {}) - FILE_KEYS:
+            raise UserError(f"{path / MANIFEST}: '{rel}': unknown key(s) {', '.join(sorted(set(spec) - FILE_KEYS))}")
+    fs = manifest.get("filesystem", "root")
+    if fs not in ("root", "boot"):
+        raise UserError(f"{path / MANIFEST}: filesystem must be 'root' or 'boot', not {fs!r}")
+    return Overlay(path.name, path, fs, {k: v or {} for k, v in files.items()}, manifest.get("description", ""))
+
+
+def render_overlay(overlay: Overlay, context: dict[str, Any], plan: Plan, view: PlanView,
+                   users: dict[str, int], groups: dict[str, int]) -> None:
+    """Add the ops that lay `overlay` into the image to `plan`; `users`/`groups` map the image's names to ids."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    step = f"overlay:{overlay.name}"
+    for host in sorted(_walk(overlay.path)):
+        rel = host.relative_to(overlay.path).as_posix()
+        if rel == MANIFEST:
+            continue
+        dest = "/" + (rel[:-3] if rel.endswith(".j2") else rel)
+        spec = overlay.files.get(rel, overlay.files.get(dest.lstrip("/"), {}))
+        uid, gid = _owner(spec.get("owner", "root:root"), users, groups, overlay, rel)
+        mode = _mode(spec.get("mode"), 0o755 if host.is_dir() and not host.is_symlink() else 0o644, overlay, rel)
+        if host.is_symlink():
+            target = os.readlink(host)
+            if posixpath.normpath(posixpath.join(posixpath.dirname(dest), target)).startswith("/.."):
+                raise UserError(f"{host}: symlink target {target!r} climbs out of the image root")
+            plan.add(FileOp("symlink", overlay.filesystem, dest, step, target=target, uid=uid, gid=gid))
+        elif host.is_dir():
+            if rel in overlay.files:  # other directories are created as needed, root-owned 0755
+                plan.add(FileOp("mkdir", overlay.filesystem, dest, step, mode=mode, uid=uid, gid=gid))
+        else:
+            data = _render(env, host, context) if rel.endswith(".j2") else host.read_bytes()
+            if spec.get("merge") == "json":
+                data = _merge_json(view.read_text(overlay.filesystem, dest), data, host)
+            plan.add(FileOp("write", overlay.filesystem, dest, step, content=data, mode=mode, uid=uid, gid=gid))
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file, directory and symlink under `root` (symlinks are listed, never followed)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            found.append(Path(dirpath) / name)
+    return found
+
+
+def _render(env: jinja2.Environment, template: Path, context: dict[str, Any]) -> bytes:
+    try:
+        return env.from_string(template.read_text()).render(**context).encode()
+    except jinja2.UndefinedError as err:
+        raise UserError(f"{template}: {err.message} (not a profile value or build fact)") from None
+    except jinja2.TemplateSyntaxError as err:
+        raise UserError(f"{template}:{err.lineno}: template error: {err.message}") from None
+
+
+def _merge_json(existing: str | None, rendered: bytes, template: Path) -> bytes:
+    """Deep-merge the rendered JSON object into the existing one (keys of the rendered file win)."""
+    try:
+        ours = json.loads(rendered)
+    except ValueError as err:
+        raise UserError(f"{template}: rendered JSON is invalid: {err}") from None
+    try:
+        theirs = json.loads(existing) if existing and existing.strip() else {}
+    except ValueError:
+        raise UserError(f"the image's {template.name.removesuffix('.j2')} is not valid JSON: fix or remove it") from None
+    return (json.dumps(_deep_merge(theirs, ours), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _deep_merge(base: Any, extra: Any) -> Any:
+    if isinstance(base, dict) and isinstance(extra, dict):
+        return {**base, **{k: _deep_merge(base.get(k), v) for k, v in extra.items()}}
+    return extra
+
+
+def _owner(spec: str, users: dict[str, int], groups: dict[str, int], overlay: Overlay,
+           rel: str) -> tuple[int, int]:
+    user, _, group = str(spec).partition(":")
+    group = group or user
+    try:
+        return (int(user) if user.isdigit() else users[user]), (int(group) if group.isdigit() else groups[group])
+    except KeyError as err:
+        raise UserError(f"{overlay.path / MANIFEST}: '{rel}': no user or group {err} in the image") from None
+
+
+def _mode(spec: Any, default: int, overlay: Overlay, rel: str) -> int:
+    if spec is None:
+        return default
+    try:
+        mode = int(str(spec), 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise UserError(f"{overlay.path / MANIFEST}: '{rel}': mode must be octal like \"0644\", not {spec!r}")
+    return mode

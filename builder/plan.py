@@ -1,0 +1,161 @@
+"""A build as data: an ordered list of file operations on named filesystems ("root", "boot").
+
+Steps never touch an image: they read through a `PlanView` (the target's files as the plan has changed them so far)
+and add `FileOp`s. The plan can then be printed (`--dry-run`), hashed into the build manifest, rendered elsewhere
+(e.g. cloud-init `write_files` for x86 nodes), or applied to any target by `apply()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat as statmod
+from dataclasses import dataclass, field
+from typing import Any
+
+from .image import FileStat, Filesystem, normalize
+from .image.fat import FatFilesystem
+from .targets import Target
+
+FILESYSTEMS = ("root", "boot")
+
+
+@dataclass(frozen=True)
+class FileOp:
+    """One change to one path. `action` is write | mkdir | symlink | remove."""
+
+    action: str
+    fs: str
+    path: str
+    step: str
+    content: bytes | None = None
+    target: str | None = None
+    mode: int | None = None
+    uid: int = 0
+    gid: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The op as JSON-friendly data (content as its size and sha256)."""
+        out: dict[str, Any] = {"step": self.step, "action": self.action, "fs": self.fs, "path": self.path}
+        if self.content is not None:
+            out.update(size=len(self.content), sha256=hashlib.sha256(self.content).hexdigest())
+        if self.target is not None:
+            out["target"] = self.target
+        if self.mode is not None:
+            out.update(mode=f"{self.mode:04o}", owner=f"{self.uid}:{self.gid}")
+        return out
+
+    def line(self) -> str:
+        """One human-readable line for `--dry-run`."""
+        d = self.describe()
+        what = {"write": f"write {d.get('size')} B", "mkdir": "mkdir", "symlink": "symlink", "remove": "remove"}
+        extra = f" -> {self.target}" if self.target else ""
+        mode = f"  {d['mode']} {d['owner']}" if "mode" in d else ""
+        return f"[{self.step:10}] {what[self.action]:14} {self.fs}:{self.path}{extra}{mode}"
+
+
+@dataclass
+class Plan:
+    """Ordered file operations, plus the latest state of every path they touch."""
+
+    ops: list[FileOp] = field(default_factory=list)
+
+    def add(self, op: FileOp) -> None:
+        """Append `op` (paths normalized, `..` refused)."""
+        if op.fs not in FILESYSTEMS:
+            raise ValueError(f"unknown filesystem {op.fs!r}")
+        self.ops.append(FileOp(**{**op.__dict__, "path": normalize(op.path)}))
+
+    def latest(self, fs: str, path: str) -> FileOp | None:
+        """The last op on (`fs`, `path`), if the plan touches it."""
+        path = normalize(path)
+        return next((op for op in reversed(self.ops) if op.fs == fs and op.path == path), None)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every op as JSON-friendly data, in order."""
+        return [op.describe() for op in self.ops]
+
+
+class PlanView:
+    """Read a target's files as the plan has changed them so far (for steps that edit existing files)."""
+
+    def __init__(self, target: Target, plan: Plan):
+        self.target = target
+        self.plan = plan
+
+    def filesystem(self, fs: str) -> Filesystem:
+        """The target's filesystem called `fs` ("root" or "boot")."""
+        return self.target.filesystem(fs)
+
+    def read_text(self, fs: str, path: str) -> str | None:
+        """Current text of `path` on `fs` (None if missing or removed)."""
+        op = self.plan.latest(fs, path)
+        if op is not None:
+            return op.content.decode() if op.action == "write" and op.content is not None else None
+        return self.filesystem(fs).read_text(path)
+
+    def exists(self, fs: str, path: str) -> bool:
+        """True if `path` exists on `fs` after the plan so far."""
+        op = self.plan.latest(fs, path)
+        if op is not None:
+            return op.action != "remove"
+        return self.filesystem(fs).lstat(path) is not None
+
+
+def apply(plan: Plan, target: Target) -> list[FileOp]:
+    """Carry out `plan` on `target`'s filesystems; return the ops that changed something.
+
+    An op whose result is already there (same content, mode and owner; same link) is skipped, so rebuilding a
+    built image touches nothing. Writes are batched per filesystem until the caller commits.
+    """
+    changed = []
+    for op in plan.ops:
+        fs = target.filesystem(op.fs)
+        if _already_done(fs, op):
+            continue
+        changed.append(op)
+        if op.action == "write":
+            assert op.content is not None
+            fs.write(op.path, op.content, mode=op.mode if op.mode is not None else 0o644, uid=op.uid, gid=op.gid)
+        elif op.action == "mkdir":
+            fs.mkdir(op.path, mode=op.mode if op.mode is not None else 0o755, uid=op.uid, gid=op.gid)
+            _ensure_owner_mode(fs, op)
+        elif op.action == "symlink":
+            assert op.target is not None
+            fs.symlink(op.path, op.target, uid=op.uid, gid=op.gid)
+        elif op.action == "remove":
+            fs.remove(op.path)
+        else:
+            raise ValueError(f"unknown action {op.action!r}")
+    return changed
+
+
+def _already_done(fs: Filesystem, op: FileOp) -> bool:
+    st = fs.lstat(op.path)
+    if op.action == "remove":
+        return st is None
+    if st is None:
+        return False
+    if op.action == "symlink":
+        return st.is_symlink and fs.readlink(op.path) == op.target and (st.uid, st.gid) == (op.uid, op.gid)
+    if op.action == "mkdir":
+        return st.is_dir and (op.mode is None or (st.permissions, st.uid, st.gid) == (op.mode, op.uid, op.gid))
+    return (st.is_file and st.size == len(op.content or b"")
+            and _meta_matches(fs, st, op) and fs.read(op.path) == op.content)
+
+
+def _meta_matches(fs: Filesystem, st: FileStat, op: FileOp) -> bool:
+    """Mode and owner match what the op asks (FAT has neither, so anything matches there)."""
+    if isinstance(fs, FatFilesystem):
+        return True
+    return (st.permissions, st.uid, st.gid) == (op.mode if op.mode is not None else 0o644, op.uid, op.gid)
+
+
+def _ensure_owner_mode(fs: Filesystem, op: FileOp) -> None:
+    """An existing directory gets the mode/owner the plan asks for (e.g. a home's `.ssh` must be 0700)."""
+    st = fs.stat(op.path)
+    if st is None or op.mode is None:
+        return
+    if statmod.S_IMODE(st.mode) != op.mode:
+        fs.chmod(op.path, op.mode)
+    if (st.uid, st.gid) != (op.uid, op.gid):
+        fs.chown(op.path, op.uid, op.gid)

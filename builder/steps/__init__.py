@@ -1,0 +1,20 @@
+"""Build steps: each a small module with `plan(ctx)` that turns profile values into file operations.
+
+The order below is the build's order. Steps only read (through `ctx.view`) and add ops to `ctx.plan`;
+nothing here writes to an image. Plain file content lives in overlays/, not here.
+"""
+
+from __future__ import annotations
+
+from . import accounts, firstboot, identity, kernel, kube_key, layers, services, swap
+from .context import BuildContext, NodeIdentity
+
+STEPS = [kernel, layers, kube_key, swap, services, identity, accounts, firstboot]
+
+__all__ = ["BuildContext", "NodeIdentity", "STEPS", "make_plan"]
+
+
+def make_plan(ctx: BuildContext) -> None:
+    """Run every step's planner, in order, adding its ops to `ctx.plan`."""
+    for step in STEPS:
+        step.plan(ctx)

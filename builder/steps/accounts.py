@@ -1,0 +1,53 @@
+"""The admin login a headless first boot needs: user, SSH key, and no on-screen wizard waiting for a keyboard.
+
+- Ubuntu: cloud-init creates the user from the seed (cloud_init.py); nothing here.
+- Kali: the image's `kali` user gets the key in ~/.ssh/authorized_keys.
+- Jetson (L4T): no user exists and oem-config would wait on a screen, so the user is added to passwd/shadow/group
+  with a home, and the default target is moved off nv-oem-config.target (as NVIDIA's l4t_create_default_user.sh).
+- Raspberry Pi OS: the first-boot `userconf` service creates the user from `userconf.txt` on the boot partition;
+  the key goes to /etc/ssh/authorized_keys/USER, which an sshd drop-in adds to AuthorizedKeysFile; `ssh` enables sshd.
+"""
+
+from __future__ import annotations
+
+from ..users import accounts, add_user_lines, groups
+from .context import BuildContext
+
+STEP = "accounts"
+OEM_TARGET = "nv-oem-config.target"
+
+
+def plan(ctx: BuildContext) -> None:
+    """Make sure the admin user exists (or will), holds the profile's SSH keys, and nothing waits for a screen."""
+    if ctx.target.network_stack == "cloud-init":
+        return
+    user = ctx.profile["user"] or ctx.target.default_user
+    if not user:
+        return
+    keys = "".join(k.strip() + "\n" for k in ctx.profile["ssh_authorized_keys"])
+    if ctx.target.name == "raspios":
+        _raspios(ctx, user, keys)
+        return
+    if user not in accounts(ctx.view):
+        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"]).items():
+            ctx.write(STEP, "root", path, text, mode=0o640 if "shadow" in path else 0o644,
+                      gid=groups(ctx.view).get("shadow", 0) if "shadow" in path else 0)
+    account = accounts(ctx.view)[user]
+    ctx.mkdir(STEP, account.home, 0o750, account.uid, account.gid)
+    if keys:
+        ctx.mkdir(STEP, f"{account.home}/.ssh", 0o700, account.uid, account.gid)
+        ctx.write(STEP, "root", f"{account.home}/.ssh/authorized_keys", keys, 0o600, account.uid, account.gid)
+    default = ctx.target.root.lstat("/etc/systemd/system/default.target")
+    if default is not None and default.is_symlink and \
+            ctx.target.root.readlink("/etc/systemd/system/default.target").endswith(OEM_TARGET):
+        ctx.symlink(STEP, "/etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target")
+
+
+def _raspios(ctx: BuildContext, user: str, keys: str) -> None:
+    ctx.write(STEP, "boot", "/userconf.txt", f"{user}:{ctx.profile['password_hash'] or '!'}\n")
+    ctx.write(STEP, "boot", "/ssh", "")
+    if keys:
+        ctx.write(STEP, "root", f"/etc/ssh/authorized_keys/{user}", keys)
+        ctx.write(STEP, "root", "/etc/ssh/sshd_config.d/pi-image.conf",
+                  "# pi-image: keys for users created at first boot live outside their (future) home\n"
+                  "AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/authorized_keys/%u\n")

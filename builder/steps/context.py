@@ -1,0 +1,88 @@
+"""What every build step is given: the target, the profile, the node's identity and the plan being built."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from ..plan import FileOp, Plan, PlanView
+from ..profiles import Profile
+from ..targets import Target
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """Who this image becomes: its hostname (= Kubernetes node name) and optional fixed address."""
+
+    name: str
+    role: str = "worker"
+    address: str | None = None  # CIDR, e.g. 192.168.6.15/24
+    mac: str | None = None
+
+
+@dataclass
+class BuildContext:
+    """Inputs of a build, shared by all steps."""
+
+    target: Target
+    profile: Profile
+    node: NodeIdentity
+    node_config: dict[str, Any]
+    kube_keyring: bytes | None = None
+    overlays: list[str] = field(default_factory=list)  # extra overlay dirs from --overlay
+    plan: Plan = field(default_factory=Plan)
+
+    @property
+    def view(self) -> PlanView:
+        """The target's files as the plan has changed them so far."""
+        return PlanView(self.target, self.plan)
+
+    def write(self, step: str, fs: str, path: str, text: str | bytes, mode: int = 0o644, uid: int = 0,
+              gid: int = 0) -> None:
+        """Add a write op (text is UTF-8 encoded)."""
+        content = text.encode() if isinstance(text, str) else text
+        self.plan.add(FileOp("write", fs, path, step, content=content, mode=mode, uid=uid, gid=gid))
+
+    def mkdir(self, step: str, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
+        """Add a root-filesystem mkdir op (an existing directory gets this mode and owner)."""
+        self.plan.add(FileOp("mkdir", "root", path, step, mode=mode, uid=uid, gid=gid))
+
+    def symlink(self, step: str, path: str, target: str) -> None:
+        """Add a root-filesystem symlink op."""
+        self.plan.add(FileOp("symlink", "root", path, step, target=target))
+
+    def remove(self, step: str, path: str) -> None:
+        """Add a root-filesystem remove op."""
+        self.plan.add(FileOp("remove", "root", path, step))
+
+    def static_network(self) -> dict[str, object] | None:
+        """The cluster interface's fixed settings (profile `network`, address from the inventory), or None for DHCP."""
+        network = dict(self.profile["network"] or {})
+        address = self.node.address or network.get("address")
+        if not address:
+            return None
+        try:
+            iface = ipaddress.ip_interface(address if "/" in str(address) else f"{address}/24")
+        except ValueError:
+            raise UserError(f"node {self.node.name}: address {address!r} is not an IP address (CIDR like 192.168.6.15/24)")
+        gateway = network.get("gateway")
+        return {"interface": network.get("interface", "eth0"), "address": str(iface),
+                "gateway": str(gateway) if gateway else None, "dns": [str(d) for d in network.get("dns") or []]}
+
+    def template_context(self) -> dict[str, Any]:
+        """Values overlays can use: every profile key plus facts about the node and the target."""
+        seed = json.dumps([self.profile.values, self.node.__dict__], sort_keys=True, default=str).encode()
+        return {
+            **self.profile.values,
+            "node": self.node.name, "hostname": self.node.name, "role": self.node.role,
+            "address": self.node.address, "target": self.target.name, "os_id": self.target.os.id,
+            "os_version": self.target.os.version_id, "boot_mount": self.target.boot_mount,
+            "admin_user": self.profile["user"] or self.target.default_user,
+            "static_network": self.static_network(),
+            # a new id whenever the node's settings change, so cloud-init applies them again
+            "instance_id": f"pi-image-{self.node.name}-{hashlib.sha256(seed).hexdigest()[:12]}",
+        }

@@ -1,0 +1,34 @@
+"""Swap off for good: mask the swap services a target ships and comment out swap lines in the fstab.
+
+Jetson's zram comes from nvzramconfig.service, Raspberry Pi OS's swapfile from dphys-swapfile.service; Ubuntu's Pi
+image has no swap. The kubelet's default (failSwapOn) then matches the node, and the agent swaps off at first boot.
+"""
+
+from __future__ import annotations
+
+from ..systemd import UNIT_DIR, unit_file, wants_links
+from .context import BuildContext
+
+STEP = "swap"
+SWAP_SERVICES = ("nvzramconfig.service", "dphys-swapfile.service")
+
+
+def plan(ctx: BuildContext) -> None:
+    """Mask each swap service present in the image and drop its wants links; disable fstab swap entries."""
+    root = ctx.target.root
+    for unit in SWAP_SERVICES:
+        if unit_file(root, unit) is None and not wants_links(root, unit):
+            continue
+        for link in wants_links(root, unit):
+            ctx.remove(STEP, link)
+        ctx.symlink(STEP, f"{UNIT_DIR}/{unit}", "/dev/null")
+    fstab = ctx.view.read_text("root", "/etc/fstab")
+    if fstab is not None:
+        lines = [f"# disabled by pi-image (Kubernetes needs swap off): {line}" if _is_swap(line) else line
+                 for line in fstab.splitlines()]
+        ctx.write(STEP, "root", "/etc/fstab", "\n".join(lines) + "\n")
+
+
+def _is_swap(line: str) -> bool:
+    fields = line.split()
+    return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
