@@ -22,7 +22,7 @@ from .copy import sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
 from .image import DirectoryFilesystem, DiskImage, open_medium
-from .image.inputs import raw_image
+from .image.inputs import cached_sha256, raw_image
 from .kubekey import kube_keyring
 from .overlays import find_overlay
 from .plan import FileOp, Plan, apply
@@ -206,9 +206,7 @@ def _manifest_op(manifest: dict[str, Any]) -> FileOp:
 
 
 def _input_sha256(base: Path) -> str | None:
-    if base.is_dir():
-        return None
-    return sha256_sparse(base)
+    return None if base.is_dir() else cached_sha256(base)
 
 
 def _tree_sha(path: Path) -> str:

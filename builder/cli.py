@@ -11,8 +11,12 @@ import click
 
 from . import __version__
 from .errors import UserError
+from .build import BuildRequest, BuildResult, build as run_build, prepare
+from .cluster import load_cluster
 from .image import open_medium
 from .inspect import inspect as inspect_target
+from .profiles import list_profiles, parse_set
+from .samples import SAMPLES, make_sample
 from .targets import detect
 
 
@@ -68,6 +72,116 @@ def inspect(image: Path, as_json: bool) -> None:
         click.echo(f"  {key:15} {_mark(value)}")
     fb = report["firstboot"]
     click.echo(f"  {'firstboot':15} {_mark(fb['installed'])}" + (f" (node {fb['node']})" if fb["node"] else ""))
+
+
+@main.command()
+@click.option("--profile", "-p", "profile", required=True, help="Profile name (see `pi-image profiles`) or YAML file.")
+@click.option("--base", "-b", help="Vendor image (.img, .img.xz, .img.zst, .img.gz, .zip) or L4T rootfs directory.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Output image (.img, or .img.zst/.img.xz to compress); default NODE.img. With --all: a directory.")
+@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False), help="Cluster directory (inventory, secrets).")
+@click.option("--node", help="Node name: its identity comes from the cluster inventory, else it is just the hostname.")
+@click.option("--all", "all_nodes", is_flag=True, help="Build one image per inventory node (needs --cluster).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
+@click.option("--overlay", "overlays", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Extra overlay directory rendered after the profile's (repeatable).")
+@click.option("--kube-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="pkgs.k8s.io Release.key to install (default: download once and cache).")
+@click.option("--dry-run", is_flag=True, help="Print every file operation, write nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
+@click.option("--no-checksum", is_flag=True, help="Skip the output's SHA-256 in the manifest (faster on big images).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the manifest as JSON.")
+def build(profile: str, base: str | None, output: Path | None, cluster: Path | None, node: str | None,
+          all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None, dry_run: bool,
+          force: bool, in_place: bool, no_checksum: bool, as_json: bool) -> None:
+    """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
+
+    The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
+    checked with e2fsck/fsck.vfat, and renamed into place only when complete. A manifest of how it was made is
+    written beside it (OUTPUT.json) and into the image (/etc/pi-image/build.json).
+
+    \b
+    Examples:
+      pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz
+      pi-image build -p worker-8g -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst
+      pi-image build -p worker-8g -b ubuntu.img.xz --cluster ./homelab --all -o images/
+      pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --dry-run
+    """
+    request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
+                           force, in_place, not no_checksum)
+    if all_nodes:
+        if not cluster:
+            raise UserError("--all needs --cluster DIR")
+        names = [n.name for n in load_cluster(cluster).nodes]
+        if not names:
+            raise UserError(f"{cluster}/inventory.yaml has no nodes: add some with `pi-image cluster add-node`")
+        for name in names:
+            request.node = name
+            request.output = (output or Path(".")) / f"{name}.img"
+            _report(run_build(request), as_json)
+        return
+    if dry_run:
+        ctx = prepare(request)
+        if as_json:
+            click.echo(json.dumps({"target": ctx.target.name, "node": ctx.node.name, "ops": ctx.plan.describe()},
+                                  indent=2))
+            return
+        click.echo(f"# {ctx.target.name} node {ctx.node.name!r}, profile {ctx.profile.name} — nothing written")
+        for op in ctx.plan.ops:
+            click.echo(op.line())
+        return
+    _report(run_build(request), as_json)
+
+
+def _report(result: BuildResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"Built {result.target.name} node {result.node.name!r} with profile {result.profile.name}: "
+               f"{len(result.changed)} of {len(result.ops) + 1} file operations changed something")
+    for op in result.changed:
+        click.echo("  " + op.line())
+    assert result.output is not None
+    size = result.output.stat().st_size if result.output.is_file() else 0
+    click.echo(f"Output: {result.output}" + (f" ({_size(size)})" if size else ""))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def profiles(as_json: bool) -> None:
+    """List the profiles (profiles/*.yaml), one line each.
+
+    \b
+    Example:
+      pi-image profiles
+    """
+    found = list_profiles()
+    if as_json:
+        click.echo(json.dumps([{"name": p.name, "description": p["description"], "target": p["target"],
+                                "role": p["role"], "runtime": p["runtime"]} for p in found], indent=2))
+        return
+    for p in found:
+        click.echo(f"{p.name:14} {p['target'] or '-':13} {p['description']}")
+
+
+@main.command("demo-image")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--target", "target_name", default="ubuntu-raspi", show_default=True,
+              type=click.Choice(sorted({t for t, _ in SAMPLES})), help="Which layout to imitate.")
+@click.option("--release", help="Release of that target (default: its newest supported sample).")
+def demo_image(dest: Path, target_name: str, release: str | None) -> None:
+    """Generate a small DEMO image in a real vendor layout (partitions, labels, key files) to try pi-image on.
+
+    It is not a bootable OS: it holds only the files pi-image reads and edits.
+
+    \b
+    Examples:
+      pi-image demo-image demo.img
+      pi-image demo-image --target jetson-sd jetson-demo.img
+    """
+    make_sample(target_name, dest, release=release)
+    click.echo(f"{dest}: demo {target_name} image (not a bootable OS)")
 
 
 def _mark(value: object) -> str:

@@ -50,7 +50,7 @@ class FileOp:
         what = {"write": f"write {d.get('size')} B", "mkdir": "mkdir", "symlink": "symlink", "remove": "remove"}
         extra = f" -> {self.target}" if self.target else ""
         mode = f"  {d['mode']} {d['owner']}" if "mode" in d else ""
-        return f"[{self.step:10}] {what[self.action]:14} {self.fs}:{self.path}{extra}{mode}"
+        return f"[{self.step:18}] {what[self.action]:14} {self.fs}:{self.path}{extra}{mode}"
 
 
 @dataclass

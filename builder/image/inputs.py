@@ -8,7 +8,6 @@ unchanged download on every run. Progress is the decompressor's read position in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import UserError
+from ..copy import sha256_sparse
 from ..progress import progress
 from ..run import stream
 
@@ -45,35 +45,31 @@ def raw_image(path: Path, cache_dir: Path | None = None) -> Path:
     if not is_compressed(path):
         return path
     cache = (cache_dir or default_cache_dir()) / "images"
+    digest = cached_sha256(path, cache_dir)
+    final = cache / f"{digest}.img"
+    if not final.exists():
+        tmp = cache / f".unpacking-{os.getpid()}.img"
+        try:
+            with open(path, "rb") as src, progress(f"Unpacking {path.name}", path.stat().st_size) as advance:
+                _write_sparse(tmp, _unpack(path, src), lambda: advance(os.lseek(src.fileno(), 0, os.SEEK_CUR)))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return final
+
+
+def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
+    """SHA-256 of `path`, remembered by (path, size, mtime) so an unchanged file is hashed once."""
+    cache = (cache_dir or default_cache_dir()) / "images"
     cache.mkdir(parents=True, exist_ok=True)
     index_file = cache / "index.json"
     index = _load_index(index_file)
     stat = path.stat()
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    known = index.get(key)
-    if known and (cache / f"{known}.img").exists():
-        return cache / f"{known}.img"
-    digest = _sha256(path)
-    final = cache / f"{digest}.img"
-    if not final.exists():
-        tmp = cache / f".unpacking-{os.getpid()}.img"
-        try:
-            with open(path, "rb") as src, progress(f"Unpacking {path.name}", stat.st_size) as advance:
-                _write_sparse(tmp, _unpack(path, src), lambda: advance(os.lseek(src.fileno(), 0, os.SEEK_CUR)))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-    index[key] = digest
-    _save_index(index_file, index)
-    return final
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    if key not in index:
+        index[key] = sha256_sparse(path)
+        _save_index(index_file, index)
+    return index[key]
 
 
 def _unpack(path: Path, src: BinaryIO) -> Iterator[bytes]:
