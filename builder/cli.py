@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from . import __version__
 from .errors import UserError
 from .build import BuildRequest, BuildResult, build as run_build, prepare
 from .cluster import load_cluster
+from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
 from .profiles import list_profiles, parse_set
@@ -24,11 +26,19 @@ class PiImageGroup(click.Group):
     """Turns a `UserError` into one line on stderr and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        signal.signal(signal.SIGTERM, _interrupt)  # so `finally:` blocks remove half-made outputs on kill too
         try:
             return super().invoke(ctx)
         except UserError as err:
             click.echo(f"pi-image: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("pi-image: interrupted: nothing was left behind", err=True)
+            sys.exit(130)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group(cls=PiImageGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,14 +210,5 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _register_cluster_commands() -> None:
-    """Cluster, token-server, approve and status commands live in their own module."""
-    try:
-        from .cluster_cli import COMMANDS
-    except ImportError:  # pragma: no cover - only while the join protocol is being built
-        return
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_register_cluster_commands()
+for _command in CLUSTER_COMMANDS:  # cluster, token-server, approve, status
+    main.add_command(_command)

@@ -97,7 +97,13 @@ class DirectoryFilesystem(Filesystem):
 
     def commit(self) -> None:
         """Without root, record the owners the files should have (see the module docstring)."""
-        if self._owners:
-            lines = "".join(f"{uid}\t{gid}\t{path}\n" for path, (uid, gid) in sorted(self._owners.items()))
-            self._owners = {}
-            self.write(OWNER_MAP, lines.encode(), mode=0o644)
+        if not self._owners:
+            return
+        recorded = {}
+        for line in (self.read_text(OWNER_MAP) or "").splitlines():
+            uid, gid, path = line.split("\t", 2)
+            recorded[path] = (int(uid), int(gid))
+        recorded.update(self._owners)
+        self._owners = {}
+        lines = "".join(f"{uid}\t{gid}\t{path}\n" for path, (uid, gid) in sorted(recorded.items()))
+        self.write(OWNER_MAP, lines.encode(), mode=0o644, uid=os.getuid(), gid=os.getgid())
