@@ -10,8 +10,6 @@ import base64
 import binascii
 from pathlib import Path
 
-import requests
-
 from .errors import UserError
 from .image.inputs import default_cache_dir
 
@@ -48,6 +46,8 @@ def kube_keyring(minor: str, key_file: Path | None, cache_dir: Path | None = Non
     if cached.is_file():
         return cached.read_bytes()
     url = KEY_URL.format(minor=minor)
+    import requests  # only needed for this download: keep it off every other command's start-up
+
     try:
         response = requests.get(url, timeout=30)
         response.raise_for_status()
