@@ -107,6 +107,8 @@ class ConnectionWatchdog(object):
                     del self._deadlines[sock]
             for sock in expired:
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)
+                    # The plain socket's shutdown, also for TLS sockets: it only wakes the blocked reader, and
+                    # SSLSocket.shutdown would tear down TLS state under the feet of the handler thread.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:
                     pass

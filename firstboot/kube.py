@@ -25,14 +25,19 @@ def new_bootstrap_token():
 class ClusterAdmin(object):
     """kubeadm/kubectl calls with the admin kubeconfig; the cluster version is cached briefly."""
 
-    def __init__(self, commands, kubeconfig, version_ttl_seconds=60.0, clock=time.monotonic):
+    def __init__(self, commands, kubeconfig, version_ttl_seconds=60.0, node_list_ttl_seconds=1.0,
+                 clock=time.monotonic):
         self.commands = commands
         self.kubeconfig = kubeconfig
         self._version_ttl = version_ttl_seconds
+        self._node_list_ttl = node_list_ttl_seconds
         self._clock = clock
         self._version = None
         self._version_expiry = 0.0
         self._version_lock = threading.Lock()
+        self._node_names = None
+        self._node_names_expiry = 0.0
+        self._node_names_lock = threading.Lock()
 
     def _kubectl(self, *args):
         return self.commands.run(["kubectl", "--kubeconfig", self.kubeconfig] + list(args))
@@ -53,7 +58,15 @@ class ClusterAdmin(object):
             return self._version
 
     def node_ready(self, name):
-        """True/False for the Node's Ready condition, None if no Node of that name exists."""
+        """True/False for the Node's Ready condition, None if no Node of that name exists.
+
+        A name missing from a node list at most node_list_ttl old counts as absent: one kubectl call then serves a
+        whole burst of fresh nodes. Should a namesake register in that second, nothing is lost: kubeadm join itself
+        refuses to take over a Ready node. Names that are listed are always looked up fresh.
+        """
+        listed = self._listed_node_names()
+        if listed is not None and name not in listed:
+            return None
         result = self._kubectl("get", "node", name, "-o", "json")
         if not result.ok:
             if "NotFound" in result.stderr or "not found" in result.stderr:
@@ -64,6 +77,14 @@ class ClusterAdmin(object):
         except (ValueError, KeyError, TypeError):
             return False
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def _listed_node_names(self):
+        with self._node_names_lock:
+            if self._clock() >= self._node_names_expiry:
+                result = self._kubectl("get", "nodes", "-o", "name")
+                self._node_names = {line.split("/", 1)[-1] for line in result.stdout.split()} if result.ok else None
+                self._node_names_expiry = self._clock() + self._node_list_ttl
+            return self._node_names
 
     def delete_node(self, name):
         result = self._kubectl("delete", "node", name)

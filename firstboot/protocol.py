@@ -18,6 +18,7 @@ method, path, nonce and body. Challenge-response instead of timestamps because R
 import hashlib
 import hmac
 import re
+import ssl
 
 CHALLENGE_PATH = "/v1/challenge"
 JOIN_PATH = "/v1/join"
@@ -105,3 +106,13 @@ def split_host_port(address, default_port=None):
     if not host or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError("not HOST:PORT: {!r}".format(address))
     return host, int(port_text)
+
+
+def require_tls12(context):
+    """Refuse TLS < 1.2 on `context`, with the modern setting where this Python has it (3.7+), else option flags."""
+    versions = getattr(ssl, "TLSVersion", None)
+    if versions is not None:
+        context.minimum_version = versions.TLSv1_2
+    else:
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    return context

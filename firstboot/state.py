@@ -79,10 +79,16 @@ class NodeStore(object):
         names = sorted(fields)
         insert_state = fields.get("state", PENDING)
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO nodes (name, state, updated_at) VALUES (?, ?, ?)",
-                             (name, insert_state, fields["updated_at"]))
-            self._db.execute("UPDATE nodes SET {} WHERE name = ?".format(", ".join(n + " = ?" for n in names)),
-                             [fields[n] for n in names] + [name])
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO nodes (name, state, updated_at) VALUES (?, ?, ?)",
+                                 (name, insert_state, fields["updated_at"]))
+                self._db.execute("UPDATE nodes SET {} WHERE name = ?".format(", ".join(n + " = ?" for n in names)),
+                                 [fields[n] for n in names] + [name])
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def approve(self, name, replace=False):
         """Let `name` join (and, with `replace`, take over a Ready node of that name once)."""

@@ -118,7 +118,10 @@ class TokenEndpoint(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def _server_tls_context(settings):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1 | ssl.OP_NO_COMPRESSION
+    context.options |= ssl.OP_NO_COMPRESSION
+    protocol.require_tls12(context)
+    if hasattr(context, "num_tickets"):  # Python 3.8+: agents never resume sessions, so skip minting tickets
+        setattr(context, "num_tickets", 0)
     context.load_cert_chain(settings.file("tls_cert_file"), settings.file("tls_key_file"))
     return context
 
@@ -133,6 +136,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - http.server's signature
         log.debug("%s %s", self.client_address[0], format % args)
 
+    _discard_after_answer = 0
+
     def do_GET(self):
         self._answer(self._challenge)
 
@@ -145,6 +150,21 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self._send(status, payload)
         except RequestRefused as refusal:
             self._send(refusal.status, {"error": str(refusal)}, refusal.close, refusal.headers)
+            self._discard_unread_body()
+
+    def _discard_unread_body(self):
+        """Swallow (a bounded part of) a refused body, so closing does not reset the connection before the client
+        reads our answer; the connection deadline still applies."""
+        remaining = self._discard_after_answer
+        self._discard_after_answer = 0
+        try:
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 16384))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        except OSError:
+            pass
 
     def _send(self, status, payload, close=False, headers=None):
         body = json.dumps(payload).encode("utf-8")
@@ -209,6 +229,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         length = int(length_text)
         if length > protocol.MAX_BODY_BYTES:
             audit("refused-oversized", "-", self.client_address[0], "{} bytes".format(length))
+            self._discard_after_answer = min(length, 4 * protocol.MAX_BODY_BYTES)
             raise RequestRefused(413, "body larger than {} bytes".format(protocol.MAX_BODY_BYTES))
         body = self.rfile.read(length)
         if len(body) != length:

@@ -1,0 +1,191 @@
+"""Cluster commands: `cluster init|add-node`, `token-server`, `approve`, `status`. Parsing and printing only."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import click
+
+from firstboot import protocol, tokend
+from firstboot.settings import ServerSettings, SettingsError
+from firstboot.state import NodeStore
+
+from . import cluster as clusters
+from .errors import UserError
+
+CLUSTER_OPTION = click.option(
+    "--cluster", "cluster_dir", required=True, envvar="PI_IMAGE_CLUSTER", show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Cluster directory made by `pi-image cluster init`.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Create and edit a cluster directory (settings, inventory, secrets).
+
+    \b
+    Examples:
+      pi-image cluster init lab --api-server 192.168.6.10:6443 --endpoint 192.168.6.10:8443 \\
+          --kubernetes-version 1.31 --node-subnet 192.168.6.0/24
+      pi-image cluster add-node lab pi-worker1 --profile worker-8g --mac dc:a6:32:01:02:03 --address 192.168.6.21
+    """
+
+
+@cluster_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--api-server", required=True, metavar="HOST:PORT", help="The Kubernetes API server nodes join.")
+@click.option("--endpoint", required=True, metavar="HOST:PORT", help="Where the token endpoint will listen.")
+@click.option("--kubernetes-version", required=True, metavar="1.XX", help="Minor version images are built for.")
+@click.option("--node-subnet", required=True, metavar="CIDR", help="Subnet whose address becomes each node-ip.")
+@click.option("--approval-mode", is_flag=True, help="Unknown nodes wait for `pi-image approve` instead of refusal.")
+@JSON_OPTION
+def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
+                 approval_mode: bool, as_json: bool) -> None:
+    """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
+
+    \b
+    Example:
+      pi-image cluster init lab --api-server 192.168.6.10:6443 --endpoint 192.168.6.10:8443 \\
+          --kubernetes-version 1.31 --node-subnet 192.168.6.0/24
+    """
+    cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode)
+    summary = {"directory": str(directory), "endpoint": cluster.endpoint,
+               "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"created cluster directory {directory}")
+    click.echo(f"token endpoint {cluster.endpoint}, certificate {cluster.endpoint_fingerprint}")
+    click.echo(f"next: pi-image cluster add-node {directory} NAME --profile PROFILE")
+
+
+@cluster_group.command("add-node")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--profile", required=True, help="Build profile for this node's image.")
+@click.option("--role", type=click.Choice(clusters.ROLES), default="worker", show_default=True)
+@click.option("--mac", help="MAC address of the node's cluster interface.")
+@click.option("--address", help="IP address of the node inside the node subnet.")
+def add_node_command(directory: Path, name: str, profile: str, role: str, mac: str | None,
+                     address: str | None) -> None:
+    """Add node NAME to DIRECTORY's inventory.
+
+    \b
+    Example:
+      pi-image cluster add-node lab pi-worker1 --profile worker-8g --mac dc:a6:32:01:02:03 --address 192.168.6.21
+    """
+    cluster = clusters.load_cluster(directory)
+    node = clusters.add_node(cluster, name, profile, role, mac, address)
+    click.echo(f"added {node.role} {node.name} (profile {node.profile}) to {directory / 'inventory.yaml'}")
+
+
+@click.command("token-server")
+@CLUSTER_OPTION
+@click.option("--listen", metavar="ADDR:PORT", help="Address to serve on [default: 0.0.0.0:<endpoint port>].")
+@click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Cluster CA certificate for the discovery hash [default: cluster.yaml, {clusters.DEFAULT_CA_CERT}].")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Admin kubeconfig for kubeadm/kubectl [default: cluster.yaml, {clusters.DEFAULT_KUBECONFIG}].")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request and command.")
+def token_server_command(cluster_dir: Path, listen: str | None, ca_cert: Path | None, kubeconfig: Path | None,
+                         verbose: bool) -> None:
+    """Serve short-lived join tokens to this cluster's nodes over pinned HTTPS (runs until Ctrl-C).
+
+    Run it where kubeadm and kubectl can reach the cluster with the admin kubeconfig (normally the master).
+    State and the audit log go to DIR/state/.
+
+    \b
+    Examples:
+      sudo pi-image token-server --cluster lab
+      pi-image token-server --cluster lab --listen 127.0.0.1:8443 --ca-cert ca.crt --kubeconfig admin.conf
+    """
+    cluster = clusters.load_cluster(cluster_dir)
+    config_path = clusters.write_server_config(cluster)
+    ca_path = ca_cert or Path(cluster.ca_cert)
+    if not ca_path.is_file():
+        raise UserError(f"cluster CA certificate {ca_path} not found: run on the master or pass --ca-cert PATH")
+    overrides = {"listen": listen, "ca_cert_file": str(ca_path.resolve()),
+                 "kubeconfig": str(kubeconfig.resolve()) if kubeconfig else None}
+    try:
+        settings = ServerSettings(str(config_path), overrides)
+    except SettingsError as err:
+        raise UserError(str(err)) from None
+    try:
+        tokend.serve(settings, str(cluster.state_dir), verbose=verbose)
+    except OSError as err:
+        raise UserError(f"cannot serve on {settings.listen}: {err.strerror or err}") from None
+
+
+@click.command("approve")
+@click.argument("name")
+@CLUSTER_OPTION
+@click.option("--replace", is_flag=True, help="Also let it replace a Ready node of the same name (a reflash).")
+def approve_command(name: str, cluster_dir: Path, replace: bool) -> None:
+    """Let node NAME join: a pending unknown node, or a reflashed one replacing its Ready namesake.
+
+    \b
+    Examples:
+      pi-image approve pi-worker7 --cluster lab
+      pi-image approve pi-worker1 --cluster lab --replace
+    """
+    if not protocol.NODE_NAME_RE.match(name):
+        raise UserError(f"{name!r} is not a valid node name")
+    clusters.load_cluster(cluster_dir)
+    store = NodeStore(str(cluster_dir / "state"))
+    try:
+        store.approve(name, replace)
+    finally:
+        store.close()
+    click.echo(f"approved {name}" + (" (may replace its Ready namesake once)" if replace else ""))
+
+
+@click.command("status")
+@CLUSTER_OPTION
+@JSON_OPTION
+def status_command(cluster_dir: Path, as_json: bool) -> None:
+    """Show every node's join state, last report and last error.
+
+    States: not-seen, pending, approved, token-issued, joined, failed.
+
+    \b
+    Examples:
+      pi-image status --cluster lab
+      pi-image status --cluster lab --json | jq '.[] | select(.state == "failed")'
+    """
+    rows = node_status(cluster_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NODE':<20} {'STATE':<13} {'UPDATED':<20} LAST REPORT / ERROR")
+    for row in rows:
+        detail = row["last_error"] or row["last_report"] or ""
+        click.echo(f"{row['node']:<20} {row['state']:<13} {row['updated'] or '-':<20} {detail}")
+
+
+def node_status(cluster_dir: Path) -> list[dict]:
+    """One dict per inventory or endpoint-known node: node, state, updated, last_report, last_error, address."""
+    cluster = clusters.load_cluster(cluster_dir)
+    store = NodeStore(str(cluster.state_dir))
+    try:
+        rows = {row["name"]: row for row in store.all()}
+    finally:
+        store.close()
+    names = sorted(set(rows) | {node.name for node in cluster.nodes})
+    result = []
+    for name in names:
+        row = rows.get(name, {})
+        updated = row.get("updated_at")
+        result.append({
+            "node": name,
+            "state": row.get("state", "not-seen"),
+            "updated": datetime.datetime.fromtimestamp(updated).isoformat(timespec="seconds") if updated else None,
+            "last_report": row.get("last_report"),
+            "last_error": row.get("last_error"),
+            "address": row.get("address"),
+        })
+    return result
+
+
+COMMANDS: list[click.Command] = [cluster_group, token_server_command, approve_command, status_command]

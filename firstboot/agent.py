@@ -1,0 +1,236 @@
+"""The first-boot agent: prepares the node, gets a short-lived token from the endpoint, runs `kubeadm join`.
+
+    cd /usr/lib/pi-image && python3 -m firstboot.agent [--root /] [--config /etc/pi-image/node.json]
+
+Runs once per installation (systemd skips it once <root>/var/lib/pi-image/firstboot.done exists) and loops inside
+with capped exponential backoff and jitter, since systemd 237 (L4T) cannot restart oneshot units. Safe to kill at any
+point: a join that was interrupted is reset and redone, or recognised as finished by the endpoint.
+"""
+
+import argparse
+import logging
+import os
+import platform
+import random
+import sys
+import time
+
+from . import joinconfig, localsetup, netinfo, protocol
+from .client import EndpointClient, EndpointUnreachable
+from .commands import CommandRunner
+from .nodeconfig import AgentPaths, ConfigError, load_node_config
+
+log = logging.getLogger("pi-image.agent")
+
+JOINED, RETRY_NOW, RETRY_LATER = "joined", "retry-now", "retry-later"
+CLOCK_SKEW_TOLERANCE = 300
+_EXPIRED_TOKEN_MARKERS = ("could not find a JWS signature", "JWS signature", "token has expired", "token is expired")
+
+
+class Backoff(object):
+    """Capped exponential backoff with jitter: initial, 2x, 4x... up to maximum, each scaled by 0.5-1.0 at random."""
+
+    def __init__(self, initial, maximum, rng=None):
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.SystemRandom()
+
+    def next_delay(self):
+        delay = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return delay * self._rng.uniform(0.5, 1.0)
+
+    def reset(self):
+        self.attempt = 0
+
+
+class FirstBootAgent(object):
+    """One node's way from a fresh image to a joined Kubernetes node."""
+
+    def __init__(self, config, paths, commands, backoff, max_attempts=0, time_sync_timeout=120.0, sleep=time.sleep):
+        self.config = config
+        self.paths = paths
+        self.commands = commands
+        self.backoff = backoff
+        self.max_attempts = max_attempts
+        self.time_sync_timeout = time_sync_timeout
+        self.sleep = sleep
+        self.setup = localsetup.LocalSetup(paths.root, commands)
+        self.client = None
+        if config.get("endpoint"):
+            self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
+                                         config["credential"])
+
+    def run(self):
+        """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
+        self.paths.discard(self.paths.join_config)  # a power cut may have left the last token behind
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                outcome = self._attempt()
+            except localsetup.SetupFailed as failure:
+                log.error("%s", failure)
+                self._report("failed", str(failure))
+                if not failure.retry:
+                    return 1
+                outcome = RETRY_LATER
+            except EndpointUnreachable as err:
+                log.warning("%s; retrying", err)
+                outcome = RETRY_LATER
+            if outcome == JOINED:
+                return 0
+            if self.max_attempts and attempts >= self.max_attempts:
+                log.error("giving up after %d attempts", attempts)
+                return 1
+            if outcome == RETRY_LATER:
+                delay = self.backoff.next_delay()
+                log.info("next attempt in %.1f s", delay)
+                self.sleep(delay)
+
+    def _attempt(self):
+        self.setup.run()
+        if self.client is None:
+            self.paths.mark_done({"node": self.config["node"], "joined": False})
+            log.info("local setup done; this image has no cluster endpoint, so the node does not join")
+            return JOINED
+        node_ip = netinfo.choose_node_ip(self.commands, self.config.get("node_subnet"),
+                                         protocol.split_host_port(self.config.get("api_server", ""), 6443)[0]
+                                         if self.config.get("api_server") else None)
+        if node_ip is None:
+            log.warning("no address in %s and no route to the API server yet", self.config.get("node_subnet"))
+            return RETRY_LATER
+        log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config["endpoint"])
+        answer = self.client.join(self._facts(node_ip))
+        state = answer.payload.get("state")
+        if answer.status == 200 and state == "joined":
+            log.info("the endpoint says this node already joined")
+            return self._finish()
+        if answer.status == 200 and state == "token-issued":
+            self.backoff.reset()
+            return self._join(answer.payload, node_ip)
+        if answer.status == 202:
+            log.info("waiting for an operator: %s", answer.payload.get("message", "pending approval"))
+        elif answer.status == 429 and answer.retry_after:
+            log.info("rate limited by the endpoint; waiting %.0f s", answer.retry_after)
+            self.sleep(answer.retry_after)
+        else:
+            log.error("the endpoint refused to issue a token: %s", answer.error)
+        return RETRY_LATER
+
+    def _facts(self, node_ip):
+        return {"macs": netinfo.mac_addresses(self.paths.root), "arch": platform.machine(),
+                "os": localsetup.os_pretty_name(self.paths.root), "node_ip": node_ip,
+                "kubeadm_version": self.setup.kubeadm_version()}
+
+    def _join(self, issued, node_ip):
+        self._wait_for_clock(issued.get("server_time"))
+        if os.path.exists(self.paths.join_started):
+            log.info("a previous join was interrupted; resetting kubeadm state first")
+            self._kubeadm_reset()
+        text = joinconfig.render(issued["kubernetes_version"], issued["api_server"], issued["token"],
+                                 issued["ca_cert_hashes"], self.config["node"], node_ip,
+                                 self.config.get("runtime", "containerd"))
+        self.paths.write_private(self.paths.join_config, text)
+        self.paths.write_private(self.paths.join_started, "")
+        log.info("token received; running kubeadm join against %s", issued["api_server"])
+        try:
+            result = self.commands.run(["kubeadm", "join", "--config", self.paths.join_config], timeout=900)
+        finally:
+            self.paths.discard(self.paths.join_config)
+        if result.ok:
+            return self._finish()
+        output = result.stdout + result.stderr
+        if any(marker in output for marker in _EXPIRED_TOKEN_MARKERS):
+            log.warning("the token expired before kubeadm could use it; asking for a new one")
+            self._report("progress", "token expired before join; fetching a new token")
+            return RETRY_NOW
+        log.error("kubeadm join failed: %s", result.summary())
+        self._report("failed", "kubeadm join failed: " + result.summary())
+        self._kubeadm_reset()
+        return RETRY_LATER
+
+    def _kubeadm_reset(self):
+        socket = joinconfig.CRI_SOCKETS[self.config.get("runtime", "containerd")]
+        self.commands.run(["kubeadm", "reset", "-f", "--cri-socket", socket], timeout=300)
+        self.paths.discard(self.paths.join_started)
+
+    def _finish(self):
+        self.paths.mark_done({"node": self.config["node"], "joined": True})
+        self.paths.discard(self.paths.join_started)
+        log.info("node %s joined the cluster", self.config["node"])
+        for _ in range(5):
+            if self._report("joined"):
+                break
+            self.sleep(self.backoff.next_delay())
+        return JOINED
+
+    def _report(self, state, message=""):
+        """Best effort: a lost report never stops the node."""
+        if self.client is None:
+            return False
+        try:
+            return self.client.report(state, message).status == 200
+        except EndpointUnreachable as err:
+            log.warning("could not report %r: %s", state, err)
+            return False
+
+    def _wait_for_clock(self, server_time):
+        """kubeadm checks the API server's certificate dates: wait (bounded) while our clock is far behind."""
+        if not isinstance(server_time, (int, float)):
+            return
+        deadline = time.monotonic() + self.time_sync_timeout
+        while time.time() < server_time - CLOCK_SKEW_TOLERANCE and time.monotonic() < deadline:
+            log.info("clock is %.0f s behind the endpoint; waiting for time sync", server_time - time.time())
+            self.sleep(5)
+
+
+def configure_logging(log_file):
+    """Agent log to stderr (the journal) and <root>/var/lib/pi-image/firstboot.log, tokens redacted."""
+    formatter = logging.Formatter("%(asctime)s %(name)s: %(message)s")
+    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_redact_record)
+    root = logging.getLogger("pi-image")
+    root.handlers = handlers
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _redact_record(record):
+    record.msg = protocol.redact(record.getMessage())
+    record.args = None
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m firstboot.agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/", help="the system to set up (a sandbox tree in tests)")
+    parser.add_argument("--config", help="node.json (default: <root>/etc/pi-image/node.json)")
+    parser.add_argument("--backoff-initial", type=float, default=2.0, help="first retry delay in seconds")
+    parser.add_argument("--backoff-max", type=float, default=300.0, help="longest retry delay in seconds")
+    parser.add_argument("--max-attempts", type=int, default=0, help="give up after this many (0: never)")
+    parser.add_argument("--time-sync-timeout", type=float, default=120.0, help="longest wait for a sane clock")
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    paths = AgentPaths(args.root)
+    if paths.is_done():
+        sys.stderr.write("pi-image-firstboot: already done ({})\n".format(paths.done))
+        return 0
+    paths.ensure_state_dir()
+    configure_logging(paths.log_file)
+    try:
+        config = load_node_config(args.config or paths.node_config)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    agent = FirstBootAgent(config, paths, CommandRunner(env), Backoff(args.backoff_initial, args.backoff_max),
+                           args.max_attempts, args.time_sync_timeout)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

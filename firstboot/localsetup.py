@@ -1,0 +1,135 @@
+"""Step 1 of first boot: make this machine able to run a kubelet. Every step is safe to repeat after a reboot."""
+
+import logging
+import os
+
+log = logging.getLogger("pi-image.agent")
+
+KERNEL_MODULES = ("overlay", "br_netfilter")
+SYSCTLS = ("net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1", "net.ipv4.ip_forward=1")
+KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+
+
+class SetupFailed(Exception):
+    """Local setup cannot finish; `retry` says whether trying again later can help (network) or not (kernel)."""
+
+    def __init__(self, message, retry):
+        Exception.__init__(self, message)
+        self.retry = retry
+
+
+class LocalSetup(object):
+    """Modules, sysctls, swap, cgroup check, resolver check and the kube packages, for the system under `root`."""
+
+    def __init__(self, root, commands):
+        self.root = root
+        self.commands = commands
+
+    def path(self, absolute):
+        return os.path.join(self.root, absolute.lstrip("/"))
+
+    def run(self):
+        """Apply every step; returns warnings (already logged), raises SetupFailed when a step cannot succeed."""
+        warnings = []
+        for step in (self.load_modules, self.apply_sysctls, self.turn_swap_off, self.check_memory_cgroup,
+                     self.check_resolver, self.install_kube_packages):
+            warning = step()
+            if warning:
+                log.warning("%s", warning)
+                warnings.append(warning)
+        return warnings
+
+    def load_modules(self):
+        failed = [name for name in KERNEL_MODULES if not self.commands.run(["modprobe", name]).ok]
+        if failed:
+            return "could not load kernel module(s) {}: kubeadm's preflight will fail".format(", ".join(failed))
+
+    def apply_sysctls(self):
+        result = self.commands.run(["sysctl", "-w"] + list(SYSCTLS))
+        if not result.ok:
+            return "could not apply sysctls {}: {}".format(" ".join(SYSCTLS), result.summary())
+
+    def turn_swap_off(self):
+        self.commands.run(["swapoff", "-a"])
+        try:
+            with open(self.path("/proc/swaps")) as handle:
+                active = [line.split()[0] for line in handle.read().splitlines()[1:] if line.strip()]
+        except OSError:
+            return None
+        if active:
+            return "swap is still on ({}); the kubelet refuses to start with swap".format(", ".join(active))
+
+    def check_memory_cgroup(self):
+        """Pi kernels ship with the memory controller off; the build's cmdline flags must have taken effect."""
+        enabled = _memory_controller_enabled(self.path("/sys/fs/cgroup/cgroup.controllers"), self.path("/proc/cgroups"))
+        if enabled is None:
+            return "cannot tell whether the memory cgroup controller is enabled"
+        if not enabled:
+            raise SetupFailed(
+                "the memory cgroup controller is not enabled: the kernel command line flags "
+                "cgroup_enable=memory cgroup_memory=1 did not take effect (check that cmdline.txt on the boot "
+                "partition is one line containing them, or extlinux.conf's APPEND on Jetson, then reboot)", retry=False)
+
+    def check_resolver(self):
+        """Kali does not run systemd-resolved by default, but kubeadm points the kubelet at its resolv.conf."""
+        if _os_release(self.path("/etc/os-release")).get("ID") != "kali":
+            return None
+        resolved = self.path("/run/systemd/resolve/resolv.conf")
+        if not os.path.exists(resolved):
+            self.commands.run(["systemctl", "enable", "--now", "systemd-resolved"])
+        if not os.path.exists(resolved):
+            return "/run/systemd/resolve/resolv.conf is missing: enable systemd-resolved or the kubelet cannot resolve"
+
+    def install_kube_packages(self):
+        """Install kubelet/kubeadm/kubectl if missing (the image's apt pin picks the version), then hold them."""
+        if not all(self.commands.available(tool) for tool in KUBE_PACKAGES):
+            if not self.commands.available("apt-get"):
+                raise SetupFailed("kubelet/kubeadm/kubectl are missing and there is no apt-get to install them",
+                                  retry=False)
+            for argv in (["apt-get", "update"], ["apt-get", "install", "-y"] + list(KUBE_PACKAGES)):
+                result = self.commands.run(argv, timeout=1800)
+                if not result.ok:
+                    raise SetupFailed("{} failed: {}".format(" ".join(argv), result.summary()), retry=True)
+        if self.commands.available("apt-mark"):
+            self.commands.run(["apt-mark", "hold"] + list(KUBE_PACKAGES))
+        self.commands.run(["systemctl", "enable", "kubelet"])
+
+    def kubeadm_version(self):
+        """The local kubeadm's version ('v1.31.4'), or '' if it cannot say."""
+        result = self.commands.run(["kubeadm", "version", "-o", "short"])
+        return result.stdout.strip() if result.ok else ""
+
+
+def _memory_controller_enabled(v2_controllers, v1_table):
+    try:
+        with open(v2_controllers) as handle:
+            return "memory" in handle.read().split()
+    except OSError:
+        pass
+    try:
+        with open(v1_table) as handle:
+            for line in handle:
+                fields = line.split()
+                if fields and fields[0] == "memory":
+                    return len(fields) >= 4 and fields[3] == "1"
+            return False
+    except OSError:
+        return None
+
+
+def _os_release(path):
+    values = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    values[key] = value.strip().strip("\"'")
+    except OSError:
+        pass
+    return values
+
+
+def os_pretty_name(root):
+    """PRETTY_NAME from the system's os-release, for the join request."""
+    return _os_release(os.path.join(root, "etc/os-release")).get("PRETTY_NAME", "unknown")

@@ -1,0 +1,82 @@
+"""The agent's inputs and state on the device: /etc/pi-image/node.json and /var/lib/pi-image/.
+
+node.json (written by the build, mode 0600, root:root) — the keys are defined by builder.cluster.node_config():
+
+    node, role, kubernetes_version, runtime                    always (local setup)
+    endpoint, endpoint_fingerprint, credential,                only when the image was built for a cluster
+    api_server, node_subnet
+"""
+
+import json
+import os
+
+LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
+CLUSTER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
+RUNTIMES = ("containerd", "docker")
+
+
+class ConfigError(Exception):
+    """node.json is missing or malformed; the message names the file and the key."""
+
+
+def load_node_config(path):
+    """node.json as a dict, checked: local keys always, cluster keys all or none."""
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except OSError as err:
+        raise ConfigError("{}: cannot read: {}".format(path, err.strerror))
+    except ValueError as err:
+        raise ConfigError("{}: not valid JSON: {}".format(path, err))
+    if not isinstance(config, dict):
+        raise ConfigError("{}: expected a JSON object".format(path))
+    missing = [key for key in LOCAL_KEYS if not config.get(key)]
+    if config.get("endpoint"):
+        missing += [key for key in CLUSTER_KEYS if not config.get(key)]
+    if missing:
+        raise ConfigError("{}: missing key(s) {}".format(path, ", ".join(missing)))
+    if config["runtime"] not in RUNTIMES:
+        raise ConfigError("{}: runtime must be one of {}, not {!r}".format(path, ", ".join(RUNTIMES),
+                                                                         config["runtime"]))
+    return config
+
+
+class AgentPaths(object):
+    """Where the agent reads and writes, all below `root` so tests can use a sandbox tree."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.state_dir = os.path.join(self.root, "var/lib/pi-image")
+        self.done = os.path.join(self.state_dir, "firstboot.done")
+        self.join_started = os.path.join(self.state_dir, "join-started")
+        self.join_config = os.path.join(self.state_dir, "join-config.yaml")
+        self.log_file = os.path.join(self.state_dir, "firstboot.log")
+        self.node_config = os.path.join(self.root, "etc/pi-image/node.json")
+
+    def is_done(self):
+        return os.path.exists(self.done)
+
+    def ensure_state_dir(self):
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir, mode=0o700)
+
+    def write_private(self, path, text):
+        """Write `text` atomically to `path` with mode 0600."""
+        temporary = path + ".tmp"
+        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    def discard(self, path):
+        """Remove `path` if it exists."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def mark_done(self, summary):
+        """The marker systemd's ConditionPathExists=! checks: the unit never runs again."""
+        self.write_private(self.done, json.dumps(summary, sort_keys=True) + "\n")

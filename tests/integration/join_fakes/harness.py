@@ -1,0 +1,201 @@
+"""Test harness for the join protocol: a cluster directory, a test CA, a real token endpoint process, sandbox roots
+for real agent processes, and the recording stand-ins on PATH.
+
+Agents and the endpoint run under Python 3.6 when it is installed (the oldest device Python), else the test Python.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from builder import cluster as clusters
+
+from .wrappers import TOOLS, write_wrapper
+
+REPO = Path(__file__).resolve().parents[3]
+TOKEN_SHAPE = re.compile(rb"[a-z0-9]{6}\.[a-z0-9]{16}")
+FAST_AGENT = ["--backoff-initial", "0.05", "--backoff-max", "0.2"]
+
+
+def _firstboot_python():
+    for candidate in (os.environ.get("FIRSTBOOT_PYTHON"), shutil.which("python3.6"),
+                      "/root/.pyenv/versions/3.6.15/bin/python3.6"):
+        if candidate and subprocess.run([candidate, "-c", "import ssl, sqlite3"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL).returncode == 0:
+            return candidate
+    return sys.executable
+
+
+FIRSTBOOT_PYTHON = _firstboot_python()
+
+
+def make_ca(path, key_type="ecdsa"):
+    """A self-signed cluster CA at `path`; returns kubeadm's discovery hash computed by `cryptography`."""
+    key = ec.generate_private_key(ec.SECP256R1()) if key_type == "ecdsa" else \
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+class FakeCluster:
+    """The stand-ins' shared state directory and the bin directory that puts them on PATH."""
+
+    def __init__(self, base: Path):
+        self.state = base / "fake-state"
+        self.bin = base / "fake-bin"
+        self.state.mkdir()
+        self.bin.mkdir()
+        for tool in TOOLS:
+            write_wrapper(str(self.bin), tool)
+        self.env = dict(os.environ, PATH="{}:/usr/bin:/bin".format(self.bin), FAKE_STATE=str(self.state),
+                        FAKE_BIN=str(self.bin), PYTHONPATH=str(REPO))
+
+    def knob(self, name, value):
+        (self.state / name).write_text(str(value))
+
+    def calls(self, tool=None, *prefix):
+        """Recorded invocations (args lists), optionally of one tool starting with `prefix`."""
+        path = self.state / "calls.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [r["args"] for r in records
+                if (tool is None or r["tool"] == tool) and r["args"][:len(prefix)] == list(prefix)]
+
+    def joins(self):
+        path = self.state / "joins.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def cluster(self):
+        path = self.state / "cluster.json"
+        return json.loads(path.read_text()) if path.exists() else {"nodes": {}, "tokens": {}}
+
+    def set_node(self, name, status):
+        data = self.cluster()
+        data["nodes"][name] = status
+        (self.state / "cluster.json").write_text(json.dumps(data))
+
+
+class TokenServer:
+    """`python -m firstboot.tokend` as a real process on 127.0.0.1 (an ephemeral port, kept across restarts)."""
+
+    def __init__(self, cluster_dir: Path, fake: FakeCluster, ca_cert: Path, extra_args=()):
+        self.cluster_dir = cluster_dir
+        self.fake = fake
+        self.ca_cert = ca_cert
+        self.extra_args = list(extra_args)
+        self.port = 0
+        self.process = None
+
+    @property
+    def endpoint(self):
+        return "127.0.0.1:{}".format(self.port)
+
+    def start(self):
+        clusters.write_server_config(clusters.load_cluster(self.cluster_dir))
+        argv = [FIRSTBOOT_PYTHON, "-m", "firstboot.tokend", "--config", str(self.cluster_dir / "tokend.json"),
+                "--state-dir", str(self.cluster_dir / "state"), "--listen", "127.0.0.1:{}".format(self.port),
+                "--ca-cert", str(self.ca_cert), "--kubeconfig", str(self.cluster_dir / "admin.conf")]
+        self.stderr_path = self.cluster_dir / "tokend.stderr"
+        with open(self.stderr_path, "ab") as stderr:
+            self.process = subprocess.Popen(argv + self.extra_args, cwd=str(REPO), env=self.fake.env,
+                                            stdout=subprocess.PIPE, stderr=stderr)
+        line = self.process.stdout.readline().decode()
+        match = re.search(r"listening on https://127\.0\.0\.1:(\d+)", line)
+        assert match, "token endpoint did not start: {!r} {}".format(line, self.stderr_path.read_text())
+        self.port = int(match.group(1))
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def audit_log(self):
+        return (self.cluster_dir / "state" / "audit.log").read_text()
+
+
+def new_cluster(base: Path, nodes=("pi-worker1",), version="1.31", approval_mode=False):
+    """A cluster directory made by the real builder code, with `nodes` in the inventory."""
+    cluster = clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", version,
+                                    "192.168.6.0/24", approval_mode)
+    for name in nodes:
+        clusters.add_node(cluster, name, "worker-8g")
+    return cluster
+
+
+def make_root(base: Path, node_config: dict, endpoint=None):
+    """A sandbox device tree: node.json (0600), cgroup v2 with memory, no swap, one NIC, Ubuntu os-release."""
+    root = base / ("root-" + node_config["node"])
+    files = {
+        "etc/pi-image/node.json": json.dumps(dict(node_config, **({"endpoint": endpoint} if endpoint else {}))),
+        "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+        "proc/swaps": "Filename\tType\tSize\tUsed\tPriority\n",
+        "sys/class/net/eth1/address": "dc:a6:32:01:02:03\n",
+        "etc/os-release": 'ID=ubuntu\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n',
+    }
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "etc/pi-image/node.json").chmod(0o600)
+    return root
+
+
+def agent_argv(root: Path, *extra):
+    return [FIRSTBOOT_PYTHON, "-m", "firstboot.agent", "--root", str(root)] + FAST_AGENT + list(extra)
+
+
+def run_agent(root: Path, fake: FakeCluster, *extra, timeout=30):
+    """Run the real agent to completion; returns the CompletedProcess (stderr as text)."""
+    return subprocess.run(agent_argv(root, *extra), cwd=str(REPO), env=fake.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+
+
+def start_agent(root: Path, fake: FakeCluster, *extra):
+    """Start the real agent in its own session (kill the group to cut the power); communicate() for its output."""
+    return subprocess.Popen(agent_argv(root, *extra), cwd=str(REPO), env=fake.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, start_new_session=True)
+
+
+def wait_for(predicate, timeout=15.0, interval=0.05):
+    """Poll until `predicate()` is truthy; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met within {} s".format(timeout))
+
+
+def files_containing_tokens(*directories):
+    """Every file under `directories` holding something shaped like a bootstrap token."""
+    hits = []
+    for directory in directories:
+        for path in Path(directory).rglob("*"):
+            if path.is_file() and TOKEN_SHAPE.search(path.read_bytes()):
+                hits.append(str(path))
+    return hits

@@ -1,0 +1,30 @@
+"""Shell wrappers that put a stand-in on PATH under a tool's name (shared by the harness and the apt-get stand-in).
+
+Tools whose only job is to be recorded get a pure-sh wrapper (no Python start-up: the suite stays fast); the others
+run fake_tool.py with the Python that has PyYAML.
+"""
+
+import os
+import sys
+
+FAKE_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_tool.py")
+RECORD_ONLY = ("kubelet", "modprobe", "sysctl", "swapoff", "systemctl", "apt-mark")
+TOOLS = ("kubeadm", "kubectl", "ip", "apt-get") + RECORD_ONLY
+
+_RECORDING_SCRIPT = """#!/bin/sh
+args=""
+for arg in "$@"; do args="$args${{args:+, }}\\"$arg\\""; done
+printf '{{"tool": "{tool}", "args": [%s]}}\\n' "$args" >> "$FAKE_STATE/calls.jsonl"
+"""
+
+
+def write_wrapper(bin_dir, tool, python=sys.executable):
+    """<bin_dir>/<tool>: a stand-in that records its call (and, for the interesting tools, plays the part)."""
+    path = os.path.join(bin_dir, tool)
+    with open(path, "w") as handle:
+        if tool in RECORD_ONLY:
+            handle.write(_RECORDING_SCRIPT.format(tool=tool))
+        else:
+            handle.write('#!/bin/sh\nexec "{}" "{}" {} "$@"\n'.format(python, FAKE_TOOL, tool))
+    os.chmod(path, 0o755)
+    return path

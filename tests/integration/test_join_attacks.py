@@ -1,0 +1,168 @@
+"""Hostile clients get nothing: every attack is refused and no bootstrap token is created."""
+
+import http.client
+import json
+import socket
+import ssl
+import time
+
+import pytest
+
+from firstboot import protocol
+from firstboot.client import EndpointClient, PinMismatch
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import run_agent, wait_for
+
+FACTS = {"arch": "aarch64", "os": "Ubuntu", "kubeadm_version": "v1.31.4", "macs": [], "node_ip": "192.168.6.15"}
+
+
+def unpinned_connection(endpoint):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    host, port = protocol.split_host_port(endpoint)
+    return http.client.HTTPSConnection(host, port, context=context, timeout=10)
+
+
+def challenge(connection):
+    connection.request("GET", protocol.CHALLENGE_PATH)
+    return json.loads(connection.getresponse().read())["nonce"]
+
+
+def post(connection, node, body, nonce, signature, path=protocol.JOIN_PATH):
+    connection.request("POST", path, body=body, headers={
+        protocol.HEADER_NODE: node, protocol.HEADER_NONCE: nonce, protocol.HEADER_SIGNATURE: signature})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def join_body(node):
+    return json.dumps(dict(FACTS, node=node)).encode()
+
+
+def assert_nothing_issued(world):
+    assert world.fake.calls("kubeadm", "token", "create") == []
+    assert world.fake.cluster()["tokens"] == {}
+
+
+def test_request_signed_with_a_wrong_credential_is_refused(lab):
+    connection = unpinned_connection(lab.server.endpoint)
+    nonce = challenge(connection)
+    body = join_body("pi-worker1")
+    forged = protocol.sign("00" * 32, "POST", protocol.JOIN_PATH, nonce, body)
+
+    status, answer = post(connection, "pi-worker1", body, nonce, forged)
+
+    assert status == 401 and "token" not in answer
+    assert_nothing_issued(lab)
+    assert "decision=refused-signature node=pi-worker1" in lab.server.audit_log()
+
+
+def test_replayed_request_is_refused_because_its_nonce_was_spent(lab):
+    connection = unpinned_connection(lab.server.endpoint)
+    nonce = challenge(connection)
+    body = join_body("pi-worker1")
+    signature = protocol.sign(lab.credential(), "POST", protocol.JOIN_PATH, nonce, body)
+    first_status, _ = post(connection, "pi-worker1", body, nonce, signature)
+
+    replay_status, answer = post(unpinned_connection(lab.server.endpoint), "pi-worker1", body, nonce, signature)
+
+    assert first_status == 200
+    assert replay_status == 401 and "token" not in answer
+    assert len(lab.fake.calls("kubeadm", "token", "create")) == 1, "only the genuine request got a token"
+
+
+def test_request_with_an_expired_nonce_is_refused(make_lab):
+    world = make_lab(server_args=["--nonce-ttl", "0.3"])
+    world.server.start()
+    connection = unpinned_connection(world.server.endpoint)
+    nonce = challenge(connection)
+    body = join_body("pi-worker1")
+    signature = protocol.sign(world.credential(), "POST", protocol.JOIN_PATH, nonce, body)
+    time.sleep(0.5)
+
+    status, answer = post(connection, "pi-worker1", body, nonce, signature)
+
+    assert status == 401 and "token" not in answer
+    assert_nothing_issued(world)
+
+
+def test_node_missing_from_the_inventory_is_refused_even_with_a_valid_credential(lab):
+    intruder = lab.credential("intruder")  # derivable only with the enrollment key, yet not in the inventory
+    connection = unpinned_connection(lab.server.endpoint)
+    nonce = challenge(connection)
+    body = join_body("intruder")
+
+    status, answer = post(connection, "intruder", body, nonce,
+                          protocol.sign(intruder, "POST", protocol.JOIN_PATH, nonce, body))
+
+    assert status == 403 and "not in this cluster's inventory" in answer["error"]
+    assert_nothing_issued(lab)
+
+
+def test_oversized_body_is_refused_without_being_read(lab):
+    connection = unpinned_connection(lab.server.endpoint)
+    nonce = challenge(connection)
+    body = b"{" + b" " * protocol.MAX_BODY_BYTES + b"}"
+
+    status, answer = post(connection, "pi-worker1", body, nonce,
+                          protocol.sign(lab.credential(), "POST", protocol.JOIN_PATH, nonce, body))
+
+    assert status == 413
+    assert_nothing_issued(lab)
+
+
+def test_plain_http_gets_no_answer(lab):
+    host, port = protocol.split_host_port(lab.server.endpoint)
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+
+    with pytest.raises((http.client.HTTPException, OSError)):
+        connection.request("GET", protocol.CHALLENGE_PATH)
+        connection.getresponse().read()
+
+    wait_for(lambda: "decision=refused-tls" in lab.server.audit_log())
+    assert_nothing_issued(lab)
+
+
+def test_agent_refuses_an_endpoint_whose_certificate_is_not_the_pinned_one(lab):
+    root = lab.node_root()
+    config_path = root / "etc/pi-image/node.json"
+    config = json.loads(config_path.read_text())
+    config["endpoint_fingerprint"] = "sha256:" + "ab" * 32
+    config_path.write_text(json.dumps(config))
+
+    result = run_agent(root, lab.fake, "--max-attempts", "2")
+
+    assert result.returncode == 1
+    assert "refusing to talk to it" in result.stderr
+    assert lab.fake.calls("kubeadm", "join") == []
+    assert_nothing_issued(lab)
+    with pytest.raises(PinMismatch):
+        EndpointClient(lab.server.endpoint, "sha256:" + "ab" * 32, "pi-worker1", lab.credential()).join(FACTS)
+
+
+def test_slow_clients_are_cut_off_and_do_not_block_genuine_nodes(make_lab):
+    world = make_lab(server_args=["--connection-seconds", "1.0"])
+    world.server.start()
+    host, port = protocol.split_host_port(world.server.endpoint)
+    silent = socket.create_connection((host, port))  # never even starts the TLS handshake
+    trickler = unpinned_connection(world.server.endpoint)
+    trickler.connect()
+    trickler.sock.sendall(b"POST /v1/join HTTP/1.1\r\n")
+    started = time.monotonic()
+
+    genuine = EndpointClient(world.server.endpoint, world.cluster.endpoint_fingerprint, "pi-worker1",
+                             world.credential()).join(FACTS)
+    cut_off = False
+    while time.monotonic() - started < 5 and not cut_off:
+        try:
+            trickler.sock.sendall(b"X")  # one header byte at a time, well inside any per-read timeout
+            time.sleep(0.2)
+        except OSError:
+            cut_off = True
+
+    assert genuine.status == 200, "a genuine node is served while slow clients hold connections"
+    assert cut_off and time.monotonic() - started < 3
+    silent.settimeout(3)
+    assert silent.recv(1) == b"", "a client that never handshakes is disconnected too"
+    assert len(world.fake.calls("kubeadm", "token", "create")) == 1

@@ -1,0 +1,129 @@
+"""A freshly flashed node joins by itself: the real agent against the real endpoint over pinned TLS."""
+
+import json
+import stat
+
+import pytest
+import yaml
+
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import files_containing_tokens, run_agent
+
+
+def test_worker_joins_with_its_cluster_subnet_address_and_its_token_is_retired(lab):
+    root = lab.node_root()
+
+    result = run_agent(root, lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    [join] = lab.fake.joins()
+    assert join["node"] == "pi-worker1"
+    assert join["node_ip"] == "192.168.6.15"  # eth1 is in 192.168.6.0/24; eth0 (10.0.2.15) is first but not
+    assert join["config"]["apiVersion"] == "kubeadm.k8s.io/v1beta4"
+    assert join["config"]["nodeRegistration"]["kubeletExtraArgs"] == [{"name": "node-ip", "value": "192.168.6.15"}]
+    assert join["config"]["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "192.168.6.10:6443"
+    assert lab.state()["state"] == "joined"
+    assert lab.fake.cluster()["tokens"] == {}, "the node's token is deleted once it reports joined"
+    [create] = lab.fake.calls("kubeadm", "token", "create")
+    assert create[create.index("--ttl") + 1] == "30m"
+    assert create[create.index("--description") + 1] == "pi-image pi-worker1"
+    marker = root / "var/lib/pi-image/firstboot.done"
+    assert json.loads(marker.read_text()) == {"joined": True, "node": "pi-worker1"}
+    assert not (root / "var/lib/pi-image/join-config.yaml").exists(), "the file holding the token is removed"
+
+
+@pytest.mark.parametrize("ca_type", ["rsa", "ecdsa"])
+def test_discovery_hash_is_right_for_rsa_and_ecdsa_cluster_cas(make_lab, ca_type):
+    world = make_lab(ca_type=ca_type)
+    world.server.start()
+
+    result = run_agent(world.node_root(), world.fake)
+
+    assert result.returncode == 0, result.stderr
+    [join] = world.fake.joins()
+    assert join["config"]["discovery"]["bootstrapToken"]["caCertHashes"] == [world.ca_hash]
+
+
+def test_node_of_an_older_minor_gets_a_v1beta3_join_configuration(make_lab):
+    world = make_lab(version="1.30")
+    world.fake.knob("kubeadm_version", "v1.30.6")
+    world.fake.knob("cluster_version", "v1.30.6")
+    world.server.start()
+
+    result = run_agent(world.node_root(), world.fake)
+
+    assert result.returncode == 0, result.stderr
+    [join] = world.fake.joins()
+    assert join["config"]["apiVersion"] == "kubeadm.k8s.io/v1beta3"
+    assert join["config"]["nodeRegistration"]["kubeletExtraArgs"] == {"node-ip": "192.168.6.15"}
+
+
+def test_local_setup_loads_modules_sets_sysctls_turns_swap_off_and_holds_packages(lab):
+    result = run_agent(lab.node_root(), lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    assert lab.fake.calls("modprobe") == [["overlay"], ["br_netfilter"]]
+    [sysctl] = lab.fake.calls("sysctl")
+    assert set(sysctl) >= {"-w", "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1",
+                           "net.ipv4.ip_forward=1"}
+    assert lab.fake.calls("swapoff") == [["-a"]]
+    assert lab.fake.calls("apt-mark") == [["hold", "kubelet", "kubeadm", "kubectl"]]
+    assert ["enable", "kubelet"] in lab.fake.calls("systemctl")
+
+
+def test_missing_kube_packages_are_installed_before_joining(lab):
+    for tool in ("kubelet", "kubeadm", "kubectl"):
+        (lab.fake.bin / tool).unlink()  # the agent's PATH no longer has them; the endpoint's kubeadm is gone too
+    root = lab.node_root()
+
+    result = run_agent(root, lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    assert lab.fake.calls("apt-get") == [["update"], ["install", "-y", "kubelet", "kubeadm", "kubectl"]]
+    assert lab.state()["state"] == "joined"
+
+
+def test_image_built_without_a_cluster_only_does_local_setup(lab, tmp_path):
+    from builder.cluster import local_node_config
+    from join_fakes.harness import make_root
+
+    root = make_root(tmp_path, local_node_config("lonely-pi", "1.31"))
+
+    result = run_agent(root, lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    assert lab.fake.calls("modprobe")
+    assert lab.fake.calls("kubeadm", "join") == []
+    assert json.loads((root / "var/lib/pi-image/firstboot.done").read_text())["joined"] is False
+
+
+def test_second_boot_after_joining_does_nothing(lab):
+    root = lab.node_root()
+    assert run_agent(root, lab.fake).returncode == 0
+    calls_after_first_boot = len(lab.fake.calls())
+
+    second = run_agent(root, lab.fake)
+
+    assert second.returncode == 0
+    assert "already done" in second.stderr
+    assert len(lab.fake.calls()) == calls_after_first_boot
+
+
+def test_no_token_reaches_any_log_state_file_status_output_or_the_device(lab):
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    root = lab.node_root()
+    result = run_agent(root, lab.fake)
+    lab.server.stop()
+    status = CliRunner().invoke(main, ["status", "--cluster", str(lab.cluster.directory), "--json"])
+
+    assert result.returncode == 0
+    assert lab.fake.cluster()["tokens"] == {} and len(lab.fake.calls("kubeadm", "token", "create")) == 1
+    assert files_containing_tokens(root, lab.cluster.directory) == []
+    assert not __import__("re").search(r"[a-z0-9]{6}\.[a-z0-9]{16}", result.stderr + status.output)
+    node_json = root / "etc/pi-image/node.json"
+    assert stat.S_IMODE(node_json.stat().st_mode) == 0o600
+    assert stat.S_IMODE((lab.cluster.directory / "state" / "audit.log").stat().st_mode) == 0o600
+    assert yaml.safe_load(status.output)[0]["state"] == "joined"
