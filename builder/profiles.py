@@ -41,7 +41,7 @@ SCHEMA: dict[str, Key] = {
     "kubernetes_version": Key(str, "1.31", "Kubernetes minor the node is pinned to, e.g. '1.31'"),
     "runtime": Key(str, "containerd", "container runtime", ("containerd", "docker")),
     "containerd_config_version": Key(int, 2, "containerd config schema: 2 (containerd 1.x) or 3 (2.x)", (2, 3)),
-    "docker_default_runtime": Key(str, None, "docker default-runtime (Jetson: 'nvidia')"),
+    "default_runtime": Key(str, None, "default runtime for pods: docker default-runtime / containerd default_runtime_name (Jetson: nvidia)"),
     "cgroup_flags": Key(list, ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"],
                         "kernel arguments appended to the command line"),
     "swap": Key(str, "off", "swap on the node (kubelet refuses swap by default)", ("off",)),
