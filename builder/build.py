@@ -29,6 +29,7 @@ from .plan import FileOp, Plan, apply
 from .profiles import Profile, load_profile
 from .run import run
 from .steps import BuildContext, NodeIdentity, make_plan
+from .steps.layers import overlay_names
 from .targets import Target, detect
 
 MANIFEST_PATH = "/etc/pi-image/build.json"
@@ -186,7 +187,6 @@ def _compress(raw: Path, output: Path) -> Path:
 
 def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
     """How this image was made: inputs with hashes, and every file the plan writes (with its hash)."""
-    overlay_names = ["k8s-kernel", "kube-repo", f"runtime-{ctx.profile['runtime']}"] + ctx.profile["overlays"] + ctx.overlays
     return {
         "pi_image_version": __version__,
         "target": ctx.target.name,
@@ -194,7 +194,7 @@ def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
         "base": {"path": base.name, "sha256": _input_sha256(base)},
         "profile": {"name": ctx.profile.name, "sha256": {p.name: _sha(p.read_bytes()) for p in ctx.profile.sources},
                     "values": ctx.profile.values},
-        "overlays": {name: _tree_sha(find_overlay(name).path) for name in dict.fromkeys(overlay_names)},
+        "overlays": {name: _tree_sha(find_overlay(name).path) for name in overlay_names(ctx)},
         "files": [op.describe() for op in ctx.plan.ops],
     }
 
