@@ -40,7 +40,7 @@ COMPRESSORS = {".zst": ["zstd", "-q", "-T0", "-f"], ".xz": ["xz", "-T0", "-f", "
 class BuildRequest:
     """What the user asked for (the CLI's options)."""
 
-    profile: str
+    profile: str | None = None  # default: the node's profile in the inventory
     base: str | None = None
     output: Path | None = None
     cluster: Path | None = None
@@ -68,7 +68,7 @@ class BuildResult:
 
 def prepare(request: BuildRequest) -> BuildContext:
     """Load the profile, node and base; detect the target; plan every edit. Nothing is written."""
-    profile = load_profile(request.profile, request.sets)
+    profile = load_profile(_profile_name(request), request.sets)
     node, config = _node(request, profile)
     base = request.base or profile["base"]
     if not base:
@@ -84,6 +84,15 @@ def prepare(request: BuildRequest) -> BuildContext:
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays))
     make_plan(ctx)
     return ctx
+
+
+def _profile_name(request: BuildRequest) -> str:
+    """--profile, else the profile the inventory gives the node."""
+    if request.profile:
+        return request.profile
+    if request.cluster and request.node:
+        return load_cluster(request.cluster).node(request.node).profile
+    raise UserError("pass --profile NAME (or --cluster DIR --node NAME to use the node's profile from the inventory)")
 
 
 def _node(request: BuildRequest, profile: Profile) -> tuple[NodeIdentity, dict[str, Any]]:

@@ -85,7 +85,8 @@ def inspect(image: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--profile", "-p", "profile", required=True, help="Profile name (see `pi-image profiles`) or YAML file.")
+@click.option("--profile", "-p", "profile",
+              help="Profile name (see `pi-image profiles`) or YAML file; default: the node's profile in the inventory.")
 @click.option("--base", "-b", help="Vendor image (.img, .img.xz, .img.zst, .img.gz, .zip) or L4T rootfs directory.")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Output image (.img, or .img.zst/.img.xz to compress); default NODE.img. With --all: a directory.")
@@ -102,7 +103,7 @@ def inspect(image: Path, as_json: bool) -> None:
 @click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
 @click.option("--no-checksum", is_flag=True, help="Skip the output's SHA-256 in the manifest (faster on big images).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the manifest as JSON.")
-def build(profile: str, base: str | None, output: Path | None, cluster: Path | None, node: str | None,
+def build(profile: str | None, base: str | None, output: Path | None, cluster: Path | None, node: str | None,
           all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None, dry_run: bool,
           force: bool, in_place: bool, no_checksum: bool, as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
@@ -115,7 +116,7 @@ def build(profile: str, base: str | None, output: Path | None, cluster: Path | N
     Examples:
       pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz
       pi-image build -p worker-8g -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst
-      pi-image build -p worker-8g -b ubuntu.img.xz --cluster ./homelab --all -o images/
+      pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/   # each node with its own profile
       pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --dry-run
     """
     request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
