@@ -118,7 +118,7 @@ class Ext4Filesystem(Filesystem):
     def _listing(self, path: str) -> dict[str, FileStat]:
         """On-disk entries of directory `path` (cached; `ls -p` gives mode/uid/gid/size of each in one run)."""
         if path not in self._dirs:
-            out, _ = self._debugfs(f'ls -p "{path}"')
+            out, _ = self._debugfs(f'ls -p {_q(path)}')
             self._dirs[path] = _split_listings(out, [path]).get(path, {})
         return self._dirs[path]
 
@@ -142,7 +142,7 @@ class Ext4Filesystem(Filesystem):
     def _read_resolved(self, path: str) -> bytes:
         if path in self._queue and self._queue[path].data is not None:
             return self._queue[path].data  # type: ignore[return-value]
-        out, errors = self._debugfs(f'cat "{path}"')
+        out, errors = self._debugfs(f'cat {_q(path)}')
         out = out.split(b"\n", 1)[1] if out.startswith(b"debugfs: ") else out  # drop the echoed command
         if errors:
             raise UserError(f"{self.description}: cannot read {path}: {errors[0]}")
@@ -151,7 +151,7 @@ class Ext4Filesystem(Filesystem):
     def _readlink_resolved(self, path: str) -> str:
         if path in self._queue and self._queue[path].target is not None:
             return self._queue[path].target  # type: ignore[return-value]
-        out, errors = self._debugfs(f'stat "{path}"')
+        out, errors = self._debugfs(f'stat {_q(path)}')
         text = out.decode("utf-8", errors="surrogateescape")
         fast = re.search(r'^Fast link dest: "(.*)"$', text, re.M)
         if fast:
@@ -170,7 +170,7 @@ class Ext4Filesystem(Filesystem):
     def _replace(self, path: str) -> None:
         """Queue removal of whatever is at `path` now, so debugfs can create the new entry."""
         if self._lstat_resolved(path) is not None:
-            self._order.append(f'rm "{path}"')
+            self._order.append(f'rm {_q(path)}')
 
     def _write_resolved(self, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
         self._replace(path)
@@ -179,18 +179,18 @@ class Ext4Filesystem(Filesystem):
         self._order.extend(self._attrs(path, statmod.S_IFREG | mode, uid, gid))
 
     def _mkdir_resolved(self, path: str, mode: int, uid: int, gid: int) -> None:
-        self._order.append(f'mkdir "{path}"')
+        self._order.append(f'mkdir {_q(path)}')
         self._queue[path] = _Queued(FileStat(statmod.S_IFDIR | mode, uid, gid, 0))
         self._order.extend(self._attrs(path, statmod.S_IFDIR | mode, uid, gid))
 
     def _symlink_resolved(self, path: str, target: str, uid: int, gid: int) -> None:
         self._replace(path)
-        self._order.append(f'symlink "{path}" "{target}"')
+        self._order.append(f'symlink {_q(path)} {_q(target)}')
         self._queue[path] = _Queued(FileStat(statmod.S_IFLNK | 0o777, uid, gid, len(target)), target=target)
         self._order.extend(self._attrs(path, None, uid, gid))
 
     def _remove_resolved(self, path: str) -> None:
-        self._order.append(f'rm "{path}"')
+        self._order.append(f'rm {_q(path)}')
         self._queue[path] = _Queued(None)
 
     def _set_owner_mode(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
@@ -204,9 +204,9 @@ class Ext4Filesystem(Filesystem):
         self._order.extend(self._attrs(path, full_mode, uid, gid))
 
     def _attrs(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> list[str]:
-        cmds = [] if mode is None else [f'sif "{path}" mode 0{mode:o}']
-        cmds += [] if uid is None else [f'sif "{path}" uid {uid}']
-        cmds += [] if gid is None else [f'sif "{path}" gid {gid}']
+        cmds = [] if mode is None else [f'sif {_q(path)} mode 0{mode:o}']
+        cmds += [] if uid is None else [f'sif {_q(path)} uid {uid}']
+        cmds += [] if gid is None else [f'sif {_q(path)} gid {gid}']
         return cmds
 
     def commit(self) -> None:
@@ -219,7 +219,7 @@ class Ext4Filesystem(Filesystem):
                 if isinstance(item, tuple):  # ("write", path): stage the content in a host file
                     host = os.path.join(tmp, f"f{n}")
                     Path(host).write_bytes(self._queue[item[1]].data or b"")
-                    commands.append(f'write "{host}" "{item[1]}"')
+                    commands.append(f'write {_q(host)} {_q(item[1])}')
                 else:
                     commands.append(item)
             _, errors = self._debugfs(*commands, write=True)
@@ -237,12 +237,23 @@ class Ext4Filesystem(Filesystem):
             dumps = {p: os.path.join(tmp, f"d{n}") for n, p in enumerate(paths) if self._queue[p].data is not None}
             self._dirs.clear()
             parents = sorted({posixpath.dirname(p) for p in paths})
-            out, _ = self._debugfs(*[f'ls -p "{d}"' for d in parents], *[f'dump "{p}" "{h}"' for p, h in dumps.items()])
+            out, _ = self._debugfs(*[f'ls -p {_q(d)}' for d in parents], *[f'dump {_q(p)} {_q(h)}' for p, h in dumps.items()])
             listings = _split_listings(out, parents)
             for path in paths:
                 got = listings.get(posixpath.dirname(path), {}).get(posixpath.basename(path))
                 if not _matches(self._queue[path], got, dumps.get(path)):
                     raise UserError(f"{self.description}: {path} did not read back as written (disk full?)")
+
+
+def _q(arg: str) -> str:
+    """`arg` double-quoted for a debugfs command line; refuses what would break out of the quotes.
+
+    Paths can come from hostile images (symlink targets), and one stray quote or newline would let an image
+    inject debugfs commands such as `dump` that write to the host.
+    """
+    if '"' in arg or any(ord(c) < 32 or ord(c) == 127 for c in arg):
+        raise UserError(f"refusing a path with a quote or control character: {arg!r}")
+    return f'"{arg}"'
 
 
 def _split_listings(out: bytes, dirs: list[str]) -> dict[str, dict[str, FileStat]]:

@@ -143,3 +143,16 @@ def test_file_name_with_dotdot_is_refused():
 
     with pytest.raises(UserError, match=r"contains '\.\.'"):
         normalize("/etc/../../shadow")
+
+
+def test_symlink_target_cannot_inject_debugfs_commands(tmp_path):
+    pwned = tmp_path / "pwned"
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text("ID=ubuntu\n")
+    (root / "etc/os-release").symlink_to(f'x"\ndump /usr/lib/os-release {pwned}\nstat "x')
+    path = mbr(tmp_path / "inject.img", "80M", "label: dos\nstart=2048, type=83\n")
+    run(["mkfs.ext4", "-q", "-d", str(root), "-E", f"offset={2048 * 512}", str(path), "70M"])
+    assert_refused(path, "quote or control character")
+    assert not pwned.exists()
