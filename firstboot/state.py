@@ -76,19 +76,21 @@ class NodeStore(object):
         unknown = set(fields) - set(_COLUMNS)
         if unknown:
             raise KeyError("unknown node fields: {}".format(sorted(unknown)))
-        names = sorted(fields)
-        insert_state = fields.get("state", PENDING)
+        update = ("UPDATE nodes SET {} WHERE name = ?".format(", ".join(n + " = ?" for n in sorted(fields))),
+                  [fields[n] for n in sorted(fields)] + [name])
+        row = dict(fields, name=name, state=fields.get("state", PENDING))
+        insert = ("INSERT INTO nodes ({}) VALUES ({})".format(", ".join(sorted(row)), ", ".join("?" * len(row))),
+                  [row[n] for n in sorted(row)])
+        # One statement (one implicit transaction) per write, not BEGIN/INSERT/UPDATE/COMMIT: each statement runs
+        # with the interpreter lock released, and under load every re-acquisition made the threads queued on
+        # self._lock wait longer. (No UPSERT: Ubuntu 18.04's SQLite 3.22 does not have it.)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute(*update).rowcount:
+                return
             try:
-                self._db.execute("INSERT OR IGNORE INTO nodes (name, state, updated_at) VALUES (?, ?, ?)",
-                                 (name, insert_state, fields["updated_at"]))
-                self._db.execute("UPDATE nodes SET {} WHERE name = ?".format(", ".join(n + " = ?" for n in names)),
-                                 [fields[n] for n in names] + [name])
-            except Exception:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute(*insert)
+            except sqlite3.IntegrityError:  # `pi-image approve` inserted the row in between
+                self._db.execute(*update)
 
     def approve(self, name, replace=False):
         """Let `name` join (and, with `replace`, take over a Ready node of that name once)."""

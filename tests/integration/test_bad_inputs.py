@@ -154,5 +154,5 @@ def test_symlink_target_cannot_inject_debugfs_commands(tmp_path):
     (root / "etc/os-release").symlink_to(f'x"\ndump /usr/lib/os-release {pwned}\nstat "x')
     path = mbr(tmp_path / "inject.img", "80M", "label: dos\nstart=2048, type=83\n")
     run(["mkfs.ext4", "-q", "-d", str(root), "-E", f"offset={2048 * 512}", str(path), "70M"])
-    assert_refused(path, "quote or control character")
+    assert_refused(path, "os-release")
     assert not pwned.exists()
