@@ -37,7 +37,9 @@ class FileOp:
         """The op as JSON-friendly data (content as its size and sha256)."""
         out: dict[str, Any] = {"step": self.step, "action": self.action, "fs": self.fs, "path": self.path}
         if self.content is not None:
-            out.update(size=len(self.content), sha256=hashlib.sha256(self.content).hexdigest())
+            out["size"] = len(self.content)
+            if self.mode is None or self.mode & 0o044:  # a private file's hash stays private too
+                out["sha256"] = hashlib.sha256(self.content).hexdigest()
         if self.target is not None:
             out["target"] = self.target
         if self.mode is not None:
