@@ -83,7 +83,7 @@ def render_overlay(overlay: Overlay, context: dict[str, Any], plan: Plan, view: 
         mode = _mode(spec.get("mode"), 0o755 if host.is_dir() and not host.is_symlink() else 0o644, overlay, rel)
         if host.is_symlink():
             target = os.readlink(host)
-            if posixpath.normpath(posixpath.join(posixpath.dirname(dest), target)).startswith("/.."):
+            if _climbs_out(posixpath.dirname(dest), target):
                 raise UserError(f"{host}: symlink target {target!r} climbs out of the image root")
             plan.add(FileOp("symlink", overlay.filesystem, dest, step, target=target, uid=uid, gid=gid))
         elif host.is_dir():
@@ -94,6 +94,18 @@ def render_overlay(overlay: Overlay, context: dict[str, Any], plan: Plan, view: 
             if spec.get("merge") == "json":
                 data = _merge_json(view.read_text(overlay.filesystem, dest), data, host)
             plan.add(FileOp("write", overlay.filesystem, dest, step, content=data, mode=mode, uid=uid, gid=gid))
+
+
+def _climbs_out(directory: str, target: str) -> bool:
+    """True if a link in `directory` to the relative `target` would go above the root."""
+    if target.startswith("/"):
+        return False  # absolute targets start again at the image's own root
+    depth = len([p for p in directory.split("/") if p])
+    for part in target.split("/"):
+        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
+        if depth < 0:
+            return True
+    return False
 
 
 def _walk(root: Path) -> list[Path]:

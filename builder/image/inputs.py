@@ -114,6 +114,6 @@ def _load_index(index_file: Path) -> dict[str, str]:
 
 
 def _save_index(index_file: Path, index: dict[str, str]) -> None:
-    tmp = index_file.with_suffix(".tmp")
+    tmp = index_file.with_name(f".index-{os.getpid()}.tmp")
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
     os.replace(tmp, index_file)

@@ -20,8 +20,9 @@ class NodeIdentity:
 
     name: str
     role: str = "worker"
-    address: str | None = None  # CIDR, e.g. 192.168.6.15/24
+    address: str | None = None  # 192.168.6.15 or 192.168.6.15/24
     mac: str | None = None
+    subnet: str | None = None  # the cluster's node subnet: gives a bare address its prefix
 
 
 @dataclass
@@ -65,8 +66,9 @@ class BuildContext:
         address = self.node.address or network.get("address")
         if not address:
             return None
+        prefix = ipaddress.ip_network(self.node.subnet).prefixlen if self.node.subnet else 24
         try:
-            iface = ipaddress.ip_interface(address if "/" in str(address) else f"{address}/24")
+            iface = ipaddress.ip_interface(address if "/" in str(address) else f"{address}/{prefix}")
         except ValueError:
             raise UserError(f"node {self.node.name}: address {address!r} is not an IP address (CIDR like 192.168.6.15/24)")
         gateway = network.get("gateway")

@@ -11,16 +11,20 @@ from .context import BuildContext
 
 STEP = "swap"
 SWAP_SERVICES = ("nvzramconfig.service", "dphys-swapfile.service")
+MASKED_COPIES = "/etc/pi-image/masked"
 
 
 def plan(ctx: BuildContext) -> None:
     """Mask each swap service present in the image and drop its wants links; disable fstab swap entries."""
     root = ctx.target.root
     for unit in SWAP_SERVICES:
-        if unit_file(root, unit) is None and not wants_links(root, unit):
+        path = unit_file(root, unit)
+        if path is None and not wants_links(root, unit):
             continue
         for link in wants_links(root, unit):
             ctx.remove(STEP, link)
+        if path == f"{UNIT_DIR}/{unit}":  # L4T ships it in /etc: masking replaces it, so keep a copy to unmask
+            ctx.write(STEP, "root", f"{MASKED_COPIES}/{unit}", ctx.view.read_text("root", path) or "")
         ctx.symlink(STEP, f"{UNIT_DIR}/{unit}", "/dev/null")
     fstab = ctx.view.read_text("root", "/etc/fstab")
     if fstab is not None:
