@@ -6,8 +6,8 @@ the floor of `cp --sparse=always` of the same file in the same run; then a fleet
 Phases (medians of --runs, builds and copies interleaved so that both see the same page cache and disk):
   floor       cp --sparse=always BASE OUT (what any tool must pay to make a new image file); and the same followed
               by `sync OUT`: a build pays that write-back too, because debugfs fsyncs the image it opens
-  build       pi-image build --profile worker-8g --base BASE --output OUT (the manifest holds the output's SHA-256)
-  build -n    the same with --sha256 (plain SHA-256 of the raw output too)
+  build       pi-image build --profile worker-8g --base BASE --output OUT (manifest: the output's 4 MiB-chunk digest)
+  build+sha   the same with --sha256 (the plain SHA-256 of the raw output too)
   breakdown   one build under cProfile: where the time goes (copy, plan, edits, fsck, checksum, start-up)
   fleet       pi-image build --cluster DIR --all for --nodes inventory nodes: total time and bytes on disk (du),
               against --nodes copies with cp (the floor again)
