@@ -41,17 +41,21 @@ class CommandRunner(object):
     """Runs commands with a timeout; `env` is the environment they see (PATH decides which tools are found)."""
 
     def __init__(self, env=None, timeout=300):
-        self.env = dict(os.environ if env is None else env)
+        # None: this process's environment, handed down as it is (a dict would be re-encoded on every spawn)
+        self.env = None if env is None else dict(env)
         self.timeout = timeout
+
+    def _which(self, tool):
+        return shutil.which(tool, path=(os.environ if self.env is None else self.env).get("PATH", os.defpath))
 
     def available(self, tool):
         """True if `tool` is on this runner's PATH."""
-        return shutil.which(tool, path=self.env.get("PATH", os.defpath)) is not None
+        return self._which(tool) is not None
 
     def run(self, argv, input_text=None, timeout=None):
         """Run `argv` and return a CommandResult; a missing tool or a timeout is exit 127 / 124, not an exception."""
         printable = protocol.redact(" ".join(shlex.quote(arg) for arg in argv))
-        executable = shutil.which(argv[0], path=self.env.get("PATH", os.defpath))
+        executable = self._which(argv[0])
         if executable is None:
             log.warning("%s: command not found", argv[0])
             return CommandResult(argv, 127, "", "{}: command not found".format(argv[0]))

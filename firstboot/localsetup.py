@@ -1,5 +1,6 @@
 """Step 1 of first boot: make this machine able to run a kubelet. Every step is safe to repeat after a reboot."""
 
+import errno
 import logging
 import os
 
@@ -8,6 +9,8 @@ log = logging.getLogger("pi-image.agent")
 KERNEL_MODULES = ("overlay", "br_netfilter")
 SYSCTLS = ("net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1", "net.ipv4.ip_forward=1")
 KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+# Written by pi-image when it built this tree as a normal user (builder/image/tree.py): "uid<TAB>gid<TAB>/path" lines.
+OWNER_MAP = "/etc/pi-image/owners.tsv"
 
 
 class SetupFailed(Exception):
@@ -31,13 +34,46 @@ class LocalSetup(object):
     def run(self):
         """Apply every step; returns warnings (already logged), raises SetupFailed when a step cannot succeed."""
         warnings = []
-        for step in (self.load_modules, self.apply_sysctls, self.turn_swap_off, self.check_memory_cgroup,
-                     self.check_resolver, self.install_kube_packages):
+        for step in (self.apply_owner_map, self.load_modules, self.apply_sysctls, self.turn_swap_off,
+                     self.check_memory_cgroup, self.check_resolver, self.install_kube_packages):
             warning = step()
             if warning:
                 log.warning("%s", warning)
                 warnings.append(warning)
         return warnings
+
+    def apply_owner_map(self):
+        """Give the files listed in owners.tsv their owners (the build could not chown), then rename the map to
+        owners.tsv.applied so this happens once. Paths are taken inside the root only: absolute, no '..', no symlink
+        on the way (a listed symlink itself is lchown'ed); missing paths are skipped."""
+        map_path = self.path(OWNER_MAP)
+        try:
+            with open(map_path) as handle:
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return None
+        refused, failed, applied = [], [], 0
+        for number, line in enumerate(lines, 1):
+            entry = _owner_entry(line)
+            if entry is None:
+                if line.strip():
+                    refused.append("line {} (not uid<TAB>gid<TAB>/absolute/path without '..')".format(number))
+                continue
+            uid, gid, path = entry
+            try:
+                if _lchown_inside(self.root, path, uid, gid):
+                    applied += 1
+            except _OutsideTree:
+                refused.append("line {} (a symlink or a file on the way)".format(number))
+            except OSError as err:
+                failed.append("{}: {}".format(path, err.strerror or err))
+        if failed:  # keep the map: the next attempt (or boot) tries again
+            return "could not set the owners of {} path(s) from {}: {}".format(len(failed), OWNER_MAP,
+                                                                                "; ".join(failed[:5]))
+        os.replace(map_path, map_path + ".applied")
+        log.info("set the owners of %d path(s) from %s", applied, OWNER_MAP)
+        if refused:
+            return "{}: ignored {}".format(OWNER_MAP, "; ".join(refused[:10]))
 
     def load_modules(self):
         failed = [name for name in KERNEL_MODULES if not self.commands.run(["modprobe", name]).ok]
@@ -98,6 +134,51 @@ class LocalSetup(object):
         """The local kubeadm's version ('v1.31.4'), or '' if it cannot say."""
         result = self.commands.run(["kubeadm", "version", "-o", "short"])
         return result.stdout.strip() if result.ok else ""
+
+
+class _OutsideTree(Exception):
+    """A listed path goes through a symlink (which could lead out of the root) or through a non-directory."""
+
+
+def _owner_entry(line):
+    """(uid, gid, path) from 'uid<TAB>gid<TAB>/absolute/path', or None for anything else (or a '..' in the path)."""
+    fields = line.split("\t", 2)
+    if len(fields) != 3 or not fields[2].startswith("/") or ".." in fields[2].split("/"):
+        return None
+    try:
+        uid, gid = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return (uid, gid, fields[2]) if uid >= 0 and gid >= 0 else None
+
+
+def _lchown_inside(root, path, uid, gid):
+    """lchown root + path, following no symlink on the way (the last component itself is not followed either);
+    False if the path does not exist."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            except FileNotFoundError:
+                return False
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _OutsideTree(path)
+                raise
+            os.close(directory)
+            directory = inner
+        try:
+            if parts:
+                os.chown(parts[-1], uid, gid, dir_fd=directory, follow_symlinks=False)
+            else:
+                os.chown(directory, uid, gid)  # "/" itself: the root of the tree
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(directory)
 
 
 def _memory_controller_enabled(v2_controllers, v1_table):

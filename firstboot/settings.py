@@ -38,6 +38,7 @@ class ServerSettings(object):
         self._lock = threading.Lock()
         self._mtime = None
         self._values = {}
+        self._nodes = frozenset()
         self._reload_if_changed()
         self.enrollment_key = self._read_enrollment_key()
 
@@ -62,7 +63,7 @@ class ServerSettings(object):
             missing = [key for key in REQUIRED_KEYS if key not in values]
             if missing:
                 raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
-            self._values, self._mtime = values, mtime
+            self._values, self._nodes, self._mtime = values, frozenset(values["nodes"]), mtime
 
     def __getattr__(self, key):
         if key.startswith("_") or key not in REQUIRED_KEYS + ("approval_mode", "kubernetes_version"):
@@ -76,7 +77,7 @@ class ServerSettings(object):
     def known_nodes(self):
         """Inventory node names, re-read when tokend.json changes."""
         self._reload_if_changed()
-        return frozenset(self._values["nodes"])
+        return self._nodes
 
     def ca_cert_pem(self):
         with open(self.file("ca_cert_file")) as handle:

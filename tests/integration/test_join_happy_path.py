@@ -1,6 +1,10 @@
 """A freshly flashed node joins by itself: the real agent against the real endpoint over pinned TLS."""
 
 import json
+import os
+import re
+import socket
+import ssl
 import stat
 
 import pytest
@@ -95,6 +99,48 @@ def test_image_built_without_a_cluster_only_does_local_setup(lab, tmp_path):
     assert lab.fake.calls("modprobe")
     assert lab.fake.calls("kubeadm", "join") == []
     assert json.loads((root / "var/lib/pi-image/firstboot.done").read_text())["joined"] is False
+
+
+def test_answers_leave_whole_in_one_write_and_the_connection_stays_open(lab):
+    """Headers and body in one TLS record: written apart with Nagle on, the body waited for the client's delayed
+    ACK (40 ms per answer, twice per join). And one connection carries the challenge and the POST."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", lab.server.port), timeout=10) as raw, \
+            context.wrap_socket(raw) as tls:
+        for _ in range(2):
+            tls.sendall(b"GET /v1/challenge HTTP/1.1\r\nHost: tokend\r\n\r\n")
+            answer = tls.recv(65536)  # one TLS record at most
+
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), answer
+            assert b"Connection: close" not in head
+            assert len(body) == int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            assert "nonce" in json.loads(body.decode())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files other owners needs root")
+def test_owners_a_non_root_build_could_not_set_are_applied_at_first_boot(lab, tmp_path):
+    from builder.cluster import local_node_config
+    from builder.image.tree import DirectoryFilesystem
+    from join_fakes.harness import make_root
+
+    root = make_root(tmp_path, local_node_config("jetson", "1.31"))
+    tree = DirectoryFilesystem(root, writable=True)
+    tree._can_chown = False  # what a build by a normal user does: record the owners instead of setting them
+    tree.mkdir("/home/nvidia", 0o750, uid=1000, gid=1000)
+    tree.write("/home/nvidia/.profile", b"", uid=1000, gid=1000)
+    tree.symlink("/home/nvidia/tools", "/opt/tools", uid=1000, gid=1000)
+    tree.commit()
+    assert (root / "etc/pi-image/owners.tsv").exists() and os.lstat(str(root / "home/nvidia")).st_uid == 0
+
+    result = run_agent(root, lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    for path in ("home/nvidia", "home/nvidia/.profile", "home/nvidia/tools"):
+        assert (os.lstat(str(root / path)).st_uid, os.lstat(str(root / path)).st_gid) == (1000, 1000), path
+    assert not (root / "etc/pi-image/owners.tsv").exists()
+    assert (root / "etc/pi-image/owners.tsv.applied").exists()
 
 
 def test_second_boot_after_joining_does_nothing(lab):

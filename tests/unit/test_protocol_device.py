@@ -1,6 +1,8 @@
 """Device-side pieces of the join: node-ip choice, local checks, backoff, node.json — and Python 3.6 compatibility."""
 
+import errno
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -129,3 +131,59 @@ def test_firstboot_package_runs_on_python_36_per_vermin():
 
     assert proc.returncode == 0, proc.stdout
     assert "Minimum required versions" in proc.stdout, "vermin analysed the package"
+
+
+def _owners(path):
+    st = os.lstat(str(path))
+    return st.st_uid, st.st_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files other owners needs root")
+def test_owner_map_is_applied_inside_the_root_only_then_renamed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "etc/pi-image").mkdir(parents=True)
+    (root / "home/pi").mkdir(parents=True)
+    (root / "home/pi/.bashrc").write_text("")
+    outside.mkdir()
+    (outside / "secret").write_text("")
+    (root / "usr").symlink_to(str(outside))           # a directory symlink leading out of the tree
+    (root / "home/pi/link").symlink_to(str(outside / "secret"))
+    untouched = _owners(outside / "secret")
+    (root / "etc/pi-image/owners.tsv").write_text("\n".join([
+        "1000\t1000\t/home/pi",
+        "1000\t1001\t/home/pi/.bashrc",
+        "1000\t1000\t/home/pi/link",                   # the link itself, not what it points to
+        "1000\t1000\t/usr/secret",                     # through a symlink: refused
+        "1000\t1000\t/home/pi/../../outside/secret",   # '..': refused
+        "1000\t1000\thome/pi/.bashrc",                 # not absolute: refused
+        "x\t1000\t/home/pi",                           # not a uid: refused
+        "1000\t1000\t/home/pi/not-there",              # missing: skipped
+        ""]))
+
+    warning = localsetup.LocalSetup(str(root), ScriptedCommands()).apply_owner_map()
+
+    assert _owners(root / "home/pi") == (1000, 1000)
+    assert _owners(root / "home/pi/.bashrc") == (1000, 1001)
+    assert _owners(root / "home/pi/link") == (1000, 1000)
+    assert _owners(outside / "secret") == untouched
+    assert _owners(outside) != (1000, 1000)
+    for line in (4, 5, 6, 7):
+        assert "line {} ".format(line) in warning
+    assert "line 8" not in warning
+    assert not (root / "etc/pi-image/owners.tsv").exists()
+    assert (root / "etc/pi-image/owners.tsv.applied").exists()
+    assert localsetup.LocalSetup(str(root), ScriptedCommands()).apply_owner_map() is None, "runs once"
+
+
+def test_owner_map_that_could_not_be_applied_stays_for_the_next_attempt(tmp_path, monkeypatch):
+    (tmp_path / "etc/pi-image").mkdir(parents=True)
+    (tmp_path / "etc/pi-image/owners.tsv").write_text("0\t0\t/etc/pi-image\n")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(localsetup.os, "chown", read_only)
+    warning = localsetup.LocalSetup(str(tmp_path), ScriptedCommands()).apply_owner_map()
+
+    assert "/etc/pi-image: Read-only file system" in warning
+    assert (tmp_path / "etc/pi-image/owners.tsv").exists()
