@@ -145,6 +145,7 @@ class FirstBootAgent(object):
         if any(marker in output for marker in _EXPIRED_TOKEN_MARKERS):
             log.warning("the token expired before kubeadm could use it; asking for a new one")
             self._report("progress", "token expired before join; fetching a new token")
+            self.paths.discard(self.paths.join_started)  # nothing was joined: no reset needed before the retry
             return RETRY_NOW
         log.error("kubeadm join failed: %s", result.summary())
         self._report("failed", "kubeadm join failed: " + result.summary())

@@ -69,6 +69,12 @@ class AgentPaths(object):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        # the rename itself must be on disk too: a power cut must not undo "done" after the endpoint saw "joined"
+        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def discard(self, path):
         """Remove `path` if it exists."""

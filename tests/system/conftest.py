@@ -1,0 +1,186 @@
+"""Boot-to-join system test fixtures: a real Debian rootfs in the Ubuntu raspi layout, built once per session.
+
+Run with `tests/system/run.sh` (installs the tools, then `python -m pytest -m system tests/system`). Needs root
+(debootstrap, chroot, a root-owned tree for mkfs.ext4 -d). The rootfs is cached per machine (see rootfs.py); the
+figures (debootstrap, build, boot-to-joined, suite wall time) are printed at the end and written to
+<basetemp>/system-figures.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # join_fakes
+
+TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "chroot")
+REPO = Path(__file__).resolve().parents[2]
+KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"
+FIGURES: dict = {"boots": []}
+SHARED_GUEST_MODULES = {"test_boot_joins.py"}
+# Added to the rootfs with guest/test-tools/ before the build: the stand-ins ahead of the real apt on PATH, the
+# monitor unit enabled; masked, what a headless guest without a screen does not need and TCG pays seconds for.
+GUEST_LINKS = {
+    "/usr/local/bin/apt-get": "/usr/local/lib/pi-image-test/standin",
+    "/usr/local/bin/apt-mark": "/usr/local/lib/pi-image-test/standin",
+    "/etc/systemd/system/multi-user.target.wants/pi-image-test-monitor.service":
+        "/etc/systemd/system/pi-image-test-monitor.service",
+    "/etc/systemd/system/getty@tty1.service": "/dev/null",
+    "/etc/systemd/system/getty-static.service": "/dev/null",
+    "/etc/systemd/system/e2scrub_reap.service": "/dev/null",
+}
+_SESSION_START = time.monotonic()
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    reason = ("the boot test needs root (debootstrap, chroot)" if os.geteuid() != 0
+              else f"missing {', '.join(missing)}: run tests/system/run.sh, it installs them" if missing else None)
+    for item in items:
+        if item.path.parent == here:
+            item.add_marker(pytest.mark.system)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def node_build(tmp_path_factory, request):
+    """`pi-image build --profile worker-8g --cluster DIR --node pi-worker1` on the Ubuntu-layout Debian rootfs."""
+    from join_fakes.harness import make_ca
+
+    from lab import NODE, NodeBuild, free_port, pi_image
+    from rootfs import cached_rootfs, rootfs_facts
+    from ubuntu_layout import make_image, stage_tree
+
+    base = tmp_path_factory.mktemp("node-build")
+    figures = FIGURES.setdefault("build", {})
+    started = time.monotonic()
+    rootfs = cached_rootfs()
+    figures["rootfs_seconds"] = round(time.monotonic() - started, 1)
+    facts = rootfs_facts(rootfs)
+    figures["rootfs_made"] = {key: facts.get(key) for key in ("key", "debootstrap_seconds", "total_seconds")}
+
+    started = time.monotonic()
+    tools = Path(__file__).parent / "guest" / "test-tools"
+    stage = stage_tree(rootfs, [(tools, GUEST_LINKS)], base / "stage")
+    base_image = make_image(stage, base / "ubuntu-22.04-raspi-like.img")
+    shutil.rmtree(stage)
+    figures["base_image_seconds"] = round(time.monotonic() - started, 1)
+
+    api_port, endpoint_port = free_port(), free_port()
+    cluster_dir = base / "cluster"
+    pi_image("cluster", "init", str(cluster_dir), "--api-server", f"10.0.2.2:{api_port}",
+             "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", "1.31", "--node-subnet", "10.0.2.0/24")
+    pi_image("cluster", "add-node", str(cluster_dir), NODE, "--profile", "worker-8g")
+    ca_cert = base / "ca.crt"
+    ca_hash = make_ca(ca_cert)
+
+    started = time.monotonic()
+    image = base / f"{NODE}.img"
+    pi_image("build", "--profile", "worker-8g", "--base", str(base_image), "--cluster", str(cluster_dir),
+             "--node", NODE, "--kube-key", str(KUBE_KEY), "-o", str(image))
+    figures["pi_image_build_seconds"] = round(time.monotonic() - started, 1)
+    base_image.unlink()
+    yield NodeBuild(image, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures)
+    if not request.session.testsfailed:
+        image.unlink()  # images are large; after a failure they stay for a look
+
+
+@pytest.fixture
+def system_lab(node_build, tmp_path, request):
+    """A scenario's private image + cluster copy, fake cluster and fake API server; the endpoint is not started."""
+    yield from _lab(node_build, tmp_path, request.node.name, request.session)
+
+
+@pytest.fixture(scope="module")
+def module_lab(node_build, tmp_path_factory, request):
+    """Like system_lab, shared by the tests of one module (a story told in several steps: power on, then reboot)."""
+    yield from _lab(node_build, tmp_path_factory.mktemp("lab"), request.module.__name__, request.session)
+
+
+def _lab(node_build, base: Path, name: str, session):
+    from lab import SystemLab
+
+    failed_before = session.testsfailed
+    world = SystemLab(base, node_build)
+    yield world
+    world.close()
+    for number, guest in enumerate(world.guests, 1):
+        FIGURES["boots"].append(boot_figures(name, number, guest, world.guest_report(number, None)))
+    if session.testsfailed == failed_before:
+        world.image.unlink()  # the serial logs and the cluster directory stay
+
+
+def boot_figures(test: str, number: int, guest, report: dict | None) -> dict:
+    """How long a power-on took: QEMU start to the agent's 'joined' line (host clock); systemd start and kernel start
+    to the agent's exit (the guest's monotonic clock, from its report)."""
+    entry = {"test": test, "boot": number, "qemu_seconds": round(guest.elapsed(), 1)}
+    if "joined the cluster" in guest.seen:
+        entry["qemu_start_to_joined"] = round(guest.seen["joined the cluster"], 1)
+    unit, manager = (report or {}).get("unit", {}), (report or {}).get("manager", {})
+    exited = int(unit.get("ExecMainExitTimestampMonotonic") or 0)
+    if exited and unit.get("Result") == "success":
+        userspace = int(manager["UserspaceTimestampMonotonic"])
+        entry["kernel_start_to_agent_done"] = round(exited / 1e6, 1)
+        entry["systemd_start_to_agent_done"] = round((exited - userspace) / 1e6, 1)
+        entry["systemd_start_to_agent_start"] = round(
+            (int(unit["ExecMainStartTimestampMonotonic"]) - userspace) / 1e6, 1)
+    return entry
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (run.sh -n 2): a module whose tests share one guest (module_lab) runs whole, in order, in one
+    worker; every other test is a unit of its own; a worker gets its next unit only when it starts its last test
+    (xdist queues two ahead, which can leave one worker with two boots to go while the other has nothing). xdist's own
+    loadgroup cannot group on pytest 9, where nodeids are read-only."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedGuestScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return module if Path(module).name in SHARED_GUEST_MODULES else nodeid
+
+        def _reschedule(self, node):
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+            elif self._pending_of(self.assigned_work[node]) <= 1:  # a worker runs a test once it has the next
+                self._assign_work_unit(node)
+
+    return SharedGuestScheduling(config, log)
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its figures to the controller (see pytest_testnodedown)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["system_figures"] = json.dumps(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    worker = json.loads(node.workeroutput.get("system_figures", "{}") or "{}")
+    FIGURES["boots"] += worker.get("boots", [])
+    if "build" in worker:
+        FIGURES.setdefault("builds", []).append(worker["build"])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput") or not (FIGURES["boots"] or "build" in FIGURES or "builds" in FIGURES):
+        return
+    FIGURES["suite_wall_seconds"] = round(time.monotonic() - _SESSION_START, 1)
+    FIGURES["boots"].sort(key=lambda boot: (boot["test"], boot["boot"]))
+    text = json.dumps(FIGURES, indent=2)
+    terminalreporter.section("boot-to-join figures")
+    terminalreporter.write_line(text)
+    path = Path(config._tmp_path_factory.getbasetemp()) / "system-figures.json"
+    path.write_text(text + "\n")
+    terminalreporter.write_line(f"(also in {path})")

@@ -1,0 +1,120 @@
+#!/usr/bin/python3
+"""Test-only watcher in the booted guest: once first boot is over, record what the system looks like and power off.
+
+"Over" is the first of: the agent's marker /var/lib/pi-image/firstboot.done exists and its unit is no longer running
+(and multi-user.target was reached, so on a second boot the unit's condition was evaluated); the agent's log holds
+the text of `pitest.stop_on=` (kernel command line); `pitest.timeout=` seconds of uptime (default 200).
+
+Power-ons are counted in /var/lib/pi-image-test/boots; the report goes to /var/lib/pi-image-test/boot-<N>.json
+(+ boot-<N>.journal) and to the serial console as `PITEST report {...}`; then the guest powers off (filesystems
+unmounted cleanly), so the host can read the files back with debugfs.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import time
+
+RESULTS = "/var/lib/pi-image-test"
+DONE = "/var/lib/pi-image/firstboot.done"
+AGENT_LOG = "/var/lib/pi-image/firstboot.log"
+UNIT = "pi-image-firstboot.service"
+UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult", "ExecMainStatus",
+                   "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
+MANAGER_PROPERTIES = ("UserspaceTimestampMonotonic", "FinishTimestampMonotonic")
+PROC_FILES = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+              "/proc/sys/net/ipv4/ip_forward", "/proc/swaps", "/proc/cmdline", "/sys/fs/cgroup/cgroup.controllers")
+
+
+def knobs():
+    with open("/proc/cmdline") as handle:
+        words = shlex.split(handle.read())
+    return dict(word[len("pitest."):].split("=", 1) for word in words if word.startswith("pitest.") and "=" in word)
+
+
+def uptime():
+    with open("/proc/uptime") as handle:
+        return float(handle.read().split()[0])
+
+
+def output(*argv):
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True).stdout
+
+
+def show(*argv):
+    """`systemctl show` properties as a dict."""
+    lines = output("systemctl", "show", *argv).splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def read(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def finished(stop_on):
+    if os.path.exists(DONE):
+        unit = show(UNIT, "-p", "ActiveState")
+        target = show("multi-user.target", "-p", "ActiveState")
+        if unit.get("ActiveState") != "activating" and target.get("ActiveState") == "active":
+            return "done"
+    if stop_on and stop_on in (read(AGENT_LOG) or ""):
+        return "stop-on"
+    return None
+
+
+def report(reason, boot):
+    loaded = read("/proc/modules") or ""
+    return {
+        "boot": boot, "reason": reason, "uptime": uptime(),
+        "done": read(DONE), "unit": show(UNIT, *("-p" + name for name in UNIT_PROPERTIES)),
+        "manager": show(*("-p" + name for name in MANAGER_PROPERTIES)),
+        "network_online": show("network-online.target", "-p", "ActiveEnterTimestampMonotonic"),
+        "modules": {name: (name + " ") in loaded for name in ("overlay", "br_netfilter")},
+        "proc": {path: read(path) for path in PROC_FILES},
+        "addresses": output("ip", "-o", "-4", "addr", "show").splitlines(),
+        "hostname": read("/etc/hostname"),
+        "failed_units": output("systemctl", "--failed", "--no-legend", "--plain").splitlines(),
+    }
+
+
+def count_boot():
+    """This power-on's number (1, 2, ...), counted on disk at once so that a later power cut does not lose it."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "boots")
+    boot = int(read(path) or "0") + 1
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(descriptor, str(boot).encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return boot
+
+
+def main():
+    settings = knobs()
+    stop_on, timeout = settings.get("stop_on"), float(settings.get("timeout", "200"))
+    boot = count_boot()
+    reason = None
+    while reason is None:
+        reason = finished(stop_on) or ("timeout" if uptime() > timeout else None)
+        if reason is None:
+            time.sleep(0.5)
+    data = report(reason, boot)
+    with open(os.path.join(RESULTS, "boot-{}.json".format(boot)), "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    with open(os.path.join(RESULTS, "boot-{}.journal".format(boot)), "w") as handle:
+        handle.write(output("journalctl", "-b", "-o", "short-monotonic", "--no-pager"))
+    with open("/dev/console", "w") as console:
+        console.write("PITEST report " + json.dumps(data, sort_keys=True) + "\n")
+    os.sync()
+    subprocess.run(["systemctl", "poweroff", "--force"])  # no unit stops (seconds under emulation); still unmounts
+
+
+if __name__ == "__main__":
+    main()
