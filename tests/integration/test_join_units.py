@@ -31,7 +31,9 @@ def test_firstboot_unit_runs_once_after_network_and_time_sync_without_a_timeout(
     firstboot = unit("pi-image-firstboot.service")
 
     assert firstboot["Unit"]["ConditionPathExists"] == "!/var/lib/pi-image/firstboot.done"
-    assert set(firstboot["Unit"]["After"].split()) == {"network-online.target", "time-sync.target"}
+    assert {"network-online.target", "time-sync.target"} <= set(firstboot["Unit"]["After"].split())
+    # multi-user.target (and cloud-final after it) must not wait while the agent retries
+    assert firstboot["Unit"]["DefaultDependencies"] == "no"
     assert set(firstboot["Unit"]["Wants"].split()) == {"network-online.target", "time-sync.target"}
     assert firstboot["Service"]["Type"] == "oneshot"
     assert "Restart" not in firstboot["Service"], "systemd 237 refuses Restart= on oneshot units"
