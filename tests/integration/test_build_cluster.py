@@ -25,16 +25,6 @@ NODES = {  # name: (add-node arguments, role)
 }
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory) -> PiImage:
-    return PiImage(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def base(sample_image) -> Path:
-    return sample_image("ubuntu-raspi")
-
-
 def make_cluster(cli: PiImage, directory: Path, subnet: str, nodes: dict[str, list[str]]) -> Path:
     succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.10:6443", "--endpoint",
                   "192.168.6.10:8443", "--kubernetes-version", "1.31", "--node-subnet", subnet))

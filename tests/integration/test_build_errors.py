@@ -32,17 +32,6 @@ exec sleep 60
 """
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory) -> PiImage:
-    return PiImage(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def base(sample_image) -> Path:
-    """The Ubuntu sample every story starts from (shared and read-only: each test checks it is unchanged)."""
-    return sample_image("ubuntu-raspi")
-
-
 @pytest.fixture
 def out(tmp_path) -> Path:
     directory = tmp_path / "out"

@@ -449,7 +449,6 @@ def test_build_twice_is_byte_identical(built):
     # the rebuild plans against a base that is already done (user exists, unit masked): a subset of the ops
     assert [op for op in two["files"] if op not in one["files"]] == []
     if built.first.is_file():
-        beside = json.loads(built.first.with_name(built.first.name + ".json").read_text())
         assert two["base"] == {"path": built.first.name, "sha256": sha256_of(built.first)}
     assert fingerprint(built.first) == built.first_before_rebuild, "the rebuild's base was written"
 
