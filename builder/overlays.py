@@ -24,9 +24,9 @@ import yaml
 
 from .errors import UserError
 from .plan import FileOp, Plan, PlanView
-from .profiles import PROJECT_DIR
+from .profiles import DATA_DIR
 
-OVERLAY_DIRS = [PROJECT_DIR / "overlays"]
+OVERLAY_DIRS = [DATA_DIR / "overlays"]
 MANIFEST = "overlay.yaml"
 FILE_KEYS = {"mode", "owner", "merge"}
 

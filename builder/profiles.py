@@ -17,8 +17,10 @@ import yaml
 
 from .errors import UserError
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROFILE_DIRS = [PROJECT_DIR / "profiles"]
+# Shipped data lives inside the package (so a wheel or `pipx install .` has it); the repository's top-level
+# profiles/ and overlays/ are links to these directories.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROFILE_DIRS = [DATA_DIR / "profiles"]
 
 
 @dataclass(frozen=True)

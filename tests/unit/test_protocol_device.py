@@ -187,3 +187,4 @@ def test_owner_map_that_could_not_be_applied_stays_for_the_next_attempt(tmp_path
 
     assert "/etc/pi-image: Read-only file system" in warning
     assert (tmp_path / "etc/pi-image/owners.tsv").exists()
+

@@ -30,15 +30,23 @@ FAST_AGENT = ["--backoff-initial", "0.05", "--backoff-max", "0.2"]
 
 
 def _firstboot_python():
-    for candidate in (os.environ.get("FIRSTBOOT_PYTHON"), shutil.which("python3.6"),
-                      "/root/.pyenv/versions/3.6.15/bin/python3.6"):
-        if candidate and subprocess.run([candidate, "-c", "import ssl, sqlite3"], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL).returncode == 0:
+    """FIRSTBOOT_PYTHON, else a python3.6 on PATH, when it runs and has ssl + sqlite3; else None."""
+    for candidate in (os.environ.get("FIRSTBOOT_PYTHON"), shutil.which("python3.6")):
+        if not candidate:
+            continue
+        try:
+            probe = subprocess.run([candidate, "-c", "import ssl, sqlite3"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        except OSError:
+            continue
+        if probe.returncode == 0:
             return candidate
-    return sys.executable
+    return None
 
 
-FIRSTBOOT_PYTHON = _firstboot_python()
+# The oldest device Python when one is installed; else the test Python (vermin still proves 3.6 on every run).
+PYTHON36 = _firstboot_python()
+FIRSTBOOT_PYTHON = PYTHON36 or sys.executable
 
 
 def make_ca(path, key_type="ecdsa"):
