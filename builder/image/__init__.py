@@ -75,4 +75,10 @@ def open_medium(path: Path, *, writable: bool = False, cache_dir: Path | None = 
     raw = raw_image(path, cache_dir)
     if writable and raw != path:
         raise UserError(f"{path}: a compressed image cannot be edited in place")
-    return DiskImage(raw, writable, fake_time)
+    try:
+        return DiskImage(raw, writable, fake_time)
+    except UserError as err:
+        if raw == path:
+            raise
+        # the unpacked copy in the cache is not what the user named: say what they named
+        raise UserError(f"{path} (unpacked): {str(err).replace(str(raw) + ': ', '').replace(str(raw), 'the image')}") from None

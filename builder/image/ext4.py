@@ -1,15 +1,21 @@
 """ext4 inside an image file, read and written with e2fsprogs' `debugfs` at a byte offset: no root, no mount.
 
-Reads run one short debugfs command each (a few milliseconds, whatever the image size). Writes are queued and
-applied in ONE `debugfs -w` run per filesystem when `commit()` is called, then every written entry is read back in
-one more run and compared: debugfs prints its errors but exits 0, so nothing it says is trusted without checking.
-Until commit, reads see the queued writes, so a build reads its own edits.
+Reads run one short debugfs command each (a few milliseconds, whatever the image size). Writes are queued as the
+final state of each path and applied in ONE `debugfs -w` run per filesystem when `commit()` is called, then every
+written entry is read back in one more run and compared: debugfs prints its errors but exits 0, so nothing it says
+is trusted without checking. Until commit, reads see the queued writes, so a build reads its own edits.
+
+debugfs cannot rewrite a file in place: `write` always makes a new inode. So replacing a file (or a symlink) by
+one of the same type hands the old inode's extended attributes (SELinux label, file capabilities, user.*) and all
+its names (hard links) over to the new inode, as an in-place write on a mounted system keeps them. The old
+inode's external xattr block is freed explicitly (debugfs's `rm` would leak it); a block the kernel shares between
+inodes cannot be released with debugfs, so replacing or removing the last name of such a file is refused.
+
+Names in an image are bytes; they are carried as surrogate-escaped `str` and reach debugfs unchanged (debugfs.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import posixpath
 import re
 import stat as statmod
@@ -19,61 +25,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..run import run
+from .debugfs import InodeFacts, Listed, debugfs, ncheck_names, parse_stat, quote, split_listings, text
 from .fs import FileStat, Filesystem
+from .superblock import INCOMPAT_EA_INODE, INCOMPAT_RECOVER, STATE_ERRORS, read_superblock
 
-EXT4_MAGIC = 0xEF53
-SUPERBLOCK_OFFSET = 1024
-INCOMPAT_RECOVER = 0x4  # "needs_recovery": the journal holds writes not yet replayed
-INCOMPAT_EXTENTS = 0x40
-STATE_ERRORS = 0x2
-BANNER = re.compile(rb"^debugfs \d+\.\d+.*\n?", re.M)
+XATTR_BLOCK_MAGIC = 0xEA020000
+ROOT = Listed(2, FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0))
 
 
 @dataclass(frozen=True)
-class Superblock:
-    """The few superblock fields pi-image needs (read with struct, no tool needed)."""
+class _Inode:
+    """An on-disk inode (not a directory) whose names the queue replaces, removes or changes."""
 
-    block_size: int
-    blocks: int
-    label: str
-    state: int
-    incompat: int
-
-    @property
-    def size(self) -> int:
-        return self.block_size * self.blocks
-
-    @property
-    def kind(self) -> str:
-        return "ext4" if self.incompat & INCOMPAT_EXTENTS else "ext2/3"
-
-
-def read_superblock(image: Path, offset: int) -> Superblock | None:
-    """The ext2/3/4 superblock of the filesystem at `offset`, or None if there is none."""
-    with open(image, "rb") as f:
-        f.seek(offset + SUPERBLOCK_OFFSET)
-        raw = f.read(1024)
-    if len(raw) < 1024 or struct.unpack_from("<H", raw, 0x38)[0] != EXT4_MAGIC:
-        return None
-    blocks_lo, log_block = struct.unpack_from("<I", raw, 0x4)[0], struct.unpack_from("<I", raw, 0x18)[0]
-    blocks_hi = struct.unpack_from("<I", raw, 0x150)[0] if struct.unpack_from("<I", raw, 0x60)[0] & 0x80 else 0
-    return Superblock(
-        block_size=1024 << min(log_block, 6),
-        blocks=blocks_lo | (blocks_hi << 32),
-        label=raw[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", errors="replace"),
-        state=struct.unpack_from("<H", raw, 0x3A)[0],
-        incompat=struct.unpack_from("<I", raw, 0x60)[0],
-    )
+    facts: InodeFacts
+    mode: int  # st_mode: its type, and whether a new entry can take it over
+    names: frozenset[str]  # every name it has on disk
 
 
 @dataclass
 class _Queued:
-    """A write waiting for commit: the entry's new state (None = removed) and, for files/links, its content."""
+    """The final state of a path: its entry (None = removed) and, for files/links, its content.
+
+    Names of one inode share one `_Queued`, so a change made through one name shows through all.
+    """
 
     stat: FileStat | None
     data: bytes | None = None
     target: str | None = None
+    kept: bool = False  # the on-disk entry stays; only its mode/owner change
+    heir_of: _Inode | None = None  # the on-disk inode whose xattrs and names this new entry takes over
+
+
+_Groups = list[tuple[_Queued, list[str]]]  # each queued entry with its names
+_Carried = dict[int, list[tuple[str, Path]]]  # id(new entry) -> the xattrs it takes over: (name, file with value)
 
 
 class Ext4Filesystem(Filesystem):
@@ -97,192 +81,321 @@ class Ext4Filesystem(Filesystem):
             raise UserError(f"{description} is marked as having errors: run e2fsck -f on it first")
         self.superblock = sb
         self._queue: dict[str, _Queued] = {}
-        self._order: list[str] = []  # debugfs commands, in order
-        self._dirs: dict[str, dict[str, FileStat]] = {}  # cache of on-disk directory listings
-
-    @property
-    def _spec(self) -> str:
-        return f"{self.image}?offset={self.offset}"
+        self._dirs: dict[str, dict[str, Listed]] = {}  # cache of on-disk directory listings
+        self._inodes: dict[int, _Inode] = {}  # on-disk inodes the queue touches, by number
 
     def _debugfs(self, *commands: str, write: bool = False) -> tuple[bytes, list[str]]:
-        """Run debugfs with `commands`; return stdout and the error lines it printed on stderr."""
-        argv = ["debugfs", "-w"] if write else ["debugfs"]
-        env = {"E2FSPROGS_FAKE_TIME": str(self.fake_time)} if self.fake_time is not None else None
-        script = ("\n".join(commands) + "\n").encode()
-        proc = run([*argv, "-f", "-", self._spec], input=script, env=env)
-        errors = [line for line in BANNER.sub(b"", proc.stderr).decode(errors="replace").splitlines() if line.strip()]
-        return proc.stdout, errors
+        return debugfs(f"{self.image}?offset={self.offset}", self.description, commands, write=write,
+                       fake_time=self.fake_time)
 
-    # --- reads --------------------------------------------------------------------------------------------
+    # --- the disk as it is ----------------------------------------------------------------------------------
 
-    def _listing(self, path: str) -> dict[str, FileStat]:
-        """On-disk entries of directory `path` (cached; `ls -p` gives mode/uid/gid/size of each in one run)."""
+    def _listing(self, path: str) -> dict[str, Listed]:
+        """On-disk entries of directory `path` (cached; `ls -p` gives inode/mode/uid/gid/size of each in one run)."""
         if path not in self._dirs:
-            out, _ = self._debugfs(f'ls -p {_q(path)}')
-            self._dirs[path] = _split_listings(out, [path]).get(path, {})
+            out, _ = self._debugfs(f'ls -p {quote(path)}')
+            self._dirs[path] = split_listings(out, [path]).get(path, {})
         return self._dirs[path]
+
+    def _on_disk(self, path: str) -> Listed | None:
+        """The entry at `path` on disk, ignoring the queue."""
+        if path == "/":
+            return ROOT
+        parent = self._on_disk(posixpath.dirname(path))
+        if parent is None or not parent.stat.is_dir:
+            return None
+        return self._listing(posixpath.dirname(path)).get(posixpath.basename(path))
+
+    def _inode(self, path: str) -> _Inode | None:
+        """The on-disk inode still at `path` (read the first time it is needed); None for a directory, for
+        nothing, or if the queue already put something else there."""
+        queued = self._queue.get(path)
+        listed = None if queued is not None and not queued.kept else self._on_disk(path)
+        if listed is None or listed.stat.is_dir:
+            return None
+        if listed.inode not in self._inodes:
+            out, errors = self._debugfs(f'stat {quote(path)}')
+            facts = parse_stat(text(out))
+            if errors or facts is None:
+                raise UserError(f"{self.description}: cannot stat {path}: {errors[0] if errors else 'no inode'}")
+            names = {path} if facts.links == 1 else self._names_of(facts.number)
+            self._inodes[listed.inode] = _Inode(facts, listed.stat.mode, frozenset(names))
+        return self._inodes[listed.inode]
+
+    def _names_of(self, number: int) -> set[str]:
+        """Every path of the hard-linked inode `number` (`ncheck` walks the whole directory tree)."""
+        out, errors = self._debugfs(f"ncheck {number}")
+        names = ncheck_names(out, number)
+        if errors or not names:
+            raise UserError(f"{self.description}: cannot find the hard links of inode {number}")
+        return names
+
+    def _live_names(self, inode: _Inode) -> list[str]:
+        """The names of `inode` that still point to it once the queue is applied."""
+        return sorted(n for n in inode.names if n not in self._queue or self._queue[n].kept)
+
+    # --- reads (the queue first, then the disk) -------------------------------------------------------------
+
+    def _disk_children(self, path: str) -> dict[str, Listed]:
+        """The on-disk entries of the directory `path`; none if the queue makes it anew."""
+        queued = self._queue.get(path)
+        listed = None if queued is not None and not queued.kept else self._on_disk(path)
+        return self._listing(path) if listed is not None and listed.stat.is_dir else {}
 
     def _lstat_resolved(self, path: str) -> FileStat | None:
         if path in self._queue:
             return self._queue[path].stat
         if path == "/":
-            return FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0)
+            return ROOT.stat
         parent = self._lstat_resolved(posixpath.dirname(path))
         if parent is None or not parent.is_dir:
             return None
-        return self._listing(posixpath.dirname(path)).get(posixpath.basename(path))
+        listed = self._disk_children(posixpath.dirname(path)).get(posixpath.basename(path))
+        return listed.stat if listed else None
 
     def _listdir_resolved(self, path: str) -> list[str]:
-        names = {n for n, st in self._listing(path).items()}
+        names = set(self._disk_children(path))
         for queued, q in self._queue.items():
             if posixpath.dirname(queued) == path:
                 (names.add if q.stat is not None else names.discard)(posixpath.basename(queued))
         return sorted(names)
 
     def _read_resolved(self, path: str) -> bytes:
-        if path in self._queue and self._queue[path].data is not None:
-            return self._queue[path].data  # type: ignore[return-value]
-        out, errors = self._debugfs(f'cat {_q(path)}')
+        queued = self._queue.get(path)
+        if queued is not None and queued.data is not None:
+            return queued.data
+        out, errors = self._debugfs(f'cat {quote(path)}')
         out = out.split(b"\n", 1)[1] if out.startswith(b"debugfs: ") else out  # drop the echoed command
         if errors:
             raise UserError(f"{self.description}: cannot read {path}: {errors[0]}")
         return out
 
     def _readlink_resolved(self, path: str) -> str:
-        if path in self._queue and self._queue[path].target is not None:
-            return self._queue[path].target  # type: ignore[return-value]
-        out, errors = self._debugfs(f'stat {_q(path)}')
-        text = out.decode("utf-8", errors="surrogateescape")
-        fast = re.search(r'^Fast link dest: "(.*)"$', text, re.M)
+        queued = self._queue.get(path)
+        if queued is not None and queued.target is not None:
+            return queued.target
+        out, errors = self._debugfs(f'stat {quote(path)}')
+        stat_text = text(out)
+        fast = re.search(r'^Fast link dest: "(.*)"$', stat_text, re.M)
         if fast:
             return fast.group(1)
         # A long target lives in a data block: find it in the extent list and read it from the image directly.
-        block = re.search(r"^\(0\):(\d+)", text, re.M)
-        size = re.search(r"Size: (\d+)", text)
+        block = re.search(r"^\(0\):(\d+)", stat_text, re.M)
+        size = re.search(r"Size: (\d+)", stat_text)
         if errors or not block or not size or int(size.group(1)) > self.superblock.block_size:
             raise UserError(f"{self.description}: cannot read symlink {path}")
+        return self._read_block(int(block.group(1)), int(size.group(1))).decode("utf-8", errors="surrogateescape")
+
+    def _read_block(self, block: int, size: int) -> bytes:
         with open(self.image, "rb") as f:
-            f.seek(self.offset + int(block.group(1)) * self.superblock.block_size)
-            return f.read(int(size.group(1))).decode("utf-8", errors="surrogateescape")
+            f.seek(self.offset + block * self.superblock.block_size)
+            return f.read(size)
 
     # --- queued writes --------------------------------------------------------------------------------------
 
-    def _replace(self, path: str) -> None:
-        """Queue removal of whatever is at `path` now, so debugfs can create the new entry."""
-        if self._lstat_resolved(path) is not None:
-            self._order.append(f'rm {_q(path)}')
+    def _replace(self, path: str, entry: _Queued) -> None:
+        """Queue `entry` as the new inode at `path`. If the old inode there is of the same type, the new one
+        takes over all its names and (at commit) its xattrs."""
+        assert entry.stat is not None
+        old = self._inode(path)
+        if old is not None and statmod.S_IFMT(old.mode) == statmod.S_IFMT(entry.stat.mode):
+            entry.heir_of = old
+            names = self._live_names(old)
+        else:
+            names = [path]
+        for name in names:
+            self._queue[name] = entry
 
     def _write_resolved(self, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-        self._replace(path)
-        self._order.append(("write", path))  # the host file is made at commit time
-        self._queue[path] = _Queued(FileStat(statmod.S_IFREG | mode, uid, gid, len(data)), data=data)
-        self._order.extend(self._attrs(path, statmod.S_IFREG | mode, uid, gid))
+        new = FileStat(statmod.S_IFREG | mode, uid, gid, len(data))
+        queued = self._queue.get(path)
+        if queued is not None and queued.data is not None:  # written earlier in this batch: new content only
+            queued.stat, queued.data = new, data
+        else:
+            self._replace(path, _Queued(new, data=data))
 
     def _mkdir_resolved(self, path: str, mode: int, uid: int, gid: int) -> None:
-        self._order.append(f'mkdir {_q(path)}')
         self._queue[path] = _Queued(FileStat(statmod.S_IFDIR | mode, uid, gid, 0))
-        self._order.extend(self._attrs(path, statmod.S_IFDIR | mode, uid, gid))
 
     def _symlink_resolved(self, path: str, target: str, uid: int, gid: int) -> None:
-        self._replace(path)
-        self._order.append(f'symlink {_q(path)} {_q(target)}')
-        self._queue[path] = _Queued(FileStat(statmod.S_IFLNK | 0o777, uid, gid, len(target)), target=target)
-        self._order.extend(self._attrs(path, None, uid, gid))
+        new = FileStat(statmod.S_IFLNK | 0o777, uid, gid, len(target.encode("utf-8", errors="surrogateescape")))
+        queued = self._queue.get(path)
+        if queued is not None and queued.target is not None:
+            queued.stat, queued.target = new, target
+        else:
+            self._replace(path, _Queued(new, target=target))
 
     def _remove_resolved(self, path: str) -> None:
-        self._order.append(f'rm {_q(path)}')
+        self._inode(path)  # known at commit: it may lose its last name
         self._queue[path] = _Queued(None)
 
     def _set_owner_mode(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
         st = self._lstat_resolved(path)
         assert st is not None
-        full_mode = None if mode is None else (statmod.S_IFMT(st.mode) | mode)
-        new = FileStat(full_mode if full_mode is not None else st.mode,
+        new = FileStat(st.mode if mode is None or st.is_symlink else statmod.S_IFMT(st.mode) | mode,
                        st.uid if uid is None else uid, st.gid if gid is None else gid, st.size)
-        queued = self._queue.get(path)
-        self._queue[path] = _Queued(new, queued.data if queued else None, queued.target if queued else None)
-        self._order.extend(self._attrs(path, full_mode, uid, gid))
+        if path in self._queue:
+            self._queue[path].stat = new
+            return
+        entry = _Queued(new, kept=True)
+        inode = self._inode(path)
+        for name in self._live_names(inode) if inode is not None else [path]:
+            self._queue[name] = entry
 
-    def _attrs(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> list[str]:
-        cmds = [] if mode is None else [f'sif {_q(path)} mode 0{mode:o}']
-        cmds += [] if uid is None else [f'sif {_q(path)} uid {uid}']
-        cmds += [] if gid is None else [f'sif {_q(path)} gid {gid}']
-        return cmds
+    # --- commit ---------------------------------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Apply every queued write in one debugfs run, then read all of it back and compare."""
-        if not self._order:
+        """Apply the queue in one debugfs run, then read all of it back and compare.
+
+        The commands run in four phases: the xattrs of inodes about to lose their last name are saved and their
+        external xattr blocks freed; the old names are removed; the new entries are made (parents first) and
+        given the saved xattrs and their other names; then every entry gets its mode and owner.
+        """
+        if not self._queue:
             return
+        groups = self._groups()
         with tempfile.TemporaryDirectory(prefix="pi-image-ext4-") as tmp:
-            commands: list[str] = []
-            for n, item in enumerate(self._order):
-                if isinstance(item, tuple):  # ("write", path): stage the content in a host file
-                    host = os.path.join(tmp, f"f{n}")
-                    Path(host).write_bytes(self._queue[item[1]].data or b"")
-                    commands.append(f'write {_q(host)} {_q(item[1])}')
-                else:
-                    commands.append(item)
+            staging = Path(tmp)
+            carried: _Carried = {}
+            commands = self._release(groups, carried, staging) + self._unlinks()
+            commands += self._creations(groups, carried, staging) + self._attributes(groups)
             _, errors = self._debugfs(*commands, write=True)
             if errors:
                 raise UserError(f"{self.description}: debugfs could not apply the edits: {'; '.join(errors[:3])}")
-        self._verify()
-        self._order.clear()
+            self._verify(groups, carried, staging)
         self._queue.clear()
         self._dirs.clear()
+        self._inodes.clear()
 
-    def _verify(self) -> None:
-        """Read every queued entry back from disk (one debugfs run) and compare it with what was asked."""
-        with tempfile.TemporaryDirectory(prefix="pi-image-verify-") as tmp:
-            paths = sorted(self._queue)
-            dumps = {p: os.path.join(tmp, f"d{n}") for n, p in enumerate(paths) if self._queue[p].data is not None}
-            self._dirs.clear()
-            parents = sorted({posixpath.dirname(p) for p in paths})
-            out, _ = self._debugfs(*[f'ls -p {_q(d)}' for d in parents], *[f'dump {_q(p)} {_q(h)}' for p, h in dumps.items()])
-            listings = _split_listings(out, parents)
-            for path in paths:
-                got = listings.get(posixpath.dirname(path), {}).get(posixpath.basename(path))
-                if not _matches(self._queue[path], got, dumps.get(path)):
-                    raise UserError(f"{self.description}: {path} did not read back as written (disk full?)")
+    def _groups(self) -> _Groups:
+        """Each queued entry with its names (sorted, so parents come first)."""
+        groups: dict[int, tuple[_Queued, list[str]]] = {}
+        for path in sorted(self._queue):
+            groups.setdefault(id(self._queue[path]), (self._queue[path], []))[1].append(path)
+        return list(groups.values())
+
+    def _release(self, groups: _Groups, carried: _Carried, staging: Path) -> list[str]:
+        """Save the xattrs of each inode that loses its last name (for its heir) and free its xattr block.
+
+        debugfs's `rm` frees an inode but not its external xattr block, which would leak and fail e2fsck.
+        """
+        heirs = {id(entry.heir_of): entry for entry, _ in groups if entry.heir_of is not None}
+        commands: list[str] = []
+        for inode in self._inodes.values():
+            if self._live_names(inode):
+                continue
+            name, facts = min(inode.names), inode.facts
+            if facts.xattrs and self.superblock.incompat & INCOMPAT_EA_INODE:
+                raise UserError(f"{self.description}: cannot replace or remove {name}: this filesystem keeps "
+                                f"extended attributes in inodes of their own (ea_inode), which debugfs cannot free")
+            heir = heirs.get(id(inode))
+            for n, xattr in enumerate(facts.xattrs if heir is not None else ()):
+                host = staging / f"x{facts.number}-{n}"
+                carried.setdefault(id(heir), []).append((xattr, host))
+                commands.append(f"ea_get -r -f {quote(str(host))} {quote(name)} {quote(xattr)}")
+            if facts.xattr_block:
+                commands += self._free_xattr_block(name, facts.xattr_block, staging)
+        return commands
+
+    def _free_xattr_block(self, name: str, block: int, staging: Path) -> list[str]:
+        """Detach the xattr block of `name` and free it.
+
+        debugfs's `freeb` leaves the free-block counts wrong, so the block is made the one data block of a scratch
+        file, which `rm` then frees the way it frees any file's blocks. A block shared with other inodes cannot be
+        freed nor its reference count lowered with debugfs: that is refused.
+        """
+        header = self._read_block(block, 8)
+        magic, refcount = struct.unpack("<II", header) if len(header) == 8 else (0, 0)
+        if magic != XATTR_BLOCK_MAGIC:
+            raise UserError(f"{self.description}: {name} points to a damaged extended attribute block ({block}): "
+                            f"run e2fsck -f on it first")
+        if refcount != 1:
+            raise UserError(f"{self.description}: cannot replace or remove {name}: its extended attributes live "
+                            f"in block {block}, shared with other files, which debugfs cannot release")
+        empty, scratch = staging / "empty", self._scratch_name()
+        empty.write_bytes(b"")
+        s = quote(scratch)
+        return [f"sif {quote(name)} file_acl 0", f"write {quote(str(empty))} {s}", f"sif {s} flags 0",
+                f"sif {s} block[0] {block}", f"sif {s} block[1] 0", f"sif {s} block[2] 0", f"rm {s}"]
+
+    def _scratch_name(self) -> str:
+        """A name in the root directory that nothing uses, on disk or in the queue."""
+        n = 0
+        while self._on_disk(f"/.pi-image-scratch-{n}") is not None or f"/.pi-image-scratch-{n}" in self._queue:
+            n += 1
+        return f"/.pi-image-scratch-{n}"
+
+    def _unlinks(self) -> list[str]:
+        """`rm` every on-disk name whose entry is replaced or removed."""
+        return [f'rm {quote(path)}' for path, entry in sorted(self._queue.items())
+                if not entry.kept and (listed := self._on_disk(path)) is not None and not listed.stat.is_dir]
+
+    def _creations(self, groups: _Groups, carried: _Carried, staging: Path) -> list[str]:
+        """Make each new entry at its first name; give it the saved xattrs and link its other names."""
+        commands = []
+        for n, (entry, names) in enumerate(groups):
+            if entry.stat is None or entry.kept:
+                continue
+            first = quote(names[0])
+            if entry.data is not None:
+                host = staging / f"w{n}"
+                host.write_bytes(entry.data)
+                commands.append(f"write {quote(str(host))} {first}")
+            elif entry.target is not None:
+                commands.append(f"symlink {first} {quote(entry.target)}")
+            else:
+                commands.append(f"mkdir {first}")
+            commands += [f"ea_set -r -f {quote(str(value))} {first} {quote(xattr)}"
+                         for xattr, value in carried.get(id(entry), [])]
+            commands += [f"ln {first} {quote(other)}" for other in names[1:]]
+            commands += [f"sif {first} links_count {len(names)}"] if len(names) > 1 else []
+        return commands
+
+    def _attributes(self, groups: _Groups) -> list[str]:
+        """Mode (not for symlinks: theirs is always 0777) and owner of every entry."""
+        commands = []
+        for entry, names in groups:
+            if entry.stat is not None:
+                first = quote(names[0])
+                commands += [] if entry.stat.is_symlink else [f"sif {first} mode 0{entry.stat.mode:o}"]
+                commands += [f"sif {first} uid {entry.stat.uid}", f"sif {first} gid {entry.stat.gid}"]
+        return commands
+
+    def _verify(self, groups: _Groups, carried: _Carried, staging: Path) -> None:
+        """Read every queued entry back from disk (one debugfs run) and compare it with what was asked: type,
+        mode, owner and content of each name, one inode for all names of an entry, and the carried xattrs."""
+        self._dirs.clear()
+        paths = sorted(self._queue)
+        dumps = {p: staging / f"d{n}" for n, p in enumerate(paths) if self._queue[p].data is not None}
+        xattrs = [(names[0], xattr, host) for entry, names in groups for xattr, host in carried.get(id(entry), [])]
+        parents = sorted({posixpath.dirname(p) for p in paths})
+        out, _ = self._debugfs(
+            *[f'ls -p {quote(d)}' for d in parents],
+            *[f'dump {quote(p)} {quote(str(h))}' for p, h in dumps.items()],
+            *[f'ea_get -r -f {quote(str(host) + ".back")} {quote(p)} {quote(x)}' for p, x, host in xattrs])
+        listings = split_listings(out, parents)
+        found = {p: listings.get(posixpath.dirname(p), {}).get(posixpath.basename(p)) for p in paths}
+        for path in paths:
+            got = found[path]
+            if not _matches(self._queue[path], got.stat if got else None, dumps.get(path)):
+                raise UserError(f"{self.description}: {path} did not read back as written (disk full?)")
+        for entry, names in groups:
+            if entry.stat is not None and len({found[n].inode for n in names if found[n]}) != 1:
+                raise UserError(f"{self.description}: {names[0]} lost a hard link while being replaced")
+        for path, xattr, host in xattrs:
+            back = host.with_name(host.name + ".back")
+            if not back.exists() or back.read_bytes() != host.read_bytes():
+                raise UserError(f"{self.description}: {path} lost its extended attribute {xattr} while being replaced")
 
 
-def _q(arg: str) -> str:
-    """`arg` double-quoted for a debugfs command line; refuses what would break out of the quotes.
-
-    Paths can come from hostile images (symlink targets), and one stray quote or newline would let an image
-    inject debugfs commands such as `dump` that write to the host.
-    """
-    if '"' in arg or any(ord(c) < 32 or ord(c) == 127 for c in arg):
-        raise UserError(f"refusing a path with a quote or control character: {arg!r}")
-    return f'"{arg}"'
-
-
-def _split_listings(out: bytes, dirs: list[str]) -> dict[str, dict[str, FileStat]]:
-    """Parse the output of several `ls -p` commands run in one debugfs session, keyed by directory."""
-    result: dict[str, dict[str, FileStat]] = {}
-    current: dict[str, FileStat] | None = None
-    for line in out.decode("utf-8", errors="surrogateescape").splitlines():
-        if line.startswith("debugfs: "):
-            m = re.match(r'debugfs: ls -p "(.*)"$', line)
-            current = result.setdefault(m.group(1), {}) if m and m.group(1) in dirs else None
-            continue
-        fields = line.split("/")
-        if current is not None and len(fields) == 8 and not fields[0] and fields[5] not in (".", ".."):
-            current[fields[5]] = FileStat(int(fields[2], 8), int(fields[3]), int(fields[4]), int(fields[6] or 0))
-    return result
-
-
-def _matches(want: _Queued, got: FileStat | None, dump: str | None) -> bool:
+def _matches(want: _Queued, got: FileStat | None, dump: Path | None) -> bool:
     """True if the entry read back (`got`, and its content dumped to `dump`) is what was queued."""
     if want.stat is None or got is None:
         return want.stat is None and got is None
     if (got.mode, got.uid, got.gid) != (want.stat.mode, want.stat.uid, want.stat.gid):
         return False
     if want.target is not None:
-        return got.size == len(want.target.encode())
+        return got.size == want.stat.size
     if want.data is not None:
-        return dump is not None and os.path.exists(dump) and _sha(Path(dump).read_bytes()) == _sha(want.data)
+        return dump is not None and dump.exists() and dump.read_bytes() == want.data
     return True
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

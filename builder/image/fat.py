@@ -18,8 +18,9 @@ from ..errors import UserError
 from ..run import run
 from .fs import FileStat, Filesystem
 
-# One `mdir` line: 8.3 name, size or <DIR>, date, time, then the long name if there is one.
-MDIR_LINE = re.compile(r"^(?P<base>.{8}) (?P<ext>.{3}) +(?P<size><DIR>|\d+) +\S+ +\S+ ?(?P<long>.*)$")
+# One `mdir` entry line: 8.3 name, size or <DIR>, date, time, then the long name if there is one. A short name
+# never starts with a space; the summary lines ("7 files  4 626 bytes", "264 281 088 bytes free") always do.
+MDIR_LINE = re.compile(r"^(?P<base>\S.{7}) (?P<ext>.{3}) +(?P<size><DIR>|\d+) +\S+ +\S+ ?(?P<long>.*)$")
 
 
 def read_fat_label(image: Path, offset: int) -> tuple[str, str] | None:
@@ -27,7 +28,8 @@ def read_fat_label(image: Path, offset: int) -> tuple[str, str] | None:
     with open(image, "rb") as f:
         f.seek(offset)
         bs = f.read(512)
-    if len(bs) < 512 or bs[510:512] != b"\x55\xaa" or struct.unpack_from("<H", bs, 11)[0] not in (512, 1024, 2048, 4096):
+    sector_size = struct.unpack_from("<H", bs, 11)[0] if len(bs) == 512 else 0
+    if bs[510:512] != b"\x55\xaa" or sector_size not in (512, 1024, 2048, 4096):
         return None
     for kind, label_at, type_at in (("fat32", 71, 82), ("fat16", 43, 54)):
         fs_type = bs[type_at:type_at + 8]
@@ -43,7 +45,8 @@ class FatFilesystem(Filesystem):
 
     def __init__(self, image: Path, offset: int, description: str, writable: bool, fake_time: int | None = None):
         self.image = Path(image)
-        self.env = {"SOURCE_DATE_EPOCH": str(fake_time)} if fake_time is not None else None
+        # FAT names are UTF-16 (long) or codepage (8.3): in a UTF-8 locale mtools shows and takes every one of them
+        self.env = {"LC_ALL": "C.UTF-8", **({"SOURCE_DATE_EPOCH": str(fake_time)} if fake_time is not None else {})}
         self.offset = offset
         self.description = description
         self.writable = writable
@@ -64,7 +67,7 @@ class FatFilesystem(Filesystem):
     def _listing(self, path: str) -> dict[str, FileStat]:
         """Entries of directory `path`, keyed by lower-cased name (FAT names are case-insensitive)."""
         if path not in self._dirs:
-            proc = self._m("mdir", "-a", "::" + path, check=False)
+            proc = self._m("mdir", "-a", "-f", "::" + path, check=False)  # -f: no free-space count
             entries: dict[str, FileStat] = {}
             for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
                 m = MDIR_LINE.match(line)

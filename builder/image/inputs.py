@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import UserError
+from ..errors import ToolError, UserError
 from ..copy import sha256_sparse
 from ..progress import progress
 from ..run import stream
@@ -75,7 +75,11 @@ def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
 def _unpack(path: Path, src: BinaryIO) -> Iterator[bytes]:
     """Decompressed bytes of `path`, read from the open file `src`."""
     if path.suffix != ".zip":
-        yield from stream(DECOMPRESSORS[path.suffix], src)
+        try:
+            yield from stream(DECOMPRESSORS[path.suffix], src)
+        except ToolError as err:
+            raise UserError(f"{path}: cannot unpack it, the file is incomplete or corrupt ({err}): "
+                            "download it again") from None
         return
     try:
         archive = zipfile.ZipFile(src)

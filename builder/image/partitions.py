@@ -1,24 +1,34 @@
 """Partition tables (MBR and GPT) read with pyparted, and the filesystem found in each partition.
 
-libparted opens what it reads read-write. The base image must never be opened for writing, so for read-only use
-pyparted reads a *table snapshot*: a sparse temporary file of the same size holding only the image's first and
-last MiB (where MBR, GPT and the GPT backup live). Filesystems are then identified from their own superblocks.
+libparted opens what it reads read-write. The base image must never be opened for writing, so pyparted reads a
+*table snapshot*: a sparse temporary file of the same size holding only the MiBs where the tables live — the first
+(MBR, GPT header and entries), the last (where a GPT backup belongs), and the one ending at the backup header the
+primary GPT names, which is no longer at the end once a card image has been grown (`truncate -s +1G`). libparted
+then reads the same bytes it would read in the real file. Filesystems are identified from their own superblocks.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import parted
 
 from ..errors import UserError
-from .ext4 import read_superblock
 from .fat import read_fat_label
+from .superblock import read_superblock
 
-TABLE_BYTES = 1 << 20  # MBR, GPT header + entries, and the GPT backup all lie in the first/last MiB
+TABLE_BYTES = 1 << 20  # MBR, GPT header + entries, and a GPT backup (header + entries) each fit in one MiB
+SECTOR = 512  # libparted's sector size for an image file
+GPT_SIGNATURE = b"EFI PART"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,24 +55,53 @@ class Partition:
         return key == self.number or (isinstance(key, str) and key in (self.label, self.name, str(self.number)))
 
 
+def _table_regions(src: BinaryIO, size: int) -> list[int]:
+    """Start offsets of the MiBs holding partition tables in the open image `src` of `size` bytes."""
+    starts = {0, max(0, size - TABLE_BYTES)}
+    src.seek(SECTOR)
+    header = src.read(SECTOR)
+    if header.startswith(GPT_SIGNATURE):
+        backup_end = min(size, (struct.unpack_from("<Q", header, 32)[0] + 1) * SECTOR)  # AlternateLBA
+        starts.add(max(0, backup_end - TABLE_BYTES))
+    return sorted(starts)
+
+
 def _snapshot(image: Path, size: int, tmpdir: str) -> str:
-    """A sparse file of `size` bytes holding only the first and last MiB of `image`."""
+    """A sparse file of `size` bytes holding only the MiBs of `image` where partition tables live."""
     snap = os.path.join(tmpdir, "table")
     with open(image, "rb") as src, open(snap, "wb") as dst:
         dst.truncate(size)
-        for offset in sorted({0, max(0, size - TABLE_BYTES)}):
+        for offset in _table_regions(src, size):
             src.seek(offset)
             dst.seek(offset)
             dst.write(src.read(TABLE_BYTES))
     return snap
 
 
+@contextmanager
+def _libparted_quiet() -> Iterator[None]:
+    """Keep what libparted prints itself on stderr (e.g. "GPT PMBR size mismatch ... will be corrected by
+    write.", about a grown image it only reads) out of the user's terminal; it goes to the debug log."""
+    with tempfile.TemporaryFile() as caught:
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                log.debug("libparted: %s", line)
+
+
 def read_partitions(image: Path, size: int) -> tuple[str, list[Partition]]:
     """The table type ("msdos" or "gpt") and partitions of the disk image `image` of `size` bytes."""
     with tempfile.TemporaryDirectory(prefix="pi-image-table-") as tmp:
         try:
-            device = parted.Device(_snapshot(image, size, tmp))
-            disk = parted.newDisk(device)
+            with _libparted_quiet():
+                device = parted.Device(_snapshot(image, size, tmp))
+                disk = parted.newDisk(device)
         except (parted.DiskException, parted.DiskLabelException, parted.IOException, parted.DeviceException) as err:
             raise UserError(f"{image}: {_explain(str(err), size)}") from None
         sector = device.sectorSize

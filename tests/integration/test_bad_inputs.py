@@ -91,6 +91,17 @@ def test_ext4_needing_journal_recovery(sample_copy):
     assert_refused(path, "needs journal recovery", "e2fsck")
 
 
+def test_ext4_with_a_feature_this_e2fsprogs_lacks(sample_copy):
+    path = sample_copy("ubuntu-raspi", "22.04")
+    offset = 526336 * 512
+    with open(path, "rb") as f:
+        f.seek(offset + 1024 + 0x60)
+        incompat = int.from_bytes(f.read(4), "little")
+    run(["debugfs", "-w", "-R", f"ssv feature_incompat {incompat | 0x80000000:#x}", f"{path}?offset={offset}"])
+    line = assert_refused(path, "partition 2", "unsupported feature", "newer e2fsprogs")
+    assert "os-release" not in line
+
+
 def test_unknown_os(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

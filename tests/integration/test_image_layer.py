@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import builder.image.ext4 as ext4_module
+import builder.image.debugfs as debugfs_module
 from builder.errors import UserError
 from builder.image import DirectoryFilesystem, DiskImage, open_medium
 from builder.run import run
@@ -54,13 +54,13 @@ def test_ext4_reads_follow_symlinks_inside_the_image(sample_image):
 def test_ext4_edits_are_batched_into_one_debugfs_write_run(sample_copy, monkeypatch):
     path = sample_copy("ubuntu-raspi", "22.04")
     calls: list[list[str]] = []
-    real_run = ext4_module.run
+    real_run = debugfs_module.run
 
     def counting_run(argv, **kwargs):
         calls.append(list(argv))
         return real_run(argv, **kwargs)
 
-    monkeypatch.setattr(ext4_module, "run", counting_run)
+    monkeypatch.setattr(debugfs_module, "run", counting_run)
     image = DiskImage(path, writable=True)
     root = image.filesystem(image.partition("writable"))
     for n in range(20):
