@@ -1,21 +1,21 @@
-"""Token endpoint throughput and latency: 100 concurrent agents against one server, instant stand-in kubeadm/kubectl.
+"""Token endpoint throughput and latency: 100 concurrent agents against one server, an instant stand-in kubectl.
 
     python bench/join_bench.py [--agents 100] [--rounds 5] [--rate 200] [--seconds 5] [--processes 4]
                                [--python python3.6]
 
-The server is a separate process (`python -m firstboot.tokend`) running the real endpoint; its kubeadm/kubectl are
-/bin/sh stand-ins that answer at once, so what is measured is the server's own overhead — but every join is the real
+The server is a separate process (`python -m firstboot.endpoint`) running the real endpoint; its kubectl is a
+/bin/sh stand-in that answers at once, so what is measured is the server's own overhead — but every join is the real
 protocol: pinned TLS, GET /v1/challenge, POST /v1/join signed with the node's HMAC credential, a token minted through
-`kubeadm token create` (a process spawn), the node's row written to SQLite, an audit line. Every join uses a new node
-name with its own source address (127.x.y.z), as a fleet of devices would, so per-node and per-address limits apply
-as in production. The agents speak through firstboot.client and run as `--processes` processes x threads, so they
-do not all share one interpreter lock; they still share the machine's CPUs with the server, and their CPU is reported
-too.
+`kubectl create -f -` (a process spawn, the token's Secret on stdin), the node's row written to SQLite, an audit
+line. Every join uses a new node name with its own source address (127.x.y.z), as a fleet of devices would, so
+per-node and per-address limits apply as in production. The agents speak through firstboot.client and run as
+`--processes` processes x threads, so they do not all share one interpreter lock; they still share the machine's CPUs
+with the server, and their CPU is reported too.
 
 Phases, all in one run:
   floor       closed loop: pinned-TLS connect + GET /v1/challenge, as fast as the agents can go
   join        closed loop: challenge + POST /v1/join on one keep-alive connection, back to back
-  report      closed loop: challenge + POST /v1/report "joined" (the token is deleted: another kubeadm spawn)
+  report      closed loop: challenge + POST /v1/report "joined" (the token is deleted: another kubectl spawn)
   join @rate  open loop: the same agents start joins on a fixed schedule totalling --rate joins/s for --seconds;
               latency is counted from the scheduled start, so an agent running late is charged for it
 
@@ -44,21 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
 from builder import cluster as clusters  # noqa: E402
+from firstboot import protocol  # noqa: E402
 from firstboot.client import EndpointClient  # noqa: E402
+from firstboot.endpoint.settings import ServerSettings  # noqa: E402
 from join_fakes.harness import make_ca  # noqa: E402
 
-INSTANT_KUBEADM = """#!/bin/sh
-case "$1 $2" in
-  "token create") echo "$3" ;;
-  "token delete") echo "bootstrap token \\"$3\\" deleted" ;;
-  *) exit 0 ;;
-esac
-"""
 INSTANT_KUBECTL = """#!/bin/sh
 case "$3 $4" in
   "version -o") echo '{"serverVersion": {"gitVersion": "v1.31.4"}}' ;;
   "get nodes") ;;
   "get node") echo "Error from server (NotFound): nodes \\"$5\\" not found" >&2; exit 1 ;;
+  "create -f") cat >/dev/null; echo "secret/bootstrap-token created" ;;
   *) exit 0 ;;
 esac
 """
@@ -81,22 +77,28 @@ def source_address(index):
 
 
 def prepare(base, node_count):
-    """Cluster dir with every node in the inventory, a test CA and the instant stand-ins."""
+    """Cluster dir with every node in the inventory, a test CA and the instant kubectl stand-in."""
     cluster = clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", "1.31",
                                     "192.168.6.0/24")
     cluster.nodes.extend(clusters.Node(node_name(index), "worker-8g") for index in range(node_count))
     clusters.save_inventory(cluster)
     bin_dir = base / "bin"
     bin_dir.mkdir()
-    for name, script in (("kubeadm", INSTANT_KUBEADM), ("kubectl", INSTANT_KUBECTL)):
-        (bin_dir / name).write_text(script)
-        (bin_dir / name).chmod(0o755)
+    (bin_dir / "kubectl").write_text(INSTANT_KUBECTL)
+    (bin_dir / "kubectl").chmod(0o755)
     make_ca(base / "ca.crt")
     return cluster, bin_dir
 
 
+def node_credentials(cluster, node_count):
+    """Each bench node's credential, for the generation the endpoint accepts (tokend.json's)."""
+    settings = ServerSettings(str(cluster.directory / "tokend.json"))
+    return [protocol.node_credential(settings.enrollment_key, node_name(index), settings.generation(node_name(index)))
+            for index in range(node_count)]
+
+
 def start_server(base, cluster, bin_dir, python):
-    argv = [python, "-m", "firstboot.tokend", "--config", str(cluster.directory / "tokend.json"), "--state-dir",
+    argv = [python, "-m", "firstboot.endpoint", "--config", str(cluster.directory / "tokend.json"), "--state-dir",
             str(base / "state"), "--listen", "127.0.0.1:0", "--ca-cert", str(base / "ca.crt"), "--kubeconfig",
             str(base / "admin.conf")]
     env = dict(os.environ, PATH="{}:/usr/bin:/bin".format(bin_dir))
@@ -112,15 +114,8 @@ def one_exchange(endpoint, fingerprint, kind, index, credential):
     client = EndpointClient(endpoint, fingerprint, node_name(index), credential,
                             source_address=(source_address(index), 0))
     if kind == "floor":
-        connection = client._connect()
-        try:
-            connection.request("GET", "/v1/challenge")
-            response = connection.getresponse()
-            response.read()
-            status, ok = response.status, response.status == 200
-        finally:
-            connection.close()
-        return None if ok else ("challenge", status)
+        status = client.challenge().status
+        return None if status == 200 else ("challenge", status)
     if kind == "join":
         answer = client.join(FACTS)
         return None if answer.status == 200 and "token" in answer.payload else \
@@ -214,7 +209,7 @@ class AgentFleet(object):
 
 
 def server_cpu_seconds(pid):
-    """(user + system CPU of the server process, of the kubeadm/kubectl processes it ran and waited for)."""
+    """(user + system CPU of the server process, of the kubectl processes it ran and waited for)."""
     with open("/proc/{}/stat".format(pid)) as handle:
         fields = [int(value) for value in handle.read().rsplit(")", 1)[1].split()[11:15]]
     return (fields[0] + fields[1]) / os.sysconf("SC_CLK_TCK"), (fields[2] + fields[3]) / os.sysconf("SC_CLK_TCK")
@@ -260,9 +255,9 @@ def main():
     with tempfile.TemporaryDirectory() as temporary:
         base = Path(temporary)
         cluster, bin_dir = prepare(base, first_open + open_count)
-        credentials = [cluster.credential(node_name(index)) for index in range(first_open + open_count)]
         server, endpoint = start_server(base, cluster, bin_dir, args.python)
-        fleet = AgentFleet(args.processes, agents, endpoint, cluster.endpoint_fingerprint, credentials)
+        fleet = AgentFleet(args.processes, agents, endpoint, cluster.endpoint_fingerprint,
+                           node_credentials(cluster, first_open + open_count))
         references = [reference_loop_ms()]
         try:
             phases = []
@@ -296,7 +291,7 @@ def main():
         print("{:<39} {:7.1f} {:8.1f} {:8.1f} {:11.2f} {:11.2f} {:5.0f}% {:5.0f}% {:5.0f}%".format(
             label, count / wall, 1000 * percentile(latencies, 0.5), 1000 * percentile(latencies, 0.99),
             1000 * server_cpu / count, 1000 * agent_cpu / count, 100 * busy, others[-1], 100 * stolen))
-    print("(CPU: ms per exchange, the server's including the kubeadm/kubectl it ran; busy: share of all CPUs in use;"
+    print("(CPU: ms per exchange, the server's including the kubectl it ran; busy: share of all CPUs in use;"
           "\n other: share used by neither the server nor the agents - other processes, interrupts;"
           "\n stolen: share the hypervisor gave to other guests)")
     floor, join, _report, paced = phases

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from firstboot import protocol, tokend
-from firstboot.settings import ServerSettings, SettingsError
-from firstboot.state import NodeStore
+from firstboot import protocol
+from firstboot.endpoint import tokend
+from firstboot.endpoint.settings import ServerSettings, SettingsError
+from firstboot.endpoint.state import NodeStore, database_path
 
 from . import cluster as clusters
 from .errors import UserError
+from .profiles import load_profile
 
 CLUSTER_OPTION = click.option(
     "--cluster", "cluster_dir", required=True, envvar="PI_IMAGE_CLUSTER", show_envvar=True,
     type=click.Path(file_okay=False, path_type=Path), help="Cluster directory made by `pi-image cluster init`.")
+STATE_OPTION = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="The token endpoint's state and audit log [default: DIR/state, also where the shipped pi-image-tokend unit "
+         "keeps them for /etc/pi-image/cluster on the master].")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -39,10 +48,14 @@ def cluster_group() -> None:
 @click.option("--endpoint", required=True, metavar="HOST:PORT", help="Where the token endpoint will listen.")
 @click.option("--kubernetes-version", required=True, metavar="1.XX", help="Minor version images are built for.")
 @click.option("--node-subnet", required=True, metavar="CIDR", help="Subnet whose address becomes each node-ip.")
+@click.option("--gateway", metavar="A.B.C.D", help="The node subnet's gateway: nodes with a fixed --address route "
+              "through it (edit later as `gateway:` in cluster.yaml).")
+@click.option("--dns", metavar="A.B.C.D[,...]", help="Name servers for nodes with a fixed address "
+              "[default: the gateway] (later: `dns:` in cluster.yaml).")
 @click.option("--approval-mode", is_flag=True, help="Unknown nodes wait for `pi-image approve` instead of refusal.")
 @JSON_OPTION
 def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 approval_mode: bool, as_json: bool) -> None:
+                 gateway: str | None, dns: str | None, approval_mode: bool, as_json: bool) -> None:
     """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
 
     \b
@@ -50,7 +63,9 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
       pi-image cluster init lab --api-server 192.168.6.10:6443 --endpoint 192.168.6.10:8443 \\
           --kubernetes-version 1.31 --node-subnet 192.168.6.0/24
     """
-    cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode)
+    servers = [server.strip() for server in (dns or "").split(",") if server.strip()]
+    cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode,
+                                    gateway, servers)
     summary = {"directory": str(directory), "endpoint": cluster.endpoint,
                "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
     if as_json:
@@ -64,21 +79,40 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
 @cluster_group.command("add-node")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("name")
-@click.option("--profile", required=True, help="Build profile for this node's image.")
-@click.option("--role", type=click.Choice(clusters.ROLES), default="worker", show_default=True)
+@click.option("--profile", required=True, help="Build profile for this node's image (see `pi-image profiles`).")
+@click.option("--role", type=click.Choice(clusters.ROLES), help="Node role [default: the profile's].")
 @click.option("--mac", help="MAC address of the node's cluster interface.")
-@click.option("--address", help="IP address of the node inside the node subnet.")
-def add_node_command(directory: Path, name: str, profile: str, role: str, mac: str | None,
+@click.option("--address", metavar="A.B.C.D[/NN]", help="Fixed IP address inside the node subnet [default: DHCP].")
+def add_node_command(directory: Path, name: str, profile: str, role: str | None, mac: str | None,
                      address: str | None) -> None:
-    """Add node NAME to DIRECTORY's inventory.
+    """Add node NAME to DIRECTORY's inventory; its role comes from the profile.
 
     \b
-    Example:
+    Examples:
+      pi-image cluster add-node lab pi-master1 --profile master-2g --address 192.168.6.11
       pi-image cluster add-node lab pi-worker1 --profile worker-8g --mac dc:a6:32:01:02:03 --address 192.168.6.21
     """
     cluster = clusters.load_cluster(directory)
-    node = clusters.add_node(cluster, name, profile, role, mac, address)
-    click.echo(f"added {node.role} {node.name} (profile {node.profile}) to {directory / 'inventory.yaml'}")
+    node = clusters.add_node(cluster, name, profile, role, load_profile(profile)["role"], mac, address)
+    where = f" at {node.address}" if node.address else " (DHCP)"
+    click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}) to {directory / 'inventory.yaml'}")
+    click.echo(f"next: pi-image build --cluster {directory} --node {node.name} --base IMAGE")
+
+
+@cluster_group.command("remove-node")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("name")
+def remove_node_command(directory: Path, name: str) -> None:
+    """Take node NAME out of DIRECTORY's inventory: its cards can no longer ask for a join token.
+
+    It does not remove a joined node from Kubernetes: run `kubectl delete node NAME` for that.
+
+    \b
+    Example:
+      pi-image cluster remove-node lab pi-worker3
+    """
+    node = clusters.remove_node(clusters.load_cluster(directory), name)
+    click.echo(f"removed {node.role} {node.name} from {directory / 'inventory.yaml'}")
 
 
 @click.command("token-server")
@@ -88,19 +122,26 @@ def add_node_command(directory: Path, name: str, profile: str, role: str, mac: s
               help=f"Cluster CA certificate for the discovery hash [default: cluster.yaml, {clusters.DEFAULT_CA_CERT}].")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Admin kubeconfig for kubeadm/kubectl [default: cluster.yaml, {clusters.DEFAULT_KUBECONFIG}].")
+@STATE_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and command.")
 def token_server_command(cluster_dir: Path, listen: str | None, ca_cert: Path | None, kubeconfig: Path | None,
-                         verbose: bool) -> None:
+                         state_dir: Path | None, verbose: bool) -> None:
     """Serve short-lived join tokens to this cluster's nodes over pinned HTTPS (runs until Ctrl-C).
 
-    Run it where kubeadm and kubectl can reach the cluster with the admin kubeconfig (normally the master).
-    State and the audit log go to DIR/state/.
+    Run it where kubectl can reach the cluster with the admin kubeconfig (normally the master).
+    State and the audit log go to DIR/state/ unless --state-dir says otherwise.
 
     \b
     Examples:
       sudo pi-image token-server --cluster lab
       pi-image token-server --cluster lab --listen 127.0.0.1:8443 --ca-cert ca.crt --kubeconfig admin.conf
     """
+    if listen is not None:
+        try:
+            protocol.split_host_port(listen)
+        except ValueError:
+            raise UserError(f"--listen {listen!r} is not ADDR:PORT with a port up to 65535 "
+                            "(like 0.0.0.0:8443; port 0 picks a free one)") from None
     cluster = clusters.load_cluster(cluster_dir)
     config_path = clusters.write_server_config(cluster)
     ca_path = ca_cert or Path(cluster.ca_cert)
@@ -113,17 +154,54 @@ def token_server_command(cluster_dir: Path, listen: str | None, ca_cert: Path | 
     except SettingsError as err:
         raise UserError(str(err)) from None
     try:
-        tokend.serve(settings, str(cluster.state_dir), verbose=verbose)
+        tokend.serve(settings, str(state_dir or cluster.state_dir), verbose=verbose)
     except OSError as err:
         raise UserError(f"cannot serve on {settings.listen}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def node_store(state_dir: Path) -> Iterator[NodeStore]:
+    """The endpoint's state in `state_dir`, closed afterwards; a directory that cannot be used is a UserError."""
+    try:
+        store = NodeStore(str(state_dir))
+    except (OSError, sqlite3.Error) as err:
+        raise _unusable_state(state_dir, err) from None
+    try:
+        yield store
+    except sqlite3.Error as err:
+        raise UserError(f"{database_path(str(state_dir))}: {err}") from None
+    finally:
+        store.close()
+
+
+def recorded_nodes(state_dir: Path) -> dict[str, dict]:
+    """The endpoint's row of every node it has seen or an operator approved, by name; none (and nothing created)
+    where no endpoint or approval wrote yet."""
+    try:
+        seen = Path(database_path(str(state_dir))).exists()
+    except OSError as err:
+        raise _unusable_state(state_dir, err) from None
+    if not seen:
+        return {}
+    with node_store(state_dir) as store:
+        return {row["name"]: row for row in store.all()}
+
+
+def _unusable_state(state_dir: Path, err: Exception) -> UserError:
+    reason = getattr(err, "strerror", None) or err
+    return UserError(f"cannot use the token endpoint's state in {state_dir}: {reason}; fix its permissions (or run "
+                     "as the user the endpoint runs as), or pass --state-dir DIR")
 
 
 @click.command("approve")
 @click.argument("name")
 @CLUSTER_OPTION
+@STATE_OPTION
 @click.option("--replace", is_flag=True, help="Also let it replace a Ready node of the same name (a reflash).")
-def approve_command(name: str, cluster_dir: Path, replace: bool) -> None:
+def approve_command(name: str, cluster_dir: Path, state_dir: Path | None, replace: bool) -> None:
     """Let node NAME join: a pending unknown node, or a reflashed one replacing its Ready namesake.
+
+    NAME must be in the inventory or have asked to join (`pi-image status` shows it as pending).
 
     \b
     Examples:
@@ -131,20 +209,23 @@ def approve_command(name: str, cluster_dir: Path, replace: bool) -> None:
       pi-image approve pi-worker1 --cluster lab --replace
     """
     if not protocol.NODE_NAME_RE.match(name):
-        raise UserError(f"{name!r} is not a valid node name")
-    clusters.load_cluster(cluster_dir)
-    store = NodeStore(str(cluster_dir / "state"))
-    try:
+        raise UserError(f"{name!r} is not a valid node name (lower-case letters, digits and '-')")
+    cluster = clusters.load_cluster(cluster_dir)
+    state_dir = state_dir or cluster.state_dir
+    if all(node.name != name for node in cluster.nodes) and name not in recorded_nodes(state_dir):
+        raise UserError(f"node {name!r} is in no inventory and has not asked to join: nothing to approve; add it "
+                        f"with `pi-image cluster add-node {cluster_dir} {name} --profile PROFILE`, or approve it "
+                        "once `pi-image status` shows it pending")
+    with node_store(state_dir) as store:
         store.approve(name, replace)
-    finally:
-        store.close()
     click.echo(f"approved {name}" + (" (may replace its Ready namesake once)" if replace else ""))
 
 
 @click.command("status")
 @CLUSTER_OPTION
+@STATE_OPTION
 @JSON_OPTION
-def status_command(cluster_dir: Path, as_json: bool) -> None:
+def status_command(cluster_dir: Path, state_dir: Path | None, as_json: bool) -> None:
     """Show every node's join state, last report and last error.
 
     States: not-seen, pending, approved, token-issued, joined, failed.
@@ -154,7 +235,7 @@ def status_command(cluster_dir: Path, as_json: bool) -> None:
       pi-image status --cluster lab
       pi-image status --cluster lab --json | jq '.[] | select(.state == "failed")'
     """
-    rows = node_status(cluster_dir)
+    rows = node_status(cluster_dir, state_dir)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -164,14 +245,13 @@ def status_command(cluster_dir: Path, as_json: bool) -> None:
         click.echo(f"{row['node']:<20} {row['state']:<13} {row['updated'] or '-':<20} {detail}")
 
 
-def node_status(cluster_dir: Path) -> list[dict]:
-    """One dict per inventory or endpoint-known node: node, state, updated, last_report, last_error, address."""
+def node_status(cluster_dir: Path, state_dir: Path | None = None) -> list[dict]:
+    """One dict per inventory or endpoint-known node: node, state, updated, last_report, last_error, address.
+
+    Reads the state in `state_dir` (default DIR/state); before any endpoint ran, every node is "not-seen".
+    """
     cluster = clusters.load_cluster(cluster_dir)
-    store = NodeStore(str(cluster.state_dir))
-    try:
-        rows = {row["name"]: row for row in store.all()}
-    finally:
-        store.close()
+    rows = recorded_nodes(state_dir or cluster.state_dir)
     names = sorted(set(rows) | {node.name for node in cluster.nodes})
     result = []
     for name in names:

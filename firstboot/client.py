@@ -1,9 +1,11 @@
 """The device side of the join protocol: pinned-TLS requests to the token endpoint.
 
 The endpoint's certificate is trusted only if its SHA-256 fingerprint equals the pin in node.json — no CA, no
-hostname, no validity dates (the Pi's clock may still be in 1970). The pin is checked before a byte is sent.
+hostname, no validity dates (the Pi's clock may still be in 1970). The pin is checked on every connection, before a
+byte is sent on it: also when http.client reconnects by itself because the server closed the last connection.
 """
 
+import contextlib
 import functools
 import http.client
 import json
@@ -35,6 +37,24 @@ class Answer(object):
         return str(self.payload.get("error", "")) or "HTTP {}".format(self.status)
 
 
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the pin each time it connects, whoever calls connect() (http.client does when
+    a request follows an answer that closed the connection)."""
+
+    def __init__(self, host, port, fingerprint, **options):
+        http.client.HTTPSConnection.__init__(self, host, port, **options)
+        self.fingerprint = fingerprint
+
+    def connect(self):
+        http.client.HTTPSConnection.connect(self)
+        der = self.sock.getpeercert(binary_form=True)
+        presented = protocol.certificate_fingerprint(der) if der else "(none)"
+        if presented != self.fingerprint:
+            self.close()
+            raise PinMismatch("{}:{} presented certificate {} but this image pins {}; refusing to talk to it".format(
+                self.host, self.port, presented, self.fingerprint))
+
+
 class EndpointClient(object):
     """Signed requests for one node to one endpoint; each exchange is challenge + POST on one connection."""
 
@@ -58,24 +78,30 @@ class EndpointClient(object):
         return self._exchange(protocol.REPORT_PATH,
                               {"node": self.node, "state": state, "message": protocol.redact(message)})
 
-    def _connect(self):
-        connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._tls,
-                                                 source_address=self.source_address)
+    def challenge(self):
+        """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
+        with self._connection() as connection:
+            return _request(connection, "GET", protocol.CHALLENGE_PATH)
+
+    @contextlib.contextmanager
+    def _connection(self):
+        """A connected PinnedHTTPSConnection, closed afterwards; transport errors become EndpointUnreachable."""
+        connection = PinnedHTTPSConnection(self.host, self.port, self.fingerprint, timeout=self.timeout,
+                                           context=self._tls, source_address=self.source_address)
         try:
             connection.connect()
-            presented = protocol.certificate_fingerprint(connection.sock.getpeercert(binary_form=True))
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
             connection.close()
             raise EndpointUnreachable("cannot reach {}:{}: {}".format(self.host, self.port, err))
-        if presented != self.fingerprint:
+        try:
+            yield connection
+        except (OSError, ssl.SSLError, http.client.HTTPException) as err:
+            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(self.host, self.port, err))
+        finally:
             connection.close()
-            raise PinMismatch("{}:{} presented certificate {} but this image pins {}; refusing to talk to it".format(
-                self.host, self.port, presented, self.fingerprint))
-        return connection
 
     def _exchange(self, path, payload):
-        connection = self._connect()
-        try:
+        with self._connection() as connection:
             challenge = _request(connection, "GET", protocol.CHALLENGE_PATH)
             nonce = challenge.payload.get("nonce")
             if challenge.status != 200 or not isinstance(nonce, str):
@@ -88,10 +114,6 @@ class EndpointClient(object):
                 protocol.HEADER_SIGNATURE: protocol.sign(self.credential, "POST", path, nonce, body),
             }
             return _request(connection, "POST", path, body, headers)
-        except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(self.host, self.port, err))
-        finally:
-            connection.close()
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,7 +121,7 @@ def _pinning_tls_context():
     """One shared client context (building one costs more than a handshake): no CA, no hostname — the pin decides."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # trust comes from the pin, checked in _connect
+    context.verify_mode = ssl.CERT_NONE  # trust comes from the pin, checked by PinnedHTTPSConnection.connect
     return protocol.require_tls12(context)
 
 

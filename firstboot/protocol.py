@@ -4,15 +4,20 @@ Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fi
 
     GET  /v1/challenge   -> 200 {"nonce": "...", "expires_in": 60}
     POST /v1/join        -> 200 {"state": "token-issued", "api_server", "token", "ca_cert_hashes",
-                                 "kubernetes_version", "node_subnet", "server_time"}
+                                 "kubernetes_version", "node_subnet", "server_time",
+                                 "expires_in" (the token's lifetime in seconds)}
                             200 {"state": "joined"}   (the node already joined with the last issued token)
                             202 {"state": "pending"}  (unknown node waiting for `pi-image approve`)
+                            409 {"error": "..."}      (this credential already joined, version skew, Ready namesake)
                             4xx/5xx {"error": "..."}
     POST /v1/report      -> 200 {"state": "..."}
 
 POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
 /v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
 method, path, nonce and body. Challenge-response instead of timestamps because Raspberry Pis have no RTC.
+
+A credential belongs to one build of a node: its generation, which every build of that node bumps in the inventory.
+The endpoint accepts only the node's current generation, and each generation joins once.
 """
 
 import hashlib
@@ -30,7 +35,6 @@ HEADER_SIGNATURE = "X-Pi-Image-Signature"
 
 NONCE_TTL_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
-TOKEN_TTL = "30m"
 
 # Report states a device sends; the endpoint's own states add pending/approved/token-issued.
 REPORT_STATES = ("progress", "failed", "joined")
@@ -43,9 +47,15 @@ _TOKEN_IN_TEXT_RE = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?$")
 
 
-def node_credential(enrollment_key, node_name):
-    """The per-node secret: hex HMAC-SHA256(enrollment key bytes, node name). The build writes it into node.json."""
-    return hmac.new(enrollment_key, node_name.encode("ascii"), hashlib.sha256).hexdigest()
+def node_credential(enrollment_key, node_name, generation=1):
+    """The secret of one build of a node: hex HMAC-SHA256(enrollment key bytes, "NAME:GENERATION").
+
+    The build writes it into node.json; a node name never holds ':', so no two (name, generation) pairs collide.
+    """
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError("a node's generation is a whole number >= 0, not {!r}".format(generation))
+    message = "{}:{}".format(node_name, generation).encode("ascii")
+    return hmac.new(enrollment_key, message, hashlib.sha256).hexdigest()
 
 
 def sign(credential, method, path, nonce, body):
@@ -79,6 +89,13 @@ def normalize_fingerprint(text):
 def redact(text):
     """Replace anything shaped like a bootstrap token, so no log or report ever carries one."""
     return _TOKEN_IN_TEXT_RE.sub("<token>", text)
+
+
+def redact_record(record):
+    """A logging filter (add it to a handler): the record's message, formatted and redacted; always kept."""
+    record.msg = redact(record.getMessage())
+    record.args = None
+    return True
 
 
 def minor_version(version):

@@ -4,6 +4,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from firstboot import protocol
 from firstboot.client import EndpointClient, PinMismatch
 from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import run_agent, wait_for
+from join_fakes.harness import make_server_certificate, run_agent, wait_for
 
 FACTS = {"arch": "aarch64", "os": "Ubuntu", "kubeadm_version": "v1.31.4", "macs": [], "node_ip": "192.168.6.15"}
 
@@ -41,7 +42,7 @@ def join_body(node):
 
 
 def assert_nothing_issued(world):
-    assert world.fake.calls("kubeadm", "token", "create") == []
+    assert world.fake.created_tokens() == []
     assert world.fake.cluster()["tokens"] == {}
 
 
@@ -69,7 +70,7 @@ def test_replayed_request_is_refused_because_its_nonce_was_spent(lab):
 
     assert first_status == 200
     assert replay_status == 401 and "token" not in answer
-    assert len(lab.fake.calls("kubeadm", "token", "create")) == 1, "only the genuine request got a token"
+    assert len(lab.fake.created_tokens()) == 1, "only the genuine request got a token"
 
 
 def test_request_with_an_expired_nonce_is_refused(make_lab):
@@ -165,4 +166,83 @@ def test_slow_clients_are_cut_off_and_do_not_block_genuine_nodes(make_lab):
     assert cut_off and time.monotonic() - started < 3
     silent.settimeout(3)
     assert silent.recv(1) == b"", "a client that never handshakes is disconnected too"
-    assert len(world.fake.calls("kubeadm", "token", "create")) == 1
+    assert len(world.fake.created_tokens()) == 1
+
+
+class ShapeShiftingServer:
+    """Answers the first connection with the pinned certificate (a challenge, then "Connection: close") and presents
+    another certificate on the next one: what an attacker who can take over the address between two connections
+    does. Records what each connection sent."""
+
+    def __init__(self, directory):
+        self.genuine = make_server_certificate(directory, "genuine")
+        self.impostor = make_server_certificate(directory, "impostor")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = "127.0.0.1:{}".format(self.listener.getsockname()[1])
+        self.received = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for cert, key, _ in (self.genuine, self.impostor):
+            raw, _ = self.listener.accept()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(cert), str(key))
+            with context.wrap_socket(raw, server_side=True) as tls:
+                tls.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    pass
+                self.received.append(data)
+                if cert == self.genuine[0]:
+                    body = b'{"nonce": "n0nce", "expires_in": 60}'
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_agent_checks_the_pin_again_when_it_reconnects(tmp_path):
+    server = ShapeShiftingServer(tmp_path)
+    client = EndpointClient(server.endpoint, server.genuine[2], "pi-worker1", "11" * 32)
+
+    with pytest.raises(PinMismatch, match="refusing to talk to it"):
+        client.join(FACTS)  # the challenge's answer closed the connection: the signed POST needs a new one
+
+    server.thread.join(10)
+    challenge, after_reconnecting = server.received
+    assert challenge.startswith(b"GET /v1/challenge ")
+    assert after_reconnecting == b"", "not a byte - no signature, no body - went to the other certificate"
+
+
+def test_a_credential_joins_once_and_a_copy_of_the_card_is_refused_with_the_reason(lab):
+    root = lab.node_root()
+    assert run_agent(root, lab.fake).returncode == 0
+    credential = json.loads((root / "etc/pi-image/node.json").read_text())["credential"]
+    copy = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", credential)
+
+    answer = copy.join(FACTS)
+
+    assert answer.status == 409
+    assert "already joined with this image (generation 1)" in answer.error and "build its image again" in answer.error
+    assert len(lab.fake.created_tokens()) == 1
+    assert "decision=refused-credential-used node=pi-worker1" in lab.server.audit_log()
+    assert lab.state()["state"] == "joined", "the joined node itself is fine"
+
+
+def test_the_old_card_of_a_rebuilt_node_can_neither_authenticate_nor_remove_its_namesake(lab):
+    old_card = lab.node_root()
+    lab.node_root()  # `pi-image build` of the node again: generation 2, the old card's credential is dead
+    lab.fake.set_node("pi-worker1", "NotReady")
+
+    result = run_agent(old_card, lab.fake, "--max-attempts", "2")
+
+    assert result.returncode == 1 and "authentication failed" in result.stderr
+    assert not [args for args in lab.fake.calls("kubectl") if args[2:4] == ["delete", "node"]]
+    assert lab.fake.cluster()["nodes"] == {"pi-worker1": "NotReady"}
+    assert_nothing_issued(lab)
+    assert "signed by the image of an older build (generation 1 of 2)" in lab.server.audit_log()

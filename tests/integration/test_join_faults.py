@@ -44,7 +44,7 @@ def test_token_that_expires_between_fetch_and_join_is_replaced_by_a_fresh_one(la
 
     assert result.returncode == 0, result.stderr
     assert "asking for a new one" in result.stderr
-    assert len(lab.fake.calls("kubeadm", "token", "create")) == 2
+    assert len(lab.fake.created_tokens()) == 2
     assert len(lab.fake.joins()) == 1
     assert lab.fake.cluster()["tokens"] == {}
     assert lab.state()["state"] == "joined"
@@ -115,7 +115,7 @@ def test_node_with_another_kubeadm_minor_is_refused_with_both_versions_named(lab
     assert result.returncode == 1
     assert message in result.stderr
     assert message in status.output and "failed" in status.output
-    assert lab.fake.calls("kubeadm", "token", "create") == []
+    assert lab.fake.created_tokens() == []
     assert "no kind ClusterConfiguration" not in result.stderr
 
 
@@ -128,6 +128,21 @@ def test_reflashed_node_replaces_its_stale_notready_namesake(lab):
     assert lab.fake.calls("kubectl", "--kubeconfig", str(lab.cluster.directory / "admin.conf"),
                           "delete", "node", "pi-worker1")
     assert lab.state()["state"] == "joined"
+
+
+def test_a_rebuilt_image_rejoins_after_a_reflash_with_no_manual_step(lab):
+    assert run_agent(lab.node_root(), lab.fake).returncode == 0
+    rebuilt = lab.node_root()  # `pi-image build` of the node again: generation 2
+    lab.fake.set_node("pi-worker1", "NotReady")  # the device was powered off to be reflashed
+    time.sleep(1.1)  # the reflash outlasts the endpoint's one-second node list
+
+    result = run_agent(rebuilt, lab.fake)
+
+    assert result.returncode == 0, result.stderr
+    assert lab.fake.calls("kubectl", "--kubeconfig", str(lab.cluster.directory / "admin.conf"),
+                          "delete", "node", "pi-worker1")
+    assert len(lab.fake.created_tokens()) == 2 and lab.fake.cluster()["tokens"] == {}
+    assert (lab.state()["state"], lab.state()["joined_generation"]) == ("joined", 2)
 
 
 def test_ready_namesake_is_only_replaced_after_approve_replace(lab):
@@ -143,7 +158,7 @@ def test_ready_namesake_is_only_replaced_after_approve_replace(lab):
     assert "pi-image approve pi-worker1 --replace" in refused.stderr
     assert approval.exit_code == 0, approval.output
     assert joined.returncode == 0, joined.stderr
-    assert len(lab.fake.calls("kubeadm", "token", "create")) == 1
+    assert len(lab.fake.created_tokens()) == 1
     assert lab.state()["state"] == "joined" and lab.state()["replace_allowed"] == 0
 
 
@@ -158,11 +173,12 @@ def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_lab, t
                   api_server=world.cluster.api_server, node_subnet=world.cluster.node_subnet)
     agent = start_agent(make_root(tmp_path, config), world.fake)
     wait_for(lambda: (world.state("pi-stranger") or {}).get("state") == "pending")
-    assert world.fake.calls("kubeadm", "token", "create") == []
+    assert world.fake.created_tokens() == []
 
-    CliRunner().invoke(pi_image, ["approve", "pi-stranger", "--cluster", str(world.cluster.directory)])
+    approval = CliRunner().invoke(pi_image, ["approve", "pi-stranger", "--cluster", str(world.cluster.directory)])
     _, stderr = agent.communicate(timeout=30)
 
+    assert approval.exit_code == 0, approval.output
     assert agent.returncode == 0, stderr
     assert "waiting for an operator" in stderr
     assert world.state("pi-stranger")["state"] == "joined"

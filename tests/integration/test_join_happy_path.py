@@ -10,8 +10,9 @@ import stat
 import pytest
 import yaml
 
+from firstboot.client import EndpointClient
 from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import files_containing_tokens, run_agent
+from join_fakes.harness import TOKEN_SHAPE, files_containing_tokens, run_agent
 
 
 def test_worker_joins_with_its_cluster_subnet_address_and_its_token_is_retired(lab):
@@ -28,9 +29,9 @@ def test_worker_joins_with_its_cluster_subnet_address_and_its_token_is_retired(l
     assert join["config"]["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "192.168.6.10:6443"
     assert lab.state()["state"] == "joined"
     assert lab.fake.cluster()["tokens"] == {}, "the node's token is deleted once it reports joined"
-    [create] = lab.fake.calls("kubeadm", "token", "create")
-    assert create[create.index("--ttl") + 1] == "30m"
-    assert create[create.index("--description") + 1] == "pi-image pi-worker1"
+    [token] = lab.fake.created_tokens()
+    assert 1795 <= token["ttl_seconds"] <= 1800 and token["description"] == "pi-image pi-worker1"
+    assert lab.fake.deleted_tokens() == [token["token_id"]]
     marker = root / "var/lib/pi-image/firstboot.done"
     assert json.loads(marker.read_text()) == {"joined": True, "node": "pi-worker1"}
     assert not (root / "var/lib/pi-image/join-config.yaml").exists(), "the file holding the token is removed"
@@ -166,10 +167,26 @@ def test_no_token_reaches_any_log_state_file_status_output_or_the_device(lab):
     status = CliRunner().invoke(main, ["status", "--cluster", str(lab.cluster.directory), "--json"])
 
     assert result.returncode == 0
-    assert lab.fake.cluster()["tokens"] == {} and len(lab.fake.calls("kubeadm", "token", "create")) == 1
+    assert lab.fake.cluster()["tokens"] == {} and len(lab.fake.created_tokens()) == 1
     assert files_containing_tokens(root, lab.cluster.directory) == []
     assert not __import__("re").search(r"[a-z0-9]{6}\.[a-z0-9]{16}", result.stderr + status.output)
     node_json = root / "etc/pi-image/node.json"
     assert stat.S_IMODE(node_json.stat().st_mode) == 0o600
     assert stat.S_IMODE((lab.cluster.directory / "state" / "audit.log").stat().st_mode) == 0o600
     assert yaml.safe_load(status.output)[0]["state"] == "joined"
+
+
+def test_the_master_never_has_a_bootstrap_token_on_a_command_line(lab):
+    """Every process the endpoint starts is a stand-in that records its argv as it got it (what /proc/PID/cmdline
+    shows any local user): the token goes to kubectl on stdin, inside the Secret kubeadm itself would create."""
+    client = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", lab.credential())
+    issued = client.join({"kubeadm_version": "v1.31.4"}).payload
+    client.report("joined")
+
+    argv = [" ".join(args) for args in lab.fake.calls()]
+    [token] = lab.fake.created_tokens()
+    assert issued["token"].startswith(token["token_id"] + ".")
+    assert token["groups"] == "system:bootstrappers:kubeadm:default-node-token"
+    assert lab.fake.deleted_tokens() == [token["token_id"]]
+    assert not [line for line in argv if issued["token"].split(".")[1] in line or TOKEN_SHAPE.search(line.encode())]
+    assert any("create -f -" in line for line in argv) and lab.fake.calls("kubeadm") == []

@@ -3,6 +3,7 @@
 import datetime
 import hashlib
 import hmac
+import json
 
 import pytest
 import yaml
@@ -11,9 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from firstboot import discovery, joinconfig, protocol
-from firstboot.guards import NonceBook, RateLimiter, TooManyNonces
-from firstboot.kube import new_bootstrap_token
+from firstboot import joinconfig, protocol
+from firstboot.endpoint import discovery
+from firstboot.endpoint.guards import ConnectionSlots, NonceBook, RateLimiter, TooManyNonces
+from firstboot.endpoint.kube import ClusterAdmin, bootstrap_token_secret, new_bootstrap_token
+from firstboot.endpoint.settings import ServerSettings, SettingsError
 
 
 class FakeClock:
@@ -24,12 +27,46 @@ class FakeClock:
         return self.now
 
 
-def test_node_credential_is_hmac_sha256_of_the_node_name_under_the_enrollment_key():
+def test_node_credential_is_hmac_sha256_of_name_and_generation_under_the_enrollment_key():
     key = bytes(range(32))
-    expected = hmac.new(key, b"pi-worker1", hashlib.sha256).hexdigest()
+    expected = hmac.new(key, b"pi-worker1:3", hashlib.sha256).hexdigest()
 
-    assert protocol.node_credential(key, "pi-worker1") == expected
-    assert protocol.node_credential(key, "pi-worker2") != expected
+    assert protocol.node_credential(key, "pi-worker1", 3) == expected
+    assert protocol.node_credential(key, "pi-worker1") == protocol.node_credential(key, "pi-worker1", 1)
+    assert len({protocol.node_credential(key, name, generation)
+                for name in ("pi-worker1", "pi-worker2") for generation in (1, 2, 3)}) == 6
+    for wrong in (-1, "2", True, 1.0):
+        with pytest.raises(ValueError):
+            protocol.node_credential(key, "pi-worker1", wrong)
+
+
+def _tokend_json(tmp_path, nodes):
+    (tmp_path / "enrollment.key").write_text("00" * 32)
+    path = tmp_path / "tokend.json"
+    path.write_text(json.dumps({"api_server": "10.0.0.1:6443", "node_subnet": "10.0.0.0/24", "listen": ":8443",
+                                "nodes": nodes, "enrollment_key_file": "enrollment.key", "tls_cert_file": "c",
+                                "tls_key_file": "k", "ca_cert_file": "ca", "kubeconfig": "admin.conf"}))
+    return path
+
+
+def test_inventory_maps_nodes_to_generations_and_an_older_list_means_generation_1(tmp_path):
+    mapping = ServerSettings(str(_tokend_json(tmp_path, {"pi-worker1": 3, "pi-worker2": 0})))
+    assert (mapping.generation("pi-worker1"), mapping.generation("pi-worker2")) == (3, 0)
+    assert mapping.generation("pi-approved-stranger") == 1 and mapping.known_nodes() == {"pi-worker1", "pi-worker2"}
+
+    listed = ServerSettings(str(_tokend_json(tmp_path, ["pi-worker1"])))
+    assert listed.generation("pi-worker1") == 1 and listed.known_nodes() == {"pi-worker1"}
+
+    with pytest.raises(SettingsError, match="'nodes' must map each node name to its generation"):
+        ServerSettings(str(_tokend_json(tmp_path, {"pi-worker1": "3"})))
+
+
+def test_a_broken_inventory_change_keeps_the_running_endpoint_on_the_last_good_one(tmp_path):
+    path = _tokend_json(tmp_path, {"pi-worker1": 2})
+    settings = ServerSettings(str(path))
+    path.write_text("{ half written")
+
+    assert settings.generation("pi-worker1") == 2
 
 
 @pytest.mark.parametrize("tamper", ["method", "path", "nonce", "body", "credential"])
@@ -146,6 +183,30 @@ def test_challenge_flood_is_bounded():
     assert book.issue(), "expired nonces make room again"
 
 
+def test_connection_slots_cap_each_address_and_the_whole_server():
+    slots = ConnectionSlots(total=3, per_address=2)
+
+    assert [slots.take("10.0.0.9") for _ in range(3)] == [None, None, "refused-address-cap"]
+    assert slots.take("10.0.0.8") is None
+    assert slots.take("10.0.0.7") == "refused-busy"
+    slots.release("10.0.0.9")
+    assert slots.take("10.0.0.7") is None, "a slot given back is free for anyone"
+
+
+def test_a_bootstrap_token_is_the_secret_kubeadm_itself_would_create():
+    token = new_bootstrap_token()
+
+    secret = bootstrap_token_secret(token, "pi-image pi-worker1", 1700000000)
+
+    token_id, token_secret = token.split(".")
+    assert secret["type"] == "bootstrap.kubernetes.io/token"
+    assert secret["metadata"] == {"name": "bootstrap-token-" + token_id, "namespace": "kube-system"}
+    assert secret["stringData"] == {
+        "token-id": token_id, "token-secret": token_secret, "description": "pi-image pi-worker1",
+        "expiration": "2023-11-14T22:13:20Z", "usage-bootstrap-authentication": "true",
+        "usage-bootstrap-signing": "true", "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}
+
+
 def test_rate_limiter_allows_a_burst_then_refills_at_its_rate():
     clock = FakeClock()
     limiter = RateLimiter(per_minute=60, burst=2, clock=clock)
@@ -174,8 +235,6 @@ class ScriptedKubectl:
 
 
 def test_a_burst_of_fresh_nodes_costs_one_node_listing_while_listed_names_are_looked_up_fresh():
-    from firstboot.kube import ClusterAdmin
-
     clock = FakeClock()
     kubectl = ScriptedKubectl()
     admin = ClusterAdmin(kubectl, "/etc/kubernetes/admin.conf", clock=clock)

@@ -1,8 +1,9 @@
 """Recording stand-in for kubeadm, kubectl, ip, modprobe, sysctl, swapoff, systemctl, apt-get, apt-mark.
 
 Run as `python fake_tool.py TOOL ARGS...` by the wrappers harness.install_fakes() puts on PATH. Shared state lives in
-$FAKE_STATE: a fake cluster (cluster.json: version, nodes, bootstrap tokens), the calls log (calls.jsonl, tokens
-replaced by their id) and knobs a test sets to inject faults:
+$FAKE_STATE: a fake cluster (cluster.json: version, nodes, bootstrap tokens), the calls log (calls.jsonl: every argv
+exactly as the tool got it, so a test can prove no secret was on a command line), the bootstrap tokens created
+(bootstrap-tokens.jsonl: their public part) and knobs a test sets to inject faults:
 
     kubeadm_version        what `kubeadm version -o short` prints (default v1.31.4)
     cluster_version        the API server's gitVersion (default v1.31.4)
@@ -11,10 +12,14 @@ replaced by their id) and knobs a test sets to inject faults:
     join_sleep             seconds `kubeadm join` takes (to kill the agent in the middle)
     ip_addr / ip_route     output of `ip -o addr show` / `ip -o route get`
 
-The JoinConfiguration is checked like kubeadm would: it must parse as YAML with the apiVersion this kubeadm version
-reads, the node-ip in the right shape, a live token and the right CA hash. Every parsed config is kept in joins.jsonl.
+Bootstrap tokens are made as the API server knows them: `kubectl create -f -` with a bootstrap-token Secret on stdin
+(checked field by field like the API server and kubeadm would), `kubectl -n kube-system delete secret
+bootstrap-token-<id>` to remove one. The JoinConfiguration is checked like kubeadm would: it must parse as YAML with
+the apiVersion this kubeadm version reads, the node-ip in the right shape, a live token and the right CA hash. Every
+parsed config is kept in joins.jsonl.
 """
 
+import calendar
 import fcntl
 import json
 import os
@@ -24,7 +29,7 @@ import time
 from contextlib import contextmanager
 
 STATE = os.environ["FAKE_STATE"]
-TOKEN_RE = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b")
+BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 DEFAULT_IP_ADDR = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
 2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\\       valid_lft forever preferred_lft forever
 3: eth1    inet 192.168.6.15/24 brd 192.168.6.255 scope global eth1\\       valid_lft forever preferred_lft forever
@@ -78,18 +83,6 @@ def option(args, name):
 def kubeadm(args):
     if args[:1] == ["version"]:
         print(knob("kubeadm_version", "v1.31.4"))
-    elif args[:2] == ["token", "create"]:
-        token = args[2]
-        if not re.match(r"^[a-z0-9]{6}\.[a-z0-9]{16}$", token) or option(args, "--ttl") != "30m":
-            fail("fake kubeadm: bad token create arguments")
-        with cluster() as state:
-            state["tokens"][token[:6]] = {"secret": token, "description": option(args, "--description"),
-                                          "expires": time.time() + 1800}
-        print(token)
-    elif args[:2] == ["token", "delete"]:
-        with cluster() as state:
-            state["tokens"].pop(args[2], None)
-        print('bootstrap token "{}" deleted'.format(args[2]))
     elif args[:1] == ["join"]:
         join(option(args, "--config"))
     elif args[:1] == ["reset"]:
@@ -132,10 +125,54 @@ def join(config_path):
     print("This node has joined the cluster")
 
 
+def create_bootstrap_token(text):
+    """`kubectl create -f -`: only a bootstrap-token Secret, complete, as kubeadm itself would write it."""
+    import yaml
+
+    secret = yaml.safe_load(text)
+    data = secret.get("stringData", {})
+    token_id, token_secret = data.get("token-id", ""), data.get("token-secret", "")
+    expected = {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+                "metadata": {"name": "bootstrap-token-" + token_id, "namespace": "kube-system"}}
+    wrong = sorted(key for key, value in expected.items() if secret.get(key) != value)
+    if wrong or not re.match(r"^[a-z0-9]{6}$", token_id) or not re.match(r"^[a-z0-9]{16}$", token_secret):
+        fail("fake kubectl: not a bootstrap token Secret ({})".format(", ".join(wrong) or "token-id/token-secret"))
+    if data.get("usage-bootstrap-authentication") != "true" or data.get("usage-bootstrap-signing") != "true" or \
+            BOOTSTRAP_GROUP not in data.get("auth-extra-groups", "").split(","):
+        fail("fake kubectl: the token would not let kubeadm join (usages or auth-extra-groups)")
+    try:
+        expires = calendar.timegm(time.strptime(data.get("expiration", ""), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        fail("fake kubectl: expiration is not an RFC 3339 UTC time")
+    with cluster() as state:
+        if token_id in state["tokens"]:
+            fail('Error from server (AlreadyExists): secrets "bootstrap-token-{}" already exists'.format(token_id))
+        state["tokens"][token_id] = {"secret": token_id + "." + token_secret, "description": data.get("description"),
+                                     "expires": expires}
+    append("bootstrap-tokens.jsonl", {"token_id": token_id, "description": data.get("description"),
+                                      "ttl_seconds": round(expires - time.time()), "groups": data["auth-extra-groups"]})
+    print("secret/bootstrap-token-{} created".format(token_id))
+
+
+def delete_bootstrap_token(name):
+    with cluster() as state:
+        token = state["tokens"].pop(name[len("bootstrap-token-"):], None) if name.startswith("bootstrap-token-") \
+            else None
+    if token is None:
+        fail('Error from server (NotFound): secrets "{}" not found'.format(name))
+    print('secret "{}" deleted'.format(name))
+
+
 def kubectl(args):
     args = args[2:] if args[:1] == ["--kubeconfig"] else args
     if args[:1] == ["version"]:
         print(json.dumps({"serverVersion": {"gitVersion": knob("cluster_version", "v1.31.4")}}))
+        return
+    if args == ["create", "-f", "-"]:
+        create_bootstrap_token(sys.stdin.read())
+        return
+    if args[:4] == ["-n", "kube-system", "delete", "secret"] and len(args) == 5:
+        delete_bootstrap_token(args[4])
         return
     with cluster() as state:
         nodes = state["nodes"]
@@ -177,7 +214,7 @@ def apt_get(args):
 
 def main():
     tool, args = sys.argv[1], sys.argv[2:]
-    append("calls.jsonl", {"tool": tool, "args": [TOKEN_RE.sub(r"\1.<secret>", arg) for arg in args]})
+    append("calls.jsonl", {"tool": tool, "args": args})
     handler = {"kubeadm": kubeadm, "kubectl": kubectl, "ip": ip, "apt-get": apt_get}.get(tool)
     if handler:
         handler(args)

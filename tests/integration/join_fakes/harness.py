@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from builder import cluster as clusters
+from firstboot import protocol
+from firstboot.endpoint.settings import ServerSettings
+from firstboot.endpoint.state import NodeStore
 
 from .wrappers import TOOLS, write_wrapper
 
@@ -49,19 +52,37 @@ PYTHON36 = _firstboot_python()
 FIRSTBOOT_PYTHON = PYTHON36 or sys.executable
 
 
-def make_ca(path, key_type="ecdsa"):
-    """A self-signed cluster CA at `path`; returns kubeadm's discovery hash computed by `cryptography`."""
+def _self_signed(common_name, key_type="ecdsa", ca=False):
+    """(private key, certificate) valid for a day."""
     key = ec.generate_private_key(ec.SECP256R1()) if key_type == "ecdsa" else \
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    return key, builder.sign(key, hashes.SHA256())
+
+
+def make_ca(path, key_type="ecdsa"):
+    """A self-signed cluster CA at `path`; returns kubeadm's discovery hash computed by `cryptography`."""
+    key, cert = _self_signed("kubernetes", key_type, ca=True)
     Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def make_server_certificate(directory: Path, name: str):
+    """NAME.crt and NAME.key (PEM) in `directory`: a server identity; returns (cert, key, pin fingerprint)."""
+    key, cert = _self_signed(name)
+    cert_path, key_path = directory / (name + ".crt"), directory / (name + ".key")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    fingerprint = "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return cert_path, key_path, fingerprint
 
 
 class FakeCluster:
@@ -88,7 +109,20 @@ class FakeCluster:
                 if (tool is None or r["tool"] == tool) and r["args"][:len(prefix)] == list(prefix)]
 
     def joins(self):
-        path = self.state / "joins.jsonl"
+        return self._records("joins.jsonl")
+
+    def created_tokens(self):
+        """Bootstrap tokens the endpoint created, in order: token_id, description, ttl_seconds, groups (no secret)."""
+        return self._records("bootstrap-tokens.jsonl")
+
+    def deleted_tokens(self):
+        """Ids of the bootstrap tokens the endpoint deleted, in order."""
+        prefix = "bootstrap-token-"
+        return [args[-1][len(prefix):] for args in self.calls("kubectl")
+                if args[-3:-1] == ["delete", "secret"] and args[-1].startswith(prefix)]
+
+    def _records(self, name):
+        path = self.state / name
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def cluster(self):
@@ -102,7 +136,7 @@ class FakeCluster:
 
 
 class TokenServer:
-    """`python -m firstboot.tokend` as a real process on 127.0.0.1 (an ephemeral port, kept across restarts)."""
+    """`python -m firstboot.endpoint` as a real process on 127.0.0.1 (an ephemeral port, kept across restarts)."""
 
     def __init__(self, cluster_dir: Path, fake: FakeCluster, ca_cert: Path, extra_args=()):
         self.cluster_dir = cluster_dir
@@ -118,9 +152,10 @@ class TokenServer:
 
     def start(self):
         clusters.write_server_config(clusters.load_cluster(self.cluster_dir))
-        argv = [FIRSTBOOT_PYTHON, "-m", "firstboot.tokend", "--config", str(self.cluster_dir / "tokend.json"),
-                "--state-dir", str(self.cluster_dir / "state"), "--listen", "127.0.0.1:{}".format(self.port),
-                "--ca-cert", str(self.ca_cert), "--kubeconfig", str(self.cluster_dir / "admin.conf")]
+        # no --state-dir: the endpoint's default, DIR/state, is where `pi-image status --cluster DIR` looks
+        argv = [FIRSTBOOT_PYTHON, "-m", "firstboot.endpoint", "--config", str(self.cluster_dir / "tokend.json"),
+                "--listen", "127.0.0.1:{}".format(self.port), "--ca-cert", str(self.ca_cert),
+                "--kubeconfig", str(self.cluster_dir / "admin.conf")]
         self.stderr_path = self.cluster_dir / "tokend.stderr"
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(argv + self.extra_args, cwd=str(REPO), env=self.fake.env,
@@ -150,8 +185,41 @@ def new_cluster(base: Path, nodes=("pi-worker1",), version="1.31", approval_mode
     cluster = clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", version,
                                     "192.168.6.0/24", approval_mode)
     for name in nodes:
-        clusters.add_node(cluster, name, "worker-8g")
+        clusters.add_node(cluster, name, "worker-8g", None, "worker")
     return cluster
+
+
+class JoinLab:
+    """One test's world: a cluster directory, a test CA, the stand-ins and a running token endpoint."""
+
+    def __init__(self, base, nodes=("pi-worker1",), ca_type="ecdsa", version="1.31", approval_mode=False,
+                 server_args=()):
+        self.base = base
+        self.fake = FakeCluster(base)
+        self.cluster = new_cluster(base, nodes, version, approval_mode)
+        self.ca_cert = base / "ca.crt"
+        self.ca_hash = make_ca(self.ca_cert, ca_type)
+        self.fake.knob("expected_ca_hash", self.ca_hash)
+        self.server = TokenServer(self.cluster.directory, self.fake, self.ca_cert, server_args)
+
+    def node_root(self, name="pi-worker1"):
+        """A sandbox device flashed with a fresh build of `name`: node.json from the real builder code, the node's
+        generation bumped in the inventory as `pi-image build` does, the endpoint pointed at the running one."""
+        cluster = clusters.load_cluster(self.cluster.directory)
+        config = clusters.node_config(cluster, clusters.next_generation(cluster, name))
+        return make_root(self.base / "build-{}".format(config.get("generation", 0)), config, self.server.endpoint)
+
+    def credential(self, name="pi-worker1"):
+        """The credential the endpoint accepts from `name` now (its current generation's)."""
+        settings = ServerSettings(str(self.cluster.directory / "tokend.json"))
+        return protocol.node_credential(settings.enrollment_key, name, settings.generation(name))
+
+    def state(self, name="pi-worker1"):
+        store = NodeStore(str(self.cluster.directory / "state"))
+        try:
+            return store.get(name)
+        finally:
+            store.close()
 
 
 def make_root(base: Path, node_config: dict, endpoint=None):
@@ -172,14 +240,28 @@ def make_root(base: Path, node_config: dict, endpoint=None):
     return root
 
 
-def agent_argv(root: Path, *extra):
-    return [FIRSTBOOT_PYTHON, "-m", "firstboot.agent", "--root", str(root)] + FAST_AGENT + list(extra)
+# The agent of a device with an address of its own: on loopback every connection would come from 127.0.0.1, so the
+# device's connections are bound to its address (argv[1]); nothing else about the agent changes.
+_AGENT_AT_ADDRESS = """
+import runpy, socket, sys
+address, connect = sys.argv.pop(1), socket.create_connection
+def from_device(target, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    return connect(target, timeout, source_address or (address, 0))
+socket.create_connection = from_device
+sys.argv[0] = "agent"
+runpy.run_module("firstboot.agent", run_name="__main__")
+"""
 
 
-def run_agent(root: Path, fake: FakeCluster, *extra, timeout=30):
-    """Run the real agent to completion; returns the CompletedProcess (stderr as text)."""
-    return subprocess.run(agent_argv(root, *extra), cwd=str(REPO), env=fake.env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+def agent_argv(root: Path, *extra, address=None):
+    start = ["-c", _AGENT_AT_ADDRESS, address] if address else ["-m", "firstboot.agent"]
+    return [FIRSTBOOT_PYTHON] + start + ["--root", str(root)] + FAST_AGENT + list(extra)
+
+
+def run_agent(root: Path, fake: FakeCluster, *extra, timeout=30, address=None):
+    """Run the real agent to completion (connecting from `address`, if given); returns the CompletedProcess."""
+    return subprocess.run(agent_argv(root, *extra, address=address), cwd=str(REPO), env=fake.env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
 
 
 def start_agent(root: Path, fake: FakeCluster, *extra):

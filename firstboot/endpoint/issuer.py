@@ -1,26 +1,21 @@
 """The token endpoint's decisions for an authenticated node: issue a token, make it wait, or refuse — and say why.
 
-HTTP and authentication live in tokend.py; by the time a request gets here its signature and nonce were checked.
-Every decision writes one audit line (never a token) and updates the node's row in the state store.
+HTTP and authentication live in handler.py; by the time a request gets here its nonce and its signature - made with
+the credential of the node's current generation - were checked. A generation joins once: after it has joined, its
+credential gets no other token (a rebuilt image, generation + 1, joins with no manual step). Every decision writes
+one audit line (never a token) and updates the node's row in the state store.
 """
 
-import logging
 import threading
 import time
 
-from . import discovery, protocol, state
+from .. import protocol
+from . import discovery, state
+from .audit import audit
 from .kube import ClusterError, new_bootstrap_token
-
-audit_log = logging.getLogger("pi-image.audit")
 
 TOKEN_LIFETIME_SECONDS = 30 * 60
 REPORT_MESSAGE_LIMIT = 2000
-
-
-def audit(decision, node, address, detail=""):
-    """One line per decision: what, for whom, from where, why."""
-    audit_log.info("decision=%s node=%s address=%s%s", decision, node, address,
-                   " detail=" + protocol.redact(detail) if detail else "")
 
 
 class JoinIssuer(object):
@@ -45,17 +40,17 @@ class JoinIssuer(object):
         row = self.store.get(name)
         return bool(row and row["approved"])
 
-    def join(self, name, facts, address):
-        """(HTTP status, answer) for a join request."""
+    def join(self, name, generation, facts, address):
+        """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`."""
         with self._node_lock(name):
             try:
-                return self._join_locked(name, facts, address)
+                return self._join_locked(name, generation, facts, address)
             except ClusterError as err:
                 audit("error", name, address, str(err))
                 self.store.update(name, last_error=str(err))
                 return 503, {"error": "the cluster could not be reached to issue a token; see the token server log"}
 
-    def _join_locked(self, name, facts, address):
+    def _join_locked(self, name, generation, facts, address):
         if not self.is_allowed(name):
             if not self.settings.approval_mode:
                 audit("refused-unknown", name, address)
@@ -64,13 +59,21 @@ class JoinIssuer(object):
             audit("pending", name, address)
             return 202, {"state": state.PENDING,
                          "message": "waiting for approval: run `pi-image approve {}`".format(name)}
+        row = self.store.get(name) or {}
+        if row.get("joined_generation") is not None and row["joined_generation"] >= generation:
+            message = ("node {0} already joined with this image (generation {1}) and a credential joins once: to "
+                       "join this device again, build its image again and flash it").format(name, generation)
+            self.store.update(name, last_error=message)
+            audit("refused-credential-used", name, address, message)
+            return 409, {"error": message}
         refusal = self._version_refusal(facts)
         if refusal:
             return self._refuse(name, address, facts, "refused-version-skew", refusal)
-        row = self.store.get(name) or {}
         ready = self.admin.node_ready(name)
         if ready and not row.get("replace_allowed"):
-            if row.get("state") == state.TOKEN_ISSUED and self._token_still_valid(row):
+            if row.get("state") == state.TOKEN_ISSUED and row.get("generation") == generation and \
+                    self._token_still_valid(row):
+                self.store.update(name, state=state.JOINED, joined_generation=generation)
                 audit("already-joined", name, address)
                 return 200, {"state": state.JOINED}
             return self._refuse(name, address, facts, "refused-ready-node-exists", (
@@ -79,7 +82,7 @@ class JoinIssuer(object):
         if ready is not None:
             self.admin.delete_node(name)
             audit("deleted-node", name, address, "replaced" if ready else "stale NotReady node")
-        return self._issue(name, facts, address, row)
+        return self._issue(name, generation, facts, address, row)
 
     def _version_refusal(self, facts):
         cluster_version = self.admin.cluster_version()
@@ -102,14 +105,15 @@ class JoinIssuer(object):
         audit(decision, name, address, message)
         return 409, {"error": message}
 
-    def _issue(self, name, facts, address, row):
+    def _issue(self, name, generation, facts, address, row):
         if row.get("token_id"):
             self.admin.delete_token(row["token_id"])
         token = new_bootstrap_token()
-        self.admin.create_token(token, name)
+        issued_at = self._clock()
+        self.admin.create_token(token, name, issued_at + TOKEN_LIFETIME_SECONDS)
         token_id = token.split(".")[0]
-        self.store.update(name, state=state.TOKEN_ISSUED, token_id=token_id, token_issued_at=self._clock(),
-                          replace_allowed=0, facts=facts, address=address, last_error=None)
+        self.store.update(name, state=state.TOKEN_ISSUED, token_id=token_id, token_issued_at=issued_at,
+                          generation=generation, replace_allowed=0, facts=facts, address=address, last_error=None)
         audit("token-issued", name, address, "token_id=" + token_id)
         return 200, {
             "state": state.TOKEN_ISSUED,
@@ -118,11 +122,12 @@ class JoinIssuer(object):
             "ca_cert_hashes": discovery.discovery_hashes_from_pem(self.settings.ca_cert_pem()),
             "kubernetes_version": self.admin.cluster_version(),
             "node_subnet": self.settings.node_subnet,
-            "server_time": self._clock(),
+            "server_time": issued_at,
+            "expires_in": TOKEN_LIFETIME_SECONDS,
         }
 
-    def report(self, name, body, address):
-        """(HTTP status, answer) for a progress report; "joined" retires the node's token."""
+    def report(self, name, generation, body, address):
+        """(HTTP status, answer) for a progress report; "joined" retires the node's token and its generation."""
         if not self.is_allowed(name) and self.store.get(name) is None:
             audit("refused-report-unknown", name, address)
             return 403, {"error": "node {} is not in this cluster's inventory".format(name)}
@@ -136,7 +141,7 @@ class JoinIssuer(object):
             if report_state == "failed":
                 changes.update(state=state.FAILED, last_error=message)
             elif report_state == "joined":
-                changes.update(state=state.JOINED, last_error=None, token_id=None)
+                changes.update(state=state.JOINED, last_error=None, token_id=None, joined_generation=generation)
                 if row.get("token_id"):
                     self.admin.delete_token(row["token_id"])
             self.store.update(name, **changes)

@@ -7,22 +7,31 @@ Keys (relative paths are relative to the file's own directory):
     kubernetes_version   "1.31"           the minor images are built for (informational; the cluster decides)
     listen               "ADDR:PORT"      where to serve HTTPS
     approval_mode        bool             unknown nodes wait as "pending" instead of being refused
-    nodes                [names]          the inventory: nodes allowed to join without approval
+    nodes                {name: gen}      the inventory: nodes allowed to join without approval, each with the
+                                          generation of its newest build (only that build's credential is valid);
+                                          a plain list of names (older files) means generation 1 for each
     enrollment_key_file  path             hex enrollment key (node credentials derive from it)
     tls_cert_file        path             the endpoint's certificate (PEM), pinned by fingerprint in images
     tls_key_file         path             its private key (PEM)
     ca_cert_file         path             the cluster CA, for the discovery hash (/etc/kubernetes/pki/ca.crt)
     kubeconfig           path             admin kubeconfig for kubeadm/kubectl (/etc/kubernetes/admin.conf)
 
-The file is re-read when it changes, so nodes added to the inventory can join without a restart.
+The file is re-read when it changes, so nodes added to the inventory (or built again) can join without a restart;
+a change that does not parse is ignored (and logged once) and the endpoint goes on with what it had.
 """
 
 import json
+import logging
 import os
 import threading
 
 REQUIRED_KEYS = ("api_server", "node_subnet", "listen", "nodes", "enrollment_key_file", "tls_cert_file",
                  "tls_key_file", "ca_cert_file", "kubeconfig")
+
+log = logging.getLogger("pi-image.tokend")
+
+# The generation of a node the inventory does not list (one an operator approved): its first build.
+UNLISTED_GENERATION = 1
 
 
 class SettingsError(Exception):
@@ -37,8 +46,9 @@ class ServerSettings(object):
         self._overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
         self._lock = threading.Lock()
         self._mtime = None
+        self._ignored_mtime = None
         self._values = {}
-        self._nodes = frozenset()
+        self._generations = {}
         self._reload_if_changed()
         self.enrollment_key = self._read_enrollment_key()
 
@@ -50,20 +60,42 @@ class ServerSettings(object):
                 return  # keep serving with what we have; the file is being replaced
             raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror))
         with self._lock:
-            if mtime == self._mtime:
+            if mtime in (self._mtime, self._ignored_mtime):
                 return
             try:
-                with open(self.path) as handle:
-                    values = json.load(handle)
-            except ValueError as err:
-                if self._mtime is not None:
-                    return
-                raise SettingsError("{}: not valid JSON: {}".format(self.path, err))
-            values.update(self._overrides)
-            missing = [key for key in REQUIRED_KEYS if key not in values]
-            if missing:
-                raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
-            self._values, self._nodes, self._mtime = values, frozenset(values["nodes"]), mtime
+                values, generations = self._load()
+            except SettingsError as err:
+                if self._mtime is None:
+                    raise
+                self._ignored_mtime = mtime
+                log.warning("%s; going on with the settings read before", err)
+                return
+            self._values, self._generations, self._mtime = values, generations, mtime
+
+    def _load(self):
+        try:
+            with open(self.path) as handle:
+                values = json.load(handle)
+        except OSError as err:
+            raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror))
+        except ValueError as err:
+            raise SettingsError("{}: not valid JSON: {}".format(self.path, err))
+        if not isinstance(values, dict):
+            raise SettingsError("{}: not a JSON object".format(self.path))
+        values.update(self._overrides)
+        missing = [key for key in REQUIRED_KEYS if key not in values]
+        if missing:
+            raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
+        return values, self._node_generations(values["nodes"])
+
+    def _node_generations(self, nodes):
+        if isinstance(nodes, list) and all(isinstance(name, str) for name in nodes):
+            return dict.fromkeys(nodes, UNLISTED_GENERATION)
+        if isinstance(nodes, dict) and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
+                                           for g in nodes.values()):
+            return dict(nodes)
+        raise SettingsError("{}: 'nodes' must map each node name to its generation (a whole number >= 0)".format(
+            self.path))
 
     def __getattr__(self, key):
         if key.startswith("_") or key not in REQUIRED_KEYS + ("approval_mode", "kubernetes_version"):
@@ -77,9 +109,16 @@ class ServerSettings(object):
     def known_nodes(self):
         """Inventory node names, re-read when tokend.json changes."""
         self._reload_if_changed()
-        return self._nodes
+        return frozenset(self._generations)
+
+    def generation(self, name):
+        """The generation whose credential `name` must sign with: its newest build's (UNLISTED_GENERATION if the
+        inventory does not list it)."""
+        self._reload_if_changed()
+        return self._generations.get(name, UNLISTED_GENERATION)
 
     def ca_cert_pem(self):
+        """The cluster CA certificate (PEM text)."""
         with open(self.file("ca_cert_file")) as handle:
             return handle.read()
 

@@ -1,9 +1,92 @@
-"""The token endpoint's defences that do not depend on HTTP: one-time nonces, rate limits, connection deadlines."""
+"""The token endpoint's defences that do not depend on HTTP: connection slots, one-time nonces, rate limits and
+connection deadlines."""
 
+import collections
 import secrets
 import socket
+import struct
 import threading
 import time
+
+_LINGER_NOT_AT_ALL = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends a reset
+
+
+class ConnectionSlots(object):
+    """Admission at accept: at most `total` connections at once, and at most `per_address` from one source address.
+
+    Checked before a thread or a TLS handshake is spent on a connection, so a client holding hundreds of sockets open
+    only ever occupies its own few slots while every other address is served.
+    """
+
+    def __init__(self, total, per_address):
+        self.total = total
+        self.per_address = per_address
+        self._held = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def take(self, address):
+        """None if a connection from `address` may go on (give its slot back with release()), else the audit decision
+        that refuses it: 'refused-address-cap' or 'refused-busy'."""
+        with self._lock:
+            held = self._held.get(address, 0)
+            if held >= self.per_address:
+                return "refused-address-cap"
+            if self._count >= self.total:
+                return "refused-busy"
+            self._held[address] = held + 1
+            self._count += 1
+        return None
+
+    def release(self, address):
+        with self._lock:
+            held = self._held.pop(address) - 1
+            if held:
+                self._held[address] = held
+            self._count -= 1
+
+
+class HeldConnections(object):
+    """Connections refused at accept, kept open - unread, without a thread - for `hold_seconds`, then reset.
+
+    Reset at once, a refused socket is back in the accept queue a moment later: a client that reopens each socket as
+    soon as it is dropped made the server accept thousands of connections a second, and the interpreter time that
+    took delayed every genuine request. Held, each of its sockets costs one accept per `hold_seconds`. At most
+    `capacity` are held (one descriptor each); beyond that, refused connections are reset at once.
+    """
+
+    def __init__(self, hold_seconds, capacity, clock=time.monotonic):
+        self.hold_seconds = hold_seconds
+        self.capacity = capacity
+        self._clock = clock
+        self._held = collections.deque()  # (reset time, socket), in the order they were refused
+
+    def hold(self, sock):
+        """Keep `sock` until its time is up; False if there is no room (the caller resets it)."""
+        if len(self._held) >= self.capacity:
+            return False
+        self._held.append((self._clock() + self.hold_seconds, sock))
+        return True
+
+    def reset_due(self):
+        """Reset every held connection whose time is up (the server's loop calls this between accepts)."""
+        now = self._clock()
+        while self._held and self._held[0][0] <= now:
+            reset_connection(self._held.popleft()[1])
+
+    def reset_all(self):
+        """Reset every held connection (the server is closing)."""
+        while self._held:
+            reset_connection(self._held.popleft()[1])
+
+
+def reset_connection(sock):
+    """Close `sock` with a TCP reset: no FIN exchange, no TIME_WAIT for a connection that was never served."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NOT_AT_ALL)
+    except OSError:
+        pass
+    sock.close()
 
 
 class TooManyNonces(Exception):
@@ -94,6 +177,7 @@ class ConnectionWatchdog(object):
             self._deadlines[sock] = time.monotonic() + seconds
 
     def release(self, sock):
+        """Stop watching `sock` (its connection ended in time)."""
         with self._lock:
             self._deadlines.pop(sock, None)
 

@@ -1,7 +1,11 @@
 """The token endpoint's durable state: one SQLite row per node, shared with `pi-image approve` and `pi-image status`.
 
-Only public facts are stored: the node's state, the *id* of its current bootstrap token (never the secret), what it
-last reported. The database lives in a 0700 directory; WAL mode lets the CLI read and write while the server runs.
+Only public facts are stored: the node's state, the *id* of its current bootstrap token (never the secret) and the
+generation it was issued to, the generation that joined (a credential joins once), what the node last reported.
+The database lives in a 0700 directory; WAL mode lets the CLI read and write while the server runs.
+
+Where: <the directory holding tokend.json>/state (default_state_dir), for `pi-image token-server|approve|status
+--cluster DIR` (DIR/state) as for the shipped pi-image-tokend unit (/etc/pi-image/cluster/state).
 """
 
 import json
@@ -16,6 +20,8 @@ TOKEN_ISSUED = "token-issued"
 JOINED = "joined"
 FAILED = "failed"
 
+DATABASE_NAME = "tokend.db"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
@@ -24,6 +30,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     replace_allowed INTEGER NOT NULL DEFAULT 0,
     token_id TEXT,
     token_issued_at REAL,
+    generation INTEGER,
+    joined_generation INTEGER,
     address TEXT,
     facts TEXT,
     last_report TEXT,
@@ -31,8 +39,20 @@ CREATE TABLE IF NOT EXISTS nodes (
     updated_at REAL NOT NULL
 )
 """
-_COLUMNS = ("name", "state", "approved", "replace_allowed", "token_id", "token_issued_at", "address", "facts",
-            "last_report", "last_error", "updated_at")
+_COLUMNS = ("name", "state", "approved", "replace_allowed", "token_id", "token_issued_at", "generation",
+            "joined_generation", "address", "facts", "last_report", "last_error", "updated_at")
+# Columns added since the first release, with their types: a database an older endpoint made gains them on open.
+_ADDED_COLUMNS = (("generation", "INTEGER"), ("joined_generation", "INTEGER"))
+
+
+def default_state_dir(config_path):
+    """The state directory next to tokend.json: DIR/state for a cluster directory DIR."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), "state")
+
+
+def database_path(state_dir):
+    """Where the nodes table lives in `state_dir` (it exists once an endpoint or `pi-image approve` wrote there)."""
+    return os.path.join(state_dir, DATABASE_NAME)
 
 
 class NodeStore(object):
@@ -41,7 +61,7 @@ class NodeStore(object):
     def __init__(self, state_dir, clock=time.time):
         if not os.path.isdir(state_dir):
             os.makedirs(state_dir, mode=0o700)
-        path = os.path.join(state_dir, "tokend.db")
+        path = database_path(state_dir)
         if not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._clock = clock
@@ -50,6 +70,10 @@ class NodeStore(object):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
+        for column, kind in _ADDED_COLUMNS:
+            if column not in present:
+                self._db.execute("ALTER TABLE nodes ADD COLUMN {} {}".format(column, kind))
 
     def close(self):
         with self._lock:

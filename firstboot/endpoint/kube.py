@@ -1,4 +1,4 @@
-"""What the token endpoint asks of the cluster, through kubeadm and kubectl on the master."""
+"""What the token endpoint asks of the cluster, through kubectl on the master."""
 
 import json
 import secrets
@@ -6,9 +6,8 @@ import string
 import threading
 import time
 
-from . import protocol
-
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
+BOOTSTRAP_TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 
 
 class ClusterError(Exception):
@@ -22,8 +21,32 @@ def new_bootstrap_token():
     return pick(6) + "." + pick(16)
 
 
+def bootstrap_token_secret(token, description, expires_at):
+    """The Secret that *is* a bootstrap token - the very object `kubeadm token create` writes.
+
+    Kubernetes keeps bootstrap tokens as Secrets of type bootstrap.kubernetes.io/token named bootstrap-token-<id> in
+    kube-system: the API server's bootstrap authenticator and the signer of the cluster-info ConfigMap (what
+    `kubeadm join` checks) read them from there, and `kubeadm token create` does nothing more than create one. Made
+    here and handed to `kubectl create -f -` on stdin, the token never shows on a command line: `kubeadm token
+    create <token>` would put it in /proc/PID/cmdline, readable by every local user, and kubeadm reads it from
+    nowhere else. (`create`, not `apply`: apply would copy the whole object, secret included, into an annotation.)
+    `expires_at` is a Unix time on the master's clock, as kubeadm's --ttl is.
+    """
+    token_id, token_secret = token.split(".")
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": "bootstrap-token-" + token_id, "namespace": "kube-system"},
+        "stringData": {
+            "token-id": token_id, "token-secret": token_secret, "description": description,
+            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+            "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+            "auth-extra-groups": BOOTSTRAP_TOKEN_GROUP,
+        },
+    }
+
+
 class ClusterAdmin(object):
-    """kubeadm/kubectl calls with the admin kubeconfig; the cluster version is cached briefly."""
+    """kubectl calls with the admin kubeconfig; the cluster version is cached briefly."""
 
     def __init__(self, commands, kubeconfig, version_ttl_seconds=60.0, node_list_ttl_seconds=1.0,
                  clock=time.monotonic):
@@ -39,11 +62,8 @@ class ClusterAdmin(object):
         self._node_names_expiry = 0.0
         self._node_names_lock = threading.Lock()
 
-    def _kubectl(self, *args):
-        return self.commands.run(["kubectl", "--kubeconfig", self.kubeconfig] + list(args))
-
-    def _kubeadm(self, *args):
-        return self.commands.run(["kubeadm"] + list(args) + ["--kubeconfig", self.kubeconfig])
+    def _kubectl(self, *args, **options):
+        return self.commands.run(["kubectl", "--kubeconfig", self.kubeconfig] + list(args), **options)
 
     def cluster_version(self):
         """The API server's gitVersion, e.g. 'v1.31.4'."""
@@ -87,17 +107,18 @@ class ClusterAdmin(object):
             return self._node_names
 
     def delete_node(self, name):
+        """Remove the Node object `name` (gone already is fine)."""
         result = self._kubectl("delete", "node", name)
         if not result.ok and "NotFound" not in result.stderr:
             raise ClusterError("cannot delete node {} (kubectl delete node): {}".format(name, result.summary()))
 
-    def create_token(self, token, node):
-        """Register `token` as a bootstrap token for `node`, valid for protocol.TOKEN_TTL."""
-        result = self._kubeadm("token", "create", token, "--ttl", protocol.TOKEN_TTL,
-                               "--description", "pi-image " + node)
+    def create_token(self, token, node, expires_at):
+        """Register `token` as a bootstrap token for `node` until `expires_at` (see bootstrap_token_secret)."""
+        secret = bootstrap_token_secret(token, "pi-image " + node, expires_at)
+        result = self._kubectl("create", "-f", "-", input_text=json.dumps(secret))
         if not result.ok:
-            raise ClusterError("kubeadm token create failed: " + result.summary())
+            raise ClusterError("cannot create the bootstrap token (kubectl create secret): " + result.summary())
 
     def delete_token(self, token_id):
         """Best effort: a token that is already gone is fine, it expires anyway."""
-        return self._kubeadm("token", "delete", token_id).ok
+        return self._kubectl("-n", "kube-system", "delete", "secret", "bootstrap-token-" + token_id).ok
