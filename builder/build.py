@@ -8,6 +8,7 @@ at OUTPUT, or nothing does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,24 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cluster import load_cluster, local_node_config, node_config
+from . import __version__, values
+from .cluster import Cluster, load_cluster, local_node_config, next_generation, node_config
 from .copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
 from .image import DirectoryFilesystem, DiskImage, open_medium
 from .image.inputs import cached_sha256, raw_image
 from .kubekey import kube_keyring
-from .overlays import find_overlay
 from .plan import FileOp, Plan, apply
-from .profiles import Profile, load_profile
+from .profiles import Profile, check_value, load_profile
+from .outputs import (COMPRESSORS, check_image_output, check_tree_output, publish, remove_stale_temporaries,
+                      swap_in_tree, temporary)
 from .run import run
+from .runtimes import runtime_packages
 from .steps import BuildContext, NodeIdentity, make_plan
-from .steps.layers import overlay_names
+from .steps.layers import overlays
 from .targets import Target, detect
 
 MANIFEST_PATH = "/etc/pi-image/build.json"
-COMPRESSORS = {".zst": ["zstd", "-q", "-T0", "-f"], ".xz": ["xz", "-T0", "-f", "-k"]}
 
 
 @dataclass
@@ -51,6 +53,10 @@ class BuildRequest:
     force: bool = False
     in_place: bool = False
     sha256: bool = False  # full SHA-256 of a raw output (compressed outputs always get one)
+    ssh_keys: list[str] = field(default_factory=list)  # public key lines from --ssh-key files
+    password_hash: str | None = None  # from --password / --password-file, hashed on the host
+    no_login: bool = False  # the admin user is meant to have no way in
+    replace_overlays: bool = False  # --overlay directories may shadow shipped overlays of the same name
 
 
 @dataclass
@@ -68,8 +74,10 @@ class BuildResult:
 
 def prepare(request: BuildRequest) -> BuildContext:
     """Load the profile, node and base; detect the target; plan every edit. Nothing is written."""
-    profile = load_profile(_profile_name(request), request.sets)
-    node, config = _node(request, profile)
+    profile = _with_login(load_profile(_profile_name(request), request.sets), request)
+    cluster = load_cluster(request.cluster) if request.cluster else None
+    if cluster:
+        profile = _with_cluster_version(profile, cluster)
     base = request.base or profile["base"]
     if not base:
         raise UserError(f"profile '{profile.name}' names no base image: pass --base IMAGE")
@@ -77,13 +85,52 @@ def prepare(request: BuildRequest) -> BuildContext:
         raise UserError(f"base '{base}' is not a file or directory (the image catalog is not available yet): "
                         f"download the image and pass --base PATH")
     target = detect(open_medium(Path(base)))
+    if request.in_place and not isinstance(target.medium, DirectoryFilesystem):
+        raise UserError(f"--in-place edits directory targets only; {base} is a disk image, which is never written: "
+                        "drop --in-place (the output is a new image)")
     if profile["target"] and profile["target"] != target.name:
         raise UserError(f"profile '{profile.name}' is for {profile['target']} but {base} is {target.name}: "
                         f"pick a profile for {target.name} (see `pi-image profiles`)")
+    _check_login(profile, target, request.no_login)
+    node, config = _node(request, profile, cluster)
+    config["runtime_packages"] = runtime_packages(
+        profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
+        target.os.version_id or "", target.name)
     keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
-    ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays))
+    ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=_epoch(Path(base)),
+                       replace_overlays=request.replace_overlays)
     make_plan(ctx)
     return ctx
+
+
+def _with_login(profile: Profile, request: BuildRequest) -> Profile:
+    """The profile with --ssh-key keys added and the --password hash set."""
+    settings = dict(profile.values)
+    for key in request.ssh_keys:
+        check_value("ssh_authorized_keys", [key], "--ssh-key")
+    settings["ssh_authorized_keys"] = list(dict.fromkeys(list(settings["ssh_authorized_keys"]) + request.ssh_keys))
+    if request.password_hash:
+        settings["password_hash"] = request.password_hash
+    return dataclasses.replace(profile, values=settings)
+
+
+def _with_cluster_version(profile: Profile, cluster: Cluster) -> Profile:
+    """One Kubernetes version: the cluster's. A profile or --set that names another one is an error."""
+    ours, theirs = profile["kubernetes_version"], cluster.kubernetes_version
+    if "kubernetes_version" in profile.explicit and ours != theirs:
+        raise UserError(f"profile '{profile.name}' (or --set) says kubernetes_version {ours} but cluster "
+                        f"{cluster.directory} runs {theirs}: drop the setting (the cluster decides) or change "
+                        f"kubernetes_version in {cluster.directory / 'cluster.yaml'}")
+    return dataclasses.replace(profile, values={**profile.values, "kubernetes_version": theirs})
+
+
+def _check_login(profile: Profile, target: Target, no_login: bool) -> None:
+    """A headless node needs a way in: an SSH key or a password, unless --no-login says none is intended."""
+    if profile["ssh_authorized_keys"] or profile["password_hash"] or no_login:
+        return
+    user = profile["user"] or target.default_user or "the admin user"
+    raise UserError(f"this build leaves {user} with no SSH key and no password, so nobody could log in to the node: "
+                    "pass --ssh-key ~/.ssh/id_ed25519.pub (or --password), or --no-login if that is intended")
 
 
 def _profile_name(request: BuildRequest) -> str:
@@ -95,16 +142,28 @@ def _profile_name(request: BuildRequest) -> str:
     raise UserError("pass --profile NAME (or --cluster DIR --node NAME to use the node's profile from the inventory)")
 
 
-def _node(request: BuildRequest, profile: Profile) -> tuple[NodeIdentity, dict[str, Any]]:
-    """The node's identity and its firstboot config, from the inventory (--cluster --node) or the profile."""
-    if request.cluster:
+def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None) -> tuple[NodeIdentity, dict[str, Any]]:
+    """The node's identity and its firstboot config, from the inventory (--cluster --node) or the profile.
+
+    A cluster build's config carries the node's NEXT generation: the inventory records it once the image is made.
+    """
+    if cluster:
         if not request.node:
             raise UserError("--cluster needs --node NAME (or --all)")
-        cluster = load_cluster(request.cluster)
         entry = cluster.node(request.node)
-        node = NodeIdentity(entry.name, entry.role, entry.address, entry.mac, cluster.node_subnet)
-        return node, node_config(request.cluster, entry.name, profile["runtime"])
+        if entry.role != profile["role"]:
+            raise UserError(f"node {entry.name!r} is a {entry.role} in {cluster.directory / 'inventory.yaml'} but "
+                            f"profile '{profile.name}' builds a {profile['role']}: use the node's own profile "
+                            f"({entry.profile})")
+        entry = dataclasses.replace(entry, generation=entry.generation + 1)
+        node = NodeIdentity(entry.name, entry.role, entry.address, entry.mac, cluster.node_subnet, cluster.gateway,
+                            tuple(cluster.dns), str(cluster.directory))
+        return node, node_config(cluster, entry, profile["runtime"])
     name = request.node or profile["hostname"] or profile.name
+    problem = values.hostname(name)
+    if problem:
+        raise UserError(f"--node: {problem}" if request.node else f"profile '{profile.name}': the node name is the "
+                        f"profile's name when it sets no hostname: {problem}; set hostname in it or pass --node NAME")
     node = NodeIdentity(name, profile["role"])
     return node, local_node_config(name, profile["kubernetes_version"], profile["runtime"], profile["role"])
 
@@ -114,61 +173,82 @@ def build(request: BuildRequest) -> BuildResult:
     ctx = prepare(request)
     base_path = Path(request.base or ctx.profile["base"])
     output = request.output or Path(f"{ctx.node.name}.img")
+    remove_stale_temporaries(output.parent)
     if isinstance(ctx.target.medium, DirectoryFilesystem):
-        return _build_tree(ctx, base_path, output, request)
-    if output.exists() and not request.force:
-        raise UserError(f"{output} exists: pass --force to replace it")
+        result = _build_tree(ctx, base_path, output, request)
+    else:
+        result = _build_image(ctx, base_path, output, request)
+    if request.cluster:
+        next_generation(load_cluster(request.cluster), ctx.node.name)
+    return result
+
+
+def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: BuildRequest) -> BuildResult:
+    """A disk image: sparse copy, edit, check, compress if asked, then the image and OUTPUT.json appear together."""
+    check_image_output(output, request.force)
     raw_base = raw_image(base_path)
     if output.resolve() in (base_path.resolve(), raw_base.resolve()):
         raise UserError(f"{output} is the base image: pick another --output (the base is never written)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.pi-image-{os.getpid()}.tmp"
+    tmp, manifest_path = temporary(output), _manifest_path(output)
+    manifest_tmp = temporary(manifest_path)
     try:
         _check_space(raw_base, output.parent)
         sparse_copy(raw_base, tmp)
-        image = DiskImage(tmp, writable=True, fake_time=_epoch(raw_base))
+        image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         target = detect(image)
         manifest = _manifest(ctx, base_path)
-        ops = ctx.plan.ops + [_manifest_op(manifest)]
-        changed = apply(Plan(ops), target)
+        changed = apply(Plan(ctx.plan.ops + [_manifest_op(manifest)]), target)
         image.commit()
         for partition in image.partitions:
             if partition.fs and any(target.filesystem(op.fs) is image.filesystem(partition) for op in changed):
                 check_partition(image, partition)
         final_tmp = _compress(tmp, output)
+        os.chmod(final_tmp, _image_mode(ctx))
         manifest["output"] = _output_digests(final_tmp, output, request.sha256 or final_tmp != tmp)
-        os.replace(final_tmp, output)
+        _write_json(manifest_tmp, manifest)
+        publish([(final_tmp, output), (manifest_tmp, manifest_path)])
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + output.suffix)):
+        for leftover in (tmp, tmp.with_name(tmp.name + output.suffix), manifest_tmp):
             leftover.unlink(missing_ok=True)
-    _write_json(output.with_name(output.name + ".json"), manifest)
     return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest)
 
 
 def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildRequest) -> BuildResult:
-    """A directory target: edit a copy of the tree at OUTPUT, or the tree itself with --in-place."""
+    """A directory target: edit a copy of the tree and swap it in at OUTPUT, or edit the tree with --in-place."""
     if request.in_place:
         dest = base
     else:
-        if output.exists() and not request.force:
-            raise UserError(f"{output} exists: pass --force to replace it (or --in-place to edit {base})")
-        dest = output.parent / f".{output.name}.pi-image-{os.getpid()}.tmp"
+        if output.resolve() == base.resolve():
+            raise UserError(f"{output} is the base tree: pick another --output, or pass --in-place to edit it")
+        check_tree_output(output, request.force)
+        dest = temporary(output)
         run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
+    final = base if request.in_place else output
+    manifest_path = _manifest_path(final)
+    manifest_tmp = temporary(manifest_path)
     try:
         target = detect(DirectoryFilesystem(dest, writable=True))
         manifest = _manifest(ctx, base)
         changed = apply(Plan(ctx.plan.ops + [_manifest_op(manifest)]), target)
         target.root.commit()
+        _write_json(manifest_tmp, manifest)
         if not request.in_place:
-            if output.exists():
-                shutil.rmtree(output)
-            os.replace(dest, output)
+            swap_in_tree(dest, output)
+        publish([(manifest_tmp, manifest_path)])
     finally:
+        manifest_tmp.unlink(missing_ok=True)
         if not request.in_place and dest.exists():
             shutil.rmtree(dest)
-    final = dest if request.in_place else output
-    _write_json(final.with_name(final.name + ".json"), manifest)
     return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, final, manifest)
+
+
+def _manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + ".json")
+
+
+def _image_mode(ctx: BuildContext) -> int:
+    """0600 when the image holds a node credential (anyone who reads it could join as that node), else 0644."""
+    return 0o600 if "credential" in ctx.node_config else 0o644
 
 
 def _output_digests(path: Path, output: Path, full: bool) -> dict[str, Any]:
@@ -192,7 +272,8 @@ def _check_space(raw_base: Path, directory: Path) -> None:
 
 
 def _epoch(base: Path) -> int:
-    """Timestamps for everything written: SOURCE_DATE_EPOCH if set, else the base image's mtime."""
+    """Timestamps for everything written: SOURCE_DATE_EPOCH if set, else the mtime of the base as the user gave it
+    (never of its unpacked copy in the cache, whose time is when it was unpacked)."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
     return int(value) if value and value.isdigit() else int(base.stat().st_mtime)
 
@@ -212,10 +293,14 @@ def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
         "pi_image_version": __version__,
         "target": ctx.target.name,
         "node": ctx.node.name,
+        "role": ctx.node.role,
+        "cluster": ctx.node.cluster and Path(ctx.node.cluster).name,
+        "kubernetes_version": ctx.profile["kubernetes_version"],
+        "network": ctx.static_network() or "dhcp",
         "base": {"path": base.name, "sha256": _input_sha256(base)},
         "profile": {"name": ctx.profile.name, "sha256": {p.name: _sha(p.read_bytes()) for p in ctx.profile.sources},
-                    "values": ctx.profile.values},
-        "overlays": {name: _tree_sha(find_overlay(name).path) for name in overlay_names(ctx)},
+                    "values": ctx.profile.public_values()},
+        "overlays": {overlay.name: _tree_sha(overlay.path) for overlay in overlays(ctx)},
         "files": [op.describe() for op in ctx.plan.ops],
     }
 
@@ -243,6 +328,4 @@ def _sha(data: bytes) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -21,6 +21,7 @@ from .inspect import inspect as inspect_target
 from .profiles import list_profiles, parse_set
 from .samples import SAMPLES, make_sample
 from .steps import BuildContext
+from .users import hash_password, read_public_keys
 from .targets import detect
 
 
@@ -34,6 +35,10 @@ class PiImageGroup(click.Group):
         except UserError as err:
             click.echo(f"pi-image: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:  # a file the user named or a directory pi-image writes: one line, not a traceback
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"pi-image: error: {where}{err.strerror or err}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("pi-image: interrupted: nothing was left behind", err=True)
             sys.exit(130)
@@ -100,6 +105,15 @@ def inspect(image: Path, as_json: bool) -> None:
               help="Extra overlay directory rendered after the profile's (repeatable).")
 @click.option("--kube-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="pkgs.k8s.io Release.key to install (default: download once and cache).")
+@click.option("--ssh-key", "ssh_key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SSH public key file (.pub) for the admin user (repeatable).")
+@click.option("--password", "ask_password", is_flag=True,
+              help="Prompt for the admin user's password (hashed here with SHA-512 crypt; never stored in clear).")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the admin user's password from the first line of FILE (hashed like --password).")
+@click.option("--no-login", is_flag=True, help="Build even though the admin user gets no key and no password.")
+@click.option("--replace-overlay", "replace_overlays", is_flag=True,
+              help="Let an --overlay directory shadow the shipped overlay of the same name.")
 @click.option("--dry-run", is_flag=True, help="Print every file operation, write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
@@ -107,8 +121,10 @@ def inspect(image: Path, as_json: bool) -> None:
               help="Also record the plain SHA-256 of a raw output (costs ~1 s per 1.3 GiB of image, holes included).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the manifest as JSON.")
 def build(profile: str | None, base: str | None, output: Path | None, cluster: Path | None, node: str | None,
-          all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None, dry_run: bool,
-          force: bool, in_place: bool, full_sha256: bool, as_json: bool) -> None:
+          all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
+          ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None, no_login: bool,
+          replace_overlays: bool, dry_run: bool, force: bool, in_place: bool, full_sha256: bool,
+          as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
 
     The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
@@ -117,18 +133,24 @@ def build(profile: str | None, base: str | None, output: Path | None, cluster: P
 
     \b
     Examples:
-      pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz
-      pi-image build -p worker-8g -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst
-      pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/   # each node with its own profile
-      pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --dry-run
+      pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz \
+          --ssh-key ~/.ssh/id_ed25519.pub
+      pi-image build -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst --password
+      pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/ --ssh-key ~/.ssh/id_ed25519.pub
+      pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --no-login --dry-run
     """
     request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
-                           force, in_place, full_sha256)
+                           force, in_place, full_sha256, read_public_keys(ssh_key_files),
+                           _password_hash(ask_password, password_file), no_login, replace_overlays)
+    results = []
     for one in _requests(request, all_nodes, output):
         if dry_run:
             _print_plan(prepare(one), as_json)
         else:
-            _report(run_build(one), as_json)
+            results.append(run_build(one))
+            _report(results[-1], as_json)
+    if results and not as_json:
+        _next_steps(results, cluster)
 
 
 def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> list[BuildRequest]:
@@ -143,12 +165,41 @@ def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> li
     return [dataclasses.replace(request, node=name, output=(output or Path(".")) / f"{name}.img") for name in names]
 
 
+def _password_hash(ask: bool, path: Path | None) -> str | None:
+    """The admin password from a prompt or a file, as a crypt hash; the plaintext goes no further."""
+    if ask and path:
+        raise click.UsageError("give --password or --password-file, not both")
+    if path:
+        source = f"--password-file {path}"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{source}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+        plain = lines[0] if lines else ""
+        if not plain:
+            raise UserError(f"{source}: the file is empty (its first line is the password)")
+    elif ask:
+        source = "--password"
+        plain = click.prompt("Password for the admin user", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        return None
+    if len(plain) < 8:
+        raise UserError(f"{source}: the admin password has {len(plain)} characters; it needs at least 8")
+    return hash_password(plain)
+
+
 def _print_plan(ctx: BuildContext, as_json: bool) -> None:
     ops = ctx.plan.describe() + [{"step": "manifest", "action": "write", "fs": "root", "path": MANIFEST_PATH}]
     if as_json:
-        click.echo(json.dumps({"target": ctx.target.name, "node": ctx.node.name, "ops": ops}, indent=2))
+        click.echo(json.dumps({"target": ctx.target.name, "node": ctx.node.name, "role": ctx.node.role,
+                               "cluster": ctx.node.cluster, "network": ctx.static_network(), "ops": ops}, indent=2))
         return
-    click.echo(f"# {ctx.target.name} node {ctx.node.name!r}, profile {ctx.profile.name} — nothing written")
+    click.echo(f"# {ctx.target.name} node {ctx.node.name!r} ({ctx.node.role}"
+               + (f", cluster {ctx.node.cluster}" if ctx.node.cluster else "") + f"), profile {ctx.profile.name}, "
+               f"Kubernetes {ctx.profile['kubernetes_version']} — nothing written")
+    network = ctx.static_network()
+    click.echo("# network: " + (f"{network['interface']} {network['address']} via {network['gateway']}, "
+                                f"dns {', '.join(network['dns'])}" if network else "DHCP"))
     for op in ctx.plan.ops:
         click.echo(op.line())
     click.echo(f"[{'manifest':18}] write (build record) root:{MANIFEST_PATH}  0644 0:0")
@@ -165,6 +216,22 @@ def _report(result: BuildResult, as_json: bool) -> None:
     assert result.output is not None
     size = result.output.stat().st_size if result.output.is_file() else 0
     click.echo(f"Output: {result.output}" + (f" ({_size(size)})" if size else ""))
+    if result.output.is_file() and result.output.stat().st_mode & 0o077 == 0:
+        click.echo(f"  It holds node {result.node.name!r}'s join credential, so it is readable by you only (0600): "
+                   "keep it, and the card, private.")
+
+
+def _next_steps(results: list[BuildResult], cluster: Path | None) -> None:
+    """The summary of what goes where, and what the user does next."""
+    if len(results) > 1:
+        click.echo(f"\nBuilt {len(results)} images:")
+        for result in results:
+            click.echo(f"  {result.node.name:20} {result.node.role:13} {result.output}")
+    click.echo("\nNext: write each image to its node's SD card or USB SSD (e.g. `bmaptool copy IMAGE /dev/sdX`, or "
+               "`dd if=IMAGE of=/dev/sdX bs=4M conv=fsync`), put it in the board and power it on.")
+    if cluster:
+        click.echo(f"  Workers join by themselves once the token endpoint runs (`pi-image token-server --cluster "
+                   f"{cluster}`); watch them with `pi-image status --cluster {cluster}`.")
 
 
 @main.command()
@@ -190,7 +257,8 @@ def profiles(as_json: bool) -> None:
 @click.option("--target", "target_name", default="ubuntu-raspi", show_default=True,
               type=click.Choice(sorted({t for t, _ in SAMPLES})), help="Which layout to imitate.")
 @click.option("--release", help="Release of that target (default: its newest supported sample).")
-def demo_image(dest: Path, target_name: str, release: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def demo_image(dest: Path, target_name: str, release: str | None, force: bool) -> None:
     """Generate a small DEMO image in a real vendor layout (partitions, labels, key files) to try pi-image on.
 
     It is not a bootable OS: it holds only the files pi-image reads and edits.
@@ -200,6 +268,8 @@ def demo_image(dest: Path, target_name: str, release: str | None) -> None:
       pi-image demo-image demo.img
       pi-image demo-image --target jetson-sd jetson-demo.img
     """
+    if dest.exists() and not force:
+        raise UserError(f"{dest} exists: pass --force to replace it")
     make_sample(target_name, dest, release=release)
     click.echo(f"{dest}: demo {target_name} image (not a bootable OS)")
 

@@ -1,13 +1,14 @@
 """A cluster directory: the settings, the inventory and the secrets that let built images join by themselves.
 
-    DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, approval_mode, ca_cert, kubeconfig,
-                         endpoint_fingerprint (public: what images pin)
-    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address}]
+    DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, gateway, dns, approval_mode, ca_cert,
+                         kubeconfig, endpoint_fingerprint (public: what images pin)
+    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation}]
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
-    DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/settings.py)
+    DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
     DIR/state/           the endpoint's SQLite state and audit log when it runs from this directory
 
-Node credentials are never stored: each is HMAC-SHA256(enrollment key, node name), derived when an image is built.
+Node credentials are never stored: each is HMAC-SHA256(enrollment key, node name, generation), derived when an image
+is built. Every build of a node bumps its generation, so the endpoint accepts only the newest card of each node.
 """
 
 from __future__ import annotations
@@ -29,17 +30,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firstboot import protocol
+from firstboot.endpoint.state import default_state_dir
 
 from .errors import UserError
+from .runtimes import RUNTIMES
 
 ROLES = ("worker", "control-plane")
-RUNTIMES = ("containerd", "docker")
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "approval_mode",
+_CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "gateway", "dns", "approval_mode",
                  "endpoint_fingerprint", "ca_cert", "kubeconfig"}
-_NODE_KEYS = {"name", "role", "profile", "mac", "address"}
+_NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation"}
 
 
 @dataclass
@@ -50,7 +52,8 @@ class Node:
     profile: str
     role: str = "worker"
     mac: str | None = None
-    address: str | None = None
+    address: str | None = None  # A.B.C.D or A.B.C.D/NN, inside the node subnet
+    generation: int = 0  # bumped by each build of this node; its credential is valid for this generation only
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Cluster:
     kubernetes_version: str
     node_subnet: str
     endpoint_fingerprint: str
+    gateway: str | None = None  # of the node subnet: static addresses route through it
+    dns: list[str] = field(default_factory=list)
     approval_mode: bool = False
     ca_cert: str = DEFAULT_CA_CERT
     kubeconfig: str = DEFAULT_KUBECONFIG
@@ -74,7 +79,8 @@ class Cluster:
 
     @property
     def state_dir(self) -> Path:
-        return self.directory / "state"
+        """Where the token endpoint keeps its state when it runs from this directory (as the master's unit does)."""
+        return Path(default_state_dir(str(self.directory / "tokend.json")))
 
     def node(self, name: str) -> Node:
         """The inventory entry for `name`; UserError naming the inventory if there is none."""
@@ -85,25 +91,36 @@ class Cluster:
         raise UserError(f"{self.directory / 'inventory.yaml'}: no node named {name!r} (known: {known}); "
                         f"add it with `pi-image cluster add-node {self.directory} {name} --profile PROFILE`")
 
-    def credential(self, node_name: str) -> str:
-        """The node's credential (hex), derived from the enrollment key."""
-        return protocol.node_credential(_read_enrollment_key(self.secrets_dir), node_name)
+    def credential(self, node: Node) -> str:
+        """The node's credential (hex) for its current generation, derived from the enrollment key."""
+        return protocol.node_credential(_read_enrollment_key(self.secrets_dir), node.name, node.generation)
+
+    def settings(self) -> dict:
+        """cluster.yaml's content."""
+        return {k: v for k, v in asdict(self).items() if k in _CLUSTER_KEYS and v not in (None, [])}
 
 
 def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 approval_mode: bool = False) -> Cluster:
+                 approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None) -> Cluster:
     """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster."""
     if (directory / "cluster.yaml").exists():
         raise UserError(f"{directory}: already a cluster directory (cluster.yaml exists); pick another directory")
     api_server = _host_port(api_server, "--api-server")
     endpoint = _host_port(endpoint, "--endpoint")
+    if _same_socket(api_server, endpoint):
+        raise UserError(f"--endpoint {endpoint} is the API server's own address and port: the token endpoint needs "
+                        f"a port of its own (like {protocol.split_host_port(endpoint)[0]}:8443)")
     version = _minor(kubernetes_version, "--kubernetes-version")
     subnet = _subnet(node_subnet, "--node-subnet")
-    directory.mkdir(parents=True, exist_ok=True)
+    gateway = _address_in(gateway, subnet, "--gateway") if gateway else None
+    servers = [_address(server, "--dns") for server in dns or []]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{directory}: cannot create the cluster directory: {err.strerror}") from None
     fingerprint = _create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
-    cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, approval_mode)
-    settings = {k: v for k, v in asdict(cluster).items() if k in _CLUSTER_KEYS}
-    _write_yaml(directory / "cluster.yaml", settings, 0o644)
+    cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, approval_mode)
+    _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
     save_inventory(cluster)
     return cluster
 
@@ -118,30 +135,43 @@ def load_cluster(directory: Path) -> Cluster:
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
     settings["kubernetes_version"] = _minor(str(settings["kubernetes_version"]), f"{path}: kubernetes_version")
-    return Cluster(directory, nodes=load_inventory(directory), **settings)
+    settings["node_subnet"] = _subnet(str(settings["node_subnet"]), f"{path}: node_subnet")
+    if settings.get("gateway") is not None:
+        settings["gateway"] = _address_in(str(settings["gateway"]), settings["node_subnet"], f"{path}: gateway")
+    dns = settings.get("dns") or []
+    if not isinstance(dns, list):
+        raise UserError(f"{path}: dns must be a list of addresses (like [192.168.6.1]), not {dns!r}")
+    settings["dns"] = [_address(str(server), f"{path}: dns") for server in dns]
+    for key in ("api_server", "endpoint", "endpoint_fingerprint", "ca_cert", "kubeconfig"):
+        if key in settings and not isinstance(settings[key], str):
+            raise UserError(f"{path}: {key} must be a string, not {settings[key]!r}")
+    if not isinstance(settings.get("approval_mode", False), bool):
+        raise UserError(f"{path}: approval_mode must be true or false")
+    return Cluster(directory, nodes=load_inventory(directory, settings["node_subnet"]), **settings)
 
 
-def load_inventory(directory: Path) -> list[Node]:
-    """The nodes of DIR/inventory.yaml, validated."""
+def load_inventory(directory: Path, node_subnet: str) -> list[Node]:
+    """The nodes of DIR/inventory.yaml, validated (names, addresses and MACs unique)."""
     path = directory / "inventory.yaml"
     data = _read_yaml_mapping(path, "run `pi-image cluster init` first")
+    _reject_unknown_keys(path, data, {"nodes"}, "")
     entries = data.get("nodes") or []
     if not isinstance(entries, list):
         raise UserError(f"{path}: 'nodes' must be a list")
     nodes: list[Node] = []
     for index, entry in enumerate(entries):
-        where = f"nodes[{index}]"
+        where = f"{path}: nodes[{index}]"
         if not isinstance(entry, dict):
-            raise UserError(f"{path}: {where} must be a mapping")
-        _reject_unknown_keys(path, entry, _NODE_KEYS, where + ": ")
+            raise UserError(f"{where} must be a mapping")
+        _reject_unknown_keys(path, entry, _NODE_KEYS, f"nodes[{index}]: ")
         if "name" not in entry or "profile" not in entry:
-            raise UserError(f"{path}: {where} needs 'name' and 'profile'")
-        nodes.append(_checked_node(Node(**{k: (str(v) if v is not None else None) for k, v in entry.items()}),
-                                   f"{path}: {where}"))
-    names = [node.name for node in nodes]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(f"{path}: node name(s) listed twice: {', '.join(duplicates)}")
+            raise UserError(f"{where} needs 'name' and 'profile'")
+        generation = entry.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise UserError(f"{where}: generation must be a whole number, not {generation!r}")
+        fields = {k: (str(v) if v is not None else None) for k, v in entry.items() if k != "generation"}
+        nodes.append(_checked_node(Node(**fields, generation=generation), node_subnet, where))
+    _refuse_duplicates(path, nodes)
     return nodes
 
 
@@ -152,16 +182,34 @@ def save_inventory(cluster: Cluster) -> None:
     write_server_config(cluster)
 
 
-def add_node(cluster: Cluster, name: str, profile: str, role: str = "worker", mac: str | None = None,
-             address: str | None = None) -> Node:
-    """Add a node to the inventory (names are unique)."""
-    if any(node.name == name for node in cluster.nodes):
-        raise UserError(f"{cluster.directory / 'inventory.yaml'}: node {name!r} is already in the inventory")
-    node = _checked_node(Node(name, profile, role, mac.lower() if mac else None, address), f"node {name!r}")
-    if node.address and ipaddress.ip_address(node.address) not in ipaddress.ip_network(cluster.node_subnet):
-        raise UserError(f"node {name!r}: address {node.address} is outside the cluster's node subnet "
-                        f"{cluster.node_subnet}; use an address inside it")
+def add_node(cluster: Cluster, name: str, profile: str, role: str | None, profile_role: str,
+             mac: str | None = None, address: str | None = None) -> Node:
+    """Add a node to the inventory; its role is the profile's unless `role` says the same or the profile has none."""
+    if role and role != profile_role:
+        raise UserError(f"--role {role} conflicts with profile '{profile}', which builds a {profile_role} node: "
+                        f"drop --role or pick a {role} profile")
+    node = _checked_node(Node(name, profile, role or profile_role, mac.lower() if mac else None, address),
+                         cluster.node_subnet, f"node {name!r}")
+    if node.address and cluster.gateway and node.address.split("/")[0] == cluster.gateway:
+        raise UserError(f"node {name!r}: {cluster.gateway} is the subnet's gateway; give the node an address of its own")
+    _refuse_duplicates(cluster.directory / "inventory.yaml", cluster.nodes + [node])
     cluster.nodes.append(node)
+    save_inventory(cluster)
+    return node
+
+
+def remove_node(cluster: Cluster, name: str) -> Node:
+    """Take `name` out of the inventory: its cards can no longer ask for a token."""
+    node = cluster.node(name)
+    cluster.nodes.remove(node)
+    save_inventory(cluster)
+    return node
+
+
+def next_generation(cluster: Cluster, name: str) -> Node:
+    """Bump `name`'s generation (a new card is being built) and save; the old cards' credentials die with it."""
+    node = cluster.node(name)
+    node.generation += 1
     save_inventory(cluster)
     return node
 
@@ -171,7 +219,7 @@ def local_node_config(node_name: str, kubernetes_version: str, runtime: str = "c
     """node.json for an image built without a cluster: the agent only does local setup, then marks itself done.
 
     Keys: node (Kubernetes node name), role (worker | control-plane), kubernetes_version ("1.31", the pinned minor),
-    runtime (containerd | docker: picks kubeadm's CRI socket).
+    runtime (containerd | docker: picks kubeadm's CRI socket). The build adds runtime_packages (builder.runtimes).
     """
     if runtime not in RUNTIMES:
         raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
@@ -179,33 +227,36 @@ def local_node_config(node_name: str, kubernetes_version: str, runtime: str = "c
             "runtime": runtime}
 
 
-def node_config(cluster_dir: Path, node_name: str, runtime: str = "containerd") -> dict:
-    """node.json for `node_name`'s image (write it 0600 root:root at /etc/pi-image/node.json).
+def node_config(cluster: Cluster, node: Node, runtime: str = "containerd") -> dict:
+    """node.json for `node`'s image (written 0600 root:root at /etc/pi-image/node.json).
 
     The local keys of local_node_config(), plus for workers:
       endpoint             "HOST:PORT" of the token endpoint
       endpoint_fingerprint "sha256:<hex>" — the only certificate the agent will talk to
-      credential           hex HMAC-SHA256(enrollment key, node name): the node's secret
+      credential           hex HMAC-SHA256(enrollment key, node name, generation): the node's secret
+      generation           which build of this node the card is (informational: the endpoint knows the current one)
       api_server           "HOST:6443" (the agent routes to it to find its node-ip if no subnet address)
       node_subnet          CIDR: the node-ip is this node's address inside it
     Control-plane nodes get local keys only: the first master runs `kubeadm init` itself.
     """
-    cluster = load_cluster(cluster_dir)
-    node = cluster.node(node_name)
     config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role)
+    config["cluster"] = {"api_server": cluster.api_server, "node_subnet": cluster.node_subnet}
     if node.role == "worker":
         config.update(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
-                      credential=cluster.credential(node.name), api_server=cluster.api_server,
-                      node_subnet=cluster.node_subnet)
+                      credential=cluster.credential(node), generation=node.generation,
+                      api_server=cluster.api_server, node_subnet=cluster.node_subnet)
     return config
 
 
 def server_config(cluster: Cluster) -> dict:
-    """The token endpoint's tokend.json (see firstboot/settings.py); secrets are referenced, not copied."""
+    """The token endpoint's tokend.json (see firstboot/endpoint/settings.py); secrets are referenced, not copied.
+
+    `nodes` maps each inventory node to its current generation: only that generation's credential is accepted.
+    """
     return {
         "api_server": cluster.api_server, "node_subnet": cluster.node_subnet,
         "kubernetes_version": cluster.kubernetes_version, "listen": f"0.0.0.0:{_port(cluster.endpoint)}",
-        "approval_mode": cluster.approval_mode, "nodes": [node.name for node in cluster.nodes],
+        "approval_mode": cluster.approval_mode, "nodes": {node.name: node.generation for node in cluster.nodes},
         "enrollment_key_file": "secrets/enrollment.key", "tls_cert_file": "secrets/endpoint.crt",
         "tls_key_file": "secrets/endpoint.key", "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
     }
@@ -267,9 +318,11 @@ def _write_yaml(path: Path, data: dict, mode: int) -> None:
 
 def _read_yaml_mapping(path: Path, fix: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found; {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; fix or restore the file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -289,7 +342,7 @@ def _reject_unknown_keys(path: Path, data: dict, allowed: set[str], where: str) 
             raise UserError(f"{path}: {where}unknown key {key!r}{hint}")
 
 
-def _checked_node(node: Node, where: str) -> Node:
+def _checked_node(node: Node, node_subnet: str, where: str) -> Node:
     if not protocol.NODE_NAME_RE.match(node.name):
         raise UserError(f"{where}: {node.name!r} is not a valid node name (lower-case letters, digits and '-', "
                         "at most 63 characters)")
@@ -298,15 +351,58 @@ def _checked_node(node: Node, where: str) -> Node:
     if node.mac and not _MAC_RE.match(node.mac.lower()):
         raise UserError(f"{where}: {node.mac!r} is not a MAC address (like dc:a6:32:01:02:03)")
     if node.address:
-        try:
-            ipaddress.ip_address(node.address)
-        except ValueError:
-            raise UserError(f"{where}: {node.address!r} is not an IP address") from None
+        node.address = _address_in(node.address, node_subnet, f"{where}: address")
     return node
+
+
+def _refuse_duplicates(path: Path, nodes: list[Node]) -> None:
+    """Names, addresses and MACs are each one node's."""
+    for what, value_of in (("name", lambda n: n.name), ("address", lambda n: n.address and n.address.split("/")[0]),
+                           ("MAC", lambda n: n.mac and n.mac.lower())):
+        seen: dict[str, str] = {}
+        for node in nodes:
+            value = value_of(node)
+            if value and value in seen:
+                raise UserError(f"{path}: {what} {value} already belongs to node {seen[value]!r}; every node needs its own"
+                                + (" (remove it first with `pi-image cluster remove-node`)" if what == "name" else ""))
+            if value:
+                seen[value] = node.name
+
+
+def _address(value: str, option: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise UserError(f"{option}: {value!r} is not an IP address (like 192.168.6.1)") from None
+
+
+def _address_in(value: str, subnet: str, option: str) -> str:
+    """A.B.C.D or A.B.C.D/NN inside `subnet` (a prefix, if given, must be the subnet's)."""
+    try:
+        interface = ipaddress.ip_interface(str(value).strip())
+    except ValueError:
+        raise UserError(f"{option}: {value!r} is not an IP address (like 192.168.6.15 or 192.168.6.15/24)") from None
+    network = ipaddress.ip_network(subnet)
+    if interface.ip not in network:
+        raise UserError(f"{option}: {interface.ip} is outside the cluster's node subnet {subnet}; "
+                        "use an address inside it")
+    if "/" in str(value) and interface.network.prefixlen != network.prefixlen:
+        raise UserError(f"{option}: {value} has prefix /{interface.network.prefixlen} but the node subnet is "
+                        f"{subnet}: write {interface.ip}/{network.prefixlen} or just {interface.ip}")
+    if interface.ip in (network.network_address, network.broadcast_address) and network.prefixlen < 31:
+        raise UserError(f"{option}: {interface.ip} is the subnet's own network or broadcast address")
+    return str(value).strip()
+
+
+def _same_socket(a: str, b: str) -> bool:
+    (host_a, port_a), (host_b, port_b) = protocol.split_host_port(a), protocol.split_host_port(b)
+    return port_a == port_b and (host_a == host_b or "0.0.0.0" in (host_a, host_b))
 
 
 def _host_port(value: str, option: str) -> str:
     try:
+        if any(c.isspace() for c in value.strip()):
+            raise ValueError(value)
         port = protocol.split_host_port(value)[1]
     except ValueError:
         raise UserError(f"{option}: {value!r} is not HOST:PORT (like 192.168.6.10:6443)") from None
@@ -322,6 +418,8 @@ def _port(host_port: str) -> int:
 def _minor(value: str, option: str) -> str:
     try:
         major, minor = protocol.minor_version(value)
+        if major != 1:
+            raise ValueError(value)
     except ValueError:
         raise UserError(f"{option}: {value!r} is not a Kubernetes minor version (like 1.31)") from None
     return f"{major}.{minor}"

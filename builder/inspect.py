@@ -8,15 +8,17 @@ from typing import Any
 
 from .cmdline import has_cgroup_flags
 from .image import DiskImage, Filesystem
+from .build import MANIFEST_PATH
+from .profiles import DATA_DIR
+from .steps.firstboot import NODE_CONFIG, UNIT as FIRSTBOOT_UNIT
+from .steps.swap import SWAP_SERVICES
 from .systemd import unit_enabled
 from .targets import Target
 
-SYSCTLS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.ipv4.ip_forward")
-MODULES = ("overlay", "br_netfilter")
-KUBE_REPO = re.compile(r"pkgs\.k8s\.io/core:/stable:/v(\d+\.\d+)/deb")
-SWAP_SERVICES = ("dphys-swapfile.service", "nvzramconfig.service")
-FIRSTBOOT_UNIT = "pi-image-firstboot.service"
-NODE_CONFIG = "/etc/pi-image/node.json"
+KUBE_PIN = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)\.\*", re.M)
+KUBE_PIN_FILE = "/etc/apt/preferences.d/kubernetes"
+# What a node needs is what the build writes: read from the shipped overlay, the one definition of both.
+KERNEL_OVERLAY = DATA_DIR / "overlays" / "k8s-kernel" / "etc"
 
 
 def inspect(target: Target) -> dict[str, Any]:
@@ -30,7 +32,6 @@ def inspect(target: Target) -> dict[str, Any]:
     ] if isinstance(medium, DiskImage) else []
     runtime = ("containerd" if root.exists("/etc/containerd/config.toml")
                else "docker" if root.exists("/etc/docker/daemon.json") else None)
-    node = _node_name(root)
     return {
         "target": target.name,
         "os": {"id": target.os.id, "version_id": target.os.version_id, "pretty_name": target.os.pretty_name},
@@ -45,7 +46,7 @@ def inspect(target: Target) -> dict[str, Any]:
             "kube_repo": _kube_repo(root),
             "swap_disabled": _swap_disabled(root),
         },
-        "firstboot": {"installed": unit_enabled(root, FIRSTBOOT_UNIT), "node": node},
+        "firstboot": {"installed": unit_enabled(root, FIRSTBOOT_UNIT), **_node_facts(root)},
     }
 
 
@@ -73,29 +74,36 @@ def _systemd_cgroup(root: Filesystem, runtime: str | None) -> bool:
     return False
 
 
-def _sysctl_ok(root: Filesystem) -> bool:
+def _sysctls(texts: list[str]) -> dict[str, str]:
+    """sysctl.d(5) files as key -> value, later files winning."""
     values: dict[str, str] = {}
-    for text in [root.read_text("/etc/sysctl.conf") or ""] + _files(root, "/etc/sysctl.d", ".conf"):
+    for text in texts:
         for line in text.splitlines():
             key, sep, value = line.partition("=")
             if sep and not key.strip().startswith(("#", ";")):
                 values[key.strip().replace("/", ".")] = value.strip()
-    return all(values.get(k) == "1" for k in SYSCTLS)
+    return values
+
+
+def _modules(texts: list[str]) -> set[str]:
+    return {line.split("#")[0].strip() for text in texts for line in text.splitlines()} - {""}
+
+
+def _sysctl_ok(root: Filesystem) -> bool:
+    wanted = _sysctls([(KERNEL_OVERLAY / "sysctl.d" / "k8s.conf").read_text()])
+    found = _sysctls([root.read_text("/etc/sysctl.conf") or ""] + _files(root, "/etc/sysctl.d", ".conf"))
+    return all(found.get(key) == value for key, value in wanted.items())
 
 
 def _modules_ok(root: Filesystem) -> bool:
-    listed = {line.split("#")[0].strip() for text in _files(root, "/etc/modules-load.d", ".conf")
-              for line in text.splitlines()}
-    return all(m in listed for m in MODULES)
+    wanted = _modules([(KERNEL_OVERLAY / "modules-load.d" / "k8s.conf").read_text()])
+    return wanted <= _modules(_files(root, "/etc/modules-load.d", ".conf"))
 
 
 def _kube_repo(root: Filesystem) -> str | None:
-    for text in _files(root, "/etc/apt/sources.list.d", ".list") + _files(root, "/etc/apt/sources.list.d", ".sources"):
-        for line in text.splitlines():
-            m = KUBE_REPO.search(line)
-            if m and not line.lstrip().startswith("#"):
-                return m.group(1)
-    return None
+    """The Kubernetes minor the image's apt pin holds kubelet/kubeadm/kubectl at."""
+    match = KUBE_PIN.search(root.read_text(KUBE_PIN_FILE) or "")
+    return match.group(1) if match else None
 
 
 def _swap_disabled(root: Filesystem) -> bool:
@@ -105,9 +113,19 @@ def _swap_disabled(root: Filesystem) -> bool:
     return not swap_in_fstab and not any(unit_enabled(root, s) for s in SWAP_SERVICES)
 
 
-def _node_name(root: Filesystem) -> str | None:
+def _node_facts(root: Filesystem) -> dict[str, Any]:
+    """Who the image becomes (node.json, 0600 in the image) and its network (the build record)."""
+    config, record = _json(root, NODE_CONFIG), _json(root, MANIFEST_PATH)
+    cluster = config.get("cluster") or {}
+    return {"node": config.get("node"), "role": config.get("role"),
+            "kubernetes_version": config.get("kubernetes_version"),
+            "cluster": cluster.get("api_server") or config.get("api_server"), "endpoint": config.get("endpoint"),
+            "network": record.get("network", "dhcp") if record else None}
+
+
+def _json(root: Filesystem, path: str) -> dict[str, Any]:
     try:
-        config = json.loads(root.read_text(NODE_CONFIG) or "null")
+        data = json.loads(root.read_text(path) or "null")
     except ValueError:
-        return None
-    return config.get("node") if isinstance(config, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}

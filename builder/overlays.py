@@ -1,7 +1,8 @@
 """Overlays: file trees under `overlays/NAME/` rendered into an image's root (or boot) filesystem.
 
     overlays/k8s-kernel/
-      overlay.yaml                   # optional: description, filesystem (root|boot), per-file mode/owner/merge
+      overlay.yaml                   # optional: description, filesystem (root|boot), when (a setting that must be
+                                     # set for the overlay to apply), per-file mode/owner/merge
       etc/sysctl.d/k8s.conf          # copied as is
       etc/apt/preferences.d/kubernetes.j2   # rendered with jinja2 (StrictUndefined), ".j2" dropped
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import jinja2
 import yaml
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import UserError
 from .plan import FileOp, Plan, PlanView
@@ -40,38 +43,81 @@ class Overlay:
     filesystem: str
     files: dict[str, dict[str, Any]]
     description: str
+    when: str | None = None  # a build fact or profile key: the overlay is rendered only when it is set
 
 
-def find_overlay(name_or_dir: str) -> Overlay:
-    """The overlay called `name_or_dir` under overlays/, or the directory it names."""
-    path = Path(name_or_dir)
-    if not path.is_dir():
-        path = next((d / name_or_dir for d in OVERLAY_DIRS if (d / name_or_dir).is_dir()), Path())
-    if not path.is_dir() or str(path) == ".":
-        known = sorted(p.name for d in OVERLAY_DIRS for p in d.iterdir() if p.is_dir())
-        raise UserError(f"unknown overlay '{name_or_dir}' (known: {', '.join(known)})")
-    manifest: dict[str, Any] = {}
-    if (path / MANIFEST).is_file():
-        manifest = yaml.safe_load((path / MANIFEST).read_text()) or {}
-    unknown = set(manifest) - {"description", "filesystem", "files"}
+def resolve_overlays(names: list[str], extra_dirs: list[str], replace: bool = False) -> list[Overlay]:
+    """The overlays to render, in order: each name from the shipped overlays/ (or an --overlay directory of that
+    name), then the --overlay directories. Nothing is looked up in the current directory. An --overlay directory
+    named like a shipped overlay is refused unless `replace` (it then takes the shipped one's place)."""
+    extras = {}
+    for directory in extra_dirs:
+        path = Path(directory)
+        if not path.is_dir():
+            raise UserError(f"--overlay {directory}: not a directory")
+        if path.name in _shipped() and not replace:
+            raise UserError(f"--overlay {directory} has the name of the shipped overlay '{path.name}' and would "
+                            "replace it: rename the directory, or pass --replace-overlay if that is what you want")
+        extras[path.name] = path
+    ordered = list(dict.fromkeys(list(names) + list(extras)))
+    found = []
+    for name in ordered:
+        path = extras.get(name) or _shipped().get(name)
+        if path is None:
+            known = ", ".join(sorted(set(_shipped()) | set(extras)))
+            raise UserError(f"unknown overlay '{name}' in the profile's overlays (known: {known}; "
+                            "add your own with --overlay DIR)")
+        found.append(load_overlay(path))
+    return found
+
+
+def _shipped() -> dict[str, Path]:
+    return {p.name: p for d in OVERLAY_DIRS for p in sorted(d.iterdir()) if p.is_dir()}
+
+
+def load_overlay(path: Path) -> Overlay:
+    """The overlay in directory `path`, its overlay.yaml validated."""
+    manifest_path = path / MANIFEST
+    manifest: Any = {}
+    if manifest_path.is_file():
+        try:
+            manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            mark = getattr(err, "problem_mark", None)
+            raise UserError(f"{manifest_path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: "
+                            f"{getattr(err, 'problem', None) or err}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{manifest_path}: must be a mapping (description, filesystem, files)")
+    unknown = set(manifest) - {"description", "filesystem", "files", "when"}
     if unknown:
-        raise UserError(f"{path / MANIFEST}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"{manifest_path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     files = manifest.get("files") or {}
+    if not isinstance(files, dict):
+        raise UserError(f"{manifest_path}: 'files' must map paths to {{mode, owner, merge}}")
     for rel, spec in files.items():
-        if ".." in Path(rel).parts or rel.startswith("/"):
-            raise UserError(f"{path / MANIFEST}: file '{rel}' must be a relative path inside the overlay")
+        if not isinstance(rel, str) or ".." in Path(rel).parts or rel.startswith("/"):
+            raise UserError(f"{manifest_path}: file {rel!r} must be a relative path inside the overlay")
+        if spec is not None and not isinstance(spec, dict):
+            raise UserError(f"{manifest_path}: '{rel}' must map to {{mode, owner, merge}}, not {spec!r}")
         if set(spec or {}) - FILE_KEYS:
-            raise UserError(f"{path / MANIFEST}: '{rel}': unknown key(s) {', '.join(sorted(set(spec) - FILE_KEYS))}")
+            raise UserError(f"{manifest_path}: '{rel}': unknown key(s) {', '.join(sorted(map(str, set(spec) - FILE_KEYS)))}")
+        if (spec or {}).get("merge") not in (None, "json"):
+            raise UserError(f"{manifest_path}: '{rel}': merge must be 'json', not {spec['merge']!r}")
     fs = manifest.get("filesystem", "root")
     if fs not in ("root", "boot"):
-        raise UserError(f"{path / MANIFEST}: filesystem must be 'root' or 'boot', not {fs!r}")
-    return Overlay(path.name, path, fs, {k: v or {} for k, v in files.items()}, manifest.get("description", ""))
+        raise UserError(f"{manifest_path}: filesystem must be 'root' or 'boot', not {fs!r}")
+    when = manifest.get("when")
+    if when is not None and not isinstance(when, str):
+        raise UserError(f"{manifest_path}: 'when' names one setting (like proxy), not {when!r}")
+    return Overlay(path.name, path, fs, {k: v or {} for k, v in files.items()}, str(manifest.get("description", "")),
+                   when)
 
 
 def render_overlay(overlay: Overlay, context: dict[str, Any], plan: Plan, view: PlanView,
                    users: dict[str, int], groups: dict[str, int]) -> None:
     """Add the ops that lay `overlay` into the image to `plan`; `users`/`groups` map the image's names to ids."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    # The sandbox: a template reads values and nothing else (no attribute walks to os, no calls of unsafe methods).
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     step = f"overlay:{overlay.name}"
     for host in sorted(_walk(overlay.path)):
         rel = host.relative_to(overlay.path).as_posix()
@@ -119,11 +165,15 @@ def _walk(root: Path) -> list[Path]:
 
 def _render(env: jinja2.Environment, template: Path, context: dict[str, Any]) -> bytes:
     try:
-        return env.from_string(template.read_text()).render(**context).encode()
+        return env.from_string(template.read_text(encoding="utf-8")).render(**context).encode()
+    except SecurityError as err:
+        raise UserError(f"{template}: refused by the template sandbox: {err}") from None
     except jinja2.UndefinedError as err:
         raise UserError(f"{template}: {err.message} (not a profile value or build fact)") from None
     except jinja2.TemplateSyntaxError as err:
         raise UserError(f"{template}:{err.lineno}: template error: {err.message}") from None
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, UnicodeDecodeError) as err:
+        raise UserError(f"{template}: cannot render: {err}") from None
 
 
 def _merge_json(existing: str | None, rendered: bytes, template: Path) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import values
 from .errors import UserError
 
 # Shipped data lives inside the package (so a wheel or `pipx install .` has it); the repository's top-level
@@ -25,50 +26,98 @@ PROFILE_DIRS = [DATA_DIR / "profiles"]
 
 @dataclass(frozen=True)
 class Key:
-    """One profile setting."""
+    """One profile setting: its type, default and meaning; `items`/`fields` type the inside of lists and mappings,
+    `check` validates the value itself, and a `secret` value never reaches a manifest or a log."""
 
     type: type | tuple[type, ...]
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    items: Key | None = None
+    fields: dict[str, Key] | None = None
+    required: tuple[str, ...] = ()
+    check: values.Check | None = None
+    secret: bool = False
 
+
+KUBE_REPO_DEFAULT = "https://pkgs.k8s.io/core:/stable:/v{version}/deb/"
+TARGETS = ("ubuntu-raspi", "kali-raspi", "raspios", "jetson-sd", "l4t-rootfs")
 
 SCHEMA: dict[str, Key] = {
     "description": Key(str, "", "one line shown by `pi-image profiles`"),
     "extends": Key(str, None, "profile this one starts from"),
     "base": Key(str, None, "default base image (path or catalog name) when --base is not given"),
-    "target": Key(str, None, "target the base must be (checked after detection)",
-                  ("ubuntu-raspi", "kali-raspi", "raspios", "jetson-sd", "l4t-rootfs")),
+    "target": Key(str, None, "target the base must be (checked after detection)", TARGETS),
     "role": Key(str, "worker", "node role", ("worker", "control-plane")),
-    "kubernetes_version": Key(str, "1.31", "Kubernetes minor the node is pinned to, e.g. '1.31'"),
+    "kubernetes_version": Key(str, "1.31", "Kubernetes minor the node is pinned to, e.g. '1.31' "
+                              "(with --cluster, the cluster's version; a profile that disagrees is an error)"),
+    "kube_repo_url": Key(str, KUBE_REPO_DEFAULT, "apt repository of kubelet/kubeadm/kubectl (a mirror, say); "
+                         "{version} stands for the minor", check=values.kube_repo_url),
+    "proxy": Key(str, None, "HTTP(S) proxy for apt and the container runtime, like http://10.0.0.1:3128",
+                 check=values.http_url),
     "runtime": Key(str, "containerd", "container runtime", ("containerd", "docker")),
-    "containerd_config_version": Key(int, 2, "containerd config schema: 2 (containerd 1.x) or 3 (2.x)", (2, 3)),
-    "default_runtime": Key(str, None, "default runtime for pods: docker default-runtime / containerd default_runtime_name (Jetson: nvidia)"),
+    "cri_dockerd": Key(bool, False, "runtime: docker only: cri-dockerd is in the image (from an --overlay), so "
+                       "Kubernetes >= 1.24 can use docker"),
+    "containerd_config_version": Key(int, 2, "containerd config schema: 2 (read by containerd 1.6, 1.7 and 2.x) "
+                                     "or 3 (2.x only)", (2, 3)),
+    "default_runtime": Key(str, None, "default runtime for pods: docker default-runtime / containerd "
+                           "default_runtime_name (Jetson: nvidia)"),
     "cgroup_flags": Key(list, ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"],
-                        "kernel arguments appended to the command line"),
+                        "kernel arguments appended to the command line",
+                        items=Key(str, None, "a kernel argument", check=values.kernel_argument)),
     "swap": Key(str, "off", "swap on the node (kubelet refuses swap by default)", ("off",)),
-    "overlays": Key(list, [], "overlays (directories under overlays/) rendered into the image, in order"),
-    "hostname": Key(str, None, "hostname when no --node/inventory gives one"),
-    "user": Key(str, None, "admin login to create or configure (default: the OS's own default user)"),
-    "password_hash": Key(str, None, "crypt(3) hash for the admin user (default: password login disabled)"),
-    "ssh_authorized_keys": Key(list, [], "SSH public keys for the admin user"),
-    "timezone": Key(str, "Etc/UTC", "IANA time zone"),
+    "overlays": Key(list, [], "overlays (shipped, or from --overlay) rendered into the image, in order",
+                    items=Key(str, None, "an overlay name")),
+    "hostname": Key(str, None, "hostname when no --node/inventory gives one", check=values.hostname),
+    "user": Key(str, None, "admin login to create or configure (default: the OS's own default user)",
+                check=values.login_name),
+    "password_hash": Key(str, None, "crypt(3) hash for the admin user (default: password login disabled); "
+                         "`build --password` makes one", check=values.password_hash, secret=True),
+    "ssh_authorized_keys": Key(list, [], "SSH public keys for the admin user (`build --ssh-key FILE` adds more)",
+                               items=Key(str, None, "an SSH public key", check=values.ssh_public_key)),
+    "timezone": Key(str, "Etc/UTC", "IANA time zone", check=values.time_zone),
     "locale": Key(str, "C.UTF-8", "default locale"),
-    "wifi": Key(dict, None, "Wi-Fi: {ssid, psk, country}"),
-    "network": Key(dict, {}, "cluster interface: {interface, address (CIDR), gateway, dns: [..]}; empty = DHCP"),
+    "wifi": Key(dict, None, "Wi-Fi: {ssid, psk (none: an open network), country (two letters, required)}",
+                fields={"ssid": Key(str, None, "network name"),
+                        "psk": Key(str, None, "WPA passphrase", check=values.wifi_psk, secret=True),
+                        "country": Key(str, None, "regulatory domain, like GB", check=values.wifi_country)},
+                required=("ssid", "country")),
+    "network": Key(dict, {}, "cluster interface: {interface, address, gateway, dns: [..]}; empty = DHCP "
+                   "(with --cluster, the inventory and cluster.yaml give address, gateway and dns)",
+                   fields={"interface": Key(str, None, "interface name, like eth0"),
+                           "address": Key(str, None, "address, like 192.168.6.15/24", check=values.ip_interface),
+                           "gateway": Key(str, None, "default gateway", check=values.ip_address),
+                           "dns": Key(list, None, "name servers",
+                                      items=Key(str, None, "a name server", check=values.ip_address))}),
 }
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A resolved profile: every schema key has a value; `sources` lists the files it came from."""
+    """A resolved profile: every schema key has a value; `sources` lists the files it came from and `explicit`
+    the keys a file or --set gave (the others are schema defaults)."""
 
     name: str
     values: dict[str, Any]
     sources: tuple[Path, ...]
+    explicit: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def public_values(self) -> dict[str, Any]:
+        """The values with every secret replaced by "(set)": what a manifest may record."""
+        return {key: _public(SCHEMA[key], value) for key, value in self.values.items()}
+
+
+def _public(spec: Key, value: Any) -> Any:
+    if value is None:
+        return None
+    if spec.secret:
+        return "(set)"
+    if spec.fields and isinstance(value, dict):
+        return {k: _public(spec.fields[k], v) if k in spec.fields else v for k, v in value.items()}
+    return value
 
 
 def find_profile(name: str, dirs: list[Path] | None = None) -> Path:
@@ -88,7 +137,7 @@ def find_profile(name: str, dirs: list[Path] | None = None) -> Path:
 
 def load_profile(name: str, overrides: dict[str, Any] | None = None, dirs: list[Path] | None = None) -> Profile:
     """Load profile `name`, apply its `extends:` chain, then `overrides` (from --set), and validate it all."""
-    values: dict[str, Any] = {k: v.default for k, v in SCHEMA.items()}
+    resolved: dict[str, Any] = {k: v.default for k, v in SCHEMA.items()}
     chain: list[Path] = []
     current: str | None = name
     layers: list[dict[str, Any]] = []
@@ -100,55 +149,104 @@ def load_profile(name: str, overrides: dict[str, Any] | None = None, dirs: list[
         layer = _read_yaml(path)
         layers.append(layer)
         current = layer.get("extends")
+    explicit: set[str] = set()
     for layer in reversed(layers):
-        values.update(layer)
+        resolved.update(layer)
+        explicit.update(layer)
     for key, value in (overrides or {}).items():
         check_value(key, value, "--set")
-        values[key] = value
-    values["extends"] = None
-    return Profile(chain[0].stem if chain else name, values, tuple(chain))
+        resolved[key] = value
+        explicit.add(key)
+    resolved["extends"] = None
+    for key, spec in SCHEMA.items():  # every field of a mapping present (None when not given), for templates
+        if spec.fields and isinstance(resolved[key], dict) and resolved[key]:
+            resolved[key] = {field: resolved[key].get(field) for field in spec.fields}
+    return Profile(chain[0].stem if chain else name, resolved, tuple(chain), frozenset(explicit - {"extends"}))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     """A profile file's mapping, every key checked against the schema with its line number in errors."""
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read this profile: {getattr(err, 'strerror', None) or err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise UserError(f"{path}:1: a profile must be a mapping of settings")
+    seen: set[str] = set()
     for key_node, _ in node.value:
-        check_value(key_node.value, data[key_node.value], f"{path}:{key_node.start_mark.line + 1}")
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value in seen:
+            raise UserError(f"{where}: '{key_node.value}' is set twice in this file: keep one")
+        seen.add(key_node.value)
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+            raise UserError(f"{where}: a setting's name must be a word like 'timezone', not "
+                            f"{yaml.safe_load(yaml.serialize(key_node))!r}")
+        check_value(key_node.value, data[key_node.value], where)
     return data
 
 
 def check_value(key: str, value: Any, where: str) -> None:
-    """Raise a UserError naming `where` if `key` is unknown or `value` has the wrong type or choice."""
+    """Raise a UserError naming `where` if `key` is unknown or `value` (or anything inside it) is wrong."""
     if key not in SCHEMA:
-        close = difflib.get_close_matches(key, list(SCHEMA), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"{where}: unknown key '{key}'{hint}")
-    spec = SCHEMA[key]
-    if value is None:
-        return
-    if isinstance(spec.type, type) and spec.type is str and isinstance(value, (int, float)):
-        raise UserError(f"{where}: '{key}' must be a string; quote it (e.g. {key}: \"{value}\")")
-    if not isinstance(value, spec.type):
-        raise UserError(f"{where}: '{key}' must be a {_type_name(spec.type)}, not {type(value).__name__}")
-    if spec.choices and value not in spec.choices:
-        raise UserError(f"{where}: '{key}' must be one of {', '.join(map(str, spec.choices))}, not {value!r}")
-    if key == "kubernetes_version" and not re.fullmatch(r"1\.\d{1,2}", value):
+        raise UserError(f"{where}: unknown key '{key}'{_did_you_mean(key, SCHEMA)}")
+    _check(SCHEMA[key], value, key, where)
+    if key == "kubernetes_version" and value is not None and not re.fullmatch(r"1\.\d{1,2}", value):
         raise UserError(f"{where}: 'kubernetes_version' must be a minor version like \"1.31\", not {value!r}")
 
 
+def _check(spec: Key, value: Any, name: str, where: str) -> None:
+    """Type, choices and check of `value` against `spec`, then of its items or fields, recursively."""
+    if value is None:
+        if spec.default is not None:
+            raise UserError(f"{where}: '{name}' is empty: give it a value, or remove the line to get the default "
+                            f"({spec.default!r})")
+        return
+    if spec.type is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise UserError(f"{where}: '{name}' must be a string; quote it (e.g. {name}: \"{value}\")")
+    if not isinstance(value, spec.type) or (isinstance(value, bool) and spec.type is not bool):
+        raise UserError(f"{where}: '{name}' must be a {_type_name(spec.type)}, not {_type_name(type(value))} "
+                        f"{_shown(spec, value)}")
+    if spec.choices and value not in spec.choices:
+        raise UserError(f"{where}: '{name}' must be one of {', '.join(map(str, spec.choices))}, not {value!r}")
+    problem = spec.check(value) if spec.check else None
+    if problem:
+        raise UserError(f"{where}: '{name}': {problem}")
+    if spec.items is not None:
+        for index, item in enumerate(value):
+            if item is None:
+                raise UserError(f"{where}: '{name}[{index}]' is empty")
+            _check(spec.items, item, f"{name}[{index}]", where)
+    if spec.fields is not None:
+        for field_name, field_value in value.items():
+            if field_name not in spec.fields:
+                raise UserError(f"{where}: '{name}' has no setting {field_name!r}{_did_you_mean(field_name, spec.fields)}"
+                                f" (it takes {', '.join(spec.fields)})")
+            _check(spec.fields[field_name], field_value, f"{name}.{field_name}", where)
+        for field_name in spec.required:
+            if value.get(field_name) in (None, ""):
+                raise UserError(f"{where}: '{name}' needs '{field_name}' ({spec.fields[field_name].help})")
+
+
+def _did_you_mean(word: Any, known: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _shown(spec: Key, value: Any) -> str:
+    return "(hidden)" if spec.secret else repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+
+
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "string", int: "number", list: "list", dict: "mapping", bool: "true/false"}
+    names = {str: "string", int: "number", float: "number", list: "list", dict: "mapping", bool: "true/false",
+             type(None): "empty"}
     return " or ".join(names.get(x, x.__name__) for x in (t if isinstance(t, tuple) else (t,)))
 
 

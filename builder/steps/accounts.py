@@ -1,16 +1,18 @@
 """The admin login a headless first boot needs: user, SSH key, and no on-screen wizard waiting for a keyboard.
 
 - Ubuntu: cloud-init creates the user from the seed (cloud_init.py); nothing here.
-- Kali: the image's `kali` user gets the key in ~/.ssh/authorized_keys.
+- Kali: the image's `kali` user gets the key in ~/.ssh/authorized_keys, and its well-known password `kali` is
+  replaced by the profile's hash, or locked (`passwd -l` style) while SSH is on.
 - Jetson (L4T): no user exists and oem-config would wait on a screen, so the user is added to passwd/shadow/group
-  with a home, and the default target is moved off nv-oem-config.target (as NVIDIA's l4t_create_default_user.sh).
+  with a home (last password change = the build day, so no forced change at first login), and the default target
+  is moved off nv-oem-config.target (as NVIDIA's l4t_create_default_user.sh).
 - Raspberry Pi OS: the first-boot `userconf` service creates the user from `userconf.txt` on the boot partition;
   the key goes to /etc/ssh/authorized_keys/USER, which an sshd drop-in adds to AuthorizedKeysFile; `ssh` enables sshd.
 """
 
 from __future__ import annotations
 
-from ..users import accounts, add_user_lines, groups
+from ..users import accounts, add_user_lines, groups, shadow_with_password
 from .context import BuildContext
 
 STEP = "accounts"
@@ -28,10 +30,16 @@ def plan(ctx: BuildContext) -> None:
     if ctx.target.name == "raspios":
         _raspios(ctx, user, keys)
         return
+    day = ctx.epoch // 86400
+    shadow_gid = groups(ctx.view).get("shadow", 0)
     if user not in accounts(ctx.view):
-        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"]).items():
+        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day).items():
             ctx.write(STEP, "root", path, text, mode=0o640 if "shadow" in path else 0o644,
-                      gid=groups(ctx.view).get("shadow", 0) if "shadow" in path else 0)
+                      gid=shadow_gid if "shadow" in path else 0)
+    else:  # an existing user (Kali's kali): our password, or none — never the image's well-known one
+        shadow = shadow_with_password(ctx.view, user, ctx.profile["password_hash"], day)
+        if shadow is not None:
+            ctx.write(STEP, "root", "/etc/shadow", shadow, mode=0o640, gid=shadow_gid)
     account = accounts(ctx.view)[user]
     ctx.mkdir(STEP, account.home, 0o750, account.uid, account.gid)
     if keys:

@@ -23,6 +23,9 @@ class NodeIdentity:
     address: str | None = None  # 192.168.6.15 or 192.168.6.15/24
     mac: str | None = None
     subnet: str | None = None  # the cluster's node subnet: gives a bare address its prefix
+    gateway: str | None = None  # the node subnet's gateway (cluster.yaml)
+    dns: tuple[str, ...] = ()  # its name servers (cluster.yaml)
+    cluster: str | None = None  # the cluster directory's name, for reports
 
 
 @dataclass
@@ -35,6 +38,8 @@ class BuildContext:
     node_config: dict[str, Any]
     kube_keyring: bytes | None = None
     overlays: list[str] = field(default_factory=list)  # extra overlay dirs from --overlay
+    epoch: int = 0  # the build's time (SOURCE_DATE_EPOCH or the base's mtime): dates written into the image
+    replace_overlays: bool = False  # an --overlay may shadow a shipped overlay of the same name
     plan: Plan = field(default_factory=Plan)
 
     @property
@@ -61,7 +66,9 @@ class BuildContext:
         self.plan.add(FileOp("remove", "root", path, step))
 
     def static_network(self) -> dict[str, object] | None:
-        """The cluster interface's fixed settings (profile `network`, address from the inventory), or None for DHCP."""
+        """The cluster interface's fixed settings, or None for DHCP: address from the inventory (else the profile's
+        `network.address`), gateway and name servers from the profile's `network`, else the cluster's. A fixed
+        address needs a gateway (else apt and the endpoint are unreachable for ever); name servers default to it."""
         network = dict(self.profile["network"] or {})
         address = self.node.address or network.get("address")
         if not address:
@@ -71,9 +78,15 @@ class BuildContext:
             iface = ipaddress.ip_interface(address if "/" in str(address) else f"{address}/{prefix}")
         except ValueError:
             raise UserError(f"node {self.node.name}: address {address!r} is not an IP address (CIDR like 192.168.6.15/24)")
-        gateway = network.get("gateway")
-        return {"interface": network.get("interface", "eth0"), "address": str(iface),
-                "gateway": str(gateway) if gateway else None, "dns": [str(d) for d in network.get("dns") or []]}
+        gateway = network.get("gateway") or self.node.gateway
+        if not gateway:
+            fix = (f"set the node subnet's gateway: add `gateway: A.B.C.D` to {self.node.cluster}/cluster.yaml "
+                   "(or `pi-image cluster init --gateway`)" if self.node.cluster else "set network.gateway in the profile")
+            raise UserError(f"node {self.node.name} has the fixed address {iface} but no gateway is known, so it "
+                            f"could reach nothing beyond its subnet: {fix}")
+        dns = [str(d) for d in network.get("dns") or self.node.dns or [gateway]]
+        return {"interface": network.get("interface") or "eth0", "address": str(iface), "gateway": str(gateway),
+                "dns": dns}
 
     def template_context(self) -> dict[str, Any]:
         """Values overlays can use: every profile key plus facts about the node and the target."""
@@ -85,6 +98,11 @@ class BuildContext:
             "os_version": self.target.os.version_id, "boot_mount": self.target.boot_mount,
             "admin_user": self.profile["user"] or self.target.default_user,
             "static_network": self.static_network(),
+            "node_subnet": self.node.subnet,
+            "kube_repo": self.profile["kube_repo_url"].format(version=self.profile["kubernetes_version"]),
+            # never proxied: the node itself, its subnet, and the default service and pod networks
+            "no_proxy": ",".join(filter(None, ["localhost", "127.0.0.1", self.node.subnet, "10.96.0.0/12",
+                                               "10.244.0.0/16", ".svc", ".cluster.local"])),
             # a new id whenever the node's settings change, so cloud-init applies them again
             "instance_id": f"pi-image-{self.node.name}-{hashlib.sha256(seed).hexdigest()[:12]}",
         }

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from ..overlays import find_overlay, render_overlay
+from ..overlays import Overlay, render_overlay, resolve_overlays
 from ..users import owner_ids
 from .context import BuildContext
 
-CORE = ["k8s-kernel", "kube-repo"]
+CORE = ["k8s-kernel", "kube-repo", "proxy"]
 
 
-def overlay_names(ctx: BuildContext) -> list[str]:
+def overlays(ctx: BuildContext) -> list[Overlay]:
     """The core overlays, `runtime-<runtime>`, the profile's `overlays`, then `--overlay` dirs, in order."""
-    return list(dict.fromkeys(CORE + [f"runtime-{ctx.profile['runtime']}"] + ctx.profile["overlays"] + ctx.overlays))
+    names = CORE + [f"runtime-{ctx.profile['runtime']}"] + ctx.profile["overlays"]
+    return resolve_overlays(names, ctx.overlays, ctx.replace_overlays)
 
 
 def plan(ctx: BuildContext) -> None:
-    """Render every overlay of `overlay_names` (boot overlays only where there is a boot partition)."""
+    """Render every overlay (boot overlays only where there is a boot partition)."""
     users, groups = owner_ids(ctx.view)
-    for name in overlay_names(ctx):
-        overlay = find_overlay(name)
+    context = ctx.template_context()
+    for overlay in overlays(ctx):
         if overlay.filesystem == "boot" and ctx.target.boot is None:
             continue  # e.g. a cloud-init seed on a target without a FAT boot partition
-        render_overlay(overlay, ctx.template_context(), ctx.plan, ctx.view, users, groups)
+        if overlay.when and not context.get(overlay.when):
+            continue
+        render_overlay(overlay, context, ctx.plan, ctx.view, users, groups)

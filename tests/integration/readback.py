@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"
 TEST_PROFILES = REPO / "tests" / "data" / "profiles"
+TEST_SSH_KEY = REPO / "tests" / "data" / "test-admin.pub"
 SECTOR = 512
 EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every build in these tests
 # mtools must not read a user's ~/.mtoolsrc, nor refuse a small FAT32's geometry.
@@ -48,7 +49,11 @@ class PiImage:
                 "PI_IMAGE_CACHE": str(self.cache), "SOURCE_DATE_EPOCH": EPOCH, **(extra or {})}
 
     def argv(self, *args: str | Path) -> list[str]:
-        return [sys.executable, "-m", "builder", *map(str, args)]
+        """`build` runs as a user with an SSH key would, unless the test chooses the login itself."""
+        words = list(map(str, args))
+        if words[:1] == ["build"] and not {"--ssh-key", "--no-login", "--password-file", "--password"} & set(words):
+            words += ["--ssh-key", str(TEST_SSH_KEY)]
+        return [sys.executable, "-m", "builder", *words]
 
     def __call__(self, *args: str | Path, env: dict[str, str] | None = None,
                  timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import subprocess
 from pathlib import Path
@@ -19,15 +20,17 @@ from readback import KUBE_KEY, PiImage, entries, filesystems, fingerprint, succe
 pytest.importorskip("builder.cluster_cli", reason="`pi-image cluster` (builder/cluster_cli.py) is not there yet")
 
 NODES = {  # name: (add-node arguments, role)
-    "pi-master1": (["--profile", "master-2g", "--role", "control-plane", "--address", "192.168.6.10"], "control-plane"),
+    "pi-master1": (["--profile", "master-2g", "--address", "192.168.6.10"], "control-plane"),
     "pi-worker1": (["--profile", "worker-8g", "--mac", "dc:a6:32:01:02:03", "--address", "192.168.6.21"], "worker"),
     "pi-worker2": (["--profile", "worker-8g", "--address", "192.168.6.22"], "worker"),
 }
 
 
-def make_cluster(cli: PiImage, directory: Path, subnet: str, nodes: dict[str, list[str]]) -> Path:
+def make_cluster(cli: PiImage, directory: Path, subnet: str, nodes: dict[str, list[str]], version: str = "1.31") -> Path:
+    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
     succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.10:6443", "--endpoint",
-                  "192.168.6.10:8443", "--kubernetes-version", "1.31", "--node-subnet", subnet))
+                  "192.168.6.10:8443", "--kubernetes-version", version, "--node-subnet", subnet,
+                  "--gateway", gateway, "--dns", f"{gateway},1.1.1.1"))
     for name, args in nodes.items():
         succeeded(cli("cluster", "add-node", directory, name, *args))
     return directory
@@ -40,8 +43,10 @@ def lab(cli, tmp_path_factory) -> Path:
 
 
 def expected_credential(cluster: Path, node: str) -> str:
+    """HMAC-SHA256(enrollment key, "NAME:GENERATION") for the generation the inventory now records."""
     key = bytes.fromhex((cluster / "secrets" / "enrollment.key").read_text().strip())
-    return hmac.new(key, node.encode(), hashlib.sha256).hexdigest()
+    entry = next(n for n in yaml.safe_load((cluster / "inventory.yaml").read_text())["nodes"] if n["name"] == node)
+    return hmac.new(key, f"{node}:{entry['generation']}".encode(), hashlib.sha256).hexdigest()
 
 
 def endpoint_pin(cluster: Path) -> str:

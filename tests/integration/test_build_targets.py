@@ -25,11 +25,11 @@ except ModuleNotFoundError:  # Python 3.10
 import pytest
 import yaml
 
-from readback import (KUBE_KEY, REPO, TEST_PROFILES, PiImage, Reader, entries, filesystems, fingerprint,
+from readback import (KUBE_KEY, REPO, TEST_PROFILES, TEST_SSH_KEY, PiImage, Reader, entries, filesystems, fingerprint,
                       same_bytes, sha256_of, succeeded, tool)
 
 FLAGS = ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"]
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0Hq8cWJbpO7mIvFq1lS6mN3pYqTtR4zV9eXwKjLcDf pi-image-tests"
+SSH_KEY = TEST_SSH_KEY.read_text().strip()  # the key PiImage builds with
 SET_KEY = ("--set", f'ssh_authorized_keys=["{SSH_KEY}"]')
 REPO_LINE = ("deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] "
              "https://pkgs.k8s.io/core:/stable:/v1.31/deb/ /")
@@ -56,8 +56,8 @@ CASES = [
     Case("ubuntu-raspi", "worker-8g", "pi-worker1"),
     Case("kali-raspi", "kali-worker", "kali-worker1", SET_KEY),
     Case("raspios", str(TEST_PROFILES / "raspios-worker.yaml"), "rpi-worker1"),
-    Case("jetson-sd", "jetson-gpu", "jetson-nano1", SET_KEY, runtime="docker"),
-    Case("l4t-rootfs", "jetson-l4t", "jetson-nano2", SET_KEY, runtime="docker"),
+    Case("jetson-sd", "jetson-gpu", "jetson-nano1", SET_KEY),
+    Case("l4t-rootfs", "jetson-l4t", "jetson-nano2", SET_KEY),
 ]
 PI = ["ubuntu-raspi", "kali-raspi", "raspios"]
 JETSON = ["jetson-sd", "l4t-rootfs"]
@@ -247,7 +247,6 @@ def test_containerd_config_turns_on_the_systemd_cgroup_driver(fleet, target):
     assert crictl["runtime-endpoint"] == "unix:///run/containerd/containerd.sock"
 
 
-@pytest.mark.skipif(shutil.which("containerd") is None, reason="containerd is not installed (apt-get install containerd)")
 @only(*PI)
 def test_containerd_itself_reads_systemd_cgroup_from_the_config(fleet, target, tmp_path):
     config = tmp_path / "config.toml"
@@ -255,6 +254,18 @@ def test_containerd_itself_reads_systemd_cgroup_from_the_config(fleet, target, t
     dump = tool("containerd", "--config", config, "config", "dump").stdout.decode()
 
     assert runc_options(tomllib.loads(dump))["SystemdCgroup"] is True
+
+
+@only(*JETSON)
+def test_jetson_containerd_makes_the_nvidia_runtime_the_default_for_pods(fleet, target, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_bytes(fleet[target].root.read("/etc/containerd/config.toml"))
+    cri = tomllib.loads(tool("containerd", "--config", config, "config", "dump").stdout.decode())
+    cri = cri["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+
+    assert cri["default_runtime_name"] == "nvidia"
+    assert cri["runtimes"]["nvidia"]["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
+    assert cri["runtimes"]["nvidia"]["options"]["SystemdCgroup"] is True
 
 
 @only(*JETSON)
@@ -289,14 +300,12 @@ def test_kubernetes_repo_is_signed_and_its_packages_held_at_the_profile_minor(bu
 
     assert non_comment_lines(root.text("/etc/apt/sources.list.d/kubernetes.list")) == [REPO_LINE]
     assert b"BEGIN PGP" not in keyring and keyring[0] & 0x80, "the keyring must be binary (dearmored)"
-    if shutil.which("gpg"):
-        assert keyring == subprocess.run(["gpg", "--dearmor"], input=KUBE_KEY.read_bytes(),
-                                         capture_output=True, check=True).stdout
+    assert keyring == subprocess.run(["gpg", "--dearmor"], input=KUBE_KEY.read_bytes(),
+                                     capture_output=True, check=True).stdout
     assert {k.strip(): v.strip() for k, v in pin.items()} == \
         {"Package": "kubelet kubeadm kubectl", "Pin": "version 1.31.*", "Pin-Priority": "1001"}
 
 
-@pytest.mark.skipif(shutil.which("apt-get") is None, reason="apt-get is not installed")
 def test_apt_reads_the_kubernetes_source_without_downloading(built, tmp_path):
     for path in ("/etc/apt/sources.list.d/kubernetes.list", "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"):
         (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +369,6 @@ def test_ubuntu_cloud_init_seed_on_system_boot_sets_our_hostname_and_user(fleet)
     assert network["version"] == 2 and network["ethernets"]["eth0"]["dhcp4"] is True
 
 
-@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed (apt-get install cloud-init)")
 def test_ubuntu_user_data_is_valid_cloud_config(fleet, tmp_path):
     user_data = tmp_path / "user-data"
     user_data.write_bytes(fleet["ubuntu-raspi"].boot.read("/user-data"))
@@ -420,6 +428,13 @@ def test_node_config_is_readable_by_root_only(built):
     assert (config["node"], config["kubernetes_version"], config["runtime"], config["role"]) == \
         (built.case.node, "1.31", built.case.runtime, "worker")
     assert "credential" not in config  # no --cluster: the agent only does local setup
+
+
+def test_a_node_image_carries_the_agent_but_not_the_masters_endpoint(built):
+    agent = built.root.listdir("/usr/lib/pi-image/firstboot")
+
+    assert "agent.py" in agent and "protocol.py" in agent
+    assert "endpoint" not in agent and not any(name.startswith("tokend") for name in agent)
 
 
 def test_firstboot_agent_is_installed_and_enabled(built):

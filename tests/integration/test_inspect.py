@@ -45,7 +45,8 @@ def test_inspect_recognizes_each_pi_image(sample_image, key):
     assert report["boot_cmdline"].split()[0]  # the real one-line cmdline.txt was read
     assert report["k8s"] == {"cgroup_flags": False, "runtime": None, "systemd_cgroup": False, "sysctl": False,
                              "modules": False, "kube_repo": None, "swap_disabled": key[0] != "raspios"}
-    assert report["firstboot"] == {"installed": False, "node": None}
+    assert report["firstboot"] == {"installed": False, "node": None, "role": None, "kubernetes_version": None,
+                                   "cluster": None, "endpoint": None, "network": None}
     assert sha256(image) == before, "inspect must never write"
 
 

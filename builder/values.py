@@ -1,0 +1,135 @@
+"""Checks of single setting values (hostnames, time zones, SSH keys, password hashes, addresses, URLs).
+
+Each check returns None when the value is fine, else the reason it is not, written to follow "KEY: " in a
+one-line error: `profiles/x.yaml:4: 'timezone': unknown time zone 'Europe/Londn' (did you mean 'Europe/London'?)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import ipaddress
+import re
+import zoneinfo
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from firstboot import protocol
+
+Check = Callable[[object], "str | None"]
+
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+# crypt(3) methods every supported target's libc reads (L4T R32 = glibc 2.27: no yescrypt there, so $6$ is the
+# portable choice pi-image itself makes; $y$/$gy$ are accepted for images that read them).
+CRYPT_RE = re.compile(r"^\$(6|5|y|gy|2[aby]|7)\$[./A-Za-z0-9$=,]+$")
+
+
+def hostname(value: object) -> str | None:
+    """A Kubernetes node name: a lower-case RFC 1123 label (the hostname is the node name)."""
+    if protocol.NODE_NAME_RE.match(str(value)):
+        return None
+    return (f"{value!r} is not a valid host name: use lower-case letters, digits and '-' "
+            f"(at most 63, e.g. {_slug(str(value))!r})")
+
+
+def login_name(value: object) -> str | None:
+    """A user name useradd accepts on Debian-family systems."""
+    if re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", str(value)) and value != "root":
+        return None
+    return f"{value!r} is not a login name for the admin (lower-case letters, digits, '_' and '-'; not root)"
+
+
+def time_zone(value: object) -> str | None:
+    """An IANA time zone name known to the tz database."""
+    try:
+        known = zoneinfo.available_timezones()
+    except (OSError, ValueError):  # pragma: no cover - tzdata is a dependency
+        return None
+    if value in known:
+        return None
+    close = difflib.get_close_matches(str(value), sorted(known), n=1)
+    return f"unknown time zone {value!r}" + (f" (did you mean {close[0]!r}?)" if close else " (like Europe/London)")
+
+
+def ssh_public_key(value: object) -> str | None:
+    """One OpenSSH public key line: `TYPE BASE64 [comment]` whose blob names the same type."""
+    fields = str(value).split()
+    if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
+        return (f"{_short(value)} is not an SSH public key (expected a line of a .pub file, like "
+                "'ssh-ed25519 AAAA... you@laptop')")
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        return f"{_short(value)}: the key data is not base64"
+    kind = fields[0].encode()
+    if blob[:4] != len(kind).to_bytes(4, "big") or blob[4:4 + len(kind)] != kind:
+        return f"{_short(value)}: the key data does not hold a {fields[0]} key"
+    return None
+
+
+def password_hash(value: object) -> str | None:
+    """A crypt(3) hash of a modern method, never a plaintext."""
+    if CRYPT_RE.match(str(value)):
+        return None
+    return ("is not a crypt(3) hash (like '$6$...'); never put a plaintext password in a profile: "
+            "use `pi-image build --password-file FILE` (or --password to be prompted)")
+
+
+def ip_address(value: object) -> str | None:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return f"{value!r} is not an IP address (like 192.168.6.1)"
+    return None
+
+
+def ip_interface(value: object) -> str | None:
+    try:
+        ipaddress.ip_interface(str(value))
+    except ValueError:
+        return f"{value!r} is not an address (like 192.168.6.15 or 192.168.6.15/24)"
+    return None
+
+
+def http_url(value: object) -> str | None:
+    parts = urlsplit(str(value))
+    if parts.scheme in ("http", "https") and parts.netloc and not any(c.isspace() for c in str(value)):
+        return None
+    return f"{value!r} is not an http:// or https:// URL"
+
+
+def kube_repo_url(value: object) -> str | None:
+    """An apt repository URL for the Kubernetes packages; `{version}` stands for the minor (1.31)."""
+    try:
+        return http_url(str(value).format(version="1.31"))
+    except (KeyError, IndexError, ValueError):
+        return f"{value!r}: the only placeholder allowed is {{version}}"
+
+
+def wifi_country(value: object) -> str | None:
+    if re.fullmatch(r"[A-Z]{2}", str(value)):
+        return None
+    return f"{value!r} is not a two-letter country code in capitals (like GB, US, CN)"
+
+
+def wifi_psk(value: object) -> str | None:
+    if 8 <= len(str(value)) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", str(value)):
+        return None
+    return "a WPA passphrase has 8 to 63 characters (or is 64 hex digits)"
+
+
+def kernel_argument(value: object) -> str | None:
+    if re.fullmatch(r"[^\s\"']+", str(value)):
+        return None
+    return f"{value!r} is not one kernel argument (no spaces or quotes)"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "...'"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63] or "pi-node"
