@@ -239,26 +239,31 @@ def status_command(cluster_dir: Path, state_dir: Path | None, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'NODE':<20} {'STATE':<13} {'UPDATED':<20} LAST REPORT / ERROR")
+    click.echo(f"{'NODE':<20} {'ROLE':<13} {'NETWORK':<18} {'STATE':<13} {'UPDATED':<20} LAST REPORT / ERROR")
     for row in rows:
         detail = row["last_error"] or row["last_report"] or ""
-        click.echo(f"{row['node']:<20} {row['state']:<13} {row['updated'] or '-':<20} {detail}")
+        click.echo(f"{row['node']:<20} {row['role'] or '-':<13} {row['network'] or '-':<18} {row['state']:<13} "
+                   f"{row['updated'] or '-':<20} {detail}")
 
 
 def node_status(cluster_dir: Path, state_dir: Path | None = None) -> list[dict]:
-    """One dict per inventory or endpoint-known node: node, state, updated, last_report, last_error, address.
+    """One dict per inventory or endpoint-known node: node, role, network (its fixed address or "dhcp", from the
+    inventory), generation, state, updated, last_report, last_error, address (where it last connected from).
 
     Reads the state in `state_dir` (default DIR/state); before any endpoint ran, every node is "not-seen".
     """
     cluster = clusters.load_cluster(cluster_dir)
     rows = recorded_nodes(state_dir or cluster.state_dir)
-    names = sorted(set(rows) | {node.name for node in cluster.nodes})
+    inventory = {node.name: node for node in cluster.nodes}
     result = []
-    for name in names:
-        row = rows.get(name, {})
+    for name in sorted(set(rows) | set(inventory)):
+        row, node = rows.get(name, {}), inventory.get(name)
         updated = row.get("updated_at")
         result.append({
             "node": name,
+            "role": node.role if node else None,
+            "network": (node.address or "dhcp") if node else None,
+            "generation": node.generation if node else None,
             "state": row.get("state", "not-seen"),
             "updated": datetime.datetime.fromtimestamp(updated).isoformat(timespec="seconds") if updated else None,
             "last_report": row.get("last_report"),

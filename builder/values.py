@@ -43,11 +43,8 @@ def login_name(value: object) -> str | None:
 
 def time_zone(value: object) -> str | None:
     """An IANA time zone name known to the tz database."""
-    try:
-        known = zoneinfo.available_timezones()
-    except (OSError, ValueError):  # pragma: no cover - tzdata is a dependency
-        return None
-    if value in known:
+    known = zoneinfo.available_timezones()  # the system's tz database, else the `tzdata` package (a dependency)
+    if value in known or not known:
         return None
     close = difflib.get_close_matches(str(value), sorted(known), n=1)
     return f"unknown time zone {value!r}" + (f" (did you mean {close[0]!r}?)" if close else " (like Europe/London)")

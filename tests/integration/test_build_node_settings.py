@@ -303,3 +303,12 @@ def test_a_killed_builds_leftovers_are_removed_by_the_next_build(cli, base, tmp_
 
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.img", "n.img.json"]
+
+
+def test_status_shows_each_nodes_role_and_network(cli, lab):
+    rows = {row["node"]: row for row in json.loads(succeeded(cli("status", "--cluster", lab, "--json")).stdout)}
+    table = succeeded(cli("status", "--cluster", lab)).stdout
+
+    assert (rows["pi-master1"]["role"], rows["pi-master1"]["network"]) == ("control-plane", "192.168.6.11")
+    assert (rows["pi-worker1"]["role"], rows["pi-worker1"]["network"]) == ("worker", "192.168.6.15/24")
+    assert "control-plane" in table and "192.168.6.15/24" in table
