@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,8 +61,10 @@ class PiImage:
         return subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env(env), timeout=timeout)
 
     def popen(self, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Started as from a terminal: Ctrl-C (SIGINT) reaches it even when the tests run as a background job,
+        which starts with SIGINT ignored."""
         return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env(env))
+                                env=self.env(env), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def succeeded(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
