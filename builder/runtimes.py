@@ -15,7 +15,8 @@ one), keeping pi-image's /etc/containerd/config.toml (config version 2, which co
 | Kali rolling (kali-raspi)           | containerd                            | kali-rolling            | 1.7.24     |
 
 Kubernetes >= 1.26 needs CRI v1 (containerd >= 1.6): jammy's release pocket alone (1.5.9) is too old, its -updates
-pocket (on in the stock image) is not. The kubelet >= 1.35 refuses cgroup v1, which L4T R32 (Ubuntu 18.04) runs.
+pocket (on in the stock image) is not. The kubelet >= 1.35 refuses cgroup v1, which Ubuntu 18.04 (L4T R32) and
+20.04 run by default. bionic's 1.6.12 has CRI v1 but is below containerd's own "1.6.15+ for Kubernetes 1.26+" line.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class RuntimeSource:
 SOURCES: dict[tuple[str, str], RuntimeSource] = {
     ("ubuntu", "18.04"): RuntimeSource(("containerd", "nvidia-container-runtime"),
                                        "Ubuntu bionic-updates + NVIDIA's L4T repository", (1, 6, 12), cgroup_v1=True),
-    ("ubuntu", "20.04"): RuntimeSource(("containerd",), "Ubuntu focal-updates", (1, 7, 24)),
+    ("ubuntu", "20.04"): RuntimeSource(("containerd",), "Ubuntu focal-updates", (1, 7, 24), cgroup_v1=True),
     ("ubuntu", "22.04"): RuntimeSource(("containerd",), "Ubuntu jammy-updates", (2, 2, 1)),
     ("ubuntu", "24.04"): RuntimeSource(("containerd",), "Ubuntu noble-updates", (2, 2, 1)),
     ("debian", "12"): RuntimeSource(("containerd",), "Debian bookworm", (1, 6, 20)),

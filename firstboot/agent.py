@@ -5,9 +5,14 @@
 Runs once per installation (systemd skips it once <root>/var/lib/pi-image/firstboot.done exists) and loops inside
 with capped exponential backoff and jitter, since systemd 237 (L4T) cannot restart oneshot units. Safe to kill at any
 point: a join that was interrupted is reset and redone, or recognised as finished by the endpoint.
+
+A join token is asked for only when kubeadm's preflight can pass (preflight.py); a failure is reported to the
+endpoint once per change of its reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
+A control-plane node never runs `kubeadm join`.
 """
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -15,15 +20,20 @@ import random
 import sys
 import time
 
-from . import joinconfig, localsetup, netinfo, protocol
+from . import joinconfig, localsetup, netinfo, preflight, protocol
 from .client import EndpointClient, EndpointUnreachable
 from .commands import CommandRunner
+from .errors import SetupFailed
+from .logsetup import log_to
 from .nodeconfig import AgentPaths, ConfigError, load_node_config
+from .runtime import RUNTIMES
 
 log = logging.getLogger("pi-image.agent")
 
-JOINED, RETRY_NOW, RETRY_LATER = "joined", "retry-now", "retry-later"
+DONE, RETRY_NOW, RETRY_LATER = "done", "retry-now", "retry-later"
 CLOCK_SKEW_TOLERANCE = 300
+TOKEN_REUSE_MARGIN = 300  # a kept token is used only while it has at least this long to live
+
 _EXPIRED_TOKEN_MARKERS = ("could not find a JWS signature", "JWS signature", "token has expired", "token is expired")
 
 
@@ -56,7 +66,8 @@ class FirstBootAgent(object):
         self.max_attempts = max_attempts
         self.time_sync_timeout = time_sync_timeout
         self.sleep = sleep
-        self.setup = localsetup.LocalSetup(paths.root, commands)
+        self.setup = localsetup.LocalSetup(paths.root, commands, config["runtime"], config["runtime_packages"], sleep)
+        self.reported_problem = None
         self.client = None
         if config.get("endpoint"):
             self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
@@ -70,16 +81,16 @@ class FirstBootAgent(object):
             attempts += 1
             try:
                 outcome = self._attempt()
-            except localsetup.SetupFailed as failure:
+            except SetupFailed as failure:
                 log.error("%s", failure)
-                self._report("failed", str(failure))
+                self._report_problem(str(failure))
                 if not failure.retry:
                     return 1
                 outcome = RETRY_LATER
             except EndpointUnreachable as err:
                 log.warning("%s; retrying", err)
                 outcome = RETRY_LATER
-            if outcome == JOINED:
+            if outcome == DONE:
                 return 0
             if self.max_attempts and attempts >= self.max_attempts:
                 log.error("giving up after %d attempts", attempts)
@@ -91,16 +102,23 @@ class FirstBootAgent(object):
 
     def _attempt(self):
         self.setup.run()
-        if self.client is None:
-            self.paths.mark_done({"node": self.config["node"], "joined": False})
-            log.info("local setup done; this image has no cluster endpoint, so the node does not join")
-            return JOINED
+        problems = preflight.problems(self.paths.root, self.setup.runtime)
+        if problems:
+            raise SetupFailed("kubeadm's preflight would fail, so no join token is asked for: " + "; ".join(problems),
+                              retry=True)
+        if self.config["role"] == "control-plane" or self.client is None:
+            return self._done_without_join()
         node_ip = netinfo.choose_node_ip(self.commands, self.config.get("node_subnet"),
                                          protocol.split_host_port(self.config.get("api_server", ""), 6443)[0]
                                          if self.config.get("api_server") else None)
         if node_ip is None:
             log.warning("no address in %s and no route to the API server yet", self.config.get("node_subnet"))
             return RETRY_LATER
+        kept = self._kept_token()
+        if kept is not None:
+            log.info("local setup done; node-ip %s; using the join token the endpoint issued earlier (still valid)",
+                     node_ip)
+            return self._join(kept, node_ip)
         log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config["endpoint"])
         answer = self.client.join(self._facts(node_ip))
         state = answer.payload.get("state")
@@ -109,6 +127,7 @@ class FirstBootAgent(object):
             return self._finish()
         if answer.status == 200 and state == "token-issued":
             self.backoff.reset()
+            self._keep_token(answer.payload)
             return self._join(answer.payload, node_ip)
         if answer.status == 202:
             log.info("waiting for an operator: %s", answer.payload.get("message", "pending approval"))
@@ -118,6 +137,36 @@ class FirstBootAgent(object):
         else:
             log.error("the endpoint refused to issue a token: %s", answer.error)
         return RETRY_LATER
+
+    def _done_without_join(self):
+        self.paths.mark_done({"node": self.config["node"], "joined": False})
+        if self.config["role"] == "control-plane":
+            log.info("local setup done; this is a control-plane node: it never runs kubeadm join "
+                     "(kubeadm init is the operator's step)")
+        else:
+            log.info("local setup done; this image has no cluster endpoint, so the node does not join")
+        return DONE
+
+    def _keep_token(self, issued):
+        """Keep the issued answer (0600) so that a retry or a reboot uses it while it is valid: `expires_in`, the
+        token's lifetime in seconds, counted on this machine's clock from now (an answer without it is not kept)."""
+        lifetime = issued.get("expires_in")
+        if isinstance(lifetime, (int, float)) and lifetime > TOKEN_REUSE_MARGIN:
+            record = dict(issued, reuse_until=time.time() + lifetime - TOKEN_REUSE_MARGIN)
+            self.paths.write_private(self.paths.issued_token, json.dumps(record, sort_keys=True))
+
+    def _kept_token(self):
+        """The kept answer if its token is still valid by this machine's clock, else None (and it is dropped)."""
+        try:
+            with open(self.paths.issued_token) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        if isinstance(record, dict) and isinstance(record.get("reuse_until"), (int, float)) \
+                and time.time() < record["reuse_until"]:
+            return record
+        self.paths.discard(self.paths.issued_token)
+        return None
 
     def _facts(self, node_ip):
         return {"macs": netinfo.mac_addresses(self.paths.root), "arch": platform.machine(),
@@ -130,11 +179,11 @@ class FirstBootAgent(object):
             log.info("a previous join was interrupted; resetting kubeadm state first")
             self._kubeadm_reset()
         text = joinconfig.render(issued["kubernetes_version"], issued["api_server"], issued["token"],
-                                 issued["ca_cert_hashes"], self.config["node"], node_ip,
-                                 self.config.get("runtime", "containerd"))
+                                 issued["ca_cert_hashes"], self.config["node"], node_ip, self.config["runtime"],
+                                 self._kubelet_patches())
         self.paths.write_private(self.paths.join_config, text)
         self.paths.write_private(self.paths.join_started, "")
-        log.info("token received; running kubeadm join against %s", issued["api_server"])
+        log.info("running kubeadm join against %s", issued["api_server"])
         try:
             result = self.commands.run(["kubeadm", "join", "--config", self.paths.join_config], timeout=900)
         finally:
@@ -145,27 +194,46 @@ class FirstBootAgent(object):
         if any(marker in output for marker in _EXPIRED_TOKEN_MARKERS):
             log.warning("the token expired before kubeadm could use it; asking for a new one")
             self._report("progress", "token expired before join; fetching a new token")
+            self.paths.discard(self.paths.issued_token)
             self.paths.discard(self.paths.join_started)  # nothing was joined: no reset needed before the retry
             return RETRY_NOW
         log.error("kubeadm join failed: %s", result.summary())
-        self._report("failed", "kubeadm join failed: " + result.summary())
+        self._report_problem("kubeadm join failed: " + result.summary())
         self._kubeadm_reset()
         return RETRY_LATER
 
+    def _kubelet_patches(self):
+        """The kubeadm patch directory when the kubelet needs another resolv.conf than kubeadm's, else None."""
+        resolv_conf = self.setup.kubelet_resolv_conf()
+        if resolv_conf is None:
+            return None
+        log.info("no systemd-resolved on this node: the kubelet reads %s", resolv_conf)
+        if not os.path.isdir(self.paths.kubeadm_patches):
+            os.makedirs(self.paths.kubeadm_patches, mode=0o700)
+        self.paths.write_private(os.path.join(self.paths.kubeadm_patches, joinconfig.KUBELET_PATCH),
+                                 joinconfig.kubelet_patch(resolv_conf))
+        return self.paths.kubeadm_patches
+
     def _kubeadm_reset(self):
-        socket = joinconfig.CRI_SOCKETS[self.config.get("runtime", "containerd")]
+        socket = RUNTIMES[self.config["runtime"]].cri_socket
         self.commands.run(["kubeadm", "reset", "-f", "--cri-socket", socket], timeout=300)
         self.paths.discard(self.paths.join_started)
 
     def _finish(self):
         self.paths.mark_done({"node": self.config["node"], "joined": True})
         self.paths.discard(self.paths.join_started)
+        self.paths.discard(self.paths.issued_token)
         log.info("node %s joined the cluster", self.config["node"])
         for _ in range(5):
             if self._report("joined"):
                 break
             self.sleep(self.backoff.next_delay())
-        return JOINED
+        return DONE
+
+    def _report_problem(self, message):
+        """Report a failure, once per change of its text (the same failure again is only logged)."""
+        if message != self.reported_problem and self._report("failed", message):
+            self.reported_problem = message
 
     def _report(self, state, message=""):
         """Best effort: a lost report never stops the node."""
@@ -189,21 +257,7 @@ class FirstBootAgent(object):
 
 def configure_logging(log_file):
     """Agent log to stderr (the journal) and <root>/var/lib/pi-image/firstboot.log, tokens redacted."""
-    formatter = logging.Formatter("%(asctime)s %(name)s: %(message)s")
-    handlers = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)]
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(_redact_record)
-    root = logging.getLogger("pi-image")
-    root.handlers = handlers
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
-def _redact_record(record):
-    record.msg = protocol.redact(record.getMessage())
-    record.args = None
-    return True
+    log_to(logging.FileHandler(log_file))
 
 
 def main(argv=None):

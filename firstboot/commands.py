@@ -1,6 +1,7 @@
 """The one seam through which firstboot code runs external commands.
 
-kubeadm, kubectl, modprobe, sysctl, swapoff, apt-get, apt-mark, systemctl and ip are all reached through
+kubeadm, kubectl, modprobe, swapoff, apt-get, apt-mark, dpkg, dpkg-query, ctr, containerd, journalctl, systemctl
+and ip are all reached through
 `CommandRunner.run()`, which looks the tool up on PATH (tests put recording stand-ins there), logs the command with
 anything token-shaped redacted, and never raises for a failing or missing tool: callers decide what a failure means.
 """

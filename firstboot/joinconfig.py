@@ -2,17 +2,16 @@
 
 v1beta4 (kubeadm >= 1.31) takes kubeletExtraArgs as a list of name/value pairs; v1beta3 (1.22-1.35) as a map.
 Written as YAML by hand (standard library only): block structure with every scalar JSON-quoted, which YAML reads as
-a double-quoted string.
+a double-quoted string. A kubelet that must read another resolv.conf than kubeadm gives it gets a kubeadm patch
+(`patches.directory`, target kubeletconfiguration, kubeadm >= 1.25): see LocalSetup.kubelet_resolv_conf().
 """
 
 import json
 
 from . import protocol
+from .runtime import RUNTIMES
 
-CRI_SOCKETS = {
-    "containerd": "unix:///var/run/containerd/containerd.sock",
-    "docker": "unix:///var/run/cri-dockerd.sock",
-}
+KUBELET_PATCH = "kubeletconfiguration+strategic.yaml"
 
 
 def api_version_for(kubernetes_version):
@@ -21,20 +20,29 @@ def api_version_for(kubernetes_version):
         else "kubeadm.k8s.io/v1beta3"
 
 
-def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime):
-    """The JoinConfiguration as a dict."""
+def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime,
+                       patches=None):
+    """The JoinConfiguration as a dict; `patches` is the directory of kubeadm patches, if any."""
     api_version = api_version_for(kubernetes_version)
     if api_version.endswith("v1beta4"):
         extra_args = [{"name": "node-ip", "value": node_ip}]
     else:
         extra_args = {"node-ip": node_ip}
-    return {
+    config = {
         "apiVersion": api_version,
         "kind": "JoinConfiguration",
         "discovery": {"bootstrapToken": {
             "apiServerEndpoint": api_server, "token": token, "caCertHashes": list(ca_cert_hashes)}},
-        "nodeRegistration": {"name": node, "criSocket": CRI_SOCKETS[runtime], "kubeletExtraArgs": extra_args},
+        "nodeRegistration": {"name": node, "criSocket": RUNTIMES[runtime].cri_socket, "kubeletExtraArgs": extra_args},
     }
+    if patches:
+        config["patches"] = {"directory": patches}
+    return config
+
+
+def kubelet_patch(resolv_conf):
+    """The text of KUBELET_PATCH: the kubelet reads `resolv_conf` for its pods' DNS."""
+    return to_yaml({"resolvConf": resolv_conf}) + "\n"
 
 
 def to_yaml(value, indent=0):
@@ -65,7 +73,8 @@ def _scalar(value):
     return json.dumps(value)
 
 
-def render(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime):
+def render(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime, patches=None):
     """The JoinConfiguration file's text."""
-    config = join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime)
+    config = join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime,
+                                patches)
     return to_yaml(config) + "\n"

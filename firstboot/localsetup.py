@@ -1,32 +1,39 @@
-"""Step 1 of first boot: make this machine able to run a kubelet. Every step is safe to repeat after a reboot."""
+"""Step 1 of first boot: make this machine able to run a kubelet. Every step is safe to repeat after a reboot.
+
+Kernel modules and sysctls come from the files the build wrote (overlays/k8s-kernel: the one list of them); the
+sysctls are written to /proc/sys directly, since a `sysctl` binary (procps) may be absent. The container runtime
+and kubelet/kubeadm/kubectl are installed in one apt transaction when any is missing (packages.py), then the
+runtime is started and checked (runtime.py).
+"""
 
 import errno
 import logging
 import os
+import time
+
+from .errors import SetupFailed
+from .packages import Apt
+from .runtime import RUNTIMES, RuntimeCheck
 
 log = logging.getLogger("pi-image.agent")
 
-KERNEL_MODULES = ("overlay", "br_netfilter")
-SYSCTLS = ("net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1", "net.ipv4.ip_forward=1")
+MODULES_CONF = "/etc/modules-load.d/k8s.conf"
+SYSCTL_CONF = "/etc/sysctl.d/k8s.conf"
 KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
 # Written by pi-image when it built this tree as a normal user (builder/image/tree.py): "uid<TAB>gid<TAB>/path" lines.
 OWNER_MAP = "/etc/pi-image/owners.tsv"
 
 
-class SetupFailed(Exception):
-    """Local setup cannot finish; `retry` says whether trying again later can help (network) or not (kernel)."""
-
-    def __init__(self, message, retry):
-        Exception.__init__(self, message)
-        self.retry = retry
-
-
 class LocalSetup(object):
-    """Modules, sysctls, swap, cgroup check, resolver check and the kube packages, for the system under `root`."""
+    """Modules, sysctls, swap, cgroup check, the runtime and the kube packages, for the system under `root`."""
 
-    def __init__(self, root, commands):
+    def __init__(self, root, commands, runtime="containerd", runtime_packages=(), sleep=time.sleep):
         self.root = root
         self.commands = commands
+        self.runtime = RuntimeCheck(RUNTIMES[runtime], commands, root, sleep)
+        self.runtime_packages = list(runtime_packages)
+        self.apt = Apt(commands, sleep)
 
     def path(self, absolute):
         return os.path.join(self.root, absolute.lstrip("/"))
@@ -35,7 +42,7 @@ class LocalSetup(object):
         """Apply every step; returns warnings (already logged), raises SetupFailed when a step cannot succeed."""
         warnings = []
         for step in (self.apply_owner_map, self.load_modules, self.apply_sysctls, self.turn_swap_off,
-                     self.check_memory_cgroup, self.check_resolver, self.install_kube_packages):
+                     self.check_memory_cgroup, self.install_packages):
             warning = step()
             if warning:
                 log.warning("%s", warning)
@@ -76,14 +83,37 @@ class LocalSetup(object):
             return "{}: ignored {}".format(OWNER_MAP, "; ".join(refused[:10]))
 
     def load_modules(self):
-        failed = [name for name in KERNEL_MODULES if not self.commands.run(["modprobe", name]).ok]
+        names = self._settings(MODULES_CONF)
+        if names is None:
+            return "{} is missing: kubeadm's preflight will fail without overlay and br_netfilter".format(MODULES_CONF)
+        failed = [name for name in names if not self.commands.run(["modprobe", name]).ok]
         if failed:
             return "could not load kernel module(s) {}: kubeadm's preflight will fail".format(", ".join(failed))
 
     def apply_sysctls(self):
-        result = self.commands.run(["sysctl", "-w"] + list(SYSCTLS))
-        if not result.ok:
-            return "could not apply sysctls {}: {}".format(" ".join(SYSCTLS), result.summary())
+        """Each `key = value` of the build's sysctl file, written to /proc/sys/<key with dots as slashes>."""
+        lines = self._settings(SYSCTL_CONF)
+        if lines is None:
+            return "{} is missing: the Kubernetes sysctls are not set".format(SYSCTL_CONF)
+        failed = []
+        for line in lines:
+            key, _, value = (part.strip() for part in line.partition("="))
+            try:
+                with open(self.path("/proc/sys/" + key.replace(".", "/")), "w") as handle:
+                    handle.write(value + "\n")
+            except OSError as err:
+                failed.append("{} ({})".format(key, err.strerror or err))
+        if failed:
+            return "could not set sysctl(s) {}".format(", ".join(failed))
+
+    def _settings(self, absolute):
+        """The non-comment lines of a modules-load.d / sysctl.d file, or None if it does not exist."""
+        try:
+            with open(self.path(absolute)) as handle:
+                lines = [line.strip() for line in handle]
+        except FileNotFoundError:
+            return None
+        return [line for line in lines if line and not line.startswith(("#", ";"))]
 
     def turn_swap_off(self):
         self.commands.run(["swapoff", "-a"])
@@ -106,29 +136,30 @@ class LocalSetup(object):
                 "cgroup_enable=memory cgroup_memory=1 did not take effect (check that cmdline.txt on the boot "
                 "partition is one line containing them, or extlinux.conf's APPEND on Jetson, then reboot)", retry=False)
 
-    def check_resolver(self):
-        """Kali does not run systemd-resolved by default, but kubeadm points the kubelet at its resolv.conf."""
-        if _os_release(self.path("/etc/os-release")).get("ID") != "kali":
-            return None
-        resolved = self.path("/run/systemd/resolve/resolv.conf")
-        if not os.path.exists(resolved):
-            self.commands.run(["systemctl", "enable", "--now", "systemd-resolved"])
-        if not os.path.exists(resolved):
-            return "/run/systemd/resolve/resolv.conf is missing: enable systemd-resolved or the kubelet cannot resolve"
-
-    def install_kube_packages(self):
-        """Install kubelet/kubeadm/kubectl if missing (the image's apt pin picks the version), then hold them."""
-        if not all(self.commands.available(tool) for tool in KUBE_PACKAGES):
+    def install_packages(self):
+        """Install what is missing of the runtime and kubelet/kubeadm/kubectl (the image's apt pin picks the kube
+        version), (re)start the runtime if it was just installed or is not ready, hold the kube packages."""
+        missing = self.apt.missing(self.runtime_packages + list(KUBE_PACKAGES))
+        if missing:
             if not self.commands.available("apt-get"):
-                raise SetupFailed("kubelet/kubeadm/kubectl are missing and there is no apt-get to install them",
+                raise SetupFailed("{} missing and there is no apt-get to install them".format(", ".join(missing)),
                                   retry=False)
-            for argv in (["apt-get", "update"], ["apt-get", "install", "-y"] + list(KUBE_PACKAGES)):
-                result = self.commands.run(argv, timeout=1800)
-                if not result.ok:
-                    raise SetupFailed("{} failed: {}".format(" ".join(argv), result.summary()), retry=True)
+            self.apt.install(missing)
+        self.runtime.start(restart=any(package in missing for package in self.runtime_packages))
         if self.commands.available("apt-mark"):
             self.commands.run(["apt-mark", "hold"] + list(KUBE_PACKAGES))
         self.commands.run(["systemctl", "enable", "kubelet"])
+
+    def kubelet_resolv_conf(self):
+        """The resolv.conf the kubelet must read instead of kubeadm's choice, or None to keep that choice.
+
+        kubeadm points the kubelet at systemd-resolved's file wherever resolved runs on the control plane. A node
+        without systemd-resolved (Kali may lack it: a separate package since Debian 12) would then give its pods
+        a resolv.conf that does not exist; it gets /etc/resolv.conf, which its network manager keeps, instead.
+        (Installing resolved at first boot would take /etc/resolv.conf from that network manager mid-setup.)"""
+        if os.path.exists(self.path(RESOLVED_RESOLV_CONF)):
+            return None
+        return "/etc/resolv.conf"
 
     def kubeadm_version(self):
         """The local kubeadm's version ('v1.31.4'), or '' if it cannot say."""

@@ -3,16 +3,23 @@
 node.json (written by the build, mode 0600, root:root) — the keys are defined by builder.cluster.node_config():
 
     node, role, kubernetes_version, runtime                    always (local setup)
+    runtime_packages                                           apt packages that provide the runtime when it is
+                                                               missing (may be empty or absent: nothing to install)
     endpoint, endpoint_fingerprint, credential,                only when the image was built for a cluster
     api_server, node_subnet
+
+The agent's state (AgentPaths): firstboot.done (the unit's condition), join-started (a join was under way),
+issued-token.json (a join token still valid, 0600, deleted once joined), kubeadm-patches/, firstboot.log.
 """
 
 import json
 import os
 
+from .runtime import RUNTIMES
+
 LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
 CLUSTER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
-RUNTIMES = ("containerd", "docker")
+ROLES = ("worker", "control-plane")
 
 
 class ConfigError(Exception):
@@ -36,8 +43,13 @@ def load_node_config(path):
     if missing:
         raise ConfigError("{}: missing key(s) {}".format(path, ", ".join(missing)))
     if config["runtime"] not in RUNTIMES:
-        raise ConfigError("{}: runtime must be one of {}, not {!r}".format(path, ", ".join(RUNTIMES),
+        raise ConfigError("{}: runtime must be one of {}, not {!r}".format(path, ", ".join(sorted(RUNTIMES)),
                                                                          config["runtime"]))
+    if config.setdefault("role", "worker") not in ROLES:
+        raise ConfigError("{}: role must be one of {}, not {!r}".format(path, ", ".join(ROLES), config["role"]))
+    packages = config.setdefault("runtime_packages", [])
+    if not isinstance(packages, list) or not all(isinstance(name, str) and name for name in packages):
+        raise ConfigError("{}: runtime_packages must be a list of package names".format(path))
     return config
 
 
@@ -50,6 +62,8 @@ class AgentPaths(object):
         self.done = os.path.join(self.state_dir, "firstboot.done")
         self.join_started = os.path.join(self.state_dir, "join-started")
         self.join_config = os.path.join(self.state_dir, "join-config.yaml")
+        self.issued_token = os.path.join(self.state_dir, "issued-token.json")
+        self.kubeadm_patches = os.path.join(self.state_dir, "kubeadm-patches")
         self.log_file = os.path.join(self.state_dir, "firstboot.log")
         self.node_config = os.path.join(self.root, "etc/pi-image/node.json")
 

@@ -12,11 +12,11 @@ first refusal at once and then at most one summary line per interval.
 import logging
 import logging.handlers
 import os
-import sys
 import threading
 import time
 
 from .. import protocol
+from ..logsetup import log_to
 
 audit_log = logging.getLogger("pi-image.audit")
 
@@ -92,16 +92,6 @@ class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 def configure_logging(state_dir, verbose=False, max_bytes=AUDIT_LOG_BYTES):
     """Decisions to stderr and to <state_dir>/audit.log (0600, rotated at `max_bytes`); tokens redacted on the way."""
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    formatter = logging.Formatter("%(asctime)s %(name)s: %(message)s")
-    handlers = [logging.StreamHandler(sys.stderr),
-                _PrivateRotatingFileHandler(os.path.join(state_dir, AUDIT_LOG_NAME), maxBytes=max_bytes,
-                                            backupCount=AUDIT_LOG_BACKUPS, encoding="utf-8")]
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(protocol.redact_record)
-    root = logging.getLogger("pi-image")
-    for handler in root.handlers:
-        handler.close()
-    root.handlers = handlers
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    log_to(_PrivateRotatingFileHandler(os.path.join(state_dir, AUDIT_LOG_NAME), maxBytes=max_bytes,
+                                       backupCount=AUDIT_LOG_BACKUPS, encoding="utf-8"),
+           logging.DEBUG if verbose else logging.INFO)

@@ -19,18 +19,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # join_fakes
 
-TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "chroot")
+TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "chroot",
+         "apt-ftparchive", "gpg", "dpkg-deb")
 REPO = Path(__file__).resolve().parents[2]
-KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"
 FIGURES: dict = {"boots": []}
-SHARED_GUEST_MODULES = {"test_boot_joins.py"}
-# Added to the rootfs with guest/test-tools/ before the build: the stand-ins ahead of the real apt on PATH, the
-# monitor unit enabled; masked, what a headless guest without a screen does not need and TCG pays seconds for.
+SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py"}
+# Added to the rootfs with guest/test-tools/ before the build: the monitor and package-lock units enabled; masked,
+# what a headless guest without a screen does not need and TCG pays seconds for.
 GUEST_LINKS = {
-    "/usr/local/bin/apt-get": "/usr/local/lib/pi-image-test/standin",
-    "/usr/local/bin/apt-mark": "/usr/local/lib/pi-image-test/standin",
     "/etc/systemd/system/multi-user.target.wants/pi-image-test-monitor.service":
         "/etc/systemd/system/pi-image-test-monitor.service",
+    "/etc/systemd/system/multi-user.target.wants/pi-image-test-package-locks.service":
+        "/etc/systemd/system/pi-image-test-package-locks.service",
     "/etc/systemd/system/getty@tty1.service": "/dev/null",
     "/etc/systemd/system/getty-static.service": "/dev/null",
     "/etc/systemd/system/e2scrub_reap.service": "/dev/null",
@@ -51,46 +51,114 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def node_build(tmp_path_factory, request):
-    """`pi-image build --profile worker-8g --cluster DIR --node pi-worker1` on the Ubuntu-layout Debian rootfs."""
-    from join_fakes.harness import make_ca
+def archive(tmp_path_factory):
+    """The signed apt archive (real containerd/runc, stand-in kube packages) served on 127.0.0.1 for the session."""
+    from apt_repo import AptRepository, SigningKey, runtime_debs, standin_debs
+    from lab import free_port
+    from rootfs import cached_rootfs
 
-    from lab import NODE, NodeBuild, free_port, pi_image
-    from rootfs import cached_rootfs, rootfs_facts
-    from ubuntu_layout import make_image, stage_tree
-
-    base = tmp_path_factory.mktemp("node-build")
+    base = tmp_path_factory.mktemp("archive")
     figures = FIGURES.setdefault("build", {})
     started = time.monotonic()
     rootfs = cached_rootfs()
     figures["rootfs_seconds"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
+    repo = AptRepository(base / "repo", SigningKey(base / "gnupg"), runtime_debs(rootfs),
+                         standin_debs(base / "standins"))
+    repo.port = free_port()
+    repo.serve(repo.port)
+    figures["archive_seconds"] = round(time.monotonic() - started, 1)
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="session")
+def base_images(tmp_path_factory, archive):
+    """Ubuntu-layout images of the cached Debian rootfs with the test tools and the archive's apt sources:
+
+        stock         no container runtime, no kube packages: first boot installs them, as on every stock Pi image
+        preinstalled  the same .debs (containerd, runc, kube 1.31) installed beforehand by apt in a chroot, as on a
+                      Jetson image that ships its runtime; for the stories about the join protocol, which then skip
+                      a minute and a half of emulated dpkg
+    """
+    from apt_repo import KUBE_VERSIONS
+    from rootfs import cached_rootfs, rootfs_facts
+    from ubuntu_layout import install_debs, make_image, stage_tree
+
+    base = tmp_path_factory.mktemp("base-image")
+    figures = FIGURES.setdefault("build", {})
+    rootfs = cached_rootfs()
     facts = rootfs_facts(rootfs)
     figures["rootfs_made"] = {key: facts.get(key) for key in ("key", "debootstrap_seconds", "total_seconds")}
-
-    started = time.monotonic()
     tools = Path(__file__).parent / "guest" / "test-tools"
-    stage = stage_tree(rootfs, [(tools, GUEST_LINKS)], base / "stage")
-    base_image = make_image(stage, base / "ubuntu-22.04-raspi-like.img")
-    shutil.rmtree(stage)
-    figures["base_image_seconds"] = round(time.monotonic() - started, 1)
+    overlays = [(tools, GUEST_LINKS), (archive.guest_files(base / "apt", archive.port), {})]
+    images = {}
+    for name in ("stock", "preinstalled"):
+        started = time.monotonic()
+        stage = stage_tree(rootfs, overlays, base / f"stage-{name}", copy=name == "preinstalled")
+        if name == "preinstalled":
+            install_debs(stage, archive.debs(KUBE_VERSIONS[-1]))
+        images[name] = make_image(stage, base / f"ubuntu-22.04-raspi-like-{name}.img")
+        shutil.rmtree(stage)
+        figures[f"base_image_{name}_seconds"] = round(time.monotonic() - started, 1)
+    yield images
+    for image in images.values():
+        image.unlink()
 
+
+def build_node(base_image: Path, archive, dest: Path, version: str = "1.31", profile: str = "worker-8g",
+               node: str | None = None, init_args: tuple[str, ...] = (), add_args: tuple[str, ...] = (),
+               build_args: tuple[str, ...] = ()):
+    """`pi-image cluster init/add-node` + `pi-image build --cluster DIR --node NODE` of `base_image` into `dest`:
+    a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube repository the test archive.
+    `init_args`, `add_args` and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
+    from join_fakes.harness import make_ca
+
+    from lab import NODE, NodeBuild, free_port, pi_image
+
+    node = node or NODE
+    dest.mkdir(parents=True, exist_ok=True)
     api_port, endpoint_port = free_port(), free_port()
-    cluster_dir = base / "cluster"
+    cluster_dir = dest / "cluster"
     pi_image("cluster", "init", str(cluster_dir), "--api-server", f"10.0.2.2:{api_port}",
-             "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", "1.31", "--node-subnet", "10.0.2.0/24")
-    pi_image("cluster", "add-node", str(cluster_dir), NODE, "--profile", "worker-8g")
-    ca_cert = base / "ca.crt"
+             "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", version, "--node-subnet", "10.0.2.0/24",
+             *init_args)
+    pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args)
+    ca_cert = dest / "ca.crt"
     ca_hash = make_ca(ca_cert)
-
     started = time.monotonic()
-    image = base / f"{NODE}.img"
-    pi_image("build", "--profile", "worker-8g", "--base", str(base_image), "--cluster", str(cluster_dir),
-             "--node", NODE, "--kube-key", str(KUBE_KEY), "-o", str(image))
-    figures["pi_image_build_seconds"] = round(time.monotonic() - started, 1)
-    base_image.unlink()
-    yield NodeBuild(image, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures)
+    image = dest / f"{node}.img"
+    pi_image("build", "--profile", profile, "--base", str(base_image), "--cluster", str(cluster_dir), "--node", node,
+             "--kube-key", str(archive.key.armored), "--set", f"kube_repo_url={archive.kube_repo_url(archive.port)}",
+             "--no-login", *build_args, "-o", str(image))
+    figures = {"pi_image_build_seconds": round(time.monotonic() - started, 1)}
+    return NodeBuild(image, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures, node, version)
+
+
+@pytest.fixture(scope="session")
+def build_for(base_images, archive, tmp_path_factory, request):
+    """Factory: the node build of one base image ("stock" or "preinstalled") for a set of build_node() options,
+    made once per session."""
+    builds = {}
+
+    def build(base="stock", **options):
+        key = json.dumps([base, options], sort_keys=True)
+        if key not in builds:
+            builds[key] = build_node(base_images[base], archive, tmp_path_factory.mktemp("node-build"), **options)
+            FIGURES.setdefault("builds", []).append(dict(builds[key].figures, base=base, options=options))
+        return builds[key]
+
+    yield build
     if not request.session.testsfailed:
-        image.unlink()  # images are large; after a failure they stay for a look
+        for made in builds.values():
+            made.image.unlink()  # images are large; after a failure they stay for a look
+
+
+@pytest.fixture(scope="module")
+def node_build(request, build_for):
+    """What a test module's stories boot: the build its BUILD dict asks for (build_for's arguments), else
+    `pi-image build --profile worker-8g --cluster DIR --node pi-worker1` at Kubernetes 1.31 of the stock base."""
+    return build_for(**getattr(request.module, "BUILD", {}))
 
 
 @pytest.fixture
@@ -170,7 +238,8 @@ def pytest_testnodedown(node, error):
     worker = json.loads(node.workeroutput.get("system_figures", "{}") or "{}")
     FIGURES["boots"] += worker.get("boots", [])
     if "build" in worker:
-        FIGURES.setdefault("builds", []).append(worker["build"])
+        FIGURES.setdefault("workers", []).append(worker["build"])
+    FIGURES.setdefault("builds", []).extend(worker.get("builds", []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

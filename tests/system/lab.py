@@ -23,11 +23,14 @@ from pathlib import Path
 
 from join_fakes.harness import FakeCluster
 
+from apt_repo import kube_release
 from builder.run import run
 from qemu_guest import BootFiles, Guest
 from ubuntu_layout import read_root_file
 
 NODE = "pi-worker1"
+GUEST_TIMEOUT = 480  # seconds of uptime after which the guest's monitor reports and powers off by itself
+BOOT_TIMEOUT = GUEST_TIMEOUT + 180  # host side: QEMU start to power-off
 RESULTS = "/var/lib/pi-image-test"
 TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 
@@ -54,6 +57,8 @@ class NodeBuild:
     api_port: int
     endpoint_port: int
     figures: dict = field(default_factory=dict)
+    node: str = NODE
+    kubernetes_version: str = "1.31"
 
 
 class FakeApiServer:
@@ -130,6 +135,7 @@ class SystemLab:
 
     def __init__(self, base: Path, build: NodeBuild):
         self.base = base
+        self.build = build
         self.cluster_dir = base / "cluster"
         shutil.copytree(build.cluster_dir, self.cluster_dir)
         self.image = base / "node.img"
@@ -137,15 +143,22 @@ class SystemLab:
         self.boot_files = BootFiles(self.image, base)
         self.fake = FakeCluster(base)
         self.fake.knob("expected_ca_hash", build.ca_hash)
+        self.fake.knob("cluster_version", kube_release(build.kubernetes_version))  # what the API server runs
         self.api = FakeApiServer(self.fake, build.api_port, base / "apiserver.log")
         self.api.start()
         self.endpoint = TokenEndpoint(self.cluster_dir, self.fake, build.ca_cert, build.endpoint_port)
         self.guests: list[Guest] = []
 
-    def boot(self, kernel_args: tuple[str, ...] = (), **knobs: str) -> Guest:
-        """Power the node on; `knobs` become pitest.KEY=VALUE on the kernel command line (see guest/test-tools)."""
+    def boot(self, kernel_args: tuple[str, ...] = (), rtc_base: str | None = None, cloud_init: bool = False,
+             **knobs: str) -> Guest:
+        """Power the node on; `knobs` become pitest.KEY=VALUE on the kernel command line (see guest/test-tools).
+
+        cloud-init (which applies the build's seed on system-boot, as on Ubuntu) runs only with `cloud_init`: it
+        costs a minute of emulated CPU per boot, and only the static-network story needs what it does."""
+        knobs.setdefault("timeout", GUEST_TIMEOUT)
+        kernel_args = (*kernel_args, *(() if cloud_init else ("cloud-init=disabled",)))
         guest = Guest(self.image, self.boot_files, self.base / f"serial-{len(self.guests) + 1}.log", knobs,
-                      kernel_args)
+                      kernel_args, rtc_base=rtc_base)
         self.guests.append(guest)
         return guest.start()
 
@@ -155,15 +168,22 @@ class SystemLab:
         self.endpoint.stop()
         self.api.stop()
 
-    def status(self, node: str = NODE) -> dict:
-        """This node's entry in `pi-image status --cluster DIR --json`."""
+    def status(self) -> dict:
+        """The node's entry in `pi-image status --cluster DIR --json`."""
         rows = json.loads(pi_image("status", "--cluster", str(self.cluster_dir), "--json").stdout)
-        return next(row for row in rows if row["node"] == node)
+        return next(row for row in rows if row["node"] == self.build.node)
 
     def audit_decisions(self) -> list[str]:
         """The endpoint's audit log, one `decision=...` word per line."""
-        text = (self.cluster_dir / "state" / "audit.log").read_text()
-        return [line.split("decision=", 1)[1].split()[0] for line in text.splitlines() if "decision=" in line]
+        return [line.split("decision=", 1)[1].split()[0] for line in self._audit() if "decision=" in line]
+
+    def _audit(self) -> list[str]:
+        path = self.cluster_dir / "state" / "audit.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def tokens_issued(self) -> list[str]:
+        """The ids of the bootstrap tokens the endpoint minted, in order (from its audit log)."""
+        return [line.split("token_id=", 1)[1].split()[0] for line in self._audit() if "decision=token-issued" in line]
 
     def guest_file(self, path: str) -> str | None:
         """A file of the powered-off guest's root filesystem, read with debugfs."""

@@ -48,7 +48,8 @@ class Guest:
     """One power-on: QEMU running with the serial console captured to a file, under a hard time limit."""
 
     def __init__(self, image: Path, boot: BootFiles, serial: Path, knobs: dict[str, str] | None = None,
-                 kernel_args: tuple[str, ...] = (), memory_mib: int = 1024):
+                 kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None):
+        """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time)."""
         self.image = image
         self.serial_path = serial
         self.cmdline = " ".join([boot.cmdline, *TEST_ARGS, *kernel_args] +
@@ -62,7 +63,7 @@ class Guest:
             "-netdev", "user,id=other,net=10.0.3.0/24", "-device", "virtio-net-pci,netdev=other",
             "-netdev", "user,id=cluster", "-device", "virtio-net-pci,netdev=cluster",
             "-device", "virtio-rng-pci",
-        ]
+        ] + (["-rtc", f"base={rtc_base}"] if rtc_base else [])
         self.process: subprocess.Popen | None = None
         self.started = 0.0
         self.ended: float | None = None

@@ -22,8 +22,11 @@ from builder.run import run
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-PACKAGES = ("systemd", "systemd-sysv", "udev", "python3", "iproute2", "kmod", "procps", "e2fsprogs", "dosfstools",
-            "linux-image-amd64", "initramfs-tools")
+# No procps (no `sysctl` binary: the agent must not need one), no container runtime (the agent installs it), but
+# systemd-timesyncd (a Pi's clock comes from NTP) and cloud-init + netplan.io (how Ubuntu raspi applies its seed;
+# python3-cffi-backend: debootstrap does not resolve the virtual package python3-cryptography needs).
+PACKAGES = ("systemd", "systemd-sysv", "systemd-timesyncd", "udev", "python3", "iproute2", "kmod", "e2fsprogs",
+            "dosfstools", "linux-image-amd64", "initramfs-tools", "cloud-init", "python3-cffi-backend", "netplan.io")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 UBUNTU_FILES = Path(__file__).parent / "guest" / "ubuntu"
 # Bump when prepare() changes in a way the files of guest/ubuntu/ do not show.

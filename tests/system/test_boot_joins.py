@@ -1,17 +1,17 @@
-"""Flash it, power it on, it joins: a built image boots under real systemd and joins through the real endpoint.
-
-Then it is rebooted, and nothing happens again. The tests are one story told in order: they share the guest
-(conftest.SHARED_GUEST_MODULES keeps them in one pytest-xdist worker).
+"""Flash it, power it on, it joins: a built image boots under real systemd, installs its container runtime and the
+kube packages with the real apt from a signed archive, starts the real containerd with pi-image's configuration,
+and joins through the real endpoint. Then it is rebooted, and nothing happens again. The tests are one story told
+in order: they share the guest (conftest.SHARED_GUEST_MODULES keeps them in one pytest-xdist worker).
 """
 
 import json
 
 import pytest
 
-from lab import NODE
+from lab import BOOT_TIMEOUT, NODE
+from ubuntu_layout import read_root_file
 
 pytestmark = pytest.mark.system
-BOOT_TIMEOUT = 300  # the guest gives up by itself after 200 s of uptime (monitor.py)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,14 @@ def test_power_on_joins_with_the_cluster_subnet_address_and_retires_its_token(fi
     assert join["node_ip"] == "10.0.2.15", "the address in the cluster's node subnet, not the first NIC's"
     assert any(" 10.0.3.15/24 " in line for line in report["addresses"][:2]), report["addresses"]
     assert join["config"]["apiVersion"] == "kubeadm.k8s.io/v1beta4"
-    [create] = lab.fake.calls("kubeadm", "token", "create")
-    token_id = create[2].split(".")[0]
+    [token_id] = lab.tokens_issued()
     assert join["config"]["discovery"]["bootstrapToken"]["token"].startswith(token_id + ".")
     assert lab.fake.cluster()["tokens"] == {}, "the node's token is deleted once it reports joined"
-    assert lab.fake.calls("kubeadm", "token", "delete", token_id)
     assert lab.fake.cluster()["nodes"] == {NODE: "Ready"}
     assert lab.audit_decisions() == ["token-issued", "report-joined"]
 
 
-def test_first_boot_prepares_the_kernel_and_packages_before_joining(first_boot):
+def test_first_boot_prepares_the_kernel_before_joining(first_boot):
     lab, guest = first_boot
     report = lab.guest_report(1)
 
@@ -59,10 +57,27 @@ def test_first_boot_prepares_the_kernel_and_packages_before_joining(first_boot):
     assert report["hostname"].strip() == NODE
     assert report["unit"]["Result"] == "success" and report["unit"]["ExecMainStatus"] == "0"
     assert json.loads(report["done"]) == {"joined": True, "node": NODE}
-    calls = lab.guest_calls()
-    assert ["update"] in calls and ["install", "-y", "kubelet", "kubeadm", "kubectl"] in calls
+    assert "command not found" not in lab.guest_file("/var/lib/pi-image/firstboot.log"), "no sysctl binary needed"
     assert [args[0] for args in lab.guest_calls("kubeadm")] == ["version", "join"]
     assert f"node {NODE} joined the cluster" in guest.serial
+
+
+def test_first_boot_installs_and_starts_the_real_containerd_with_pi_images_config(first_boot, node_build):
+    lab, guest = first_boot
+    report = lab.guest_report(1)
+
+    packages = {line.split()[0]: line.split()[1:] for line in report["packages"]}
+    assert packages["containerd"][0].startswith("1.6.") and packages["containerd"][1] == "ii", report["packages"]
+    assert packages["runc"][1] == "ii"
+    assert packages["kubeadm"] == ["1.31.4-1.1", "hi"], "the pin chose 1.31 out of 1.30 and 1.31; held"
+    runtime = report["runtime"]
+    assert runtime["is_active"] == "active"
+    assert "Server:" in runtime["ctr_version"] and "Version:" in runtime["ctr_version"], runtime["ctr_version"]
+    assert "SystemdCgroup = true" in runtime["systemd_cgroup"]
+    built = read_root_file(node_build.image, "/etc/containerd/config.toml")
+    assert lab.guest_file("/etc/containerd/config.toml").encode() == built, "dpkg kept pi-image's config.toml"
+    assert lab.guest_file("/etc/containerd/config.toml.dpkg-dist") is not None, "...and set the package's aside"
+    assert "containerd answers on /var/run/containerd/containerd.sock" in guest.serial
 
 
 def test_no_token_is_left_on_the_device_or_its_console(first_boot):
@@ -72,6 +87,7 @@ def test_no_token_is_left_on_the_device_or_its_console(first_boot):
     places = {"serial console": guest.serial, "agent log": lab.guest_file("/var/lib/pi-image/firstboot.log"),
               "journal": lab.guest_file("/var/lib/pi-image-test/boot-1.journal")}
     assert lab.guest_file("/var/lib/pi-image/join-config.yaml") is None
+    assert lab.guest_file("/var/lib/pi-image/issued-token.json") is None, "the kept token goes once joined"
     for place, text in places.items():
         assert text and not any(secret in text for secret in secrets), f"a token secret is in the {place}"
 

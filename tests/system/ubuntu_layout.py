@@ -24,11 +24,15 @@ BOOT_SIZE = 256 * MIB
 SYSTEM_BOOT = Path(__file__).parent / "guest" / "system-boot"
 
 
-def stage_tree(rootfs: Path, overlays: list[tuple[Path, dict[str, str]]], stage: Path) -> Path:
-    """A copy of `rootfs` (hard links: the cache is never written) with each overlay's files and symlinks added."""
+def stage_tree(rootfs: Path, overlays: list[tuple[Path, dict[str, str]]], stage: Path, copy: bool = False) -> Path:
+    """A copy of `rootfs` with each overlay's files and symlinks added: hard links (the cache is never written
+    through them: overlay files replace, not overwrite), or a real copy with `copy` (for a stage that dpkg will
+    change in place)."""
     try:
+        if copy:
+            raise ToolError("a real copy was asked for")
         run(["cp", "-al", str(rootfs), str(stage)])
-    except ToolError:  # on another filesystem than the cache: a real copy
+    except ToolError:  # asked for, or on another filesystem than the cache: a real copy
         shutil.rmtree(stage, ignore_errors=True)
         run(["cp", "-a", str(rootfs), str(stage)])
     for files, links in overlays:
@@ -44,6 +48,17 @@ def stage_tree(rootfs: Path, overlays: list[tuple[Path, dict[str, str]]], stage:
             path.unlink(missing_ok=True)
             os.symlink(points_to, path)
     return stage
+
+
+def install_debs(stage: Path, debs: list[Path]) -> None:
+    """Install `debs` into the staged tree with its own apt (chroot), as an image vendor would before shipping it."""
+    inside = stage / "tmp" / "pi-image-test-debs"
+    inside.mkdir(parents=True)
+    for deb in debs:
+        shutil.copyfile(deb, inside / deb.name)
+    run(["chroot", str(stage), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+         *(f"/tmp/pi-image-test-debs/{deb.name}" for deb in debs)], env={"DEBIAN_FRONTEND": "noninteractive"})
+    shutil.rmtree(inside)
 
 
 def make_image(stage: Path, dest: Path, headroom: int = 512 * MIB) -> Path:

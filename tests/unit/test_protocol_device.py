@@ -1,20 +1,27 @@
-"""Device-side pieces of the join: node-ip choice, local checks, backoff, node.json — and Python 3.6 compatibility."""
+"""Device-side pieces of the join: node-ip choice, local checks, apt on a first boot, the runtime check, preflight,
+backoff and reporting, token reuse, roles, node.json — and Python 3.6 compatibility."""
 
 import errno
 import json
 import os
 import random
+import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from firstboot import localsetup, netinfo
-from firstboot.agent import Backoff
+from firstboot import joinconfig, localsetup, netinfo, packages, preflight
+from firstboot.agent import Backoff, FirstBootAgent
+from firstboot.client import Answer
 from firstboot.commands import CommandResult, CommandRunner
-from firstboot.nodeconfig import ConfigError, load_node_config
+from firstboot.errors import SetupFailed
+from firstboot.nodeconfig import AgentPaths, ConfigError, load_node_config
+from firstboot.packages import Apt
+from firstboot.runtime import RUNTIMES, RuntimeCheck
 
 FIRSTBOOT = Path(__file__).resolve().parents[2] / "firstboot"
 TWO_NICS = (
@@ -80,15 +87,52 @@ def test_memory_cgroup_check_reads_cgroup_v2_and_v1(tmp_path, files, enabled):
         assert failure.value.retry is False
 
 
-def test_kali_without_systemd_resolved_gets_it_started_and_a_warning(tmp_path):
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc/os-release").write_text('ID=kali\nID_LIKE=debian\n')
+def test_a_node_without_systemd_resolved_points_its_kubelet_at_a_resolv_conf_that_exists(tmp_path):
+    setup = localsetup.LocalSetup(str(tmp_path), ScriptedCommands())
+    assert setup.kubelet_resolv_conf() == "/etc/resolv.conf"
+
+    (tmp_path / "run/systemd/resolve").mkdir(parents=True)
+    (tmp_path / "run/systemd/resolve/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    assert setup.kubelet_resolv_conf() is None, "where resolved runs, kubeadm's choice stands"
+
+
+def test_the_kubelet_patch_goes_into_the_join_configuration_of_both_schemas():
+    for version in ("1.30", "1.31"):
+        config = joinconfig.join_configuration(version, "10.0.0.1:6443", "abcdef.0123456789abcdef", ["sha256:00"],
+                                               "pi", "10.0.0.5", "containerd", patches="/var/lib/pi-image/patches")
+        assert config["patches"] == {"directory": "/var/lib/pi-image/patches"}
+        assert config["nodeRegistration"]["criSocket"] == "unix:///var/run/containerd/containerd.sock"
+    assert joinconfig.kubelet_patch("/etc/resolv.conf") == 'resolvConf: "/etc/resolv.conf"\n'
+
+
+def test_sysctls_come_from_the_builds_file_and_go_to_proc_sys_without_a_sysctl_binary(tmp_path):
+    (tmp_path / "etc/sysctl.d").mkdir(parents=True)
+    (tmp_path / "etc/sysctl.d/k8s.conf").write_text("# comment\nnet.ipv4.ip_forward = 1\n\nnet.bridge.x = 1\n")
+    (tmp_path / "proc/sys/net/ipv4").mkdir(parents=True)
     commands = ScriptedCommands()
 
-    warning = localsetup.LocalSetup(str(tmp_path), commands).check_resolver()
+    warning = localsetup.LocalSetup(str(tmp_path), commands).apply_sysctls()
 
-    assert ["systemctl", "enable", "--now", "systemd-resolved"] in commands.calls
-    assert "resolv.conf is missing" in warning
+    assert (tmp_path / "proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
+    assert "net.bridge.x" in warning and "net.ipv4.ip_forward" not in warning, "a missing key is named"
+    assert commands.calls == [], "no sysctl command"
+
+
+def test_preflight_names_what_kubeadm_would_refuse(tmp_path):
+    for relative, text in {"proc/sys/net/bridge/bridge-nf-call-iptables": "1\n", "proc/sys/net/ipv4/ip_forward": "0\n",
+                           "proc/swaps": "Filename\tType\n/swapfile file\n"}.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+
+    class Answering:
+        def problem(self):
+            return "containerd does not answer on /var/run/containerd/containerd.sock"
+
+    found = preflight.problems(str(tmp_path), Answering())
+
+    assert found == ["containerd does not answer on /var/run/containerd/containerd.sock",
+                     "/proc/sys/net/ipv4/ip_forward is 0 (kubeadm needs 1)",
+                     "swap is on (/swapfile): the kubelet refuses to start with swap"]
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter():
@@ -188,3 +232,192 @@ def test_owner_map_that_could_not_be_applied_stays_for_the_next_attempt(tmp_path
     assert "/etc/pi-image: Read-only file system" in warning
     assert (tmp_path / "etc/pi-image/owners.tsv").exists()
 
+
+
+class Replies:
+    """Commands answered from a script {argv prefix: [(exit, stdout, stderr), ...]}, in order (the last one
+    repeats); anything else succeeds silently. Every tool is available."""
+
+    def __init__(self, script=None):
+        self.script = {prefix: list(answers) for prefix, answers in (script or {}).items()}
+        self.calls = []
+
+    def run(self, argv, input_text=None, timeout=None):
+        self.calls.append(argv)
+        for prefix, answers in self.script.items():
+            if tuple(argv[:len(prefix)]) == prefix:
+                code, out, err = answers.pop(0) if len(answers) > 1 else answers[0]
+                return CommandResult(argv, code, out, err)
+        return CommandResult(argv, 0, "", "")
+
+    def available(self, tool):
+        return True
+
+
+LOCKED = (100, "", "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (unattended-upgr)\n")
+
+
+def test_apt_waits_while_another_process_holds_the_package_lock_then_installs():
+    dpkg_locked = (2, "", "dpkg: error: dpkg frontend lock was locked by another process with pid 812\n")
+    commands = Replies({("dpkg", "--force-confold"): [dpkg_locked, LOCKED, (0, "", "")]})
+    pauses = []
+
+    Apt(commands, sleep=pauses.append).install(["containerd"])
+
+    assert pauses == [packages.LOCK_PAUSE_SECONDS] * 2
+    assert [call[:2] for call in commands.calls] == [["dpkg", "--force-confold"]] * 3 + [
+        ["apt-get", "update"], ["apt-get", "install"]]
+    install = commands.calls[-1]
+    assert "Dpkg::Options::=--force-confold" in install and "containerd" in install, "pi-image's conffiles stay"
+
+
+def test_apt_gives_up_on_a_lock_held_for_half_an_hour_but_says_it_may_be_retried():
+    now = [0.0]
+    commands = Replies({("apt-get", "update"): [LOCKED]})
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    with pytest.raises(SetupFailed, match="could not get the package lock in 30 min.*unattended-upgr") as failure:
+        Apt(commands, sleep=sleep, clock=lambda: now[0]).install(["containerd"])
+    assert failure.value.retry
+
+
+def test_a_clock_behind_the_archive_is_a_failure_to_retry_after_time_sync():
+    commands = Replies({("apt-get", "update"): [(100, "", "E: Release file for http://10.0.2.2/debian/dists/bookworm/"
+                                                          "InRelease is not valid yet (invalid for another 364d).")]})
+
+    with pytest.raises(SetupFailed, match="not valid yet.*waiting for NTP") as failure:
+        Apt(commands, sleep=lambda s: None).install(["containerd"])
+    assert failure.value.retry
+
+
+def test_an_unreachable_archive_names_the_settings_that_fix_it_even_when_apt_get_update_exits_0():
+    warning = ("W: Failed to fetch https://pkgs.k8s.io/core:/stable:/v1.31/deb/InRelease  "
+               "Could not connect to pkgs.k8s.io")
+    commands = Replies({("apt-get", "update"): [(0, "", warning + "\nW: Some index files failed to download.")]})
+
+    with pytest.raises(SetupFailed, match="cannot be reached.*pkgs.k8s.io.*kube_repo_url.*proxy"):
+        Apt(commands, sleep=lambda s: None).install(["kubeadm"])
+
+
+def test_a_half_configured_package_counts_as_missing_and_a_held_one_as_installed():
+    commands = Replies({("dpkg-query",): [(0, "containerd iF \nrunc ii \nkubelet hi \nkubectl iiR\n", "")]})
+
+    assert Apt(commands).missing(["containerd", "runc", "kubelet", "kubectl", "kubeadm"]) == [
+        "containerd", "kubectl", "kubeadm"]
+
+
+CRI_OK = "TYPE ID PLATFORMS STATUS\nio.containerd.grpc.v1 cri linux/arm64 ok\n"
+DUMP_V2 = ('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n  BinaryName = ""\n'
+           '  SystemdCgroup = true\n')
+DUMP_V3 = "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"
+
+
+@pytest.fixture
+def runtime_socket(tmp_path):
+    """containerd's socket under tmp_path (a socket file: `ctr`, scripted here, does the talking)."""
+    path = tmp_path / RUNTIMES["containerd"].socket_path.lstrip("/")
+    path.parent.mkdir(parents=True)
+    os.mknod(str(path), 0o600 | stat.S_IFSOCK)
+    return path
+
+
+@pytest.mark.parametrize("plugins,dump,problem", [
+    ((0, CRI_OK, ""), DUMP_V2, None),
+    ((0, CRI_OK, ""), DUMP_V3, None),
+    ((0, CRI_OK, ""), DUMP_V2.replace("true", "false"), "does not use the systemd cgroup driver"),
+    ((0, CRI_OK.replace(" ok", " skip"), ""), DUMP_V2, "CRI plugin is skip"),
+    ((0, "TYPE ID PLATFORMS STATUS\n", ""), DUMP_V2, "CRI plugin is not loaded.*disabled_plugins"),
+    ((1, "", "ctr: failed to dial: context deadline exceeded"), DUMP_V2,
+     "containerd does not answer on .*/var/run/containerd/containerd.sock: ctr: failed to dial"),
+])
+def test_containerd_is_ready_when_its_cri_answers_and_runc_uses_the_systemd_cgroup_driver(tmp_path, runtime_socket,
+                                                                                           plugins, dump, problem):
+    commands = Replies({("ctr",): [plugins], ("containerd", "config", "dump"): [(0, dump, "")]})
+
+    found = RuntimeCheck(RUNTIMES["containerd"], commands, str(tmp_path)).problem()
+
+    assert found is None if problem is None else re.search(problem, found), found
+
+
+def test_nobody_on_the_runtime_socket_is_told_without_waiting_for_ctr(tmp_path):
+    commands = Replies()
+
+    found = RuntimeCheck(RUNTIMES["containerd"], commands, str(tmp_path)).problem()
+
+    assert found == "containerd does not answer on {}/var/run/containerd/containerd.sock (no socket)".format(tmp_path)
+    assert commands.calls == []
+
+
+class FakeEndpoint:
+    """The agent's EndpointClient, answering every join request with a fresh token."""
+
+    def __init__(self):
+        self.joins, self.reports = 0, []
+
+    def join(self, facts):
+        self.joins += 1
+        return Answer(200, {"state": "token-issued", "api_server": "10.0.0.1:6443", "token": "abcdef.0123456789abcdef",
+                            "ca_cert_hashes": ["sha256:00"], "kubernetes_version": "v1.31.4", "expires_in": 1800})
+
+    def report(self, state, message=""):
+        self.reports.append((state, message))
+        return Answer(200, {})
+
+
+def _agent(tmp_path, commands, role="worker"):
+    config = {"node": "pi", "role": role, "kubernetes_version": "1.31", "runtime": "containerd",
+              "runtime_packages": ["containerd"], "node_subnet": "10.0.2.0/24", "endpoint": "10.0.0.1:8443",
+              "endpoint_fingerprint": "sha256:" + "00" * 32, "credential": "00" * 32}
+    for relative, text in {"proc/sys/net/bridge/bridge-nf-call-iptables": "1", "proc/sys/net/ipv4/ip_forward": "1",
+                           "proc/swaps": "Filename\n", "sys/fs/cgroup/cgroup.controllers": "memory\n"}.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    paths = AgentPaths(str(tmp_path))
+    paths.ensure_state_dir()
+    agent = FirstBootAgent(config, paths, commands, Backoff(1.0, 8.0, random.Random(1)), max_attempts=4,
+                           sleep=lambda seconds: None)
+    agent.client = FakeEndpoint()
+    return agent
+
+
+INSTALLED = (0, "containerd ii \nkubelet ii \nkubeadm ii \nkubectl ii \n", "")
+NODE_IP = (0, TWO_NICS, "")
+
+
+def test_a_runtime_that_does_not_answer_asks_for_no_token_and_is_reported_once(tmp_path):
+    commands = Replies({("dpkg-query",): [INSTALLED], ("ip",): [NODE_IP]})
+    agent = _agent(tmp_path, commands)
+
+    assert agent.run() == 1
+
+    assert agent.client.joins == 0, "no token is minted for a join that cannot succeed"
+    assert [state for state, _ in agent.client.reports] == ["failed"], "the same reason is reported once"
+    assert "containerd does not answer" in agent.client.reports[0][1]
+
+
+def test_a_token_still_valid_is_used_again_instead_of_asking_for_another(tmp_path, runtime_socket):
+    commands = Replies({("dpkg-query",): [INSTALLED], ("ip",): [NODE_IP], ("ctr",): [(0, CRI_OK, "")],
+                        ("containerd", "config"): [(0, DUMP_V2, "")],
+                        ("kubeadm", "join"): [(1, "", "error execution phase kubelet-start: timed out"), (0, "", "")]})
+    agent = _agent(tmp_path, commands)
+
+    assert agent.run() == 0
+
+    assert agent.client.joins == 1
+    assert [call[:2] for call in commands.calls if call[0] == "kubeadm"] == [
+        ["kubeadm", "version"], ["kubeadm", "join"], ["kubeadm", "reset"], ["kubeadm", "join"]]
+    assert not os.path.exists(agent.paths.issued_token), "the kept token goes once joined"
+
+
+def test_a_control_plane_node_never_runs_kubeadm_join(tmp_path, runtime_socket):
+    commands = Replies({("dpkg-query",): [INSTALLED], ("ctr",): [(0, CRI_OK, "")],
+                        ("containerd", "config"): [(0, DUMP_V2, "")]})
+    agent = _agent(tmp_path, commands, role="control-plane")
+
+    assert agent.run() == 0
+
+    assert agent.client.joins == 0
+    assert not [call for call in commands.calls if call[:2] == ["kubeadm", "join"]]
+    assert json.loads(open(agent.paths.done).read()) == {"joined": False, "node": "pi"}

@@ -212,10 +212,32 @@ def apt_get(args):
                 write_wrapper(os.environ["FAKE_BIN"], package)
 
 
+def dpkg_query(args):
+    """A package is installed ("ii") when its stand-in is on PATH, as apt_get() puts it there."""
+    for package in [arg for arg in args if not arg.startswith("-") and "$" not in arg]:
+        if os.path.exists(os.path.join(os.environ["FAKE_BIN"], package)):
+            print("{} ii".format(package))
+
+
+def ctr(args):
+    """containerd's client: the daemon answers with its CRI plugin loaded (knob `cri_plugin` overrides its status)."""
+    if args[-2:] == ["plugins", "ls"]:
+        print("TYPE                  ID    PLATFORMS      STATUS")
+        print("io.containerd.grpc.v1 cri   linux/amd64    {}".format(knob("cri_plugin", "ok")))
+
+
+def containerd(args):
+    """`containerd config dump`: the configuration the daemon runs, with runc on the systemd cgroup driver."""
+    if args[-2:] == ["config", "dump"]:
+        print('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+              "  SystemdCgroup = true")
+
+
 def main():
     tool, args = sys.argv[1], sys.argv[2:]
     append("calls.jsonl", {"tool": tool, "args": args})
-    handler = {"kubeadm": kubeadm, "kubectl": kubectl, "ip": ip, "apt-get": apt_get}.get(tool)
+    handler = {"kubeadm": kubeadm, "kubectl": kubectl, "ip": ip, "apt-get": apt_get, "dpkg-query": dpkg_query,
+               "ctr": ctr, "containerd": containerd}.get(tool)
     if handler:
         handler(args)
 

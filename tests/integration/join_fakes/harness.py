@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -222,21 +223,34 @@ class JoinLab:
             store.close()
 
 
+KERNEL_OVERLAY = REPO / "builder" / "data" / "overlays" / "k8s-kernel" / "etc"
+KERNEL_SWITCHES = ("net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables", "net/ipv4/ip_forward")
+CONTAINERD_SOCKET = "var/run/containerd/containerd.sock"
+
+
 def make_root(base: Path, node_config: dict, endpoint=None):
-    """A sandbox device tree: node.json (0600), cgroup v2 with memory, no swap, one NIC, Ubuntu os-release."""
+    """A sandbox device tree: node.json (0600), the build's sysctl and module lists, /proc/sys switches at 0 (the
+    agent writes 1), cgroup v2 with memory, no swap, one NIC, Ubuntu os-release, and containerd's socket (a socket
+    inode only: the fake ctr/containerd answer for the daemon)."""
     root = base / ("root-" + node_config["node"])
     files = {
         "etc/pi-image/node.json": json.dumps(dict(node_config, **({"endpoint": endpoint} if endpoint else {}))),
+        "etc/sysctl.d/k8s.conf": (KERNEL_OVERLAY / "sysctl.d" / "k8s.conf").read_text(),
+        "etc/modules-load.d/k8s.conf": (KERNEL_OVERLAY / "modules-load.d" / "k8s.conf").read_text(),
         "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
         "proc/swaps": "Filename\tType\tSize\tUsed\tPriority\n",
         "sys/class/net/eth1/address": "dc:a6:32:01:02:03\n",
         "etc/os-release": 'ID=ubuntu\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n',
+        **{"proc/sys/" + switch: "0\n" for switch in KERNEL_SWITCHES},
     }
     for relative, text in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     (root / "etc/pi-image/node.json").chmod(0o600)
+    socket_path = root / CONTAINERD_SOCKET
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(str(socket_path), 0o600 | stat.S_IFSOCK)  # too long a path for bind(): an inode is enough here
     return root
 
 

@@ -9,8 +9,8 @@ import sys
 
 FAKE_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_tool.py")
 # dpkg too: the host's own must never run from a test (`dpkg --configure -a` as root would change this machine).
-RECORD_ONLY = ("kubelet", "modprobe", "sysctl", "swapoff", "systemctl", "apt-mark", "dpkg", "dpkg-query")
-TOOLS = ("kubeadm", "kubectl", "ip", "apt-get") + RECORD_ONLY
+RECORD_ONLY = ("kubelet", "modprobe", "swapoff", "systemctl", "apt-mark", "dpkg", "journalctl")
+TOOLS = ("kubeadm", "kubectl", "ip", "apt-get", "dpkg-query", "ctr", "containerd") + RECORD_ONLY
 
 _RECORDING_SCRIPT = """#!/bin/sh
 args=""

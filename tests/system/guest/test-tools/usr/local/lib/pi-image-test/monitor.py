@@ -3,7 +3,12 @@
 
 "Over" is the first of: the agent's marker /var/lib/pi-image/firstboot.done exists and its unit is no longer running
 (and multi-user.target was reached, so on a second boot the unit's condition was evaluated); the agent's log holds
-the text of `pitest.stop_on=` (kernel command line); `pitest.timeout=` seconds of uptime (default 200).
+the text of `pitest.stop_on=` (kernel command line); `pitest.timeout=` seconds of uptime (lab.py always
+passes it).
+
+The report holds what the node's own OS says: the runtime (`systemctl is-active containerd`, `ctr version`, the
+SystemdCgroup lines of `containerd config dump`), the installed packages and apt's view of kubeadm (`apt-cache
+policy`), the default routes, what netplan generated for networkd, resolv.conf, the clock and timesyncd's state.
 
 Power-ons are counted in /var/lib/pi-image-test/boots; the report goes to /var/lib/pi-image-test/boot-<N>.json
 (+ boot-<N>.journal) and to the serial console as `PITEST report {...}`; then the guest powers off (filesystems
@@ -19,6 +24,7 @@ import time
 RESULTS = "/var/lib/pi-image-test"
 DONE = "/var/lib/pi-image/firstboot.done"
 AGENT_LOG = "/var/lib/pi-image/firstboot.log"
+NETWORKD_RUN = "/run/systemd/network"  # what netplan generated for systemd-networkd
 UNIT = "pi-image-firstboot.service"
 UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult", "ExecMainStatus",
                    "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
@@ -39,7 +45,10 @@ def uptime():
 
 
 def output(*argv):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True).stdout
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True).stdout
+    except FileNotFoundError:
+        return "{}: not installed".format(argv[0])
 
 
 def show(*argv):
@@ -79,6 +88,21 @@ def report(reason, boot):
         "addresses": output("ip", "-o", "-4", "addr", "show").splitlines(),
         "hostname": read("/etc/hostname"),
         "failed_units": output("systemctl", "--failed", "--no-legend", "--plain").splitlines(),
+        "runtime": {
+            "is_active": output("systemctl", "is-active", "containerd").strip(),
+            "ctr_version": output("ctr", "--address", "/run/containerd/containerd.sock", "version"),
+            "systemd_cgroup": [line.strip() for line in output("containerd", "config", "dump").splitlines()
+                               if "SystemdCgroup" in line],
+        },
+        "packages": [line.strip() for line in output(
+            "dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n", "containerd", "runc", "kubelet",
+            "kubeadm", "kubectl").splitlines()],
+        "kubeadm_policy": output("apt-cache", "policy", "kubeadm"),
+        "routes": output("ip", "-o", "-4", "route", "show", "default").splitlines(),
+        "networkd": {name: read(os.path.join(NETWORKD_RUN, name)) for name in sorted(os.listdir(NETWORKD_RUN))}
+        if os.path.isdir(NETWORKD_RUN) else {},
+        "resolv_conf": read("/etc/resolv.conf"),
+        "time": {"now": time.time(), "timesync": show("systemd-timesyncd", "-p", "ActiveState", "-p", "StatusText")},
     }
 
 
@@ -98,7 +122,7 @@ def count_boot():
 
 def main():
     settings = knobs()
-    stop_on, timeout = settings.get("stop_on"), float(settings.get("timeout", "200"))
+    stop_on, timeout = settings.get("stop_on"), float(settings["timeout"])
     boot = count_boot()
     reason = None
     while reason is None:

@@ -1,0 +1,112 @@
+"""Debian packages at first boot: apt and dpkg as a freshly flashed board meets them.
+
+Three things a workstation rarely shows, and what is done about each:
+
+- The package locks are busy for minutes (on Ubuntu's first boot cloud-init and unattended-upgrades hold them).
+  apt-get waits for the dpkg lock itself with DPkg::Lock::Timeout (apt >= 1.9.11); dpkg, the lists lock and older
+  apt (Ubuntu 18.04 has 1.6) fail at once. A command that fails naming a lock is run again after a pause, for at most
+  LOCK_WAIT_SECONDS, with a log line each time.
+- A power cut in the middle of an install leaves dpkg half-configured: `dpkg --configure -a` runs before apt.
+- The clock starts in the past (a Pi has no RTC), so apt refuses a Release file as "not valid yet" until NTP has
+  set the time: that is a failure to retry later (the agent backs off), never for good.
+
+Configuration files already on disk (pi-image's /etc/containerd/config.toml, written by the build before the
+package exists) are kept: --force-confold, never a prompt. DEBIAN_FRONTEND=noninteractive comes from the agent.
+"""
+
+import logging
+import time
+
+from .errors import SetupFailed
+
+log = logging.getLogger("pi-image.agent")
+
+LOCK_WAIT_SECONDS = 1800
+LOCK_PAUSE_SECONDS = 10
+APT_LOCK_TIMEOUT = 60  # apt-get's own wait for the dpkg lock, per call (apt >= 1.9.11; older apt ignores it)
+KEEP_OUR_CONFFILES = "--force-confold"
+# apt: "Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (unattended-upgr)";
+# dpkg: "dpkg frontend lock was locked by another process with pid 812" (older: "... is locked by another process")
+_LOCK_MARKERS = ("Could not get lock", "Unable to acquire the dpkg frontend lock", "locked by another process",
+                 "Unable to lock")
+_CLOCK_MARKER = "is not valid yet"
+_UNREACHABLE_MARKERS = ("Failed to fetch", "Temporary failure resolving", "Could not resolve", "Could not connect",
+                        "Unable to connect", "Network is unreachable", "Connection timed out")
+UNREACHABLE_FIX = ("check the node's network (address, gateway, DNS), or set kube_repo_url (a reachable mirror of "
+                   "the Kubernetes repository) or proxy (http://HOST:PORT for apt and the runtime) in its profile")
+
+
+class Apt(object):
+    """Installs packages with apt-get through the command seam; every failure is a SetupFailed naming its fix."""
+
+    def __init__(self, commands, sleep=time.sleep, clock=time.monotonic):
+        self.commands = commands
+        self.sleep = sleep
+        self.clock = clock
+
+    def missing(self, packages):
+        """The packages of `packages` that dpkg does not have fully installed (a half-configured one is missing).
+        dpkg's abbreviated status is want, state, error: "ii" or "hi" (held) when installed."""
+        result = self.commands.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n"] + list(packages))
+        installed = set()
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[1][1:] == "i":
+                installed.add(fields[0].split(":")[0])
+        return [package for package in packages if package not in installed]
+
+    def install(self, packages):
+        """Finish what a power cut interrupted, refresh the lists, install `packages` (the image's pins choose)."""
+        self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"]))
+        self._update()
+        log.info("installing %s (apt-get waits up to %d s for the dpkg lock)", " ".join(packages), APT_LOCK_TIMEOUT)
+        result = self.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=" + KEEP_OUR_CONFFILES,
+                           "-o", "DPkg::Lock::Timeout={}".format(APT_LOCK_TIMEOUT)] + list(packages), timeout=3600)
+        if result.ok and "Waiting for cache lock" in result.stdout + result.stderr:
+            log.info("apt-get waited for the dpkg lock, then installed %s", " ".join(packages))
+        self._checked(result)
+
+    def run(self, argv, timeout=900):
+        """Run an apt or dpkg command; while it fails because another process holds a package lock, wait and retry."""
+        deadline = self.clock() + LOCK_WAIT_SECONDS
+        waited = False
+        while True:
+            result = self.commands.run(argv, timeout=timeout)
+            busy = None if result.ok else _line_with(result.stdout + result.stderr, _LOCK_MARKERS)
+            if busy is None:
+                if waited:
+                    log.info("the package lock is free; %s went on", argv[0])
+                return result
+            if self.clock() > deadline:
+                raise SetupFailed("{} could not get the package lock in {} min: {}".format(
+                    " ".join(argv[:2]), LOCK_WAIT_SECONDS // 60, busy), retry=True)
+            log.info("waiting for the package lock (%s); %s again in %d s", busy, argv[0], LOCK_PAUSE_SECONDS)
+            waited = True
+            self.sleep(LOCK_PAUSE_SECONDS)
+
+    def _update(self):
+        self._checked(self.run(["apt-get", "update"]))
+
+    def _checked(self, result):
+        """Raise SetupFailed naming the cause: the clock, an unreachable archive (apt-get update exits 0 when only
+        some index files failed, so its warnings count), or the command's own error."""
+        output = result.stdout + result.stderr
+        if _CLOCK_MARKER in output:
+            log.info("this machine's clock says %s: apt refuses the archive's Release file until NTP sets the time",
+                     time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+            raise SetupFailed("apt-get update: the package archive's Release file is not valid yet for this "
+                              "machine's clock (no RTC, no time sync yet); waiting for NTP", retry=True)
+        unreachable = _line_with(output, _UNREACHABLE_MARKERS)
+        if unreachable:
+            raise SetupFailed("the package archive cannot be reached ({}): {}".format(unreachable, UNREACHABLE_FIX),
+                              retry=True)
+        if not result.ok:
+            raise SetupFailed("{} failed: {}".format(" ".join(result.argv[:2]), result.summary()), retry=True)
+
+
+def _line_with(text, markers):
+    """The first line of `text` containing one of `markers`, stripped, or None."""
+    for line in text.splitlines():
+        if any(marker in line for marker in markers):
+            return line.strip()
+    return None

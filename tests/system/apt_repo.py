@@ -1,0 +1,190 @@
+"""The package archives a booted guest installs from: a signed apt repository served over HTTP on 127.0.0.1.
+
+    /debian/   the guest's own archive (`deb [signed-by=...] http://10.0.2.2:PORT/debian bookworm main`): the real
+               Debian containerd and runc .debs, and whatever else they need that the guest's rootfs lacks
+    /kube/     a flat repository (`deb [signed-by=...] URL /`), reached as /kube/v1.30/ and /kube/v1.31/ through
+               the build's kube_repo_url: stand-in kubelet/kubeadm/kubectl .debs of both minors (made here with
+               dpkg-deb), so the image's apt pin has something to choose from
+
+The Debian .debs are resolved by apt itself against the cached rootfs's dpkg status (`apt-get install
+--download-only`, Depends only: apt skips a Recommends such as criu when the archive lacks it) and cached beside the
+rootfs. Both repositories are indexed with apt-ftparchive and signed with a throwaway gpg key made per session: the
+guest's apt verifies InRelease against it (signed-by), as it does pkgs.k8s.io's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from builder.run import run
+from rootfs import cache_dir
+
+SUITE = "bookworm"
+ARCH = "amd64"
+RUNTIME_PACKAGES = ("containerd", "runc")
+KUBE_VERSIONS = ("1.30.5-1.1", "1.31.4-1.1")
+KUBE_TOOLS = ("kubelet", "kubeadm", "kubectl")
+PACKAGES_DIR = Path(__file__).parent / "guest" / "packages"
+GUEST_KEYRING = "/etc/apt/keyrings/pi-image-test-archive.gpg"
+
+
+def kube_release(minor: str) -> str:
+    """The Kubernetes release the archive's stand-ins are of, for a minor: '1.30' -> 'v1.30.5'."""
+    [version] = [version for version in KUBE_VERSIONS if version.startswith(minor + ".")]
+    return "v" + version.split("-")[0]
+
+
+def runtime_debs(rootfs: Path, log=print) -> list[Path]:
+    """The .debs apt would fetch to install RUNTIME_PACKAGES on `rootfs` (cached per rootfs and package list)."""
+    key = hashlib.sha256(json.dumps([rootfs.name, RUNTIME_PACKAGES, ARCH]).encode()).hexdigest()[:16]
+    dest = cache_dir() / f"debs-{key}"
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dest.is_dir():
+            work = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "partial").mkdir(parents=True)
+            status = work / "status"
+            shutil.copyfile(rootfs / "var/lib/dpkg/status", status)
+            log(f"system test: apt-get download {' '.join(RUNTIME_PACKAGES)} for the guest (once per rootfs)")
+            run(["apt-get", "install", "--download-only", "--no-install-recommends", "-y", "-q",
+                 "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={work}",
+                 "-o", f"APT::Architecture={ARCH}", *RUNTIME_PACKAGES])
+            shutil.rmtree(work / "partial")
+            status.unlink()
+            (work / "lock").unlink(missing_ok=True)
+            os.replace(work, dest)
+    return sorted(dest.glob("*.deb"))
+
+
+def standin_debs(dest: Path) -> list[Path]:
+    """kubelet, kubeadm and kubectl for each of KUBE_VERSIONS: the recording stand-in as /usr/bin/TOOL (kubelet
+    with its unit), built with dpkg-deb."""
+    dest.mkdir(parents=True, exist_ok=True)
+    debs = []
+    for version in KUBE_VERSIONS:
+        for tool in KUBE_TOOLS:
+            tree = dest / f"{tool}-{version}"
+            (tree / "DEBIAN").mkdir(parents=True)
+            (tree / "DEBIAN/control").write_text(
+                f"Package: {tool}\nVersion: {version}\nArchitecture: {ARCH}\nSection: admin\nPriority: optional\n"
+                f"Maintainer: pi-image boot test <nobody@invalid>\n"
+                f"Description: {tool} stand-in (pi-image boot test: there is no control plane)\n")
+            binary = tree / "usr/bin" / tool
+            binary.parent.mkdir(parents=True)
+            shutil.copyfile(PACKAGES_DIR / "standin", binary)
+            binary.chmod(0o755)
+            if tool == "kubelet":
+                unit = tree / "usr/lib/systemd/system/kubelet.service"
+                unit.parent.mkdir(parents=True)
+                shutil.copyfile(PACKAGES_DIR / "kubelet.service", unit)
+            deb = dest / f"{tool}_{version}_{ARCH}.deb"
+            run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)])
+            shutil.rmtree(tree)
+            debs.append(deb)
+    return debs
+
+
+class SigningKey:
+    """A throwaway gpg key in its own GNUPGHOME: signs Release files; exported for apt's signed-by and --kube-key."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        home.mkdir(mode=0o700, parents=True)
+        self.env = dict(os.environ, GNUPGHOME=str(home))
+        self._gpg("--quick-gen-key", "pi-image boot test archive <nobody@invalid>", "ed25519", "sign", "never")
+        self.keyring = home / "archive.gpg"  # binary: what signed-by= reads
+        self.keyring.write_bytes(self._gpg("--export").stdout)
+        self.armored = home / "Release.key"  # armored, as pkgs.k8s.io publishes it (for pi-image --kube-key)
+        self.armored.write_bytes(self._gpg("--armor", "--export").stdout)
+
+    def sign(self, release: Path) -> None:
+        """InRelease (clear-signed) and Release.gpg (detached) beside `release`."""
+        self._gpg("--clearsign", "-o", str(release.with_name("InRelease")), str(release))
+        self._gpg("--detach-sign", "--armor", "-o", str(release.with_name("Release.gpg")), str(release))
+
+    def _gpg(self, *args: str):
+        return run(["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", *args],
+                   env=self.env)
+
+
+class AptRepository:
+    """Both repositories under `root`, signed by `key`, served by `serve()` on 127.0.0.1."""
+
+    def __init__(self, root: Path, key: SigningKey, runtime: list[Path], kube: list[Path]):
+        self.root = root
+        self.runtime, self.kube = runtime, kube
+        self.key = key
+        self.log = root.with_name("apt-repo.log")
+        pool = root / "debian" / "pool"
+        pool.mkdir(parents=True)
+        for deb in runtime:
+            shutil.copyfile(deb, pool / deb.name)
+        dists = root / "debian" / "dists" / SUITE
+        index = dists / "main" / f"binary-{ARCH}"
+        index.mkdir(parents=True)
+        (index / "Packages").write_bytes(self._ftparchive(root / "debian", "packages", "pool"))
+        fields = {"Suite": SUITE, "Codename": SUITE, "Components": "main", "Architectures": ARCH}
+        options = [arg for name, value in fields.items() for arg in ("-o", f"APT::FTPArchive::Release::{name}={value}")]
+        self._release(dists, root / "debian", f"dists/{SUITE}", *options)
+        flat = root / "kube"
+        flat.mkdir()
+        for deb in kube:
+            shutil.copyfile(deb, flat / deb.name)
+        (flat / "Packages").write_bytes(self._ftparchive(flat, "packages", "."))
+        self._release(flat, flat, ".")
+        for version in KUBE_VERSIONS:  # what kube_repo_url's {version} names: one flat repository for both minors
+            os.symlink(".", flat / ("v" + ".".join(version.split(".")[:2])))
+        self.server: ThreadingHTTPServer | None = None
+
+    def _ftparchive(self, cwd: Path, *args: str) -> bytes:
+        """apt-ftparchive run in `cwd` (the paths it writes into the indexes are relative to the repository)."""
+        return subprocess.run(["apt-ftparchive", *args], cwd=cwd, stdout=subprocess.PIPE, check=True).stdout
+
+    def _release(self, where: Path, cwd: Path, path: str, *options: str) -> None:
+        release = self._ftparchive(cwd, *options, "release", path)
+        (where / "Release").write_bytes(release)
+        self.key.sign(where / "Release")
+
+    def serve(self, port: int) -> None:
+        log = self.log
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002 - http.server's name
+                with open(log, "a") as handle:
+                    handle.write((format % args) + "\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), partial(Handler, directory=str(self.root)))
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def debs(self, kube_version: str) -> list[Path]:
+        """The runtime .debs and the kube stand-ins of one KUBE_VERSIONS entry."""
+        return self.runtime + [deb for deb in self.kube if f"_{kube_version}_" in deb.name]
+
+    def guest_files(self, dest: Path, port: int) -> Path:
+        """A tree to add to the guest: its apt sources pointing at this archive, and the archive's keyring."""
+        keyring = dest / GUEST_KEYRING.lstrip("/")
+        keyring.parent.mkdir(parents=True)
+        shutil.copyfile(self.key.keyring, keyring)
+        sources = dest / "etc/apt/sources.list"
+        sources.write_text(f"# The boot test's archive on the host (QEMU user networking: 10.0.2.2 is its 127.0.0.1)\n"
+                           f"deb [signed-by={GUEST_KEYRING}] http://10.0.2.2:{port}/debian {SUITE} main\n")
+        return dest
+
+    def kube_repo_url(self, port: int) -> str:
+        """The build's kube_repo_url setting for this archive."""
+        return f"http://10.0.2.2:{port}/kube/v{{version}}/"
