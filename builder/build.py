@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, values
-from .cluster import Cluster, load_cluster, local_node_config, next_generation, node_config
+from .cluster import Cluster, check_writable, load_cluster, local_node_config, node_config, record_generation
 from .copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
@@ -78,6 +78,7 @@ def prepare(request: BuildRequest) -> BuildContext:
     cluster = load_cluster(request.cluster) if request.cluster else None
     if cluster:
         profile = _with_cluster_version(profile, cluster)
+        check_writable(cluster.directory)
     base = request.base or profile["base"]
     if not base:
         raise UserError(f"profile '{profile.name}' names no base image: pass --base IMAGE")
@@ -95,7 +96,7 @@ def prepare(request: BuildRequest) -> BuildContext:
     node, config = _node(request, profile, cluster)
     config["runtime_packages"] = runtime_packages(
         profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
-        target.os.version_id or "", target.name)
+        target.os.version_id or "", target.name, profile["containerd_config_version"], profile["default_runtime"])
     keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=_epoch(Path(base)),
                        replace_overlays=request.replace_overlays)
@@ -178,8 +179,6 @@ def build(request: BuildRequest) -> BuildResult:
         result = _build_tree(ctx, base_path, output, request)
     else:
         result = _build_image(ctx, base_path, output, request)
-    if request.cluster:
-        next_generation(load_cluster(request.cluster), ctx.node.name)
     return result
 
 
@@ -193,6 +192,8 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
     manifest_tmp = temporary(manifest_path)
     try:
         _check_space(raw_base, output.parent)
+        # private from its first byte (it is given the node's secrets); its final mode is set when it is complete
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         sparse_copy(raw_base, tmp)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         target = detect(image)
@@ -206,6 +207,7 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         os.chmod(final_tmp, _image_mode(ctx))
         manifest["output"] = _output_digests(final_tmp, output, request.sha256 or final_tmp != tmp)
         _write_json(manifest_tmp, manifest)
+        _record_card(ctx, request)
         publish([(final_tmp, output), (manifest_tmp, manifest_path)])
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + output.suffix), manifest_tmp):
@@ -222,24 +224,33 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
             raise UserError(f"{output} is the base tree: pick another --output, or pass --in-place to edit it")
         check_tree_output(output, request.force)
         dest = temporary(output)
-        run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
     final = base if request.in_place else output
     manifest_path = _manifest_path(final)
     manifest_tmp = temporary(manifest_path)
     try:
+        if not request.in_place:
+            run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
         target = detect(DirectoryFilesystem(dest, writable=True))
         manifest = _manifest(ctx, base)
         changed = apply(Plan(ctx.plan.ops + [_manifest_op(manifest)]), target)
         target.root.commit()
         _write_json(manifest_tmp, manifest)
+        _record_card(ctx, request)
+        publish([(manifest_tmp, manifest_path)])
         if not request.in_place:
             swap_in_tree(dest, output)
-        publish([(manifest_tmp, manifest_path)])
     finally:
         manifest_tmp.unlink(missing_ok=True)
         if not request.in_place and dest.exists():
-            shutil.rmtree(dest)
+            shutil.rmtree(dest, ignore_errors=True)
     return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, final, manifest)
+
+
+def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
+    """A cluster node's new card is complete: record its generation before it is published (if that fails, nothing
+    is published and the node's current card stays valid)."""
+    if request.cluster:
+        record_generation(request.cluster, ctx.node.name, ctx.node_config["generation"])
 
 
 def _manifest_path(output: Path) -> Path:
@@ -247,8 +258,9 @@ def _manifest_path(output: Path) -> Path:
 
 
 def _image_mode(ctx: BuildContext) -> int:
-    """0600 when the image holds a node credential (anyone who reads it could join as that node), else 0644."""
-    return 0o600 if "credential" in ctx.node_config else 0o644
+    """0600 when the image holds a secret (a node credential: anyone who reads it could join as that node; a
+    password hash, a Wi-Fi passphrase), else 0644."""
+    return 0o600 if "credential" in ctx.node_config or ctx.profile.secret_values() else 0o644
 
 
 def _output_digests(path: Path, output: Path, full: bool) -> dict[str, Any]:
@@ -288,7 +300,9 @@ def _compress(raw: Path, output: Path) -> Path:
 
 
 def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
-    """How this image was made: inputs with hashes, and every file the plan writes (with its hash)."""
+    """How this image was made: inputs with hashes, and every file the plan writes (with its hash, unless it holds a
+    secret)."""
+    secrets = tuple(ctx.profile.secret_values())
     return {
         "pi_image_version": __version__,
         "target": ctx.target.name,
@@ -298,10 +312,11 @@ def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
         "kubernetes_version": ctx.profile["kubernetes_version"],
         "network": ctx.static_network() or "dhcp",
         "base": {"path": base.name, "sha256": _input_sha256(base)},
-        "profile": {"name": ctx.profile.name, "sha256": {p.name: _sha(p.read_bytes()) for p in ctx.profile.sources},
+        "profile": {"name": ctx.profile.name, "sha256": {p.name: _source_digest(p.read_bytes(), secrets)
+                                                         for p in ctx.profile.sources},
                     "values": ctx.profile.public_values()},
         "overlays": {overlay.name: _tree_sha(overlay.path) for overlay in overlays(ctx)},
-        "files": [op.describe() for op in ctx.plan.ops],
+        "files": ctx.plan.describe(secrets),
     }
 
 
@@ -323,8 +338,9 @@ def _tree_sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _source_digest(data: bytes, secrets: tuple[str, ...]) -> str:
+    """A profile file's SHA-256, or "(holds secrets)" for one that sets a secret value."""
+    return "(holds secrets)" if any(s.encode() in data for s in secrets) else hashlib.sha256(data).hexdigest()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -189,7 +189,8 @@ def _password_hash(ask: bool, path: Path | None) -> str | None:
 
 
 def _print_plan(ctx: BuildContext, as_json: bool) -> None:
-    ops = ctx.plan.describe() + [{"step": "manifest", "action": "write", "fs": "root", "path": MANIFEST_PATH}]
+    ops = ctx.plan.describe(tuple(ctx.profile.secret_values())) + [
+        {"step": "manifest", "action": "write", "fs": "root", "path": MANIFEST_PATH}]
     if as_json:
         click.echo(json.dumps({"target": ctx.target.name, "node": ctx.node.name, "role": ctx.node.role,
                                "cluster": ctx.node.cluster, "network": ctx.static_network(), "ops": ops}, indent=2))
@@ -217,8 +218,8 @@ def _report(result: BuildResult, as_json: bool) -> None:
     size = result.output.stat().st_size if result.output.is_file() else 0
     click.echo(f"Output: {result.output}" + (f" ({_size(size)})" if size else ""))
     if result.output.is_file() and result.output.stat().st_mode & 0o077 == 0:
-        click.echo(f"  It holds node {result.node.name!r}'s join credential, so it is readable by you only (0600): "
-                   "keep it, and the card, private.")
+        click.echo("  It holds secrets (the node's join credential, a password hash or a Wi-Fi passphrase), so it "
+                   "is readable by you only (0600): keep it, and the card, private.")
 
 
 def _next_steps(results: list[BuildResult], cluster: Path | None) -> None:

@@ -131,3 +131,15 @@ def swap_in_tree(new: Path, output: Path) -> None:
                         + (" (this filesystem cannot exchange names)" if err == errno.EINVAL else ""))
     fsync_directory(output.parent)
     shutil.rmtree(new)  # `new` now holds the old tree
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `text` to `path` atomically (temp, fsync, rename), never readable beyond `mode` on the way."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, mode)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)

@@ -33,12 +33,14 @@ class FileOp:
     uid: int = 0
     gid: int = 0
 
-    def describe(self) -> dict[str, Any]:
-        """The op as JSON-friendly data (content as its size and sha256)."""
+    def describe(self, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The op as JSON-friendly data (content as its size and sha256). A private file's hash stays private too,
+        and so does the hash of content holding one of `secrets` (it would allow guessing them offline)."""
         out: dict[str, Any] = {"step": self.step, "action": self.action, "fs": self.fs, "path": self.path}
         if self.content is not None:
             out["size"] = len(self.content)
-            if self.mode is None or self.mode & 0o044:  # a private file's hash stays private too
+            holds_secret = any(secret.encode() in self.content for secret in secrets)
+            if (self.mode is None or self.mode & 0o044) and not holds_secret:
                 out["sha256"] = hashlib.sha256(self.content).hexdigest()
         if self.target is not None:
             out["target"] = self.target
@@ -72,9 +74,9 @@ class Plan:
         path = normalize(path)
         return next((op for op in reversed(self.ops) if op.fs == fs and op.path == path), None)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """Every op as JSON-friendly data, in order."""
-        return [op.describe() for op in self.ops]
+    def describe(self, secrets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every op as JSON-friendly data, in order (no hash of content holding one of `secrets`)."""
+        return [op.describe(secrets) for op in self.ops]
 
 
 class PlanView:

@@ -15,7 +15,10 @@ from typing import Any
 
 import yaml
 
+from firstboot.nodeconfig import ROLES
+
 from . import values
+from .runtimes import RUNTIMES
 from .errors import UserError
 
 # Shipped data lives inside the package (so a wheel or `pipx install .` has it); the repository's top-level
@@ -48,20 +51,20 @@ SCHEMA: dict[str, Key] = {
     "extends": Key(str, None, "profile this one starts from"),
     "base": Key(str, None, "default base image (path or catalog name) when --base is not given"),
     "target": Key(str, None, "target the base must be (checked after detection)", TARGETS),
-    "role": Key(str, "worker", "node role", ("worker", "control-plane")),
+    "role": Key(str, "worker", "node role", ROLES),
     "kubernetes_version": Key(str, "1.31", "Kubernetes minor the node is pinned to, e.g. '1.31' "
                               "(with --cluster, the cluster's version; a profile that disagrees is an error)"),
     "kube_repo_url": Key(str, KUBE_REPO_DEFAULT, "apt repository of kubelet/kubeadm/kubectl (a mirror, say); "
                          "{version} stands for the minor", check=values.kube_repo_url),
     "proxy": Key(str, None, "HTTP(S) proxy for apt and the container runtime, like http://10.0.0.1:3128",
-                 check=values.http_url),
-    "runtime": Key(str, "containerd", "container runtime", ("containerd", "docker")),
+                 check=values.proxy_url),
+    "runtime": Key(str, "containerd", "container runtime", RUNTIMES),
     "cri_dockerd": Key(bool, False, "runtime: docker only: cri-dockerd is in the image (from an --overlay), so "
                        "Kubernetes >= 1.24 can use docker"),
     "containerd_config_version": Key(int, 2, "containerd config schema: 2 (read by containerd 1.6, 1.7 and 2.x) "
                                      "or 3 (2.x only)", (2, 3)),
     "default_runtime": Key(str, None, "default runtime for pods: docker default-runtime / containerd "
-                           "default_runtime_name (Jetson: nvidia)"),
+                           "default_runtime_name (Jetson: nvidia)", ("runc", "nvidia")),
     "cgroup_flags": Key(list, ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"],
                         "kernel arguments appended to the command line",
                         items=Key(str, None, "a kernel argument", check=values.kernel_argument)),
@@ -104,6 +107,18 @@ class Profile:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def secret_values(self) -> list[str]:
+        """Every secret value set (password hash, Wi-Fi passphrase), to keep them out of manifests and hashes."""
+        found = []
+        for key, spec in SCHEMA.items():
+            value = self.values.get(key)
+            if spec.secret and value:
+                found.append(str(value))
+            for name, field in (spec.fields or {}).items():
+                if field.secret and isinstance(value, dict) and value.get(name):
+                    found.append(str(value[name]))
+        return found
 
     def public_values(self) -> dict[str, Any]:
         """The values with every secret replaced by "(set)": what a manifest may record."""
@@ -210,7 +225,8 @@ def _check(spec: Key, value: Any, name: str, where: str) -> None:
                             f"({spec.default!r})")
         return
     if spec.type is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise UserError(f"{where}: '{name}' must be a string; quote it (e.g. {name}: \"{value}\")")
+        example = f'{name}: "{value}"' if not spec.secret else f'{name}: "..."'
+        raise UserError(f"{where}: '{name}' must be a string; quote it (e.g. {example})")
     if not isinstance(value, spec.type) or (isinstance(value, bool) and spec.type is not bool):
         raise UserError(f"{where}: '{name}' must be a {_type_name(spec.type)}, not {_type_name(type(value))} "
                         f"{_shown(spec, value)}")

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from firstboot.runtime import RUNTIMES as DEVICE_RUNTIMES
+
 from .errors import UserError
 
-RUNTIMES = ("containerd", "docker")
+RUNTIMES = tuple(sorted(DEVICE_RUNTIMES))  # the device agent's table is the one list of runtimes
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,12 @@ def runtime_source(os_id: str, version_id: str, target: str) -> RuntimeSource:
 
 
 def runtime_packages(runtime: str, cri_dockerd: bool, kubernetes: str, os_id: str, version_id: str,
-                     target: str) -> list[str]:
+                     target: str, config_version: int = 2, default_runtime: str | None = None) -> list[str]:
     """What first boot must install for `runtime` on this OS, or a UserError for a combination that cannot work."""
     minor = tuple(int(x) for x in kubernetes.split("."))
+    if default_runtime == "nvidia" and target not in JETSON_TARGETS:
+        raise UserError(f"default_runtime: nvidia needs NVIDIA's container runtime, which only Jetson images have "
+                        f"({target} has none): drop default_runtime")
     if runtime == "docker":
         if minor >= (1, 24) and not cri_dockerd:
             raise UserError(
@@ -87,6 +92,9 @@ def runtime_packages(runtime: str, cri_dockerd: bool, kubernetes: str, os_id: st
     if minor >= (1, 26) and source.containerd < CRI_V1_FROM:
         raise UserError(f"{source.origin} has containerd {_dotted(source.containerd)}, which lacks CRI v1: "
                         f"Kubernetes {kubernetes} needs containerd >= 1.6")
+    if config_version == 3 and source.containerd < (2, 0, 0):
+        raise UserError(f"containerd_config_version: 3 is read by containerd 2.x only, and {source.origin} installs "
+                        f"{_dotted(source.containerd)}: use 2 (every containerd reads it)")
     if source.cgroup_v1 and minor >= CGROUP_V1_REFUSED_FROM:
         raise UserError(f"{os_id} {version_id} runs cgroup v1, which the kubelet refuses from Kubernetes 1.35: "
                         f"pin this node's cluster to 1.34 or older")

@@ -97,6 +97,15 @@ def http_url(value: object) -> str | None:
     return f"{value!r} is not an http:// or https:// URL"
 
 
+def proxy_url(value: object) -> str | None:
+    """An http(s) proxy URL without a user:password part (it would be readable in apt.conf.d and systemd units)."""
+    problem = http_url(value)
+    if problem is None and "@" in urlsplit(str(value)).netloc:
+        return ("must not hold a user name or password (they would be readable by every user of the node): "
+                "give the proxy without them and put credentials in /etc/apt/auth.conf.d with an --overlay")
+    return problem
+
+
 def kube_repo_url(value: object) -> str | None:
     """An apt repository URL for the Kubernetes packages; `{version}` stands for the minor (1.31)."""
     try:

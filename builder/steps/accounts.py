@@ -1,6 +1,6 @@
 """The admin login a headless first boot needs: user, SSH key, and no on-screen wizard waiting for a keyboard.
 
-- Ubuntu: cloud-init creates the user from the seed (cloud_init.py); nothing here.
+- Ubuntu: cloud-init creates the user from the seed (overlays/ubuntu-cloud-init); nothing here.
 - Kali: the image's `kali` user gets the key in ~/.ssh/authorized_keys, and its well-known password `kali` is
   replaced by the profile's hash, or locked (`passwd -l` style) while SSH is on.
 - Jetson (L4T): no user exists and oem-config would wait on a screen, so the user is added to passwd/shadow/group
@@ -30,7 +30,7 @@ def plan(ctx: BuildContext) -> None:
     if ctx.target.name == "raspios":
         _raspios(ctx, user, keys)
         return
-    day = ctx.epoch // 86400
+    day = max(1, ctx.epoch // 86400)  # never 0: that forces a password change key-only SSH cannot complete
     shadow_gid = groups(ctx.view).get("shadow", 0)
     if user not in accounts(ctx.view):
         for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day).items():

@@ -90,7 +90,8 @@ class BuildContext:
 
     def template_context(self) -> dict[str, Any]:
         """Values overlays can use: every profile key plus facts about the node and the target."""
-        seed = json.dumps([self.profile.values, self.node.__dict__], sort_keys=True, default=str).encode()
+        # public values only: meta-data is world-readable, and a short hash of a passphrase could be guessed offline
+        seed = json.dumps([self.profile.public_values(), self.node.__dict__], sort_keys=True, default=str).encode()
         return {
             **self.profile.values,
             "node": self.node.name, "hostname": self.node.name, "role": self.node.role,

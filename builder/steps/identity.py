@@ -1,6 +1,6 @@
 """Per-node identity: hostname, /etc/hosts, time zone, and (outside cloud-init targets) NetworkManager keyfiles.
 
-Ubuntu's cloud-init gets the same facts from its seed (see cloud_init.py) so it does not undo them at first boot.
+Ubuntu's cloud-init gets the same facts from its seed (overlays/ubuntu-cloud-init) so it does not undo them at first boot.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Target fixes from the seed: Kali's kubelet needs /run/systemd/resolve/resolv.conf, so enable systemd-resolved.
 
 systemd-resolved is a package of its own since Debian 12, and a Kali image may lack it: then the build enables
-nothing and the first-boot agent installs it (firstboot/localsetup.py), so the build never fails for it.
+nothing, and the first-boot agent points the kubelet's resolvConf at /etc/resolv.conf instead (firstboot/joinconfig.py),
+so the build never fails for it.
 """
 
 from __future__ import annotations

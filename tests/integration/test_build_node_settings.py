@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import yaml
 
 from readback import KUBE_KEY, REPO, TEST_SSH_KEY, filesystems, succeeded
 
+from builder import cluster as clusters
 from builder.runtimes import runtime_packages
 from builder.errors import UserError
 
@@ -312,3 +314,70 @@ def test_status_shows_each_nodes_role_and_network(cli, lab):
     assert (rows["pi-master1"]["role"], rows["pi-master1"]["network"]) == ("control-plane", "192.168.6.11")
     assert (rows["pi-worker1"]["role"], rows["pi-worker1"]["network"]) == ("worker", "192.168.6.15/24")
     assert "control-plane" in table and "192.168.6.15/24" in table
+
+
+def test_a_node_removed_and_added_again_goes_on_from_its_generation(cli, tmp_path):
+    lab = init(cli, tmp_path / "lab", "--gateway", GATEWAY)
+    succeeded(cli("cluster", "add-node", lab, "w1", "--profile", "worker-8g"))
+    for _ in range(2):
+        clusters.next_generation(clusters.load_cluster(lab), "w1")
+    succeeded(cli("cluster", "remove-node", lab, "w1"))
+    succeeded(cli("cluster", "add-node", lab, "w1", "--profile", "worker-8g"))
+
+    assert json.loads((lab / "tokend.json").read_text())["nodes"]["w1"] == 2  # its next card is generation 3
+
+
+def test_a_build_that_lost_the_race_for_its_generation_publishes_nothing(cli, tmp_path):
+    lab = init(cli, tmp_path / "lab", "--gateway", GATEWAY)
+    succeeded(cli("cluster", "add-node", lab, "w1", "--profile", "worker-8g"))
+    clusters.record_generation(lab, "w1", 1)
+    with pytest.raises(UserError, match="finished first"):
+        clusters.record_generation(lab, "w1", 1)
+
+
+def test_secrets_leave_no_hash_in_manifests_and_proxy_credentials_are_refused(cli, base, tmp_path):
+    wifi = '{ssid: homelab, psk: "wifi-passphrase-42", country: GB}'
+    plan = json.loads(succeeded(cli("build", "-p", "worker-8g", "--base", base, "--kube-key", KUBE_KEY, "--dry-run",
+                                    "--json", "--set", f"wifi={wifi}")).stdout)
+    seed = next(op for op in plan["ops"] if op["path"] == "/network-config")
+
+    assert "size" in seed and "sha256" not in seed  # a hash of a file holding the passphrase could be brute-forced
+    one_line_error(cli("build", "-p", "worker-8g", "--base", base, "--kube-key", KUBE_KEY, "--dry-run",
+                       "--set", "proxy=http://me:pw@10.0.0.1:3128"), "user name or password")
+
+
+def test_the_image_is_private_from_the_first_byte_while_it_is_built(cli, base, tmp_path):
+    modes = []
+    watcher = subprocess.Popen([sys.executable, "-c", WATCH_MODES, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    succeeded(cli("build", "-p", "worker-8g", "--base", base, "-o", tmp_path / "n.img", "--kube-key", KUBE_KEY,
+                  "--set", "password_hash=$6$saltsalt$" + "x" * 86))
+    watcher.terminate()
+    modes = set(watcher.communicate()[0].split())
+
+    assert modes <= {"0o600"}, modes
+    assert (tmp_path / "n.img").stat().st_mode & 0o777 == 0o600  # it holds a password hash
+
+
+WATCH_MODES = """
+import os, sys, time
+seen = set()
+end = time.time() + 120
+while time.time() < end:
+    for name in os.listdir(sys.argv[1]):
+        if name.endswith(".img") or ".pi-image-" in name and not name.endswith(".json.tmp"):
+            try:
+                mode = oct(os.stat(os.path.join(sys.argv[1], name)).st_mode & 0o777)
+            except FileNotFoundError:
+                continue
+            if mode not in seen:
+                seen.add(mode)
+                print(mode, flush=True)
+    time.sleep(0.01)
+"""
+
+
+def test_runtime_settings_that_cannot_work_are_refused():
+    with pytest.raises(UserError, match="containerd 2.x only"):
+        runtime_packages("containerd", False, "1.31", "debian", "12", "raspios", config_version=3)
+    with pytest.raises(UserError, match="only Jetson"):
+        runtime_packages("containerd", False, "1.31", "ubuntu", "22.04", "ubuntu-raspi", default_runtime="nvidia")
