@@ -88,7 +88,12 @@ def inspect(image: Path, as_json: bool) -> None:
     for key, value in report["k8s"].items():
         click.echo(f"  {key:15} {_mark(value)}")
     fb = report["firstboot"]
-    click.echo(f"  {'firstboot':15} {_mark(fb['installed'])}" + (f" (node {fb['node']})" if fb["node"] else ""))
+    network = fb["network"]
+    where = network if isinstance(network, str) else network and f"{network['address']} via {network['gateway']}"
+    facts = [f"node {fb['node']}", fb["role"], fb["kubernetes_version"] and f"Kubernetes {fb['kubernetes_version']}",
+             fb["cluster"] and f"cluster {fb['cluster']}", where]
+    click.echo(f"  {'firstboot':15} {_mark(fb['installed'])}"
+               + (f" ({', '.join(str(f) for f in facts if f)})" if fb["node"] else ""))
 
 
 @main.command()
