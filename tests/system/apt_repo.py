@@ -112,6 +112,11 @@ class SigningKey:
         self._gpg("--clearsign", "-o", str(release.with_name("InRelease")), str(release))
         self._gpg("--detach-sign", "--armor", "-o", str(release.with_name("Release.gpg")), str(release))
 
+    def close(self) -> None:
+        """Stop the gpg-agent this key's GNUPGHOME started (it would outlive the test session)."""
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=self.env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def _gpg(self, *args: str):
         return run(["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", *args],
                    env=self.env)

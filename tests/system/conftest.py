@@ -63,13 +63,14 @@ def archive(tmp_path_factory):
     rootfs = cached_rootfs()
     figures["rootfs_seconds"] = round(time.monotonic() - started, 1)
     started = time.monotonic()
-    repo = AptRepository(base / "repo", SigningKey(base / "gnupg"), runtime_debs(rootfs),
-                         standin_debs(base / "standins"))
+    key = SigningKey(base / "gnupg")
+    repo = AptRepository(base / "repo", key, runtime_debs(rootfs), standin_debs(base / "standins"))
     repo.port = free_port()
     repo.serve(repo.port)
     figures["archive_seconds"] = round(time.monotonic() - started, 1)
     yield repo
     repo.stop()
+    key.close()
 
 
 @pytest.fixture(scope="session")
