@@ -364,7 +364,7 @@ seen = set()
 end = time.time() + 120
 while time.time() < end:
     for name in os.listdir(sys.argv[1]):
-        if name.endswith(".img") or ".pi-image-" in name and not name.endswith(".json.tmp"):
+        if ".img" in name and ".json" not in name:  # the image and its temporaries, not the (public) manifest
             try:
                 mode = oct(os.stat(os.path.join(sys.argv[1], name)).st_mode & 0o777)
             except FileNotFoundError:
