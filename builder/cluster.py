@@ -2,10 +2,11 @@
 
     DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, gateway, dns, approval_mode, ca_cert,
                          kubeconfig, endpoint_fingerprint (public: what images pin)
-    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation}]
+    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
     DIR/state/           the endpoint's SQLite state and audit log when it runs from this directory
+    DIR/.inventory.lock  held while a build records the generation of the card it made
 
 Node credentials are never stored: each is HMAC-SHA256(enrollment key, node name, generation), derived when an image
 is built. Every build of a node bumps its generation, so the endpoint accepts only the newest card of each node.
