@@ -71,3 +71,13 @@ def subnet(value: str, option: str) -> str:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
         raise UserError(f"{option}: {value!r} is not a CIDR subnet (like 192.168.6.0/24)") from None
+
+
+def disjoint(subnets: dict[str, str], where: str) -> None:
+    """Refuse two of `subnets` ({what: CIDR}) that overlap: pods, services and nodes each need their own range."""
+    items = list(subnets.items())
+    for index, (name_a, a) in enumerate(items):
+        for name_b, b in items[index + 1:]:
+            if ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b)):
+                raise UserError(f"{where}: {name_a} {a} overlaps {name_b} {b}; give each its own range "
+                                "(the defaults are pod_subnet 10.244.0.0/16, service_subnet 10.96.0.0/12)")

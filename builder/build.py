@@ -93,13 +93,13 @@ def prepare(request: BuildRequest) -> BuildContext:
         raise UserError(f"profile '{profile.name}' is for {profile['target']} but {base} is {target.name}: "
                         f"pick a profile for {target.name} (see `pi-image profiles`)")
     _check_login(profile, target, request.no_login)
-    node, config = _node(request, profile, cluster)
+    node, config = _node(request, profile, cluster, profile["user"] or target.default_user)
     config["runtime_packages"] = runtime_packages(
         profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
         target.os.version_id or "", target.name, profile["containerd_config_version"], profile["default_runtime"])
     keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=_epoch(Path(base)),
-                       replace_overlays=request.replace_overlays)
+                       replace_overlays=request.replace_overlays, cluster=cluster)
     make_plan(ctx)
     return ctx
 
@@ -143,8 +143,10 @@ def _profile_name(request: BuildRequest) -> str:
     raise UserError("pass --profile NAME (or --cluster DIR --node NAME to use the node's profile from the inventory)")
 
 
-def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None) -> tuple[NodeIdentity, dict[str, Any]]:
-    """The node's identity and its firstboot config, from the inventory (--cluster --node) or the profile.
+def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None,
+          admin_user: str | None) -> tuple[NodeIdentity, dict[str, Any]]:
+    """The node's identity and its firstboot config, from the inventory (--cluster --node) or the profile;
+    `admin_user` gets the cluster's kubeconfig on a control plane.
 
     A cluster build's config carries the node's NEXT generation: the inventory records it once the image is made.
     """
@@ -159,7 +161,7 @@ def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None) -> t
         entry = dataclasses.replace(entry, generation=entry.generation + 1)
         node = NodeIdentity(entry.name, entry.role, entry.address, entry.mac, cluster.node_subnet, cluster.gateway,
                             tuple(cluster.dns), str(cluster.directory))
-        return node, node_config(cluster, entry, profile["runtime"])
+        return node, node_config(cluster, entry, profile["runtime"], admin_user)
     name = request.node or profile["hostname"] or profile.name
     problem = values.hostname(name)
     if problem:
@@ -259,8 +261,9 @@ def _manifest_path(output: Path) -> Path:
 
 def _image_mode(ctx: BuildContext) -> int:
     """0600 when the image holds a secret (a node credential: anyone who reads it could join as that node; a
-    password hash, a Wi-Fi passphrase), else 0644."""
-    return 0o600 if "credential" in ctx.node_config or ctx.profile.secret_values() else 0o644
+    control plane's cluster secrets; a password hash, a Wi-Fi passphrase), else 0644."""
+    holds_cluster_secret = "credential" in ctx.node_config or "control_plane" in ctx.node_config
+    return 0o600 if holds_cluster_secret or ctx.profile.secret_values() else 0o644
 
 
 def _output_digests(path: Path, output: Path, full: bool) -> dict[str, Any]:

@@ -164,7 +164,8 @@ def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> li
         return [request]
     if not request.cluster:
         raise UserError("--all needs --cluster DIR")
-    names = [n.name for n in load_cluster(request.cluster).nodes]
+    # control planes last: their card carries the endpoint's copy of the inventory, with every node's newest card
+    names = [n.name for n in sorted(load_cluster(request.cluster).nodes, key=lambda n: n.role == "control-plane")]
     if not names:
         raise UserError(f"{request.cluster}/inventory.yaml has no nodes: add some with `pi-image cluster add-node`")
     return [dataclasses.replace(request, node=name, output=(output or Path(".")) / f"{name}.img") for name in names]
@@ -223,7 +224,8 @@ def _report(result: BuildResult, as_json: bool) -> None:
     size = result.output.stat().st_size if result.output.is_file() else 0
     click.echo(f"Output: {result.output}" + (f" ({_size(size)})" if size else ""))
     if result.output.is_file() and result.output.stat().st_mode & 0o077 == 0:
-        click.echo("  It holds secrets (the node's join credential, a password hash or a Wi-Fi passphrase), so it "
+        click.echo("  It holds secrets (the node's join credential, the cluster's keys on a control plane, a password "
+                   "hash or a Wi-Fi passphrase), so it "
                    "is readable by you only (0600): keep it, and the card, private.")
 
 
@@ -235,9 +237,17 @@ def _next_steps(results: list[BuildResult], cluster: Path | None) -> None:
             click.echo(f"  {result.node.name:20} {result.node.role:13} {result.output}")
     click.echo("\nNext: write each image to its node's SD card or USB SSD (e.g. `bmaptool copy IMAGE /dev/sdX`, or "
                "`dd if=IMAGE of=/dev/sdX bs=4M conv=fsync`), put it in the board and power it on.")
-    if cluster:
-        click.echo(f"  Workers join by themselves once the token endpoint runs (`pi-image token-server --cluster "
-                   f"{cluster}`); watch them with `pi-image status --cluster {cluster}`.")
+    if not cluster:
+        return
+    if any(result.node.role == "control-plane" for result in results):
+        click.echo("  The control plane's card initializes the cluster at its first boot (kubeadm init, flannel) and "
+                   "then serves join tokens: workers powered on before it wait and join by themselves.")
+        click.echo(f"  Then: `pi-image cluster kubeconfig {cluster}` fetches the admin kubeconfig; "
+                   f"`pi-image status --cluster {cluster}` run on the master shows each node.")
+    else:
+        click.echo(f"  Workers join by themselves once the token endpoint runs: the one the control plane's card "
+                   f"starts (`pi-image build --cluster {cluster} --node MASTER`), or `pi-image token-server --cluster "
+                   f"{cluster}` where kubectl reaches the cluster.")
 
 
 @main.command()

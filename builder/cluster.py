@@ -1,7 +1,7 @@
 """A cluster directory: the settings, the inventory and the secrets that let built images join by themselves.
 
-    DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, gateway, dns, approval_mode, ca_cert,
-                         kubeconfig, endpoint_fingerprint (public: what images pin)
+    DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, pod_subnet, service_subnet, gateway,
+                         dns, approval_mode, ca_cert, kubeconfig, endpoint_fingerprint (public: what images pin)
     DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
@@ -37,9 +37,11 @@ from .runtimes import RUNTIMES
 
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
+DEFAULT_POD_SUBNET = "10.244.0.0/16"  # flannel's own default
+DEFAULT_SERVICE_SUBNET = "10.96.0.0/12"  # kubeadm's own default
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "gateway", "dns", "approval_mode",
-                 "endpoint_fingerprint", "ca_cert", "kubeconfig"}
+_CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "pod_subnet", "service_subnet",
+                 "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig"}
 _NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation"}
 
 
@@ -67,6 +69,8 @@ class Cluster:
     endpoint_fingerprint: str
     gateway: str | None = None  # of the node subnet: static addresses route through it
     dns: list[str] = field(default_factory=list)
+    pod_subnet: str = DEFAULT_POD_SUBNET  # kubeadm's podSubnet = flannel's Network
+    service_subnet: str = DEFAULT_SERVICE_SUBNET
     approval_mode: bool = False
     ca_cert: str = DEFAULT_CA_CERT
     kubeconfig: str = DEFAULT_KUBECONFIG
@@ -97,13 +101,18 @@ class Cluster:
         """The node's credential (hex) for its current generation, derived from the enrollment key."""
         return protocol.node_credential(cluster_secrets.read_enrollment_key(self.secrets_dir), node.name, node.generation)
 
+    def admin_credential(self) -> str:
+        """The operator's credential for the endpoint's /v1/admin/ requests (never a node's)."""
+        return protocol.admin_credential(cluster_secrets.read_enrollment_key(self.secrets_dir))
+
     def settings(self) -> dict:
         """cluster.yaml's content."""
         return {k: v for k, v in asdict(self).items() if k in _CLUSTER_KEYS and v not in (None, [])}
 
 
 def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None) -> Cluster:
+                 approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None,
+                 pod_subnet: str = DEFAULT_POD_SUBNET, service_subnet: str = DEFAULT_SERVICE_SUBNET) -> Cluster:
     """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster."""
     if (directory / "cluster.yaml").exists():
         raise UserError(f"{directory}: already a cluster directory (cluster.yaml exists); pick another directory")
@@ -116,12 +125,15 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     subnet = addresses.subnet(node_subnet, "--node-subnet")
     gateway = addresses.address_in(gateway, subnet, "--gateway") if gateway else None
     servers = [addresses.address(server, "--dns") for server in dns or []]
+    pods, services = addresses.subnet(pod_subnet, "--pod-subnet"), addresses.subnet(service_subnet, "--service-subnet")
+    addresses.disjoint({"--node-subnet": subnet, "--pod-subnet": pods, "--service-subnet": services}, "cluster init")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{directory}: cannot create the cluster directory: {err.strerror}") from None
     fingerprint = cluster_secrets.create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
-    cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, approval_mode)
+    cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods, services,
+                      approval_mode)
     _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
     save_inventory(cluster)
     return cluster
@@ -137,7 +149,11 @@ def load_cluster(directory: Path) -> Cluster:
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
     settings["kubernetes_version"] = addresses.minor(str(settings["kubernetes_version"]), f"{path}: kubernetes_version")
-    settings["node_subnet"] = addresses.subnet(str(settings["node_subnet"]), f"{path}: node_subnet")
+    for key in ("node_subnet", "pod_subnet", "service_subnet"):
+        if key in settings:
+            settings[key] = addresses.subnet(str(settings[key]), f"{path}: {key}")
+    addresses.disjoint({key: settings.get(key, default) for key, default in (
+        ("node_subnet", None), ("pod_subnet", DEFAULT_POD_SUBNET), ("service_subnet", DEFAULT_SERVICE_SUBNET))}, str(path))
     if settings.get("gateway") is not None:
         settings["gateway"] = addresses.address_in(str(settings["gateway"]), settings["node_subnet"], f"{path}: gateway")
     dns = settings.get("dns") or []
@@ -272,7 +288,7 @@ def local_node_config(node_name: str, kubernetes_version: str, runtime: str = "c
             "runtime": runtime}
 
 
-def node_config(cluster: Cluster, node: Node, runtime: str = "containerd") -> dict:
+def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin_user: str | None = None) -> dict:
     """node.json for `node`'s image (written 0600 root:root at /etc/pi-image/node.json).
 
     The local keys of local_node_config(), plus for workers:
@@ -281,18 +297,37 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd") -> di
       credential           hex HMAC-SHA256(enrollment key, node name, generation): the node's secret
       api_server           "HOST:6443" (the agent routes to it to find its node-ip if no subnet address)
       node_subnet          CIDR: the node-ip is this node's address inside it
+    and for control-plane nodes, which run `kubeadm init` themselves and never join (so get no credential):
+      api_server, node_subnet as above (controlPlaneEndpoint; the advertise address is the node's in the subnet)
+      control_plane        {pod_subnet, service_subnet, admin_user (who gets ~/.kube/config)}
     Every cluster node also gets `cluster` {api_server, node_subnet} and `generation` (which build of the node the
-    card is; the endpoint knows the current one). Control-plane nodes get no credential: the first master runs
-    `kubeadm init` itself.
+    card is; the endpoint knows the current one).
     """
     config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role)
     config.update(cluster={"api_server": cluster.api_server, "node_subnet": cluster.node_subnet},
-                  generation=node.generation)
+                  generation=node.generation, api_server=cluster.api_server, node_subnet=cluster.node_subnet)
     if node.role == "worker":
         config.update(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
-                      credential=cluster.credential(node), api_server=cluster.api_server,
-                      node_subnet=cluster.node_subnet)
+                      credential=cluster.credential(node))
+    else:
+        config["control_plane"] = {"pod_subnet": cluster.pod_subnet, "service_subnet": cluster.service_subnet,
+                                   "admin_user": admin_user}
     return config
+
+
+def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
+    """(path inside the cluster directory, content, mode) of what a control-plane image carries: the settings, the
+    inventory, the token endpoint's configuration and the secrets it serves with (never the endpoint's state).
+
+    The endpoint on the master reads them from firstboot.nodeconfig.CLUSTER_DIR; `pi-image status|approve --cluster`
+    run there find its state as they do on the host.
+    """
+    files = [("cluster.yaml", _yaml_text(cluster.settings()), 0o644),
+             ("inventory.yaml", (cluster.directory / "inventory.yaml").read_bytes(), 0o644),
+             ("tokend.json", (json.dumps(server_config(cluster), indent=2, sort_keys=True) + "\n").encode(), 0o600)]
+    for name in cluster_secrets.SECRET_FILES:
+        files.append((f"secrets/{name}", (cluster.secrets_dir / name).read_bytes(), 0o600))
+    return files
 
 
 def server_config(cluster: Cluster) -> dict:
@@ -304,8 +339,8 @@ def server_config(cluster: Cluster) -> dict:
         "api_server": cluster.api_server, "node_subnet": cluster.node_subnet,
         "kubernetes_version": cluster.kubernetes_version, "listen": f"0.0.0.0:{addresses.port(cluster.endpoint)}",
         "approval_mode": cluster.approval_mode, "nodes": {node.name: node.generation for node in cluster.nodes},
-        "enrollment_key_file": "secrets/enrollment.key", "tls_cert_file": "secrets/endpoint.crt",
-        "tls_key_file": "secrets/endpoint.key", "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
+        "enrollment_key_file": f"secrets/{cluster_secrets.ENROLLMENT_KEY}",
+        "tls_cert_file": f"secrets/{cluster_secrets.ENDPOINT_CERT}", "tls_key_file": f"secrets/{cluster_secrets.ENDPOINT_KEY}", "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
     }
 
 
@@ -317,7 +352,11 @@ def write_server_config(cluster: Cluster) -> Path:
 
 
 def _write_yaml(path: Path, data: dict, mode: int) -> None:
-    write_private(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=False), mode)
+    write_private(path, _yaml_text(data).decode(), mode)
+
+
+def _yaml_text(data: dict) -> bytes:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).encode()
 
 
 def _read_yaml_mapping(path: Path, fix: str) -> dict:

@@ -12,12 +12,14 @@ from pathlib import Path
 import click
 
 from firstboot import protocol
+from firstboot.client import EndpointClient, EndpointUnreachable
 from firstboot.endpoint import tokend
 from firstboot.endpoint.settings import ServerSettings, SettingsError
 from firstboot.endpoint.state import NodeStore, database_path
 
-from . import cluster as clusters
+from . import addresses, cluster as clusters
 from .errors import UserError
+from .outputs import write_private
 from .profiles import load_profile
 
 CLUSTER_OPTION = click.option(
@@ -52,10 +54,15 @@ def cluster_group() -> None:
               "through it (edit later as `gateway:` in cluster.yaml).")
 @click.option("--dns", metavar="A.B.C.D[,...]", help="Name servers for nodes with a fixed address "
               "[default: the gateway] (later: `dns:` in cluster.yaml).")
+@click.option("--pod-subnet", default=clusters.DEFAULT_POD_SUBNET, show_default=True, metavar="CIDR",
+              help="Pods' network (kubeadm's podSubnet, flannel's Network).")
+@click.option("--service-subnet", default=clusters.DEFAULT_SERVICE_SUBNET, show_default=True, metavar="CIDR",
+              help="Services' network (kubeadm's serviceSubnet).")
 @click.option("--approval-mode", is_flag=True, help="Unknown nodes wait for `pi-image approve` instead of refusal.")
 @JSON_OPTION
 def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 gateway: str | None, dns: str | None, approval_mode: bool, as_json: bool) -> None:
+                 gateway: str | None, dns: str | None, pod_subnet: str, service_subnet: str, approval_mode: bool,
+                 as_json: bool) -> None:
     """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
 
     \b
@@ -65,7 +72,7 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     """
     servers = [server.strip() for server in (dns or "").split(",") if server.strip()]
     cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode,
-                                    gateway, servers)
+                                    gateway, servers, pod_subnet, service_subnet)
     summary = {"directory": str(directory), "endpoint": cluster.endpoint,
                "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
     if as_json:
@@ -113,6 +120,37 @@ def remove_node_command(directory: Path, name: str) -> None:
     """
     node = clusters.remove_node(clusters.load_cluster(directory), name)
     click.echo(f"removed {node.role} {node.name} from {directory / 'inventory.yaml'}")
+
+
+@cluster_group.command("kubeconfig")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write it [default: DIRECTORY/kubeconfig].")
+@click.option("--endpoint", metavar="HOST:PORT", help="The master's token endpoint [default: cluster.yaml's].")
+def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | None) -> None:
+    """Fetch the cluster's admin kubeconfig from the master's token endpoint (pinned TLS, the admin credential).
+
+    The master's card makes it at first boot (kubeadm init); this copies it here, 0600.
+
+    \b
+    Examples:
+      pi-image cluster kubeconfig lab
+      pi-image cluster kubeconfig lab -o ~/.kube/config && kubectl get nodes
+    """
+    cluster = clusters.load_cluster(directory)
+    target = output or directory / "kubeconfig"
+    address = addresses.host_port(endpoint, "--endpoint") if endpoint else cluster.endpoint
+    client = EndpointClient(address, cluster.endpoint_fingerprint, protocol.ADMIN_NAME, cluster.admin_credential())
+    try:
+        answer = client.admin_kubeconfig()
+    except EndpointUnreachable as err:
+        raise UserError(f"{err}: is the master up (its first boot takes a few minutes)? Try again later") from None
+    text = answer.payload.get("kubeconfig")
+    if answer.status != 200 or not isinstance(text, str):
+        raise UserError(f"the token endpoint at {address} did not give the kubeconfig: {answer.error}")
+    write_private(target, text)
+    click.echo(f"wrote the admin kubeconfig of cluster {directory.name} to {target} (0600)")
+    click.echo(f"next: KUBECONFIG={target} kubectl get nodes")
 
 
 @click.command("token-server")

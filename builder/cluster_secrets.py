@@ -19,6 +19,10 @@ from .errors import UserError
 from .outputs import write_private
 
 
+ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT = "enrollment.key", "endpoint.key", "endpoint.crt"
+SECRET_FILES = (ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT)
+
+
 def create_secrets(secrets_dir: Path, endpoint_host: str) -> str:
     """Enrollment key and the endpoint's TLS key + self-signed certificate; returns the certificate's fingerprint."""
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -37,15 +41,15 @@ def create_secrets(secrets_dir: Path, endpoint_host: str) -> str:
         .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_private(secrets_dir / "enrollment.key", secrets.token_hex(32) + "\n")
-    write_private(secrets_dir / "endpoint.key", key.private_bytes(
+    write_private(secrets_dir / ENROLLMENT_KEY, secrets.token_hex(32) + "\n")
+    write_private(secrets_dir / ENDPOINT_KEY, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    write_private(secrets_dir / "endpoint.crt", certificate.public_bytes(serialization.Encoding.PEM).decode())
+    write_private(secrets_dir / ENDPOINT_CERT, certificate.public_bytes(serialization.Encoding.PEM).decode())
     return protocol.certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def read_enrollment_key(secrets_dir: Path) -> bytes:
-    path = secrets_dir / "enrollment.key"
+    path = secrets_dir / ENROLLMENT_KEY
     try:
         return bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as err:

@@ -8,7 +8,8 @@ point: a join that was interrupted is reset and redone, or recognised as finishe
 
 A join token is asked for only when kubeadm's preflight can pass (preflight.py); a failure is reported to the
 endpoint once per change of its reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
-A control-plane node never runs `kubeadm join`.
+A control-plane node never runs `kubeadm join`: built for a cluster, it runs `kubeadm init` and starts the token
+endpoint (controlplane.py).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import random
 import sys
 import time
 
-from . import joinconfig, localsetup, netinfo, preflight, protocol
+from . import controlplane, joinconfig, localsetup, netinfo, preflight, protocol
 from .client import EndpointClient, EndpointUnreachable
 from .commands import CommandRunner
 from .errors import SetupFailed
@@ -68,10 +69,13 @@ class FirstBootAgent(object):
         self.sleep = sleep
         self.setup = localsetup.LocalSetup(paths.root, commands, config["runtime"], config["runtime_packages"], sleep)
         self.reported_problem = None
+        self.control_plane = None
+        if config["role"] == "control-plane" and config.get("control_plane"):
+            self.control_plane = controlplane.ControlPlane(config, paths, commands, self.setup, sleep)
         self.client = None
         if config.get("endpoint"):
             self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
-                                         config["credential"])
+                                         config["credential"], generation=config.get("generation"))
 
     def run(self):
         """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
@@ -106,6 +110,8 @@ class FirstBootAgent(object):
         if problems:
             raise SetupFailed("kubeadm's preflight would fail, so no join token is asked for: " + "; ".join(problems),
                               retry=True)
+        if self.control_plane is not None:
+            return self._initialize_control_plane()
         if self.config["role"] == "control-plane" or self.client is None:
             return self._done_without_join()
         node_ip = netinfo.choose_node_ip(self.commands, self.config.get("node_subnet"),
@@ -138,11 +144,20 @@ class FirstBootAgent(object):
             log.error("the endpoint refused to issue a token: %s", answer.error)
         return RETRY_LATER
 
+    def _initialize_control_plane(self):
+        if not self.control_plane.initialized and not self.control_plane.initialize(self._kubelet_patches()):
+            return RETRY_LATER
+        self.control_plane.finish()
+        self.paths.mark_done({"node": self.config["node"], "initialized": True})
+        log.info("control plane %s is set up", self.config["node"])
+        return DONE
+
     def _done_without_join(self):
         self.paths.mark_done({"node": self.config["node"], "joined": False})
         if self.config["role"] == "control-plane":
-            log.info("local setup done; this is a control-plane node: it never runs kubeadm join "
-                     "(kubeadm init is the operator's step)")
+            log.info("local setup done; this is a control-plane node built without a cluster: it never runs "
+                     "kubeadm join, and kubeadm init is the operator's step (build it with --cluster to have it "
+                     "initialize the cluster by itself)")
         else:
             log.info("local setup done; this image has no cluster endpoint, so the node does not join")
         return DONE

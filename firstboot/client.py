@@ -58,8 +58,11 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 class EndpointClient(object):
     """Signed requests for one node to one endpoint; each exchange is challenge + POST on one connection."""
 
-    def __init__(self, endpoint, fingerprint, node, credential, timeout=15.0, source_address=None):
+    def __init__(self, endpoint, fingerprint, node, credential, timeout=15.0, source_address=None, generation=None):
+        """`generation`: which build of the node the credential is (node.json's), sent so that an endpoint whose
+        inventory is older than the card still knows which credential to check."""
         self.host, self.port = protocol.split_host_port(endpoint)
+        self.generation = generation
         self.fingerprint = protocol.normalize_fingerprint(fingerprint)
         self.node = node
         self.credential = credential
@@ -77,6 +80,10 @@ class EndpointClient(object):
         """Tell the endpoint how far the node got ('progress', 'failed', 'joined')."""
         return self._exchange(protocol.REPORT_PATH,
                               {"node": self.node, "state": state, "message": protocol.redact(message)})
+
+    def admin_kubeconfig(self):
+        """The cluster's admin kubeconfig (a client made with protocol.ADMIN_NAME and the admin credential)."""
+        return self._exchange(protocol.ADMIN_KUBECONFIG_PATH, {})
 
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
@@ -113,6 +120,8 @@ class EndpointClient(object):
                 protocol.HEADER_NONCE: nonce,
                 protocol.HEADER_SIGNATURE: protocol.sign(self.credential, "POST", path, nonce, body),
             }
+            if self.generation is not None:
+                headers[protocol.HEADER_GENERATION] = str(self.generation)
             return _request(connection, "POST", path, body, headers)
 
 

@@ -24,10 +24,7 @@ def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, no
                        patches=None):
     """The JoinConfiguration as a dict; `patches` is the directory of kubeadm patches, if any."""
     api_version = api_version_for(kubernetes_version)
-    if api_version.endswith("v1beta4"):
-        extra_args = [{"name": "node-ip", "value": node_ip}]
-    else:
-        extra_args = {"node-ip": node_ip}
+    extra_args = kubelet_extra_args(api_version, {"node-ip": node_ip})
     config = {
         "apiVersion": api_version,
         "kind": "JoinConfiguration",
@@ -38,6 +35,13 @@ def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, no
     if patches:
         config["patches"] = {"directory": patches}
     return config
+
+
+def kubelet_extra_args(api_version, arguments):
+    """`arguments` ({flag: value}) in the shape `api_version` reads: v1beta4 a list of name/value pairs, v1beta3 a map."""
+    if api_version.endswith("v1beta4"):
+        return [{"name": name, "value": value} for name, value in sorted(arguments.items())]
+    return dict(arguments)
 
 
 def kubelet_patch(resolv_conf):

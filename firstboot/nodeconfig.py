@@ -5,11 +5,15 @@ node.json (written by the build, mode 0600, root:root) — the keys are defined 
     node, role, kubernetes_version, runtime                    always (local setup)
     runtime_packages                                           apt packages that provide the runtime when it is
                                                                missing (may be empty or absent: nothing to install)
-    endpoint, endpoint_fingerprint, credential,                only when the image was built for a cluster
+    endpoint, endpoint_fingerprint, credential,                a worker built for a cluster
     api_server, node_subnet
+    api_server, node_subnet, control_plane {pod_subnet,         a control-plane node built for a cluster: it runs
+      service_subnet, admin_user}                              `kubeadm init` (controlplane.py)
 
 The agent's state (AgentPaths): firstboot.done (the unit's condition), join-started (a join was under way),
-issued-token.json (a join token still valid, 0600, deleted once joined), kubeadm-patches/, firstboot.log.
+issued-token.json (a join token still valid, 0600, deleted once joined), kubeadm-patches/, firstboot.log; on a
+control plane: init-started, init-failures, init-config.yaml (0600), control-plane.initialized (the condition of the
+token endpoint's unit).
 """
 
 import json
@@ -19,7 +23,14 @@ from .runtime import RUNTIMES
 
 LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
 CLUSTER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
+CONTROL_PLANE_KEYS = ("api_server", "node_subnet")
 ROLES = ("worker", "control-plane")
+
+# Where a control-plane image keeps what the build put there for it (paths below the root; the builder imports them):
+CLUSTER_DIR = "etc/pi-image/cluster"  # the cluster directory's settings and secrets; the endpoint's state in state/
+CNI_MANIFEST = "usr/lib/pi-image/cni/kube-flannel.yml"
+ENDPOINT_UNIT = "pi-image-tokend.service"
+INITIALIZED = "var/lib/pi-image/control-plane.initialized"  # ConditionPathExists of ENDPOINT_UNIT
 
 
 class ConfigError(Exception):
@@ -40,6 +51,12 @@ def load_node_config(path):
     missing = [key for key in LOCAL_KEYS if not config.get(key)]
     if config.get("endpoint"):
         missing += [key for key in CLUSTER_KEYS if not config.get(key)]
+    if config.get("control_plane") is not None:
+        if not isinstance(config["control_plane"], dict):
+            raise ConfigError("{}: control_plane must be an object".format(path))
+        missing += [key for key in CONTROL_PLANE_KEYS if not config.get(key)]
+        missing += ["control_plane." + key for key in ("pod_subnet", "service_subnet")
+                    if not config["control_plane"].get(key)]
     if missing:
         raise ConfigError("{}: missing key(s) {}".format(path, ", ".join(missing)))
     if config["runtime"] not in RUNTIMES:
@@ -66,6 +83,13 @@ class AgentPaths(object):
         self.kubeadm_patches = os.path.join(self.state_dir, "kubeadm-patches")
         self.log_file = os.path.join(self.state_dir, "firstboot.log")
         self.node_config = os.path.join(self.root, "etc/pi-image/node.json")
+        self.init_started = os.path.join(self.state_dir, "init-started")
+        self.init_failures = os.path.join(self.state_dir, "init-failures")
+        self.init_config = os.path.join(self.state_dir, "init-config.yaml")
+        self.initialized = os.path.join(self.root, INITIALIZED)
+        self.cluster_dir = os.path.join(self.root, CLUSTER_DIR)
+        self.cni_manifest = os.path.join(self.root, CNI_MANIFEST)
+        self.admin_kubeconfig = os.path.join(self.root, "etc/kubernetes/admin.conf")
 
     def is_done(self):
         return os.path.exists(self.done)

@@ -11,13 +11,22 @@ Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fi
                             409 {"error": "..."}      (this credential already joined, version skew, Ready namesake)
                             4xx/5xx {"error": "..."}
     POST /v1/report      -> 200 {"state": "..."}
+    POST /v1/admin/kubeconfig -> 200 {"kubeconfig": "..."}   (the cluster's admin kubeconfig, once initialized)
+                                 503 {"error": "..."}        (the control plane is not initialized yet)
 
 POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
 /v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
 method, path, nonce and body. Challenge-response instead of timestamps because Raspberry Pis have no RTC.
 
+Admin requests (/v1/admin/...) are signed the same way with the admin credential, derived from the enrollment key
+in another domain than any node's (admin_credential), with ADMIN_NAME in the node header: a node credential never
+opens them, the admin credential never joins.
+
 A credential belongs to one build of a node: its generation, which every build of that node bumps in the inventory.
-The endpoint accepts only the node's current generation, and each generation joins once.
+The endpoint accepts the node's current generation - or a newer one the card names in HEADER_GENERATION (a card built
+after the endpoint's copy of the inventory, e.g. the master's, was made: only the enrollment key's holder can make
+one) - never an older one, and never one older than a generation it has already issued a token to; each generation
+joins once.
 """
 
 import hashlib
@@ -28,10 +37,14 @@ import ssl
 CHALLENGE_PATH = "/v1/challenge"
 JOIN_PATH = "/v1/join"
 REPORT_PATH = "/v1/report"
+ADMIN_KUBECONFIG_PATH = "/v1/admin/kubeconfig"
+ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH,)
+ADMIN_NAME = "pi-image-admin"
 
 HEADER_NODE = "X-Pi-Image-Node"
 HEADER_NONCE = "X-Pi-Image-Nonce"
 HEADER_SIGNATURE = "X-Pi-Image-Signature"
+HEADER_GENERATION = "X-Pi-Image-Generation"  # which build of the node signed (optional: else the endpoint's current)
 
 NONCE_TTL_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
@@ -56,6 +69,14 @@ def node_credential(enrollment_key, node_name, generation=1):
         raise ValueError("a node's generation is a whole number >= 0, not {!r}".format(generation))
     message = "{}:{}".format(node_name, generation).encode("ascii")
     return hmac.new(enrollment_key, message, hashlib.sha256).hexdigest()
+
+
+def admin_credential(enrollment_key):
+    """The operator's secret for /v1/admin/...: hex HMAC-SHA256(enrollment key bytes, "pi-image-admin").
+
+    A node's message always holds ':' (node_credential), this one never does: no node credential equals it.
+    """
+    return hmac.new(enrollment_key, ADMIN_NAME.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def sign(credential, method, path, nonce, body):

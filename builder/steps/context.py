@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cluster import DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET
 from ..errors import UserError
 from ..plan import FileOp, Plan, PlanView
 from ..profiles import Profile
@@ -40,6 +41,7 @@ class BuildContext:
     overlays: list[str] = field(default_factory=list)  # extra overlay dirs from --overlay
     epoch: int = 0  # the build's time (SOURCE_DATE_EPOCH or the base's mtime): dates written into the image
     replace_overlays: bool = False  # an --overlay may shadow a shipped overlay of the same name
+    cluster: Any = None  # the builder.cluster.Cluster a cluster build is for (a control plane carries its files)
     plan: Plan = field(default_factory=Plan)
 
     @property
@@ -88,6 +90,12 @@ class BuildContext:
         return {"interface": network.get("interface") or "eth0", "address": str(iface), "gateway": str(gateway),
                 "dns": dns}
 
+    def _cluster_subnets(self) -> tuple[str, str]:
+        """The service and pod networks: the cluster's, else kubeadm's and flannel's defaults."""
+        if self.cluster is not None:
+            return self.cluster.service_subnet, self.cluster.pod_subnet
+        return DEFAULT_SERVICE_SUBNET, DEFAULT_POD_SUBNET
+
     def template_context(self) -> dict[str, Any]:
         """Values overlays can use: every profile key plus facts about the node and the target."""
         # public values only: meta-data is world-readable, and a short hash of a passphrase could be guessed offline
@@ -102,8 +110,8 @@ class BuildContext:
             "node_subnet": self.node.subnet,
             "kube_repo": self.profile["kube_repo_url"].format(version=self.profile["kubernetes_version"]),
             # never proxied: the node itself, its subnet, and the default service and pod networks
-            "no_proxy": ",".join(filter(None, ["localhost", "127.0.0.1", self.node.subnet, "10.96.0.0/12",
-                                               "10.244.0.0/16", ".svc", ".cluster.local"])),
+            "no_proxy": ",".join(filter(None, ["localhost", "127.0.0.1", self.node.subnet, *self._cluster_subnets(),
+                                               ".svc", ".cluster.local"])),
             # a new id whenever the node's settings change, so cloud-init applies them again
             "instance_id": f"pi-image-{self.node.name}-{hashlib.sha256(seed).hexdigest()[:12]}",
         }

@@ -1,9 +1,9 @@
-"""The endpoint's HTTP requests: GET /v1/challenge, POST /v1/join, POST /v1/report; nothing else.
+"""The endpoint's HTTP requests: GET /v1/challenge, POST /v1/join, /v1/report, /v1/admin/kubeconfig; nothing else.
 
 Everything from the network is hostile. A request's head (request line and headers) is capped while it is read,
 bodies are capped before they are read, addresses and nodes are rate limited, and a POST is authenticated (one-time
 nonce, then an HMAC made with the credential of the node's current generation, compared in constant time) before its
-JSON is even parsed.
+JSON is even parsed. An admin request is authenticated with the admin credential only (protocol.admin_credential).
 """
 
 import http.client
@@ -180,10 +180,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return 200, {"nonce": nonce, "expires_in": self.server.limits.nonce_ttl}
 
     def _authenticated_post(self):
-        if self.path not in (protocol.JOIN_PATH, protocol.REPORT_PATH):
+        if self.path not in (protocol.JOIN_PATH, protocol.REPORT_PATH) + protocol.ADMIN_PATHS:
             raise RequestRefused(404, "not found")
         self._limit_address()
         body = self._read_body()
+        if self.path in protocol.ADMIN_PATHS:
+            self._authenticate_admin(body)
+            return self.server.issuer.admin_kubeconfig(self.client_address[0])
         node = self.headers.get(protocol.HEADER_NODE, "")
         address = self.client_address[0]
         generation = self._authenticate(node, body)
@@ -221,7 +224,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _authenticate(self, node, body):
         """The generation `node` signed with. Nonce first (spent even if the signature is wrong), then the HMAC with
-        the current generation's credential only; the same answer for every failure."""
+        the credential of the generation the card names (HEADER_GENERATION; else the inventory's current one), which
+        must be no older than the inventory's and than the last generation a token was issued to; the same answer
+        for every failure."""
         address = self.client_address[0]
         nonce = self.headers.get(protocol.HEADER_NONCE, "")
         signature = self.headers.get(protocol.HEADER_SIGNATURE, "")
@@ -231,14 +236,34 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if not self.server.nonces.consume(nonce):
             audit("refused-nonce", node, address, "unknown, reused or expired nonce")
             raise RequestRefused(401, "authentication failed: ask /v1/challenge for a fresh nonce")
-        generation = self.server.settings.generation(node)
-        if self._signed_by(node, generation, nonce, body, signature):
+        current = self.server.settings.generation(node)
+        row = self.server.store.get(node) or {}
+        current = max(current, row.get("generation") or 0)
+        claimed = self.headers.get(protocol.HEADER_GENERATION, "")
+        generation = int(claimed) if claimed.isdigit() and len(claimed) <= 9 else current
+        if generation >= current and self._signed_by(node, generation, nonce, body, signature):
             return generation
-        old = [g for g in range(generation - 1, max(-1, generation - 1 - OLD_GENERATIONS_CHECKED), -1)
+        old = [g for g in range(current - 1, max(-1, current - 1 - OLD_GENERATIONS_CHECKED), -1)
                if self._signed_by(node, g, nonce, body, signature)]
         audit("refused-signature", node, address, "signed by the image of an older build (generation {} of {}): "
-              "flash the newest image".format(old[0], generation) if old else "")
+              "flash the newest image".format(old[0], current) if old else "")
         raise RequestRefused(401, "authentication failed")
+
+    def _authenticate_admin(self, body):
+        """An operator's request: nonce first, then the HMAC with the admin credential (never a node's)."""
+        address = self.client_address[0]
+        if not self.server.nonces.consume(self.headers.get(protocol.HEADER_NONCE, "")):
+            audit("refused-nonce", protocol.ADMIN_NAME, address, "unknown, reused or expired nonce")
+            raise RequestRefused(401, "authentication failed: ask /v1/challenge for a fresh nonce")
+        credential = protocol.admin_credential(self.server.settings.enrollment_key)
+        if self.headers.get(protocol.HEADER_NODE, "") != protocol.ADMIN_NAME or not protocol.signature_matches(
+                credential, "POST", self.path, self.headers.get(protocol.HEADER_NONCE, ""), body,
+                self.headers.get(protocol.HEADER_SIGNATURE, "")):
+            audit("refused-signature", protocol.ADMIN_NAME, address, "admin request")
+            raise RequestRefused(401, "authentication failed")
+        if not self.server.node_limiter.allow(protocol.ADMIN_NAME):
+            raise RequestRefused(429, "too many admin requests",
+                                 headers={"Retry-After": str(self.server.node_limiter.retry_after())})
 
     def _signed_by(self, node, generation, nonce, body, signature):
         credential = protocol.node_credential(self.server.settings.enrollment_key, node, generation)

@@ -40,6 +40,19 @@ class JoinIssuer(object):
         row = self.store.get(name)
         return bool(row and row["approved"])
 
+    def admin_kubeconfig(self, address):
+        """(HTTP status, answer) for an authenticated operator: the cluster's admin kubeconfig, once it exists."""
+        path = self.settings.file("kubeconfig")
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError as err:
+            audit("admin-kubeconfig-missing", protocol.ADMIN_NAME, address, "{}: {}".format(path, err.strerror))
+            return 503, {"error": "no admin kubeconfig yet ({}): the control plane is not initialized; see "
+                                  "`journalctl -u pi-image-firstboot` on the master".format(path)}
+        audit("admin-kubeconfig", protocol.ADMIN_NAME, address)
+        return 200, {"kubeconfig": text}
+
     def join(self, name, generation, facts, address):
         """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`."""
         with self._node_lock(name):

@@ -1,0 +1,279 @@
+"""First boot of a control-plane node: `kubeadm init`, the admin kubeconfig, the CNI, the token endpoint.
+
+    initialize()   kubeadm init from a generated configuration (initconfig.py, written 0600) on the node's subnet
+                   address. An interrupted or failed init is reset (`kubeadm reset -f`) before the next try; after
+                   MAX_INIT_ATTEMPTS failures in one boot the agent gives up (power the board off and on for
+                   another round). Success is recorded in control-plane.initialized: no later run or boot inits again.
+    finish()       the init's own bootstrap token deleted at once (nodes get theirs from the token endpoint); the
+                   admin kubeconfig in root's and the admin user's ~/.kube/config (0600); the pinned flannel manifest
+                   applied; the token endpoint's unit started; the node Ready, waited for within a bounded time.
+                   Every step is safe to run again, so a reboot in the middle resumes.
+
+Each outcome is logged and kept in the token endpoint's state (its row for this node), where `pi-image status
+--cluster /etc/pi-image/cluster` on the master shows it.
+"""
+
+import json
+import logging
+import os
+import time
+
+from . import initconfig, netinfo, protocol
+from .errors import SetupFailed
+from .nodeconfig import ENDPOINT_UNIT
+
+log = logging.getLogger("pi-image.agent")
+
+MAX_INIT_ATTEMPTS = 3
+INIT_TIMEOUT = 900
+CNI_ATTEMPTS = 10
+CNI_RETRY_SECONDS = 10
+READY_TIMEOUT = 600
+READY_POLL_SECONDS = 5
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+class ControlPlane(object):
+    """One control-plane node's way from local setup done to a cluster that serves join tokens."""
+
+    def __init__(self, config, paths, commands, setup, sleep=time.sleep, clock=time.monotonic,
+                 ready_timeout=READY_TIMEOUT):
+        self.config = config
+        self.settings = config["control_plane"]
+        self.paths = paths
+        self.commands = commands
+        self.setup = setup
+        self.sleep = sleep
+        self.clock = clock
+        self.ready_timeout = ready_timeout
+
+    @property
+    def initialized(self):
+        """True once kubeadm init succeeded on this node (in any earlier run or boot)."""
+        return os.path.exists(self.paths.initialized)
+
+    def initialize(self, patches=None):
+        """Run kubeadm init once; True if the cluster is initialized, False to try again later.
+
+        `patches`: the kubeadm patch directory for the kubelet, if it needs one. SetupFailed (no retry) after
+        MAX_INIT_ATTEMPTS failed inits in this boot.
+        """
+        node = self.config["node"]
+        api_host = protocol.split_host_port(self.config["api_server"], 6443)[0]
+        node_ip = netinfo.choose_node_ip(self.commands, self.config["node_subnet"], api_host)
+        if node_ip is None:
+            log.warning("no address in %s yet: kubeadm init waits for the network", self.config["node_subnet"])
+            return False
+        failures = self._failures_this_boot()
+        if failures >= MAX_INIT_ATTEMPTS:
+            raise self._gave_up(failures)
+        if os.path.exists(self.paths.init_started):
+            log.info("a previous kubeadm init did not finish; resetting kubeadm state first")
+            self._reset()
+        version = self._kubeadm_version()
+        from .endpoint.kube import new_bootstrap_token  # control-plane images carry the endpoint package
+        token = new_bootstrap_token()
+        text = initconfig.render(version, self.config["api_server"], token, node, node_ip, self.config["runtime"],
+                                 self.settings["pod_subnet"], self.settings["service_subnet"], patches)
+        self.paths.write_private(self.paths.init_config, text)
+        self.paths.write_private(self.paths.init_started, "")
+        log.info("running kubeadm init (advertise address %s, Kubernetes %s)", node_ip, version)
+        result = self.commands.run(["kubeadm", "init", "--config", self.paths.init_config, "--skip-token-print"],
+                                   timeout=INIT_TIMEOUT)
+        if result.ok:
+            self.paths.write_private(self.paths.initialized, json.dumps(
+                {"advertise_address": node_ip, "kubernetes_version": version, "init_token_id": token.split(".")[0]},
+                sort_keys=True) + "\n")
+            self.paths.discard(self.paths.init_started)
+            self.paths.discard(self.paths.init_failures)
+            log.info("kubeadm init done: the control plane runs on %s", node_ip)
+            self.record("progress", "kubeadm init done")
+            return True
+        failures += 1
+        self._count_failure(failures)
+        message = "kubeadm init failed (attempt {} of {}): {}".format(failures, MAX_INIT_ATTEMPTS, result.summary())
+        log.error("%s", message)
+        self.record("failed", message)
+        self._reset()
+        if failures >= MAX_INIT_ATTEMPTS:
+            raise self._gave_up(failures)
+        return False
+
+    def finish(self):
+        """Everything after init; each step is idempotent. SetupFailed (retry) if the CNI cannot be applied."""
+        self._delete_init_token()
+        self._install_kubeconfigs()
+        self._apply_cni()
+        result = self.commands.run(["systemctl", "start", ENDPOINT_UNIT], timeout=120)
+        if not result.ok:
+            raise SetupFailed("cannot start the token endpoint ({}): {}; see `journalctl -u {}`".format(
+                ENDPOINT_UNIT, result.summary(), ENDPOINT_UNIT), retry=True)
+        log.info("token endpoint started (%s): nodes can join", ENDPOINT_UNIT)
+        ready = self._wait_ready()
+        self.record("joined", "initialized the cluster" + ("" if ready else "; not Ready yet"))
+
+    def record(self, state, message):
+        """Best effort: this node's row in the token endpoint's state (what `pi-image status` shows)."""
+        from .endpoint import state as endpoint_state  # control-plane images carry the endpoint package
+
+        store = None
+        try:
+            store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
+            changes = {"last_report": "{}: {}".format(state, message)}
+            if state == "failed":
+                changes.update(state=endpoint_state.FAILED, last_error=message)
+            elif state == "joined":
+                changes.update(state=endpoint_state.JOINED, last_error=None)
+            store.update(self.config["node"], **changes)
+        except Exception as err:  # noqa: BLE001 - a status line never stops the control plane
+            log.warning("could not record %r in the token endpoint's state: %s", state, err)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _kubeadm_version(self):
+        version = self.setup.kubeadm_version()
+        try:
+            same = protocol.minor_version(version) == protocol.minor_version(self.config["kubernetes_version"])
+        except ValueError:
+            raise SetupFailed("kubeadm cannot tell its version (`kubeadm version -o short` printed {!r})".format(
+                version), retry=True)
+        if not same:
+            raise SetupFailed("kubeadm is {} but this image was built for Kubernetes {}: rebuild the image".format(
+                version, self.config["kubernetes_version"]), retry=False)
+        return version
+
+    def _kubectl(self, *args, **options):
+        return self.commands.run(["kubectl", "--kubeconfig", self.paths.admin_kubeconfig] + list(args), **options)
+
+    def _delete_init_token(self):
+        try:
+            with open(self.paths.initialized) as handle:
+                token_id = json.load(handle).get("init_token_id")
+        except (OSError, ValueError, AttributeError):
+            token_id = None
+        from .endpoint.kube import ClusterAdmin
+
+        if token_id and ClusterAdmin(self.commands, self.paths.admin_kubeconfig).delete_token(token_id):
+            log.info("deleted kubeadm init's own bootstrap token")
+
+    def _install_kubeconfigs(self):
+        """admin.conf as ~/.kube/config of root and of the image's admin user (0600, theirs); the seed's
+        `mkdir -p $HOME/.kube; cp -i /etc/kubernetes/admin.conf $HOME/.kube/config`."""
+        with open(self.paths.admin_kubeconfig, "rb") as handle:
+            data = handle.read()
+        users = ["root"] + [u for u in [self.settings.get("admin_user")] if u and u != "root"]
+        accounts = _passwd(os.path.join(self.paths.root, "etc/passwd"))
+        for user in users:
+            if user not in accounts:
+                log.warning("no user %s on this node: no ~/.kube/config for it", user)
+                continue
+            uid, gid, home = accounts[user]
+            if _install_private(os.path.join(self.paths.root, home.lstrip("/")), data, uid, gid):
+                log.info("the cluster's admin kubeconfig is in ~%s/.kube/config", user)
+
+    def _apply_cni(self):
+        for attempt in range(1, CNI_ATTEMPTS + 1):
+            result = self._kubectl("apply", "-f", self.paths.cni_manifest, timeout=120)
+            if result.ok:
+                log.info("applied the pod network (flannel, %s)", self.settings["pod_subnet"])
+                return
+            log.warning("kubectl apply of the pod network failed (attempt %d of %d): %s", attempt, CNI_ATTEMPTS,
+                        result.summary())
+            self.sleep(CNI_RETRY_SECONDS)
+        raise SetupFailed("cannot apply the pod network {}: see the log above".format(self.paths.cni_manifest),
+                          retry=True)
+
+    def _wait_ready(self):
+        node = self.config["node"]
+        deadline = self.clock() + self.ready_timeout
+        while True:
+            result = self._kubectl("get", "node", node, "-o", "json")
+            if result.ok and _is_ready(result.stdout):
+                log.info("control plane %s is Ready", node)
+                return True
+            if self.clock() >= deadline:
+                log.warning("control plane %s is not Ready after %d s: see `kubectl get pods -A` and "
+                            "`kubectl describe node %s` on it", node, self.ready_timeout, node)
+                return False
+            self.sleep(READY_POLL_SECONDS)
+
+    def _reset(self):
+        from .runtime import RUNTIMES
+
+        socket = RUNTIMES[self.config["runtime"]].cri_socket
+        self.commands.run(["kubeadm", "reset", "-f", "--cri-socket", socket], timeout=300)
+        self.paths.discard(self.paths.init_started)
+
+    def _failures_this_boot(self):
+        try:
+            with open(self.paths.init_failures) as handle:
+                record = json.load(handle)
+            return int(record["count"]) if record.get("boot") == _boot_id() else 0
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0
+
+    def _count_failure(self, count):
+        self.paths.write_private(self.paths.init_failures, json.dumps({"boot": _boot_id(), "count": count}))
+
+    def _gave_up(self, failures):
+        message = ("kubeadm init failed {} times in this boot; giving up: read the errors above, then power the board "
+                   "off and on to try again (or reflash it)".format(failures))
+        self.record("failed", message)
+        return SetupFailed(message, retry=False)
+
+
+def _boot_id():
+    try:
+        with open(BOOT_ID) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _is_ready(text):
+    try:
+        conditions = json.loads(text)["status"]["conditions"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _passwd(path):
+    """{user: (uid, gid, home)} from a passwd file."""
+    accounts = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 7 and fields[2].isdigit() and fields[3].isdigit():
+                    accounts[fields[0]] = (int(fields[2]), int(fields[3]), fields[5])
+    except OSError:
+        pass
+    return accounts
+
+
+def _install_private(home, data, uid, gid):
+    """<home>/.kube/config = data, 0600 and (uid, gid), the directory 0700; never through a symlink."""
+    kube = os.path.join(home, ".kube")
+    if os.path.islink(home) or not os.path.isdir(home):
+        log.warning("%s is not a directory: no kubeconfig written there", home)
+        return False
+    if os.path.islink(kube) or (os.path.exists(kube) and not os.path.isdir(kube)):
+        log.warning("%s is not a plain directory: no kubeconfig written there", kube)
+        return False
+    if not os.path.isdir(kube):
+        os.mkdir(kube, 0o700)
+    os.lchown(kube, uid, gid)
+    os.chmod(kube, 0o700)
+    temporary = os.path.join(kube, ".config.pi-image.tmp")
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        os.fchown(handle.fileno(), uid, gid)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, os.path.join(kube, "config"))
+    return True
