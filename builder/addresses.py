@@ -73,6 +73,15 @@ def subnet(value: str, option: str) -> str:
         raise UserError(f"{option}: {value!r} is not a CIDR subnet (like 192.168.6.0/24)") from None
 
 
+def pod_subnet(value: str, option: str) -> str:
+    """The pods' network: an IPv4 CIDR (flannel's `Network` is IPv4), with room for a /24 per node."""
+    network = ipaddress.ip_network(subnet(value, option))
+    if network.version != 4 or network.prefixlen > 22:
+        raise UserError(f"{option}: {value!r} must be an IPv4 network of /22 or larger (flannel gives each node a "
+                        "/24 of it), like 10.244.0.0/16")
+    return str(network)
+
+
 def disjoint(subnets: dict[str, str], where: str) -> None:
     """Refuse two of `subnets` ({what: CIDR}) that overlap: pods, services and nodes each need their own range."""
     items = list(subnets.items())

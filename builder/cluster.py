@@ -125,7 +125,8 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     subnet = addresses.subnet(node_subnet, "--node-subnet")
     gateway = addresses.address_in(gateway, subnet, "--gateway") if gateway else None
     servers = [addresses.address(server, "--dns") for server in dns or []]
-    pods, services = addresses.subnet(pod_subnet, "--pod-subnet"), addresses.subnet(service_subnet, "--service-subnet")
+    pods = addresses.pod_subnet(pod_subnet, "--pod-subnet")
+    services = addresses.subnet(service_subnet, "--service-subnet")
     addresses.disjoint({"--node-subnet": subnet, "--pod-subnet": pods, "--service-subnet": services}, "cluster init")
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -149,9 +150,10 @@ def load_cluster(directory: Path) -> Cluster:
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
     settings["kubernetes_version"] = addresses.minor(str(settings["kubernetes_version"]), f"{path}: kubernetes_version")
-    for key in ("node_subnet", "pod_subnet", "service_subnet"):
+    for key, check in (("node_subnet", addresses.subnet), ("pod_subnet", addresses.pod_subnet),
+                       ("service_subnet", addresses.subnet)):
         if key in settings:
-            settings[key] = addresses.subnet(str(settings[key]), f"{path}: {key}")
+            settings[key] = check(str(settings[key]), f"{path}: {key}")
     addresses.disjoint({key: settings.get(key, default) for key, default in (
         ("node_subnet", None), ("pod_subnet", DEFAULT_POD_SUBNET), ("service_subnet", DEFAULT_SERVICE_SUBNET))}, str(path))
     if settings.get("gateway") is not None:

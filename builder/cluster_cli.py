@@ -6,13 +6,13 @@ import contextlib
 import datetime
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
 from firstboot import protocol
-from firstboot.client import EndpointClient, EndpointUnreachable
+from firstboot.client import Answer, EndpointClient, EndpointUnreachable
 from firstboot.endpoint import tokend
 from firstboot.endpoint.settings import ServerSettings, SettingsError
 from firstboot.endpoint.state import NodeStore, database_path
@@ -104,6 +104,7 @@ def add_node_command(directory: Path, name: str, profile: str, role: str | None,
     where = f" at {node.address}" if node.address else " (DHCP)"
     click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}) to {directory / 'inventory.yaml'}")
     click.echo(f"next: pi-image build --cluster {directory} --node {node.name} --base IMAGE")
+    _hint_sync(cluster, node.name)
 
 
 @cluster_group.command("remove-node")
@@ -118,8 +119,17 @@ def remove_node_command(directory: Path, name: str) -> None:
     Example:
       pi-image cluster remove-node lab pi-worker3
     """
-    node = clusters.remove_node(clusters.load_cluster(directory), name)
+    cluster = clusters.load_cluster(directory)
+    node = clusters.remove_node(cluster, name)
     click.echo(f"removed {node.role} {node.name} from {directory / 'inventory.yaml'}")
+    _hint_sync(cluster, node.name)
+
+
+def _hint_sync(cluster: clusters.Cluster, changed: str) -> None:
+    """Where a control plane's card carries a copy of the inventory, say how to bring it up to date."""
+    if any(node.role == "control-plane" and node.generation and node.name != changed for node in cluster.nodes):
+        click.echo(f"  if the master already runs: pi-image cluster sync {cluster.directory} (its token endpoint "
+                   "has the inventory of when its card was built)")
 
 
 @cluster_group.command("kubeconfig")
@@ -139,18 +149,48 @@ def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | Non
     """
     cluster = clusters.load_cluster(directory)
     target = output or directory / "kubeconfig"
-    address = addresses.host_port(endpoint, "--endpoint") if endpoint else cluster.endpoint
-    client = EndpointClient(address, cluster.endpoint_fingerprint, protocol.ADMIN_NAME, cluster.admin_credential())
-    try:
-        answer = client.admin_kubeconfig()
-    except EndpointUnreachable as err:
-        raise UserError(f"{err}: is the master up (its first boot takes a few minutes)? Try again later") from None
+    answer = _admin_request(cluster, endpoint, lambda client: client.admin_kubeconfig())
     text = answer.payload.get("kubeconfig")
-    if answer.status != 200 or not isinstance(text, str):
-        raise UserError(f"the token endpoint at {address} did not give the kubeconfig: {answer.error}")
+    if not isinstance(text, str):
+        raise UserError(f"the token endpoint gave no kubeconfig: {answer.error}")
     write_private(target, text)
     click.echo(f"wrote the admin kubeconfig of cluster {directory.name} to {target} (0600)")
     click.echo(f"next: KUBECONFIG={target} kubectl get nodes")
+
+
+@cluster_group.command("sync")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--endpoint", metavar="HOST:PORT", help="The master's token endpoint [default: cluster.yaml's].")
+def sync_command(directory: Path, endpoint: str | None) -> None:
+    """Tell the master's token endpoint about the inventory as it is now (nodes added or removed since the
+    master's card was built; pinned TLS, the admin credential).
+
+    Cards built later join without it (each names its build); a node added or removed since needs it.
+
+    \b
+    Example:
+      pi-image cluster add-node lab pi-worker9 --profile worker-8g && pi-image cluster sync lab
+    """
+    cluster = clusters.load_cluster(directory)
+    nodes = clusters.server_config(cluster)["nodes"]
+    answer = _admin_request(cluster, endpoint, lambda client: client.admin_sync_inventory(nodes))
+    click.echo(f"the token endpoint at {endpoint or cluster.endpoint} now knows the {answer.payload.get('nodes')} "
+               f"node(s) of {directory / 'inventory.yaml'}")
+    click.echo(f"next: power the new nodes on; `pi-image status --cluster {directory}` on the master shows them")
+
+
+def _admin_request(cluster: clusters.Cluster, endpoint: str | None,
+                   request: Callable[[EndpointClient], Answer]) -> Answer:
+    """One admin request to the cluster's token endpoint (or `endpoint`); a UserError unless it answers 200."""
+    address = addresses.host_port(endpoint, "--endpoint") if endpoint else cluster.endpoint
+    client = EndpointClient(address, cluster.endpoint_fingerprint, protocol.ADMIN_NAME, cluster.admin_credential())
+    try:
+        answer = request(client)
+    except EndpointUnreachable as err:
+        raise UserError(f"{err}: is the master up (its first boot takes a few minutes)? Try again later") from None
+    if answer.status != 200:
+        raise UserError(f"the token endpoint at {address} refused: {answer.error}")
+    return answer
 
 
 @click.command("token-server")

@@ -85,6 +85,10 @@ class EndpointClient(object):
         """The cluster's admin kubeconfig (a client made with protocol.ADMIN_NAME and the admin credential)."""
         return self._exchange(protocol.ADMIN_KUBECONFIG_PATH, {})
 
+    def admin_sync_inventory(self, nodes):
+        """Push the inventory ({name: generation}) to the endpoint (an admin client, as for admin_kubeconfig)."""
+        return self._exchange(protocol.ADMIN_INVENTORY_PATH, {"nodes": nodes})
+
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
         with self._connection() as connection:

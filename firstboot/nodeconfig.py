@@ -70,6 +70,23 @@ def load_node_config(path):
     return config
 
 
+def write_private(path, text):
+    """Write `text` atomically to `path` with mode 0600: temp file, fsync, rename, fsync of the directory."""
+    temporary = path + ".tmp"
+    descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    # the rename itself must be on disk too: a power cut must not undo "done" after the endpoint saw "joined"
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class AgentPaths(object):
     """Where the agent reads and writes, all below `root` so tests can use a sandbox tree."""
 
@@ -99,20 +116,8 @@ class AgentPaths(object):
             os.makedirs(self.state_dir, mode=0o700)
 
     def write_private(self, path, text):
-        """Write `text` atomically to `path` with mode 0600."""
-        temporary = path + ".tmp"
-        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        # the rename itself must be on disk too: a power cut must not undo "done" after the endpoint saw "joined"
-        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        """Write `text` atomically to `path` with mode 0600 (write_private)."""
+        write_private(path, text)
 
     def discard(self, path):
         """Remove `path` if it exists."""

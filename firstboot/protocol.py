@@ -13,6 +13,7 @@ Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fi
     POST /v1/report      -> 200 {"state": "..."}
     POST /v1/admin/kubeconfig -> 200 {"kubeconfig": "..."}   (the cluster's admin kubeconfig, once initialized)
                                  503 {"error": "..."}        (the control plane is not initialized yet)
+    POST /v1/admin/inventory  {"nodes": {name: generation}} -> 200 {"nodes": N}   (the inventory, pushed by the host)
 
 POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
 /v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
@@ -38,7 +39,8 @@ CHALLENGE_PATH = "/v1/challenge"
 JOIN_PATH = "/v1/join"
 REPORT_PATH = "/v1/report"
 ADMIN_KUBECONFIG_PATH = "/v1/admin/kubeconfig"
-ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH,)
+ADMIN_INVENTORY_PATH = "/v1/admin/inventory"
+ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH, ADMIN_INVENTORY_PATH)
 ADMIN_NAME = "pi-image-admin"
 
 HEADER_NODE = "X-Pi-Image-Node"

@@ -186,7 +186,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         if self.path in protocol.ADMIN_PATHS:
             self._authenticate_admin(body)
-            return self.server.issuer.admin_kubeconfig(self.client_address[0])
+            if self.path == protocol.ADMIN_KUBECONFIG_PATH:
+                return self.server.issuer.admin_kubeconfig(self.client_address[0])
+            try:
+                nodes = json.loads(body.decode("utf-8")).get("nodes")
+            except (ValueError, AttributeError, RecursionError):
+                raise RequestRefused(400, "body must be a JSON object with 'nodes'")
+            return self.server.issuer.admin_inventory(nodes, self.client_address[0])
         node = self.headers.get(protocol.HEADER_NODE, "")
         address = self.client_address[0]
         generation = self._authenticate(node, body)

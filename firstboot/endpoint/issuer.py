@@ -13,6 +13,7 @@ from .. import protocol
 from . import discovery, state
 from .audit import audit
 from .kube import ClusterError, new_bootstrap_token
+from .settings import SettingsError
 
 TOKEN_LIFETIME_SECONDS = 30 * 60
 REPORT_MESSAGE_LIMIT = 2000
@@ -52,6 +53,17 @@ class JoinIssuer(object):
                                   "`journalctl -u pi-image-firstboot` on the master".format(path)}
         audit("admin-kubeconfig", protocol.ADMIN_NAME, address)
         return 200, {"kubeconfig": text}
+
+    def admin_inventory(self, nodes, address):
+        """(HTTP status, answer) for an authenticated operator's inventory: {name: generation}, kept from now on."""
+        if not isinstance(nodes, dict) or not all(protocol.NODE_NAME_RE.match(str(name)) for name in nodes):
+            return 400, {"error": "'nodes' must map node names to generations"}
+        try:
+            count = self.settings.replace_nodes(nodes)
+        except SettingsError as err:
+            return 400, {"error": str(err)}
+        audit("admin-inventory", protocol.ADMIN_NAME, address, "{} nodes".format(count))
+        return 200, {"nodes": count}
 
     def join(self, name, generation, facts, address):
         """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`."""

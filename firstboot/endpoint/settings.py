@@ -18,6 +18,10 @@ Keys (relative paths are relative to the file's own directory):
 
 The file is re-read when it changes, so nodes added to the inventory (or built again) can join without a restart;
 a change that does not parse is ignored (and logged once) and the endpoint goes on with what it had.
+
+Where tokend.json is a copy (the one a control-plane image carries), `pi-image cluster sync DIR` pushes the
+inventory's `nodes` to the endpoint (POST /v1/admin/inventory), which keeps it in its state directory
+(SYNCED_INVENTORY) and prefers it to the copy's `nodes` from then on.
 """
 
 import json
@@ -25,10 +29,14 @@ import logging
 import os
 import threading
 
+from ..nodeconfig import write_private
+
 REQUIRED_KEYS = ("api_server", "node_subnet", "listen", "nodes", "enrollment_key_file", "tls_cert_file",
                  "tls_key_file", "ca_cert_file", "kubeconfig")
 
 log = logging.getLogger("pi-image.tokend")
+
+SYNCED_INVENTORY = "inventory.json"
 
 # The generation of a node the inventory does not list (one an operator approved): its first build.
 UNLISTED_GENERATION = 1
@@ -49,12 +57,26 @@ class ServerSettings(object):
         self._ignored_mtime = None
         self._values = {}
         self._generations = {}
+        self._synced_path = None
         self._reload_if_changed()
         self.enrollment_key = self._read_enrollment_key()
 
+    def use_synced_inventory(self, state_dir):
+        """Prefer the inventory `pi-image cluster sync` pushed (kept in `state_dir`) to tokend.json's `nodes`."""
+        self._synced_path = os.path.join(state_dir, SYNCED_INVENTORY)
+        self._mtime = None
+        self._reload_if_changed()
+
+    def replace_nodes(self, nodes):
+        """Keep `nodes` ({name: generation}, checked) as the inventory from now on (SYNCED_INVENTORY, 0600)."""
+        generations = self._node_generations(nodes)
+        write_private(self._synced_path, json.dumps({"nodes": generations}, sort_keys=True) + "\n")
+        self._reload_if_changed()
+        return len(generations)
+
     def _reload_if_changed(self):
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            mtime = (os.stat(self.path).st_mtime_ns, _mtime_or_none(self._synced_path))
         except OSError as err:
             if self._mtime is not None:
                 return  # keep serving with what we have; the file is being replaced
@@ -86,7 +108,15 @@ class ServerSettings(object):
         missing = [key for key in REQUIRED_KEYS if key not in values]
         if missing:
             raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
-        return values, self._node_generations(values["nodes"])
+        nodes = values["nodes"]
+        if self._synced_path and os.path.exists(self._synced_path):
+            try:
+                with open(self._synced_path) as handle:
+                    nodes = json.load(handle)["nodes"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise SettingsError("{}: unusable ({}): push it again with `pi-image cluster sync`".format(
+                    self._synced_path, err))
+        return values, self._node_generations(nodes)
 
     def _node_generations(self, nodes):
         if isinstance(nodes, list) and all(isinstance(name, str) for name in nodes):
@@ -129,3 +159,10 @@ class ServerSettings(object):
                 return bytes.fromhex(handle.read().strip())
         except (OSError, ValueError) as err:
             raise SettingsError("{}: cannot read the enrollment key: {}".format(path, err))
+
+
+def _mtime_or_none(path):
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None

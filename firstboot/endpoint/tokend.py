@@ -170,6 +170,7 @@ def fit_descriptors(limits, spare=64):
 def build_endpoint(settings, state_dir, limits=None, commands=None):
     """A ready-to-serve TokenEndpoint for `settings`, keeping its state in `state_dir`."""
     store = NodeStore(state_dir)
+    settings.use_synced_inventory(state_dir)
     admin = ClusterAdmin(commands or CommandRunner(), settings.file("kubeconfig"))
     return TokenEndpoint(settings, store, JoinIssuer(settings, store, admin), limits)
 
