@@ -25,6 +25,7 @@ from .fsck import check_partition
 from .image import DirectoryFilesystem, DiskImage, open_medium
 from .image.inputs import cached_sha256, raw_image
 from .kubekey import kube_keyring
+from .kubelet import kubelet_settings
 from .plan import FileOp, Plan, apply
 from .profiles import Profile, check_value, load_profile
 from .outputs import (COMPRESSORS, check_image_output, check_tree_output, publish, remove_stale_temporaries,
@@ -97,6 +98,9 @@ def prepare(request: BuildRequest) -> BuildContext:
     config["runtime_packages"] = runtime_packages(
         profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
         target.os.version_id or "", target.name, profile["containerd_config_version"], profile["default_runtime"])
+    sizing = kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"])
+    if sizing:
+        config["kubelet"] = sizing
     keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=_epoch(Path(base)),
                        replace_overlays=request.replace_overlays, cluster=cluster)

@@ -78,6 +78,13 @@ SCHEMA: dict[str, Key] = {
                          "`build --password` makes one", check=values.password_hash, secret=True),
     "ssh_authorized_keys": Key(list, [], "SSH public keys for the admin user (`build --ssh-key FILE` adds more)",
                                items=Key(str, None, "an SSH public key", check=values.ssh_public_key)),
+    "memory_gb": Key((int, float), None, "the board's memory in GiB (2, 4, 8): sizes the kubelet's reservations, "
+                     "eviction and max pods (builder/kubelet.py); none = the kubelet's defaults",
+                     check=values.between(0.25, 1024, " GiB")),
+    "cpus": Key(int, 4, "the board's CPU cores (every Pi 4/5 and Jetson Nano has 4): sizes kubeReserved cpu",
+                check=values.between(1, 256)),
+    "max_pods": Key(int, None, "pods the kubelet takes (default: 16 per GiB of memory_gb, at most 110)",
+                    check=values.between(1, 1000)),
     "timezone": Key(str, "Etc/UTC", "IANA time zone", check=values.time_zone),
     "locale": Key(str, "C.UTF-8", "default locale"),
     "wifi": Key(dict, None, "Wi-Fi: {ssid, psk (none: an open network), country (two letters, required)}",

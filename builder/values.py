@@ -139,3 +139,12 @@ def _short(value: object) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63] or "pi-node"
+
+
+def between(low: float, high: float, unit: str = "") -> Check:
+    """A check that a number lies in [low, high]."""
+    def check(value: object) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"{value!r} is out of range: give a number from {low:g} to {high:g}{unit}"
+    return check

@@ -218,15 +218,19 @@ class FirstBootAgent(object):
         return RETRY_LATER
 
     def _kubelet_patches(self):
-        """The kubeadm patch directory when the kubelet needs another resolv.conf than kubeadm's, else None."""
+        """The kubeadm patch directory with this node's kubelet settings (sized to the board; another resolv.conf
+        where kubeadm's choice does not exist), or None when it has none."""
+        settings = dict(self.config.get("kubelet") or {})
         resolv_conf = self.setup.kubelet_resolv_conf()
-        if resolv_conf is None:
+        if resolv_conf is not None:
+            log.info("no systemd-resolved on this node: the kubelet reads %s", resolv_conf)
+            settings["resolvConf"] = resolv_conf
+        if not settings:
             return None
-        log.info("no systemd-resolved on this node: the kubelet reads %s", resolv_conf)
         if not os.path.isdir(self.paths.kubeadm_patches):
             os.makedirs(self.paths.kubeadm_patches, mode=0o700)
         self.paths.write_private(os.path.join(self.paths.kubeadm_patches, joinconfig.KUBELET_PATCH),
-                                 joinconfig.kubelet_patch(resolv_conf))
+                                 joinconfig.kubelet_patch(settings))
         return self.paths.kubeadm_patches
 
     def _kubeadm_reset(self):

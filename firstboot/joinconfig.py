@@ -2,8 +2,9 @@
 
 v1beta4 (kubeadm >= 1.31) takes kubeletExtraArgs as a list of name/value pairs; v1beta3 (1.22-1.35) as a map.
 Written as YAML by hand (standard library only): block structure with every scalar JSON-quoted, which YAML reads as
-a double-quoted string. A kubelet that must read another resolv.conf than kubeadm gives it gets a kubeadm patch
-(`patches.directory`, target kubeletconfiguration, kubeadm >= 1.25): see LocalSetup.kubelet_resolv_conf().
+a double-quoted string. The node's own kubelet settings - sized to the board (node.json `kubelet`), another
+resolv.conf than kubeadm gives it (LocalSetup.kubelet_resolv_conf()) - go in a kubeadm patch (`patches.directory`,
+target kubeletconfiguration, kubeadm >= 1.25), for join and init alike.
 """
 
 import json
@@ -44,9 +45,9 @@ def kubelet_extra_args(api_version, arguments):
     return dict(arguments)
 
 
-def kubelet_patch(resolv_conf):
-    """The text of KUBELET_PATCH: the kubelet reads `resolv_conf` for its pods' DNS."""
-    return to_yaml({"resolvConf": resolv_conf}) + "\n"
+def kubelet_patch(settings):
+    """The text of KUBELET_PATCH: `settings` ({KubeletConfiguration field: value}) over the cluster's kubelet config."""
+    return to_yaml(settings) + "\n"
 
 
 def to_yaml(value, indent=0):

@@ -5,6 +5,8 @@ node.json (written by the build, mode 0600, root:root) — the keys are defined 
     node, role, kubernetes_version, runtime                    always (local setup)
     runtime_packages                                           apt packages that provide the runtime when it is
                                                                missing (may be empty or absent: nothing to install)
+    kubelet                                                    KubeletConfiguration fields sized to the board
+                                                               (builder/kubelet.py; absent: the kubelet's defaults)
     endpoint, endpoint_fingerprint, credential,                a worker built for a cluster
     api_server, node_subnet
     api_server, node_subnet, control_plane {pod_subnet,         a control-plane node built for a cluster: it runs
@@ -64,6 +66,8 @@ def load_node_config(path):
                                                                          config["runtime"]))
     if config.setdefault("role", "worker") not in ROLES:
         raise ConfigError("{}: role must be one of {}, not {!r}".format(path, ", ".join(ROLES), config["role"]))
+    if not isinstance(config.setdefault("kubelet", {}), dict):
+        raise ConfigError("{}: kubelet must be an object of KubeletConfiguration fields".format(path))
     packages = config.setdefault("runtime_packages", [])
     if not isinstance(packages, list) or not all(isinstance(name, str) and name for name in packages):
         raise ConfigError("{}: runtime_packages must be a list of package names".format(path))

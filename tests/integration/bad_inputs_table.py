@@ -150,7 +150,8 @@ def add_node(name: str, *args: str) -> tuple[str, ...]:
 
 WRONG = {"string": "oops", "number": "42", "float": "2.5", "list": "[a, b]", "mapping": "{a: 1}", "bool": "true",
          "null": "null"}
-ALLOWED = {str: {"string"}, int: {"number"}, bool: {"bool"}, list: {"list"}, dict: {"mapping"}}
+ALLOWED = {str: {"string"}, int: {"number"}, float: {"number", "float"}, bool: {"bool"}, list: {"list"},
+           dict: {"mapping"}}
 # A valid value of each mapping key, so that one field at a time can be made wrong (a new mapping key without an
 # entry here gets its field cases from an empty mapping).
 FIELD_BASELINES = {"wifi": {"ssid": "homelab", "psk": "secretsecret", "country": "GB"},

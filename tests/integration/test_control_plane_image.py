@@ -220,3 +220,15 @@ def test_sync_with_a_wrong_admin_credential_changes_nothing(built, master):
 
     assert answer.status == 401
     assert not (master.directory / "state" / "inventory.json").exists()
+
+
+def test_the_kubelet_is_sized_to_the_board(cli, base, tmp_path):
+    """worker-4g and worker-8g were identical; now their node.json carries different kubelet settings."""
+    sized = {}
+    for name in ("worker-4g", "worker-8g"):
+        image = tmp_path / f"{name}.img"
+        succeeded(cli("build", "--profile", name, "--base", base, "-o", image, "--kube-key", KUBE_KEY))
+        sized[name] = json.loads(filesystems(image)["root"].text("/etc/pi-image/node.json"))["kubelet"]
+
+    assert sized["worker-4g"]["kubeReserved"]["memory"] == "1024Mi" and sized["worker-4g"]["maxPods"] == 64
+    assert sized["worker-8g"]["kubeReserved"]["memory"] == "1843Mi" and sized["worker-8g"]["maxPods"] == 110

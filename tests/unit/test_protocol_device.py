@@ -102,7 +102,7 @@ def test_the_kubelet_patch_goes_into_the_join_configuration_of_both_schemas():
                                                "pi", "10.0.0.5", "containerd", patches="/var/lib/pi-image/patches")
         assert config["patches"] == {"directory": "/var/lib/pi-image/patches"}
         assert config["nodeRegistration"]["criSocket"] == "unix:///var/run/containerd/containerd.sock"
-    assert joinconfig.kubelet_patch("/etc/resolv.conf") == 'resolvConf: "/etc/resolv.conf"\n'
+    assert joinconfig.kubelet_patch({"resolvConf": "/etc/resolv.conf"}) == 'resolvConf: "/etc/resolv.conf"\n'
 
 
 def test_sysctls_come_from_the_builds_file_and_go_to_proc_sys_without_a_sysctl_binary(tmp_path):
