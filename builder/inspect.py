@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from firstboot.nodeconfig import ENDPOINT_UNIT
+
 from .cmdline import has_cgroup_flags
 from .image import DiskImage, Filesystem
 from .build import MANIFEST_PATH
@@ -46,7 +48,8 @@ def inspect(target: Target) -> dict[str, Any]:
             "kube_repo": _kube_repo(root),
             "swap_disabled": _swap_disabled(root),
         },
-        "firstboot": {"installed": unit_enabled(root, FIRSTBOOT_UNIT), **_node_facts(root)},
+        "firstboot": {"installed": unit_enabled(root, FIRSTBOOT_UNIT), **_node_facts(root),
+                      "token_endpoint": unit_enabled(root, ENDPOINT_UNIT)},
     }
 
 
@@ -120,6 +123,7 @@ def _node_facts(root: Filesystem) -> dict[str, Any]:
     return {"node": config.get("node"), "role": config.get("role"),
             "kubernetes_version": config.get("kubernetes_version"),
             "cluster": cluster.get("api_server") or config.get("api_server"), "endpoint": config.get("endpoint"),
+            "initializes_cluster": "control_plane" in config,
             "network": record.get("network", "dhcp") if record else None}
 
 
