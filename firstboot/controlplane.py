@@ -64,9 +64,9 @@ class ControlPlane(object):
         if node_ip is None:
             log.warning("no address in %s yet: kubeadm init waits for the network", self.config["node_subnet"])
             return False
-        failures = self._failures_this_boot()
+        failures, last_error = self._failures_this_boot()
         if failures >= MAX_INIT_ATTEMPTS:
-            raise self._gave_up(failures)
+            raise self._gave_up(failures, last_error)
         if os.path.exists(self.paths.init_started):
             log.info("a previous kubeadm init did not finish; resetting kubeadm state first")
             self._reset()
@@ -90,13 +90,13 @@ class ControlPlane(object):
             self.record("progress", "kubeadm init done")
             return True
         failures += 1
-        self._count_failure(failures)
         message = "kubeadm init failed (attempt {} of {}): {}".format(failures, MAX_INIT_ATTEMPTS, result.summary())
+        self._count_failure(failures, message)
         log.error("%s", message)
         self.record("failed", message)
         self._reset()
         if failures >= MAX_INIT_ATTEMPTS:
-            raise self._gave_up(failures)
+            raise self._gave_up(failures, message)
         return False
 
     def finish(self):
@@ -206,29 +206,34 @@ class ControlPlane(object):
         self.paths.discard(self.paths.init_started)
 
     def _failures_this_boot(self):
+        """(failed inits in this boot, the last one's message)."""
         try:
             with open(self.paths.init_failures) as handle:
                 record = json.load(handle)
-            return int(record["count"]) if record.get("boot") == _boot_id() else 0
+            if record.get("boot") == self._boot_id():
+                return int(record["count"]), str(record.get("error", ""))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return 0
+            pass
+        return 0, ""
 
-    def _count_failure(self, count):
-        self.paths.write_private(self.paths.init_failures, json.dumps({"boot": _boot_id(), "count": count}))
+    def _count_failure(self, count, message):
+        self.paths.write_private(self.paths.init_failures, json.dumps(
+            {"boot": self._boot_id(), "count": count, "error": message}, sort_keys=True))
 
-    def _gave_up(self, failures):
-        message = ("kubeadm init failed {} times in this boot; giving up: read the errors above, then power the board "
-                   "off and on to try again (or reflash it)".format(failures))
+    def _gave_up(self, failures, last_error):
+        message = ("{}; giving up after {} failed inits in this boot (each was undone with `kubeadm reset -f`): fix "
+                   "what it says, then power the board off and on for {} more tries, or reflash it").format(
+                       last_error or "kubeadm init failed", failures, MAX_INIT_ATTEMPTS)
         self.record("failed", message)
         return SetupFailed(message, retry=False)
 
-
-def _boot_id():
-    try:
-        with open(BOOT_ID) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
+    def _boot_id(self):
+        """This boot's id (the kernel's, below the agent's root), so that a reboot gives init new tries."""
+        try:
+            with open(os.path.join(self.paths.root, BOOT_ID.lstrip("/"))) as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""
 
 
 def _is_ready(text):

@@ -112,6 +112,16 @@ class FakeCluster:
     def joins(self):
         return self._records("joins.jsonl")
 
+    def inits(self):
+        """Each successful `kubeadm init`: node, advertise_address, node_ip, root, skip_token_print, config_mode and
+        config ({kind: document}, token secrets redacted)."""
+        return self._records("inits.jsonl")
+
+    def applies(self):
+        """Each successful `kubectl apply -f`: file, kubeconfig, objects [{kind, name, namespace, group}],
+        flannel_network."""
+        return self._records("applies.jsonl")
+
     def created_tokens(self):
         """Bootstrap tokens the endpoint created, in order: token_id, description, ttl_seconds, groups (no secret)."""
         return self._records("bootstrap-tokens.jsonl")
@@ -267,6 +277,11 @@ runpy.run_module("firstboot.agent", run_name="__main__")
 """
 
 
+def agent_env(root: Path, fake: FakeCluster):
+    """The stand-ins' environment for an agent on `root`: what kubeadm writes below /etc lands in that sandbox."""
+    return dict(fake.env, FAKE_ROOT=str(root))
+
+
 def agent_argv(root: Path, *extra, address=None):
     start = ["-c", _AGENT_AT_ADDRESS, address] if address else ["-m", "firstboot.agent"]
     return [FIRSTBOOT_PYTHON] + start + ["--root", str(root)] + FAST_AGENT + list(extra)
@@ -274,14 +289,15 @@ def agent_argv(root: Path, *extra, address=None):
 
 def run_agent(root: Path, fake: FakeCluster, *extra, timeout=30, address=None):
     """Run the real agent to completion (connecting from `address`, if given); returns the CompletedProcess."""
-    return subprocess.run(agent_argv(root, *extra, address=address), cwd=str(REPO), env=fake.env,
+    return subprocess.run(agent_argv(root, *extra, address=address), cwd=str(REPO), env=agent_env(root, fake),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
 
 
 def start_agent(root: Path, fake: FakeCluster, *extra):
     """Start the real agent in its own session (kill the group to cut the power); communicate() for its output."""
-    return subprocess.Popen(agent_argv(root, *extra), cwd=str(REPO), env=fake.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True, start_new_session=True)
+    return subprocess.Popen(agent_argv(root, *extra), cwd=str(REPO), env=agent_env(root, fake),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            start_new_session=True)
 
 
 def wait_for(predicate, timeout=15.0, interval=0.05):
