@@ -46,7 +46,8 @@ def test_inspect_recognizes_each_pi_image(sample_image, key):
     assert report["k8s"] == {"cgroup_flags": False, "runtime": None, "systemd_cgroup": False, "sysctl": False,
                              "modules": False, "kube_repo": None, "swap_disabled": key[0] != "raspios"}
     assert report["firstboot"] == {"installed": False, "node": None, "role": None, "kubernetes_version": None,
-                                   "cluster": None, "endpoint": None, "network": None}
+                                   "cluster": None, "endpoint": None, "initializes_cluster": False, "network": None,
+                                   "token_endpoint": False}
     assert sha256(image) == before, "inspect must never write"
 
 
