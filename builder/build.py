@@ -28,9 +28,10 @@ from .kubekey import kube_keyring
 from .kubelet import kubelet_settings
 from .plan import FileOp, Plan, apply
 from .profiles import Profile, check_value, load_profile
-from .outputs import (COMPRESSORS, check_image_output, check_tree_output, publish, remove_stale_temporaries,
-                      swap_in_tree, temporary)
-from .run import run
+from .outputs import (COMPRESSORS, check_image_output, check_tree_output, create_private, publish,
+                      remove_stale_temporaries, swap_in_tree, temporary)
+from .progress import progress
+from .run import run, run_filter
 from .runtimes import runtime_packages
 from .steps import BuildContext, NodeIdentity, make_plan
 from .steps.layers import overlays
@@ -198,9 +199,9 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
     manifest_tmp = temporary(manifest_path)
     try:
         _check_space(raw_base, output.parent)
-        # private from its first byte (it is given the node's secrets); its final mode is set when it is complete
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        sparse_copy(raw_base, tmp)
+        create_private(tmp).close()
+        with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
+            sparse_copy(raw_base, tmp, advance)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         target = detect(image)
         manifest = _manifest(ctx, base_path)
@@ -276,9 +277,12 @@ def _output_digests(path: Path, output: Path, full: bool) -> dict[str, Any]:
     The plain SHA-256 of a raw image costs CPU for every byte of its holes (~3 s per 4 GiB here), most of a build;
     the chunk digest costs only what the image holds (see builder.copy).
     """
-    digests: dict[str, Any] = {"path": output.name, "size": path.stat().st_size, "chunk_sha256": chunk_digest(path)}
+    size = path.stat().st_size
+    with progress(f"{output.name}: chunk digest", size) as advance:
+        digests: dict[str, Any] = {"path": output.name, "size": size, "chunk_sha256": chunk_digest(path, advance)}
     if full:
-        digests["sha256"] = sha256_sparse(path)
+        with progress(f"{output.name}: SHA-256", size) as advance:
+            digests["sha256"] = sha256_sparse(path, advance)
     return digests
 
 
@@ -298,12 +302,18 @@ def _epoch(base: Path) -> int:
 
 
 def _compress(raw: Path, output: Path) -> Path:
-    """`raw` compressed as OUTPUT's suffix asks (.zst / .xz), beside it; or `raw` itself."""
+    """`raw` compressed as OUTPUT's suffix asks (.zst / .xz / .gz) into a private file beside it; or `raw` itself.
+
+    The tool reads `raw` as its stdin: the offset of that shared open file is how far it got, for the bar.
+    """
     tool = COMPRESSORS.get(output.suffix)
     if tool is None:
         return raw
-    run([*tool, str(raw)])
-    return raw.with_name(raw.name + output.suffix)
+    packed = raw.with_name(raw.name + output.suffix)
+    with open(raw, "rb") as source, create_private(packed) as dest, \
+            progress(f"{output.name}: compressing", raw.stat().st_size) as advance:
+        run_filter(tool, source, dest, lambda: advance(os.lseek(source.fileno(), 0, os.SEEK_CUR)))
+    return packed
 
 
 def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:

@@ -5,22 +5,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
 from .errors import UserError
-from .build import MANIFEST_PATH, BuildRequest, BuildResult, build as run_build, prepare
+from .build import MANIFEST_PATH, BuildRequest, build as run_build, prepare
 from .cluster import load_cluster
 from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
+from .profile_keys import key_reference, key_table
 from .profiles import list_profiles, parse_set
+from .progress import human_size
 from .samples import SAMPLES, make_sample
 from .steps import BuildContext
+from .summary import fleet_table, image_summary, next_steps
 from .users import hash_password, read_public_keys
 from .targets import detect
 
@@ -50,8 +55,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @click.group(cls=PiImageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pi-image")
-@click.option("-v", "--verbose", is_flag=True, help="Log every external command pi-image runs.")
-def main(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log every external command pi-image runs (and list what each build changed).")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Turn stock Raspberry Pi, Kali ARM and NVIDIA Jetson images into Kubernetes nodes that join by themselves.
 
     \b
@@ -60,6 +67,7 @@ def main(verbose: bool) -> None:
       pi-image build --profile worker-8g --base ubuntu.img.xz --output pi-worker1.img
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    ctx.obj = {"verbose": verbose}
 
 
 @main.command()
@@ -83,7 +91,8 @@ def inspect(image: Path, as_json: bool) -> None:
     click.echo(f"{image}: {report['target']} — {report['os']['pretty_name']}")
     for p in report["partitions"]:
         name = p["label"] or p["name"] or ""
-        click.echo(f"  partition {p['number']}: {p['fs'] or '?':7} {name:14} start {p['start']:>12}  size {_size(p['size'])}")
+        click.echo(f"  partition {p['number']}: {p['fs'] or '?':7} {name:14} start {p['start']:>12}  "
+                   f"size {human_size(p['size'])}")
     click.echo(f"  kernel cmdline: {report['boot_cmdline']}")
     for key, value in report["k8s"].items():
         click.echo(f"  {key:15} {_mark(value)}")
@@ -101,7 +110,8 @@ def inspect(image: Path, as_json: bool) -> None:
               help="Profile name (see `pi-image profiles`) or YAML file; default: the node's profile in the inventory.")
 @click.option("--base", "-b", help="Vendor image (.img, .img.xz, .img.zst, .img.gz, .zip) or L4T rootfs directory.")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
-              help="Output image (.img, or .img.zst/.img.xz to compress); default NODE.img. With --all: a directory.")
+              help="Output image (.img, or .img.zst/.img.xz/.img.gz to compress); default NODE.img. With --all: a "
+                   "directory.")
 @click.option("--cluster", type=click.Path(path_type=Path, file_okay=False), help="Cluster directory (inventory, secrets).")
 @click.option("--node", help="Node name: its identity comes from the cluster inventory, else it is just the hostname.")
 @click.option("--all", "all_nodes", is_flag=True, help="Build one image per inventory node (needs --cluster).")
@@ -124,17 +134,22 @@ def inspect(image: Path, as_json: bool) -> None:
 @click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
 @click.option("--sha256", "full_sha256", is_flag=True,
               help="Also record the plain SHA-256 of a raw output (costs ~1 s per 1.3 GiB of image, holes included).")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the manifest as JSON.")
-def build(profile: str | None, base: str | None, output: Path | None, cluster: Path | None, node: str | None,
-          all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
+@click.option("-v", "--verbose", is_flag=True, help="Also list every file operation that changed the image.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the plan (--dry-run) or the manifest as JSON (with --all: a list), and nothing else.")
+@click.pass_context
+def build(ctx: click.Context, profile: str | None, base: str | None, output: Path | None, cluster: Path | None,
+          node: str | None, all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
           ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None, no_login: bool,
-          replace_overlays: bool, dry_run: bool, force: bool, in_place: bool, full_sha256: bool,
+          replace_overlays: bool, dry_run: bool, force: bool, in_place: bool, full_sha256: bool, verbose: bool,
           as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
 
     The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
     checked with e2fsck/fsck.vfat, and renamed into place only when complete. A manifest of how it was made is
-    written beside it (OUTPUT.json) and into the image (/etc/pi-image/build.json).
+    written beside it (OUTPUT.json) and into the image (/etc/pi-image/build.json). Each image ends with a summary
+    (target, node, role, cluster, address, login, Kubernetes version, output); -v adds the files it changed.
+    Long steps (copy, compression, checksums) show a progress bar on stderr when it is a terminal.
 
     \b
     Examples:
@@ -143,19 +158,30 @@ def build(profile: str | None, base: str | None, output: Path | None, cluster: P
       pi-image build -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst --password
       pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/ --ssh-key ~/.ssh/id_ed25519.pub
       pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --no-login --dry-run
+      pi-image build --cluster ./homelab --node pi-worker1 -b ubuntu.img.xz --json | jq .output
     """
     request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
                            force, in_place, full_sha256, read_public_keys(ssh_key_files),
                            _password_hash(ask_password, password_file), no_login, replace_overlays)
-    results = []
+    verbose = verbose or ctx.obj["verbose"]
+    documents, results = [], []
     for one in _requests(request, all_nodes, output):
         if dry_run:
-            _print_plan(prepare(one), as_json)
+            plan = prepare(one)
+            documents.append(_plan_document(plan))
+            if not as_json:
+                _print_plan(plan)
         else:
             results.append(run_build(one))
-            _report(results[-1], as_json)
-    if results and not as_json:
-        _next_steps(results, cluster)
+            documents.append(results[-1].manifest)
+            if not as_json:
+                _echo_lines(([""] if len(results) > 1 else []) + image_summary(results[-1], verbose))
+    if as_json:
+        click.echo(json.dumps(documents if all_nodes else documents[0], indent=2, sort_keys=True, default=str))
+    elif dry_run:
+        click.echo("# nothing was written: run the same command without --dry-run to build it")
+    else:
+        _echo_lines([""] + (fleet_table(results) + [""] if len(results) > 1 else []) + next_steps(results, cluster))
 
 
 def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> list[BuildRequest]:
@@ -194,13 +220,15 @@ def _password_hash(ask: bool, path: Path | None) -> str | None:
     return hash_password(plain)
 
 
-def _print_plan(ctx: BuildContext, as_json: bool) -> None:
+def _plan_document(ctx: BuildContext) -> dict[str, Any]:
+    """What `build --dry-run --json` prints for one node."""
     ops = ctx.plan.describe(tuple(ctx.profile.secret_values())) + [
         {"step": "manifest", "action": "write", "fs": "root", "path": MANIFEST_PATH}]
-    if as_json:
-        click.echo(json.dumps({"target": ctx.target.name, "node": ctx.node.name, "role": ctx.node.role,
-                               "cluster": ctx.node.cluster, "network": ctx.static_network(), "ops": ops}, indent=2))
-        return
+    return {"target": ctx.target.name, "node": ctx.node.name, "role": ctx.node.role, "cluster": ctx.node.cluster,
+            "network": ctx.static_network(), "ops": ops}
+
+
+def _print_plan(ctx: BuildContext) -> None:
     click.echo(f"# {ctx.target.name} node {ctx.node.name!r} ({ctx.node.role}"
                + (f", cluster {ctx.node.cluster}" if ctx.node.cluster else "") + f"), profile {ctx.profile.name}, "
                f"Kubernetes {ctx.profile['kubernetes_version']} — nothing written")
@@ -212,53 +240,22 @@ def _print_plan(ctx: BuildContext, as_json: bool) -> None:
     click.echo(f"[{'manifest':18}] write (build record) root:{MANIFEST_PATH}  0644 0:0")
 
 
-def _report(result: BuildResult, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(result.manifest, indent=2, sort_keys=True, default=str))
-        return
-    click.echo(f"Built {result.target.name} node {result.node.name!r} with profile {result.profile.name}: "
-               f"{len(result.changed)} of {len(result.ops) + 1} file operations changed something")
-    for op in result.changed:
-        click.echo("  " + op.line())
-    assert result.output is not None
-    size = result.output.stat().st_size if result.output.is_file() else 0
-    click.echo(f"Output: {result.output}" + (f" ({_size(size)})" if size else ""))
-    if result.output.is_file() and result.output.stat().st_mode & 0o077 == 0:
-        click.echo("  It holds secrets (the node's join credential, the cluster's keys on a control plane, a password "
-                   "hash or a Wi-Fi passphrase), so it "
-                   "is readable by you only (0600): keep it, and the card, private.")
-
-
-def _next_steps(results: list[BuildResult], cluster: Path | None) -> None:
-    """The summary of what goes where, and what the user does next."""
-    if len(results) > 1:
-        click.echo(f"\nBuilt {len(results)} images:")
-        for result in results:
-            click.echo(f"  {result.node.name:20} {result.node.role:13} {result.output}")
-    click.echo("\nNext: write each image to its node's SD card or USB SSD (e.g. `bmaptool copy IMAGE /dev/sdX`, or "
-               "`dd if=IMAGE of=/dev/sdX bs=4M conv=fsync`), put it in the board and power it on.")
-    if not cluster:
-        return
-    if any(result.node.role == "control-plane" for result in results):
-        click.echo("  The control plane's card initializes the cluster at its first boot (kubeadm init, flannel) and "
-                   "then serves join tokens: workers powered on before it wait and join by themselves.")
-        click.echo(f"  Then: `pi-image cluster kubeconfig {cluster}` fetches the admin kubeconfig; "
-                   f"`pi-image status --cluster {cluster}` run on the master shows each node.")
-    else:
-        click.echo(f"  Workers join by themselves once the token endpoint runs: the one the control plane's card "
-                   f"starts (`pi-image build --cluster {cluster} --node MASTER`), or `pi-image token-server --cluster "
-                   f"{cluster}` where kubectl reaches the cluster.")
-
-
 @main.command()
+@click.option("--keys", is_flag=True, help="List every key a profile may set: type, default and meaning.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def profiles(as_json: bool) -> None:
-    """List the profiles (profiles/*.yaml), one line each.
+def profiles(keys: bool, as_json: bool) -> None:
+    """List the profiles (profiles/*.yaml), one line each; with --keys, every setting a profile (or
+    `build --set KEY=VALUE`) may give, with its type, default and meaning, fields of mappings as `wifi.country`.
 
     \b
-    Example:
+    Examples:
       pi-image profiles
+      pi-image profiles --keys
+      pi-image profiles --keys --json | jq '.[] | select(.key == "wifi.country")'
     """
+    if keys:
+        _print_keys(as_json)
+        return
     found = list_profiles()
     if as_json:
         click.echo(json.dumps([{"name": p.name, "description": p["description"], "target": p["target"],
@@ -266,6 +263,18 @@ def profiles(as_json: bool) -> None:
         return
     for p in found:
         click.echo(f"{p.name:14} {p['target'] or '-':13} {p['description']}")
+
+
+def _print_keys(as_json: bool) -> None:
+    rows = key_reference()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _echo_lines(key_table(rows, shutil.get_terminal_size((120, 24)).columns))
+    fields = sum("." in row["key"] for row in rows)
+    click.echo(f"\n{len(rows) - fields} keys and {fields} fields of mappings. Set them in a profile of your own "
+               "(`extends: worker-8g`, then `pi-image build --profile my.yaml`) or one at a time with "
+               "`pi-image build --set KEY=VALUE`.")
 
 
 @main.command("demo-image")
@@ -298,12 +307,9 @@ def _mark(value: object) -> str:
     return str(value)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 for _command in CLUSTER_COMMANDS:  # cluster, token-server, approve, status

@@ -7,6 +7,8 @@ between the two filesystems: holes stay holes either way.
 Digests read data extents only. `sha256_sparse` is the plain SHA-256 of the whole file (holes fed as zeros from
 memory: no disk reads, but CPU for every byte). `chunk_digest` is a SHA-256 over the SHA-256s of each 4 MiB chunk,
 with all-zero chunks (holes) taken from one precomputed digest: its cost follows the data, not the image size.
+
+Each long function reports how far it got (bytes of the file, holes included) to an `Advance` (builder.progress).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
+from .progress import Advance, no_progress
 
 FICLONE = 0x40049409
 CHUNK = 4 << 20
@@ -42,7 +45,7 @@ def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def sparse_copy(src: Path, dst: Path) -> None:
+def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress) -> None:
     """Copy `src` to the new file `dst`, keeping holes (a reflink where the filesystem can)."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
@@ -51,7 +54,7 @@ def sparse_copy(src: Path, dst: Path) -> None:
         except OSError:
             pass  # not a reflink-capable filesystem (or not the same one): copy the data extents
         size = os.fstat(fin.fileno()).st_size
-        _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst)
+        _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst, advance)
 
 
 def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:
@@ -60,7 +63,7 @@ def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:
         _copy_extents(fin.fileno(), fout.fileno(), offset, length, dst)
 
 
-def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path) -> None:
+def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path, advance: Advance = no_progress) -> None:
     """Copy the data extents of `fin`'s [offset, offset+length) to `fout` at [0, length)."""
     try:
         for start, end in extents(fin, offset + length):
@@ -70,6 +73,7 @@ def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path) -> N
                 if n == 0:
                     raise UserError(f"{dst}: the source shrank while being copied")
                 start += n
+                advance(start - offset)
         os.ftruncate(fout, length)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -93,7 +97,7 @@ def size_on_disk(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def _chunks(path: Path) -> Iterator[bytes | None]:
+def _chunks(path: Path, advance: Advance) -> Iterator[bytes | None]:
     """The file as CHUNK-sized pieces; None for a piece that lies entirely in a hole (all zeros, not read)."""
     with open(path, "rb") as f:
         fd = f.fileno()
@@ -103,24 +107,25 @@ def _chunks(path: Path) -> Iterator[bytes | None]:
             end = min(pos + CHUNK, size)
             if not any(s < end and e > pos for s, e in data):
                 yield None if end - pos == CHUNK else bytes(end - pos)
-                continue
-            chunk = os.pread(fd, end - pos, pos)
-            if len(chunk) != end - pos:
-                raise UserError(f"{path}: file shrank while being hashed")
-            yield chunk
+            else:
+                chunk = os.pread(fd, end - pos, pos)
+                if len(chunk) != end - pos:
+                    raise UserError(f"{path}: file shrank while being hashed")
+                yield chunk
+            advance(end)
 
 
-def sha256_sparse(path: Path) -> str:
+def sha256_sparse(path: Path, advance: Advance = no_progress) -> str:
     """SHA-256 of the whole file, reading only its data extents."""
     digest = hashlib.sha256()
-    for chunk in _chunks(path):
+    for chunk in _chunks(path, advance):
         digest.update(ZEROS if chunk is None else chunk)
     return digest.hexdigest()
 
 
-def chunk_digest(path: Path) -> str:
+def chunk_digest(path: Path, advance: Advance = no_progress) -> str:
     """SHA-256 over the SHA-256 of each 4 MiB chunk (see the module docstring); holes cost nothing."""
     digest = hashlib.sha256()
-    for chunk in _chunks(path):
+    for chunk in _chunks(path, advance):
         digest.update(ZERO_CHUNK_DIGEST if chunk is None else hashlib.sha256(chunk).digest())
     return digest.hexdigest()

@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import UserError
 
-COMPRESSORS = {".zst": ["zstd", "-q", "-T0", "-f"], ".xz": ["xz", "-T0", "-f", "-k"], ".gz": ["gzip", "-n", "-f", "-k"]}
+# filters from stdin to stdout (so that how far the tool has read shows in its stdin's file offset)
+COMPRESSORS = {".zst": ["zstd", "-q", "-T0", "-c"], ".xz": ["xz", "-T0", "-c"], ".gz": ["gzip", "-n", "-c"]}
 REFUSED_SUFFIXES = (".zip", ".iso", ".bz2", ".7z", ".tar", ".lz4", ".json")
 _TEMPORARY_RE = re.compile(r"^\..+\.pi-image-(\d+)\.tmp")
 _RENAME_EXCHANGE = 2
@@ -27,6 +29,12 @@ _AT_FDCWD = -100
 def temporary(path: Path) -> Path:
     """The name `path` is made under until it is complete."""
     return path.parent / f".{path.name}.pi-image-{os.getpid()}.tmp"
+
+
+def create_private(path: Path) -> BinaryIO:
+    """The new file `path`, open for writing and readable by its owner only from its first byte (an output may be
+    given a node's secrets; its final mode is set once it is complete)."""
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb")
 
 
 def check_image_output(output: Path, force: bool) -> None:

@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import BinaryIO
 
 from .errors import ToolError, UserError
@@ -72,6 +72,32 @@ def stream(argv: Sequence[str], source: BinaryIO, chunk_size: int = 1 << 20) -> 
         finally:
             proc.stdout.close()
             returncode = proc.wait()
+        if returncode != 0:
+            errors.seek(0)
+            raise ToolError(f"{shlex.join(argv)} failed (exit {returncode}): {summarize(errors.read())}")
+
+
+def run_filter(argv: Sequence[str], source: BinaryIO, dest: BinaryIO, watch: Callable[[], None],
+               interval: float = 0.2) -> None:
+    """Run the filter `argv` (e.g. `zstd -c`) from the open file `source` into the open file `dest`, calling
+    `watch()` every `interval` seconds while it runs (the tool reads `source`'s own file offset, which shows how
+    far it got). A failing tool raises `ToolError` with its stderr; an interruption kills it.
+    """
+    _require(argv[0])
+    log.debug("run: %s < %s > %s", shlex.join(argv), source.name, dest.name)
+    with tempfile.TemporaryFile() as errors, subprocess.Popen(
+        argv, stdin=source, stdout=dest, stderr=errors, env={**os.environ, **TOOL_ENV}
+    ) as proc:
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    watch()
+        except BaseException:
+            proc.kill()
+            raise
         if returncode != 0:
             errors.seek(0)
             raise ToolError(f"{shlex.join(argv)} failed (exit {returncode}): {summarize(errors.read())}")

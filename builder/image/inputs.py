@@ -50,7 +50,7 @@ def raw_image(path: Path, cache_dir: Path | None = None) -> Path:
     if not final.exists():
         tmp = cache / f".unpacking-{os.getpid()}.img"
         try:
-            with open(path, "rb") as src, progress(f"Unpacking {path.name}", path.stat().st_size) as advance:
+            with open(path, "rb") as src, progress(f"{path.name}: unpacking", path.stat().st_size) as advance:
                 _write_sparse(tmp, _unpack(path, src), lambda: advance(os.lseek(src.fileno(), 0, os.SEEK_CUR)))
             os.replace(tmp, final)
         finally:
@@ -67,7 +67,8 @@ def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
     stat = path.stat()
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     if key not in index:
-        index[key] = sha256_sparse(path)
+        with progress(f"{path.name}: SHA-256", stat.st_size) as advance:
+            index[key] = sha256_sparse(path, advance)
         _save_index(index_file, index)
     return index[key]
 

@@ -1,0 +1,134 @@
+"""What `pi-image build` tells its user: one summary per image, a table of every image of a fleet, the next step.
+
+    Built images/pi-worker1.img (2.0 GiB)
+      node        pi-worker1: worker, profile worker-8g
+      target      ubuntu-raspi (Ubuntu 22.04.5 LTS)
+      cluster     ./homelab
+      address     192.168.6.15/24 on eth0, gateway 192.168.6.1, dns 192.168.6.1
+      ...
+
+Text for people only: `--json` prints the manifests instead (builder.cli), never any of this.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from .build import BuildResult
+from .image.inputs import DECOMPRESSORS
+from .progress import human_size
+
+NO_CLUSTER = "none: this image joins nothing — add --cluster DIR --node NAME"
+SECRETS = ("0600, readable by you only: it holds secrets (a join credential, the cluster's keys, a password hash or "
+           "a Wi-Fi passphrase) — keep it, and the card, private")
+DEVICE = "/dev/sdX"
+
+
+def image_summary(result: BuildResult, verbose: bool) -> list[str]:
+    """The facts a user checks before flashing: what the image is, where it joins, how to log in, where it is.
+    `verbose` adds every file operation that changed the image."""
+    profile, node = result.profile, result.node
+    rows = [
+        ("node", f"{node.name}: {node.role}, profile {profile.name}"),
+        ("target", f"{result.target.name} ({result.target.os.pretty_name})"),
+        ("cluster", node.cluster or NO_CLUSTER),
+        ("address", _address(result.manifest.get("network"), full=True)),
+    ]
+    if profile["wifi"]:
+        rows.append(("wifi", f"{profile['wifi']['ssid']!r}, country {profile['wifi']['country']}"))
+    rows += [
+        ("login", _login(result)),
+        ("Kubernetes", str(profile["kubernetes_version"])),
+    ]
+    if _holds_secrets(result.output):
+        rows.append(("private", SECRETS))
+    changed = f"{len(result.changed)} of {len(result.ops) + 1} file operations changed something"
+    rows.append(("files", changed + ("" if verbose else " (-v lists them)")))
+    lines = [f"Built {_image(result.output)}"] + [f"  {name:11} {value}" for name, value in rows]
+    if verbose:
+        lines += ["    " + op.line() for op in result.changed]
+    return lines
+
+
+def fleet_table(results: list[BuildResult]) -> list[str]:
+    """Which image goes on which board: node, role, address, image and size, one line each."""
+    header = ("NODE", "ROLE", "ADDRESS", "IMAGE", "SIZE")
+    rows = [header] + [(r.node.name, r.node.role, _address(r.manifest.get("network"), full=False), str(r.output),
+                        _size(r.output)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [f"Built {len(results)} images:"] + [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def next_steps(results: list[BuildResult], cluster: Path | None) -> list[str]:
+    """What the user does now: write each card, power the boards on, and (for a cluster) get the admin kubeconfig."""
+    outputs = [r.output for r in results if r.output is not None]
+    if outputs and all(o.is_dir() for o in outputs):
+        lines = ["Next: flash the board from Linux_for_Tegra with NVIDIA's tools, the tree above as its rootfs "
+                 "(`sudo ./flash.sh BOARD mmcblk0p1`, or an SD card image: "
+                 "`sudo ./tools/jetson-disk-image-creator.sh -o sd.img -b BOARD`)."]
+    else:
+        image = outputs[0] if len(outputs) == 1 else Path("IMAGE")
+        which = "it to the node's" if len(outputs) == 1 else "each image to its node's"
+        lines = [f"Next: write {which} SD card or USB SSD ({DEVICE} below: find it with `lsblk`; everything on it "
+                 "is replaced), put it in the board and power it on:"]
+        lines += [f"  {command}" for command in write_commands(image)]
+    if not cluster:
+        return lines
+    if any(result.node.role == "control-plane" for result in results):
+        lines.append("  The control plane's card initializes the cluster at its first boot (kubeadm init, flannel) "
+                     "and then serves join tokens: workers powered on before it wait and join by themselves.")
+        lines.append(f"  Then: `pi-image cluster kubeconfig {cluster}` fetches the admin kubeconfig; "
+                     f"`pi-image status --cluster {cluster}` run on the master shows each node.")
+    else:
+        lines.append(f"  Workers join by themselves once the token endpoint runs: the one the control plane's card "
+                     f"starts (`pi-image build --cluster {cluster} --node MASTER`), or `pi-image token-server "
+                     f"--cluster {cluster}` where kubectl reaches the cluster.")
+    return lines
+
+
+def write_commands(image: Path) -> list[str]:
+    """The documented ways to write `image` to a card: a compressed image through its decompressor into dd (with
+    conv=fsync: done means on the card), a raw one with bmaptool or dd."""
+    name = shlex.quote(str(image))
+    dd = "bs=4M conv=fsync status=progress"
+    decompress = DECOMPRESSORS.get(image.suffix)
+    if decompress:
+        return [f"{shlex.join(decompress)} {name} | sudo dd of={DEVICE} {dd}"]
+    return [f"sudo bmaptool copy --nobmap {name} {DEVICE}", f"or: sudo dd if={name} of={DEVICE} {dd}"]
+
+
+def _address(network: object, full: bool) -> str:
+    """A manifest's `network`: "dhcp" or the fixed settings; `full` adds interface, gateway and name servers."""
+    if not isinstance(network, dict):
+        return "DHCP"
+    if not full:
+        return str(network["address"])
+    return (f"{network['address']} on {network['interface']}, gateway {network['gateway']}, "
+            f"dns {', '.join(network['dns'])}")
+
+
+def _login(result: BuildResult) -> str:
+    profile = result.profile
+    user = profile["user"] or result.target.default_user or "the admin user"
+    keys = len(profile["ssh_authorized_keys"])
+    ways = ([f"{keys} SSH key{'s' if keys != 1 else ''}"] if keys else []) + \
+        (["password"] if profile["password_hash"] else [])
+    return f"{user}: {' and '.join(ways)}" if ways else f"none: nobody can log in as {user} (--no-login)"
+
+
+def _image(output: Path | None) -> str:
+    if output is None:
+        return "none"
+    if output.is_dir():
+        return f"{output} (directory tree)"
+    return f"{output} ({_size(output)})"
+
+
+def _size(output: Path | None) -> str:
+    return human_size(output.stat().st_size) if output is not None and output.is_file() else "-"
+
+
+def _holds_secrets(output: Path | None) -> bool:
+    return output is not None and output.is_file() and output.stat().st_mode & 0o077 == 0
