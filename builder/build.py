@@ -35,7 +35,7 @@ from .run import run, run_filter
 from .runtimes import runtime_packages
 from .steps import BuildContext, NodeIdentity, make_plan
 from .steps.layers import overlays
-from .targets import Target, detect
+from .targets import Target, detect, targets_of
 
 MANIFEST_PATH = "/etc/pi-image/build.json"
 
@@ -91,7 +91,7 @@ def prepare(request: BuildRequest) -> BuildContext:
     if request.in_place and not isinstance(target.medium, DirectoryFilesystem):
         raise UserError(f"--in-place edits directory targets only; {base} is a disk image, which is never written: "
                         "drop --in-place (the output is a new image)")
-    if profile["target"] and profile["target"] != target.name:
+    if profile["target"] and target.name not in targets_of(profile["target"]):
         raise UserError(f"profile '{profile.name}' is for {profile['target']} but {base} is {target.name}: "
                         f"pick a profile for {target.name} (see `pi-image profiles`)")
     _check_login(profile, target, request.no_login)

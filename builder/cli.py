@@ -262,7 +262,7 @@ def profiles(keys: bool, as_json: bool) -> None:
                                 "role": p["role"], "runtime": p["runtime"]} for p in found], indent=2))
         return
     for p in found:
-        click.echo(f"{p.name:14} {p['target'] or '-':13} {p['description']}")
+        click.echo(f"{p.name:14} {p['target'] or 'any':13} {p['description']}")
 
 
 def _print_keys(as_json: bool) -> None:

@@ -20,6 +20,7 @@ from firstboot.nodeconfig import ROLES
 from . import values
 from .runtimes import RUNTIMES
 from .errors import UserError
+from .targets import TARGET_GROUPS, TARGET_NAMES
 
 # Shipped data lives inside the package (so a wheel or `pipx install .` has it); the repository's top-level
 # profiles/ and overlays/ are links to these directories.
@@ -44,13 +45,15 @@ class Key:
 
 
 KUBE_REPO_DEFAULT = "https://pkgs.k8s.io/core:/stable:/v{version}/deb/"
-TARGETS = ("ubuntu-raspi", "kali-raspi", "raspios", "jetson-sd", "l4t-rootfs")
 
 SCHEMA: dict[str, Key] = {
     "description": Key(str, "", "one line shown by `pi-image profiles`"),
     "extends": Key(str, None, "profile this one starts from"),
     "base": Key(str, None, "default base image (path or catalog name) when --base is not given"),
-    "target": Key(str, None, "target the base must be (checked after detection)", TARGETS),
+    "target": Key(str, None, "the target this profile builds on, for hardware or settings only it has (Jetson's "
+                  "nvidia runtime), or `raspberry-pi` for any Raspberry Pi OS (Ubuntu, Raspberry Pi OS, Kali); "
+                  "unset: whatever OS the base turns out to be (checked after detection)",
+                  TARGET_NAMES + tuple(TARGET_GROUPS)),
     "role": Key(str, "worker", "node role", ROLES),
     "kubernetes_version": Key(str, "1.31", "Kubernetes minor the node is pinned to, e.g. '1.31' "
                               "(with --cluster, the cluster's version; a profile that disagrees is an error)"),
@@ -72,8 +75,8 @@ SCHEMA: dict[str, Key] = {
     "overlays": Key(list, [], "overlays (shipped, or from --overlay) rendered into the image, in order",
                     items=Key(str, None, "an overlay name")),
     "hostname": Key(str, None, "hostname when no --node/inventory gives one", check=values.hostname),
-    "user": Key(str, None, "admin login to create or configure (default: the OS's own default user)",
-                check=values.login_name),
+    "user": Key(str, None, "admin login to create or configure (default: the target's: ubuntu on Ubuntu, kali on "
+                "Kali, pi on Raspberry Pi OS, jetson on Jetson)", check=values.login_name),
     "password_hash": Key(str, None, "crypt(3) hash for the admin user (default: password login disabled); "
                          "`build --password` makes one", check=values.password_hash, secret=True),
     "ssh_authorized_keys": Key(list, [], "SSH public keys for the admin user (`build --ssh-key FILE` adds more)",
@@ -85,9 +88,15 @@ SCHEMA: dict[str, Key] = {
                 check=values.between(1, 256)),
     "max_pods": Key(int, None, "pods the kubelet takes (default: 16 per GiB of memory_gb, at most 110)",
                     check=values.between(1, 1000)),
-    "timezone": Key(str, "Etc/UTC", "IANA time zone", check=values.time_zone),
-    "locale": Key(str, "C.UTF-8", "default locale"),
-    "wifi": Key(dict, None, "Wi-Fi: {ssid, psk (none: an open network), country (two letters, required)}",
+    "timezone": Key(str, "Etc/UTC", "IANA time zone, like Europe/London (/etc/timezone, /etc/localtime)",
+                    check=values.time_zone),
+    "locale": Key(str, "C.UTF-8", "default locale (LANG in /etc/default/locale), like en_GB.UTF-8; any other than "
+                  "C.UTF-8 is generated at first boot", check=values.locale_name),
+    "keyboard": Key(str, "us", "keyboard layout (XKB name, like us, gb, de, fr; /etc/default/keyboard): for a "
+                    "console on the board, e.g. a Pi 400's own keyboard", check=values.keyboard_layout),
+    "wifi": Key(dict, None, "Wi-Fi: {ssid, psk (none: an open network), country (two letters, required: the "
+                "regulatory domain, set on the kernel command line and in netplan where it takes one, so the radio "
+                "is allowed to come up with no screen)}",
                 fields={"ssid": Key(str, None, "network name"),
                         "psk": Key(str, None, "WPA passphrase", check=values.wifi_psk, secret=True),
                         "country": Key(str, None, "regulatory domain, like GB", check=values.wifi_country)},

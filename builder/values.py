@@ -1,4 +1,5 @@
-"""Checks of single setting values (hostnames, time zones, SSH keys, password hashes, addresses, URLs).
+"""Checks of single setting values (hostnames, time zones, locales, keyboard layouts, SSH keys, password hashes,
+addresses, URLs).
 
 Each check returns None when the value is fine, else the reason it is not, written to follow "KEY: " in a
 one-line error: `profiles/x.yaml:4: 'timezone': unknown time zone 'Europe/Londn' (did you mean 'Europe/London'?)`.
@@ -13,6 +14,8 @@ import ipaddress
 import re
 import zoneinfo
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from firstboot import protocol
@@ -24,6 +27,13 @@ SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-ni
 # crypt(3) methods every supported target's libc reads (L4T R32 = glibc 2.27: no yescrypt there, so $6$ is the
 # portable choice pi-image itself makes; $y$/$gy$ are accepted for images that read them).
 CRYPT_RE = re.compile(r"^\$(6|5|y|gy|2[aby]|7)\$[./A-Za-z0-9$=,]+$")
+# language[_TERRITORY][.codeset][@modifier], as glibc names locales; C.UTF-8 is built into glibc (and Debian's).
+LOCALE_RE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2}|_[0-9]{3})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$")
+BUILT_IN_LOCALES = ("C", "C.UTF-8", "C.utf8", "POSIX")
+# glibc's list of the locales it can generate (the `locales` package) and XKB's list of layouts (`xkb-data`): when
+# the build host has them, a value must be in them; without them, only its form is checked.
+SUPPORTED_LOCALES = Path("/usr/share/i18n/SUPPORTED")
+XKB_RULES = Path("/usr/share/X11/xkb/rules/base.lst")
 
 
 def hostname(value: object) -> str | None:
@@ -48,6 +58,64 @@ def time_zone(value: object) -> str | None:
         return None
     close = difflib.get_close_matches(str(value), sorted(known), n=1)
     return f"unknown time zone {value!r}" + (f" (did you mean {close[0]!r}?)" if close else " (like Europe/London)")
+
+
+def locale_name(value: object) -> str | None:
+    """A locale glibc can generate, like en_GB.UTF-8 (or a built-in one: C.UTF-8, C, POSIX)."""
+    text = str(value)
+    if text in BUILT_IN_LOCALES:
+        return None
+    known = _supported_locales()
+    if LOCALE_RE.match(text) and (not known or text in known):
+        return None
+    close = difflib.get_close_matches(text, sorted(known), n=1) if known else []
+    return (f"{text!r} is not a locale glibc can generate"
+            + (f" (did you mean {close[0]!r}?)" if close else " (like en_GB.UTF-8, de_DE.UTF-8 or C.UTF-8)"))
+
+
+def keyboard_layout(value: object) -> str | None:
+    """An XKB keyboard layout name, like us, gb or de."""
+    text = str(value)
+    known = _xkb_layouts()
+    if re.fullmatch(r"[a-z][a-z0-9]{1,7}", text) and (not known or text in known):
+        return None
+    close = difflib.get_close_matches(text.lower(), sorted(known), n=1) if known else []
+    return (f"{text!r} is not a keyboard layout" +
+            (f" (did you mean {close[0]!r}?)" if close else " (an XKB name in lower case, like us, gb, de or fr)"))
+
+
+def locale_charmap(name: str) -> str:
+    """The character set `locale-gen` builds locale `name` in (the second field of its locale.gen line): glibc's
+    SUPPORTED list says, else the name's own codeset (UTF-8 when it names none)."""
+    codeset = name.partition(".")[2].partition("@")[0]
+    return _supported_locales().get(name) or codeset or "UTF-8"
+
+
+@cache
+def _supported_locales() -> dict[str, str]:
+    """Locale name -> character set, from glibc's SUPPORTED list; empty where it is not installed."""
+    try:
+        lines = SUPPORTED_LOCALES.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    return {fields[0]: fields[1] for fields in (line.split() for line in lines if not line.startswith("#"))
+            if len(fields) == 2}
+
+
+@cache
+def _xkb_layouts() -> frozenset[str]:
+    """The layout names of XKB's rules list (its `! layout` section), empty where it is not installed."""
+    try:
+        lines = XKB_RULES.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return frozenset()
+    names, inside = set(), False
+    for line in lines:
+        if line.startswith("!"):
+            inside = line.split()[1:2] == ["layout"]
+        elif inside and line.strip():
+            names.add(line.split()[0])
+    return frozenset(names)
 
 
 def ssh_public_key(value: object) -> str | None:

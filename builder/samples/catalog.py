@@ -5,7 +5,9 @@ Where each layout comes from:
   p2 ext4 `writable` to the end.
 - Kali ARM (kali-arm `raspberry-pi.sh` + `common.d/functions.sh`): `parted mkpart primary fat32 1MiB 256MiB`,
   then ext4 from 256MiB to 100%; `mkfs.vfat -n BOOT -F 32`, `mkfs -O ^64bit,^metadata_csum -L ROOTFS`.
-- Raspberry Pi OS (pi-gen): 4 MiB alignment, so p1 `bootfs` (512 MiB) starts at sector 8192; p2 `rootfs`.
+- Raspberry Pi OS (pi-gen): 4 MiB alignment, so p1 `bootfs` (512 MiB) starts at sector 8192; p2 `rootfs`. The
+  trixie sample is the cloud-init generation (pi-gen's stage2/04-cloud-init: cloud-init and its NoCloud config in
+  the rootfs, a stock seed on bootfs), the one Raspberry Pi Imager 2 customizes in its "cloudinit-rpi" format.
 - Jetson Nano sd-blob (`jetson-disk-image-creator.sh`): `sgdisk -n N:0:+SIZE` for each partition of
   flash_l4t_t210_max-spi_sd_p3448.xml, so every small partition starts on the next 2048-sector boundary and APP
   (number 1) comes last on the disk.
@@ -58,14 +60,13 @@ def kali(release: str) -> Sample:
     )
 
 
-def raspios(release: str) -> Sample:
-    """A Raspberry Pi OS Lite (arm64) image made by pi-gen."""
-    disk_id = "0x4e639091"
-    root = Ext4("rootfs", "93b4d4a8-2e07-4a8e-8a6b-7f2c1d9e5a3b", Tree(("base", "usrmerge", f"raspios/{release}")),
-                features="vendor")
-    boot = Vfat("bootfs", "4E639091", Tree((f"raspios/{release}",), "boot"), cluster_sectors=4)
+def raspios(release: str, disk_id: str, root_uuid: str, layers: tuple[str, ...] = ()) -> Sample:
+    """A Raspberry Pi OS Lite (arm64) image made by pi-gen; `layers` go between the skeleton and the release's."""
+    root = Ext4("rootfs", root_uuid, Tree(("base", "usrmerge", *layers, f"raspios/{release}")), features="vendor")
+    boot = Vfat("bootfs", disk_id[2:].upper(), Tree((f"raspios/{release}",), "boot"), cluster_sectors=4)
+    generation = "cloud-init" if release != "bookworm" else "userconf"
     return Sample(
-        "raspios", release, f"Raspberry Pi OS Lite ({release}, arm64), 512 MiB bootfs at sector 8192",
+        "raspios", release, f"Raspberry Pi OS Lite ({release}, arm64, {generation}), 512 MiB bootfs at sector 8192",
         raspi_mbr(disk_id, boot, root, start=8192, boot_end=8192 + 512 * MIB, bootable=False),
         variables={"DISK_ID": disk_id[2:]},
     )
@@ -112,7 +113,8 @@ CATALOG: dict[tuple[str, str], Sample] = {
         ubuntu("24.04", 512, "units-usr-lib", "0x3f5e8d27"),
         kali("2024.2"),
         kali("rolling"),
-        raspios("bookworm"),
+        raspios("bookworm", "0x4e639091", "93b4d4a8-2e07-4a8e-8a6b-7f2c1d9e5a3b"),
+        raspios("trixie", "0x5f7a2c13", "c2e8a6d4-71b3-4f0e-9d5a-3b6e8f1a2c47", layers=("debian-units",)),
         jetson_sd("r32.6.1"),
         l4t_rootfs("r32.6.1"),
     )

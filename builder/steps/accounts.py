@@ -1,13 +1,15 @@
 """The admin login a headless first boot needs: user, SSH key, and no on-screen wizard waiting for a keyboard.
 
-- Ubuntu: cloud-init creates the user from the seed (overlays/ubuntu-cloud-init); nothing here.
-- Kali: the image's `kali` user gets the key in ~/.ssh/authorized_keys, and its well-known password `kali` is
-  replaced by the profile's hash, or locked (`passwd -l` style) while SSH is on.
-- Jetson (L4T): no user exists and oem-config would wait on a screen, so the user is added to passwd/shadow/group
-  with a home (last password change = the build day, so no forced change at first login), and the default target
-  is moved off nv-oem-config.target (as NVIDIA's l4t_create_default_user.sh).
-- Raspberry Pi OS: the first-boot `userconf` service creates the user from `userconf.txt` on the boot partition;
-  the key goes to /etc/ssh/authorized_keys/USER, which an sshd drop-in adds to AuthorizedKeysFile; `ssh` enables sshd.
+The user is the profile's, else the target's default; how it is made is the target's (`Target.first_boot`):
+- cloud-init (Ubuntu, Raspberry Pi OS trixie+): the seed creates it (overlays/cloud-init-seed); nothing here.
+- userconf (Raspberry Pi OS bookworm): the first-boot `userconf` service creates it from `userconf.txt` on the boot
+  partition; the key goes to /etc/ssh/authorized_keys/USER, which an sshd drop-in adds to AuthorizedKeysFile; an
+  empty `ssh` file there enables sshd.
+- offline (Kali, Jetson): pi-image edits the image's accounts. Kali's `kali` user gets the key in
+  ~/.ssh/authorized_keys, and its well-known password `kali` is replaced by the profile's hash, or locked
+  (`passwd -l` style). On Jetson (L4T) no user exists and oem-config would wait on a screen, so the user is added
+  to passwd/shadow/group with a home (last password change = the build day, so no forced change at first login),
+  and the default target is moved off nv-oem-config.target (as NVIDIA's l4t_create_default_user.sh).
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ OEM_TARGET = "nv-oem-config.target"
 
 def plan(ctx: BuildContext) -> None:
     """Make sure the admin user exists (or will), holds the profile's SSH keys, and nothing waits for a screen."""
-    if ctx.target.network_stack == "cloud-init":
+    if ctx.target.first_boot == "cloud-init":
         return
     user = ctx.profile["user"] or ctx.target.default_user
-    if not user:
-        return
     keys = "".join(k.strip() + "\n" for k in ctx.profile["ssh_authorized_keys"])
-    if ctx.target.name == "raspios":
-        _raspios(ctx, user, keys)
+    if ctx.target.first_boot == "userconf":
+        _userconf(ctx, user, keys)
         return
     day = max(1, ctx.epoch // 86400)  # never 0: that forces a password change key-only SSH cannot complete
     shadow_gid = groups(ctx.view).get("shadow", 0)
@@ -51,7 +51,7 @@ def plan(ctx: BuildContext) -> None:
         ctx.symlink(STEP, "/etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target")
 
 
-def _raspios(ctx: BuildContext, user: str, keys: str) -> None:
+def _userconf(ctx: BuildContext, user: str, keys: str) -> None:
     ctx.write(STEP, "boot", "/userconf.txt", f"{user}:{ctx.profile['password_hash'] or '!'}\n")
     ctx.write(STEP, "boot", "/ssh", "")
     if keys:

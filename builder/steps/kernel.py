@@ -1,14 +1,16 @@
-"""Kernel command line: the cgroup flags Kubernetes needs (the seed's `sed` on cmdline.txt, done idempotently)."""
+"""Kernel command line: the cgroup flags Kubernetes needs, and the Wi-Fi regulatory domain (idempotently)."""
 
 from __future__ import annotations
 
+from . import wifi
 from .context import BuildContext
 
 STEP = "kernel"
 
 
 def plan(ctx: BuildContext) -> None:
-    """Append the profile's `cgroup_flags` where the target's boot loader reads the command line."""
+    """Append the profile's `cgroup_flags` (and its Wi-Fi country) where the target's boot loader reads them."""
     fs, path = ctx.target.cmdline_location
     text = ctx.view.read_text(fs, path) or ""
-    ctx.write(STEP, fs, path, ctx.target.with_kernel_args(text, ctx.profile["cgroup_flags"]))
+    args = ctx.profile["cgroup_flags"] + wifi.kernel_args(ctx.profile)
+    ctx.write(STEP, fs, path, ctx.target.with_kernel_args(text, args))

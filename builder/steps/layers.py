@@ -1,24 +1,36 @@
-"""Overlays: kernel networking files, the kube repo and pin, the container runtime, then the profile's and user's."""
+"""Overlays: kernel networking files, the kube repo and pin, the container runtime, the OS's, then the profile's and
+the user's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..overlays import Overlay, render_overlay, resolve_overlays
 from ..users import owner_ids
+from . import regional
 from .context import BuildContext
 
-CORE = ["k8s-kernel", "kube-repo", "proxy"]
+CORE = ["k8s-kernel", "kube-repo", "proxy", regional.LOCALE_GEN_OVERLAY]
 
 
 def overlays(ctx: BuildContext) -> list[Overlay]:
-    """The core overlays, `runtime-<runtime>`, the profile's `overlays`, then `--overlay` dirs, in order."""
-    names = CORE + [f"runtime-{ctx.profile['runtime']}"] + ctx.profile["overlays"]
+    """The core overlays, `runtime-<runtime>`, the target's own (its cloud-init seed, its Wi-Fi file), the
+    profile's `overlays`, then `--overlay` dirs, in order."""
+    names = CORE + [f"runtime-{ctx.profile['runtime']}"] + list(ctx.target.os_overlays) + ctx.profile["overlays"]
     return resolve_overlays(names, ctx.overlays, ctx.replace_overlays)
+
+
+def target_facts(ctx: BuildContext) -> dict[str, Any]:
+    """What the OS overlays need to know about the target beyond the build's template context."""
+    return {"admin_groups": list(ctx.target.admin_groups), "seed_sets_keyboard": ctx.target.seed_sets_keyboard,
+            "netplan_regulatory_domain": ctx.target.netplan_regulatory_domain,
+            "locale_gen": regional.builds_locale_at_first_boot(ctx)}
 
 
 def plan(ctx: BuildContext) -> None:
     """Render every overlay (boot overlays only where there is a boot partition)."""
     users, groups = owner_ids(ctx.view)
-    context = ctx.template_context()
+    context = {**ctx.template_context(), **target_facts(ctx)}
     for overlay in overlays(ctx):
         if overlay.filesystem == "boot" and ctx.target.boot is None:
             continue  # e.g. a cloud-init seed on a target without a FAT boot partition

@@ -1,8 +1,9 @@
-"""Target fixes from the seed: Kali's kubelet needs /run/systemd/resolve/resolv.conf, so enable systemd-resolved.
+"""Units a node needs that its OS ships disabled (each target lists its own, `Target.enabled_units`):
 
-systemd-resolved is a package of its own since Debian 12, and a Kali image may lack it: then the build enables
-nothing, and the first-boot agent points the kubelet's resolvConf at /etc/resolv.conf instead (firstboot/joinconfig.py),
-so the build never fails for it.
+- Kali: the kubelet needs /run/systemd/resolve/resolv.conf, so systemd-resolved. It is a package of its own since
+  Debian 12 and a Kali image may lack it: then nothing is enabled, and the first-boot agent points the kubelet's
+  resolvConf at /etc/resolv.conf instead (firstboot/joinconfig.py), so the build never fails for it.
+- Raspberry Pi OS customized through cloud-init: sshd (no `ssh` file convention to rely on).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from ..systemd import enable_links, unit_file
 from .context import BuildContext
 
 STEP = "services"
-NEEDED = {"kali-raspi": ["systemd-resolved.service"]}
 
 
 def plan(ctx: BuildContext) -> None:
     """Enable (as `systemctl enable` would: WantedBy/Alias links) the units this target needs and has."""
-    for unit in NEEDED.get(ctx.target.name, []):
+    for unit in ctx.target.enabled_units:
         if unit_file(ctx.target.root, unit) is None:
             continue
         for link, target in enable_links(ctx.target.root, unit):

@@ -1,23 +1,26 @@
 """Swap off for good: mask the swap services a target ships and comment out swap lines in the fstab.
 
-Jetson's zram comes from nvzramconfig.service, Raspberry Pi OS's swapfile from dphys-swapfile.service; Ubuntu's Pi
-image has no swap. The kubelet's default (failSwapOn) then matches the node, and the agent swaps off at first boot.
+Each target lists its swap services (`Target.swap_services`): Jetson's zram comes from nvzramconfig.service,
+Raspberry Pi OS's swapfile from dphys-swapfile.service; Ubuntu's Pi image has no swap. The kubelet's default
+(failSwapOn) then matches the node, and the agent swaps off at first boot.
 """
 
 from __future__ import annotations
 
 from ..systemd import UNIT_DIR, unit_file, wants_links
+from ..targets import TARGETS
 from .context import BuildContext
 
 STEP = "swap"
-SWAP_SERVICES = ("nvzramconfig.service", "dphys-swapfile.service")
+# Every target's, for readers that check an image of any target (inspect).
+SWAP_SERVICES = tuple(dict.fromkeys(unit for target in TARGETS for unit in target.swap_services))
 MASKED_COPIES = "/etc/pi-image/masked"
 
 
 def plan(ctx: BuildContext) -> None:
     """Mask each swap service present in the image and drop its wants links; disable fstab swap entries."""
     root = ctx.target.root
-    for unit in SWAP_SERVICES:
+    for unit in ctx.target.swap_services:
         path = unit_file(root, unit)
         if path is None and not wants_links(root, unit):
             continue

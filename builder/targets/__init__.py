@@ -10,13 +10,23 @@ from ..image import DirectoryFilesystem, DiskImage, Filesystem
 from .base import OsRelease, Probe, Target
 from .jetson import JetsonSd, L4tRootfs
 from .kali_raspi import KaliRaspi
-from .raspios import RaspiOS
+from .raspios import RaspiOS, RaspiOSCloudInit, cloud_init_reads_boot_seed
 from .ubuntu_raspi import UbuntuRaspi
 
-# Most specific first: an L4T image is also "ubuntu".
-TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOS, UbuntuRaspi]
+# Most specific first: an L4T image is also "ubuntu", a cloud-init Raspberry Pi OS also has the bookworm files.
+TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi]
+# What a user names (both Raspberry Pi OS generations are `raspios`).
+TARGET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t.name for t in TARGETS))
 
-__all__ = ["TARGETS", "Target", "OsRelease", "detect"]
+# Names a profile's `target` may also give: a family of targets sharing the hardware it describes.
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {"raspberry-pi": ("ubuntu-raspi", "raspios", "kali-raspi")}
+
+__all__ = ["TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "Target", "OsRelease", "detect", "targets_of"]
+
+
+def targets_of(name: str) -> tuple[str, ...]:
+    """The targets a profile's `target` stands for: a group's members, else the one target it names."""
+    return TARGET_GROUPS.get(name, (name,))
 
 
 def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
@@ -26,12 +36,13 @@ def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
     probe = Probe(medium, root, os_release, boot, facts={
         "tegra": root.exists("/etc/nv_tegra_release"),
         "rpi_issue": root.exists("/etc/rpi-issue"),
+        "cloud_init_boot_seed": cloud_init_reads_boot_seed(root),
     })
     for cls in TARGETS:
         if cls.matches(probe):
             return cls(medium, root, os_release, boot)
     where = root.description
-    supported = ", ".join(t.name for t in TARGETS)
+    supported = ", ".join(TARGET_NAMES)
     raise UserError(f"{where} holds {os_release.pretty_name!r} (ID={os_release.id}"
                     f"{', boot partition found' if boot else ', no FAT boot partition'}), "
                     f"which pi-image does not support (supported: {supported})")

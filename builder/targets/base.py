@@ -60,18 +60,39 @@ class Probe:
 
 @dataclass
 class Target:
-    """A detected target bound to its filesystems. Subclasses set the class attributes and `matches()`."""
+    """A detected target bound to its filesystems. Subclasses set the class attributes and `matches()`.
+
+    What differs between operating systems is decided here, never by a profile: how the admin login is made, where
+    networking is configured, which overlays the OS needs, which swap services it ships.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     #: "cmdline.txt" (Pi firmware, at the root of the boot partition) or "extlinux" (L4T, in the root fs)
     cmdline_kind: ClassVar[str]
-    #: where the distro configures networking: "cloud-init" (netplan) or "networkmanager"
+    #: where pi-image configures networking: "netplan" (cloud-init's network-config, /etc/netplan) or
+    #: "networkmanager" (keyfiles in /etc/NetworkManager/system-connections)
     network_stack: ClassVar[str]
+    #: what makes the admin login at first boot: "cloud-init" (the seed on the boot partition, which also applies
+    #: the locale and the time zone), "userconf" (userconf.txt on the boot partition) or "offline" (pi-image
+    #: edits passwd and shadow itself)
+    first_boot: ClassVar[str]
+    #: the admin login when a profile names none: the OS's own default user, or the one pi-image creates
+    default_user: ClassVar[str]
+    #: overlays this OS needs, rendered after the runtime's and before the profile's
+    os_overlays: ClassVar[tuple[str, ...]] = ()
+    #: groups the cloud-init seed gives the admin user
+    admin_groups: ClassVar[tuple[str, ...]] = ()
+    #: the image's own cloud-init config sets a keyboard, so the seed must say the profile's
+    seed_sets_keyboard: ClassVar[bool] = False
+    #: units a node needs that this OS ships disabled (enabled where the image has them)
+    enabled_units: ClassVar[tuple[str, ...]] = ()
+    #: swap services this OS ships (masked: the kubelet refuses swap)
+    swap_services: ClassVar[tuple[str, ...]] = ()
+    #: systemd-rfkill state files of the on-board Wi-Fi, which this OS keeps blocked until a country is set
+    wifi_rfkill_states: ClassVar[tuple[str, ...]] = ()
     #: where the boot partition is mounted when the fstab does not say
     default_boot_mount: ClassVar[str | None] = None
-    #: the admin user that exists (or that first boot creates) on this OS
-    default_user: ClassVar[str | None] = None
 
     medium: DiskImage | DirectoryFilesystem
     root: Filesystem
@@ -119,3 +140,15 @@ class Target:
     def with_kernel_args(self, text: str, args: list[str]) -> str:
         """The command-line file's text with `args` added where this target's boot loader reads them."""
         return append_extlinux(text, args) if self.cmdline_kind == "extlinux" else append_cmdline_txt(text, args)
+
+    @property
+    def netplan_regulatory_domain(self) -> bool:
+        """True if the image's netplan takes `regulatory-domain` (netplan 0.105 and later)."""
+        return False
+
+    @property
+    def locale_list(self) -> str:
+        """The file `locale-gen` (run without arguments) reads the locales to build from: Debian's /etc/locale.gen,
+        or on Ubuntu a file in /var/lib/locales/supported.d/."""
+        ubuntu = self.os.id == "ubuntu" or "ubuntu" in self.os.id_like
+        return "/var/lib/locales/supported.d/pi-image" if ubuntu else "/etc/locale.gen"

@@ -1,6 +1,7 @@
 """NVIDIA Jetson (L4T): an SD card image (GPT, ext4 `APP`) or a `Linux_for_Tegra/rootfs` directory.
 
 The kernel command line is the APPEND line of /boot/extlinux/extlinux.conf; /etc/nv_tegra_release says L4T.
+No user exists and oem-config would wait on a screen, so pi-image creates the admin user itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ class JetsonSd(Target):
     description = "NVIDIA Jetson SD card image (GPT, ext4 APP, extlinux.conf)"
     cmdline_kind = "extlinux"
     network_stack = "networkmanager"
-    default_user = None  # oem-config asks on screen unless pi-image creates one
+    first_boot = "offline"
+    default_user = "jetson"  # no OS default: the one pi-image creates (as l4t_create_default_user.sh would)
+    os_overlays = ("networkmanager-wifi",)
+    swap_services = ("nvzramconfig.service",)
 
     @classmethod
     def matches(cls, probe: Probe) -> bool:

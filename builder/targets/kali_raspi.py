@@ -1,4 +1,7 @@
-"""Kali Linux ARM for Raspberry Pi: FAT boot at /boot + ext4 root; a Debian-family system with NetworkManager."""
+"""Kali Linux ARM for Raspberry Pi: FAT boot at /boot + ext4 root; a Debian-family system with NetworkManager.
+
+Its `kali` user exists in the image; its kubelet needs systemd-resolved, which Kali ships disabled.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ class KaliRaspi(Target):
     description = "Kali Linux ARM for Raspberry Pi (boot at /boot, NetworkManager)"
     cmdline_kind = "cmdline.txt"
     network_stack = "networkmanager"
-    default_boot_mount = "/boot"
+    first_boot = "offline"
     default_user = "kali"
+    os_overlays = ("networkmanager-wifi",)
+    enabled_units = ("systemd-resolved.service",)
+    default_boot_mount = "/boot"
 
     @classmethod
     def matches(cls, probe: Probe) -> bool:

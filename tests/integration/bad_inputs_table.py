@@ -299,6 +299,12 @@ PROFILE_VALUE_CASES = [
     _set("network-dns-string", f"network={{{NET_OK}, dns: 192.168.6.1}}", ("dns",)),
     _set("wifi-open-network", "wifi={ssid: homelab, country: GB}", ("psk",), outcome=EITHER),
     _set("role-typo", "role=wroker", ("role", "wroker")),
+    _file("locale-words", "locale: English (UK)", ("locale", "English (UK)")),
+    _file("locale-path", "locale: ../../etc/passwd", ("locale",)),
+    _file("keyboard-capitals", "keyboard: GB", ("keyboard", "GB")),
+    _file("keyboard-words", "keyboard: English (UK)", ("keyboard", "English (UK)")),
+    _set("keyboard-capitals", "keyboard=GB", ("keyboard", "GB")),
+    _set("locale-words", "locale=English (UK)", ("locale", "English (UK)")),
 ]
 
 PROFILE_FILE_CASES = [
@@ -382,7 +388,7 @@ CLI_CASES = [
     Case("cli-base-non-utf8-file-name-inspect", ("inspect", "{tmp}/odd.img"), ("netplan",),
          (non_utf8_name_in_image("odd.img"),), outcome=EITHER),
     Case("cli-inspect-missing", ("inspect", "{tmp}/nothere.img"), ("nothere.img",)),
-    Case("cli-base-of-another-target", (*BUILD, "--profile", "kali-worker"), ("kali-raspi", "ubuntu-raspi")),
+    Case("cli-base-of-another-target", (*BUILD, "--profile", "jetson-gpu"), ("jetson-sd", "ubuntu-raspi")),
     # options
     Case("cli-set-without-equals", (*BUILD_8G, "--set", "timezone"), ("--set", "timezone")),
     Case("cli-set-unknown-key", (*BUILD_8G, "--set", "unknownkey=1"), ("--set", "unknownkey")),

@@ -339,9 +339,9 @@ def test_secrets_leave_no_hash_in_manifests_and_proxy_credentials_are_refused(cl
     wifi = '{ssid: homelab, psk: "wifi-passphrase-42", country: GB}'
     plan = json.loads(succeeded(cli("build", "-p", "worker-8g", "--base", base, "--kube-key", KUBE_KEY, "--dry-run",
                                     "--json", "--set", f"wifi={wifi}")).stdout)
-    seed = next(op for op in plan["ops"] if op["path"] == "/network-config")
+    wifi_file = next(op for op in plan["ops"] if op["path"] == "/etc/netplan/60-pi-image-wifi.yaml")
 
-    assert "size" in seed and "sha256" not in seed  # a hash of a file holding the passphrase could be brute-forced
+    assert "size" in wifi_file and "sha256" not in wifi_file  # a hash of the passphrase's file could be brute-forced
     one_line_error(cli("build", "-p", "worker-8g", "--base", base, "--kube-key", KUBE_KEY, "--dry-run",
                        "--set", "proxy=http://me:pw@10.0.0.1:3128"), "user name or password")
 

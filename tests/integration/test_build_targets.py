@@ -157,7 +157,7 @@ def test_build_reports_the_output_and_writes_the_manifest_beside_it(built):
     run = succeeded(built.runs["first"])
     beside = built.first.with_name(built.first.name + ".json")
 
-    assert f"Output: {built.first}" in run.stdout
+    assert f"Built {built.first} (" in run.stdout
     assert beside.is_file(), f"no build manifest beside the output: {entries(built.first.parent)}"
     manifest = json.loads(beside.read_text())
     assert (manifest["target"], manifest["node"], manifest["profile"]["name"]) == \

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.errors import UserError
 from builder.run import run
@@ -34,13 +35,15 @@ RASPI_TABLES = {
     ("kali-raspi", "2024.2"): [(1, 2048, 522240, "c", False), (2, 524288, None, "83", False)],
     ("kali-raspi", "rolling"): [(1, 2048, 522240, "c", False), (2, 524288, None, "83", False)],
     ("raspios", "bookworm"): [(1, 8192, 1048576, "c", False), (2, 1056768, None, "83", False)],
+    ("raspios", "trixie"): [(1, 8192, 1048576, "c", False), (2, 1056768, None, "83", False)],
     ("ubuntu-raspi", "24.04", "alt"): [(1, 8192, 614400, "c", True), (2, 622592, None, "83", False)],
 }
 LABELS = {  # (boot FAT label, root ext4 label)
     "ubuntu-raspi": ("system-boot", "writable"), "kali-raspi": ("BOOT", "ROOTFS"), "raspios": ("bootfs", "rootfs"),
 }
-OS_RELEASE = {  # (ID, VERSION_ID)
-    "ubuntu-raspi": None, "kali-raspi": ("kali", "2024.2"), "raspios": ("debian", "12"), "jetson-sd": ("ubuntu", "18.04"),
+OS_RELEASE = {  # (ID, VERSION_ID) by target, or by (target, release)
+    "ubuntu-raspi": None, "kali-raspi": ("kali", "2024.2"), "jetson-sd": ("ubuntu", "18.04"),
+    ("raspios", "bookworm"): ("debian", "12"), ("raspios", "trixie"): ("debian", "13"),
 }
 JETSON_DISK_ORDER = ["TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS", "BMP", "RP4", "APP"]
 
@@ -173,7 +176,7 @@ def test_os_release_is_a_relative_link_to_the_releases_file(sample_image, key):
     image = sample_image(*key)
     assert link_target(image, "/etc/os-release") == "../usr/lib/os-release"
     fields = dict(line.split("=", 1) for line in debugfs(image, "cat /usr/lib/os-release").splitlines() if "=" in line)
-    expected = OS_RELEASE[key[0]] or ("ubuntu", key[1])
+    expected = OS_RELEASE.get(key[:2]) or OS_RELEASE[key[0]] or ("ubuntu", key[1])
     assert (fields["ID"], fields["VERSION_ID"].strip('"')) == expected
 
 
@@ -226,6 +229,30 @@ def test_raspios_roots_by_partuuid_of_its_disk_and_swaps_with_dphys(sample_image
     assert "CONF_SWAPSIZE=" in debugfs(image, "cat /etc/dphys-swapfile")
     wants = "/etc/systemd/system/multi-user.target.wants/dphys-swapfile.service"
     assert link_target(image, wants) == "/lib/systemd/system/dphys-swapfile.service"
+
+
+def test_raspios_trixie_is_customized_through_cloud_init_from_bootfs(sample_image):
+    """pi-gen's cloud-init stage: cloud-init and its NoCloud config (seeded from bootfs) in the rootfs, a stock seed
+    on bootfs, netplan handing the network to NetworkManager, no first user until cloud-init makes one."""
+    image = sample_image("raspios", "trixie")
+    config = yaml.safe_load(debugfs(image, "cat /etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg"))
+    assert config["datasource_list"][0] == "NoCloud"
+    assert config["datasource"]["NoCloud"]["seedfrom"] == "file:///boot/firmware"
+    assert "Type: regular" in debugfs(image, "stat /usr/bin/cloud-init")
+    assert yaml.safe_load(debugfs(image, "cat /usr/lib/netplan/00-network-manager-all.yaml"))["network"]["renderer"] \
+        == "NetworkManager"
+    assert mtype(image, "user-data").startswith("#cloud-config")
+    assert "instance_id:" in mtype(image, "meta-data")
+    assert "VERSION_CODENAME=trixie" in debugfs(image, "cat /usr/lib/os-release")
+    assert ":x:1000:" not in debugfs(image, "cat /etc/passwd")
+
+
+@pytest.mark.parametrize("release", ["bookworm", "trixie"])
+def test_raspios_keeps_wifi_switched_off_until_a_country_is_set(sample_image, release):
+    """pi-gen writes WirelessEnabled=false for NetworkManager when the image has no Wi-Fi country."""
+    image = sample_image("raspios", release)
+    assert "WirelessEnabled=false" in debugfs(image, "cat /var/lib/NetworkManager/NetworkManager.state")
+    assert not [name for name in debugfs(image, "ls /var/lib/systemd/rfkill").split() if name.endswith(":wlan")]
 
 
 def check_l4t_files(read, link) -> None:

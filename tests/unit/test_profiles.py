@@ -18,9 +18,20 @@ def test_shipped_profiles_cover_the_seed_machines():
 
 
 def test_extends_chain_resolves_values():
-    p = load_profile("worker-8g")
-    assert p["target"] == "ubuntu-raspi" and p["kubernetes_version"] == "1.31" and p["runtime"] == "containerd"
-    assert [s.stem for s in p.sources] == ["worker-8g", "ubuntu-node", "common"]
+    p = load_profile("kali-worker")
+    assert p["memory_gb"] == 4 and p["kubernetes_version"] == "1.31" and p["runtime"] == "containerd"
+    assert [s.stem for s in p.sources] == ["kali-worker", "worker-4g", "common"]
+
+
+def test_machine_profiles_name_no_os_and_jetson_ones_restrict_their_target():
+    """The OS comes from the base: a Pi profile pins no OS (only the Raspberry Pi family), base, user or OS overlay;
+    only what exists on one target alone (Jetson's nvidia runtime, an L4T rootfs tree) restricts it further."""
+    for name in ("worker-8g", "worker-4g", "master-2g", "kali-worker", "common"):
+        p = load_profile(name)
+        family = None if name == "common" else "raspberry-pi"
+        assert (p["target"], p["base"], p["user"], p["overlays"]) == (family, None, None, []), name
+        assert "seed" not in p["description"], name
+    assert (load_profile("jetson-gpu")["target"], load_profile("jetson-l4t")["target"]) == ("jetson-sd", "l4t-rootfs")
 
 
 def test_typo_names_file_line_and_suggestion(tmp_path: Path):
