@@ -2,8 +2,8 @@
 
 Run with `tests/system/run.sh` (installs the tools, then `python -m pytest -m system tests/system`). Needs root
 (debootstrap, chroot, a root-owned tree for mkfs.ext4 -d). The rootfs is cached per machine (see rootfs.py); the
-figures (debootstrap, build, boot-to-joined, suite wall time) are printed at the end and written to
-<basetemp>/system-figures.json.
+figures (debootstrap, build, each boot's milestones, the wall time of stories with several guests and of the suite)
+are printed at the end and written to <basetemp>/system-figures.json.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat
          "apt-ftparchive", "gpg", "dpkg-deb")
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict = {"boots": []}
-SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py"}
+SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "test_boot_control_plane.py"}
+# The longest story (two guests at once) starts first, so that the other worker's shorter ones fill in around it.
+FIRST_MODULES = ("test_boot_control_plane.py",)
 # Added to the rootfs with guest/test-tools/ before the build: the monitor and package-lock units enabled; masked,
 # what a headless guest without a screen does not need and TCG pays seconds for.
 GUEST_LINKS = {
@@ -35,11 +37,15 @@ GUEST_LINKS = {
     "/etc/systemd/system/getty-static.service": "/dev/null",
     "/etc/systemd/system/e2scrub_reap.service": "/dev/null",
 }
+# Serial console lines of the agent -> their figure: seconds from QEMU's start (when a test watched for them).
+MILESTONES = {"joined the cluster": "qemu_start_to_joined", "kubeadm init done": "qemu_start_to_init_done",
+              "token endpoint started": "qemu_start_to_endpoint_started"}
 _SESSION_START = time.monotonic()
 
 
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
+    items.sort(key=lambda item: item.path.parent != here or item.path.name not in FIRST_MODULES)
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     reason = ("the boot test needs root (debootstrap, chroot)" if os.geteuid() != 0
               else f"missing {', '.join(missing)}: run tests/system/run.sh, it installs them" if missing else None)
@@ -107,92 +113,115 @@ def base_images(tmp_path_factory, archive):
         image.unlink()
 
 
-def build_node(base_image: Path, archive, dest: Path, version: str = "1.31", profile: str = "worker-8g",
-               node: str | None = None, init_args: tuple[str, ...] = (), add_args: tuple[str, ...] = (),
-               build_args: tuple[str, ...] = ()):
-    """`pi-image cluster init/add-node` + `pi-image build --cluster DIR --node NODE` of `base_image` into `dest`:
-    a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube repository the test archive.
-    `init_args`, `add_args` and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
+def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
+                  nodes: tuple[tuple[str, str], ...] | None = None, init_args: tuple[str, ...] = (),
+                  add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = ()):
+    """`pi-image cluster init`, `cluster add-node` of each of `nodes` ((name, profile) pairs; default pi-worker1 as
+    a worker-8g), then `pi-image build --cluster DIR --all` of `base_image` into `dest`, as a user builds a whole
+    cluster: a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube repository the test archive.
+    `init_args`, `add_args` (each node) and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
     from join_fakes.harness import make_ca
 
-    from lab import NODE, NodeBuild, free_port, pi_image
+    from lab import NODE, ClusterBuild, free_port, pi_image
 
-    node = node or NODE
+    nodes = nodes or ((NODE, "worker-8g"),)
     dest.mkdir(parents=True, exist_ok=True)
     api_port, endpoint_port = free_port(), free_port()
     cluster_dir = dest / "cluster"
     pi_image("cluster", "init", str(cluster_dir), "--api-server", f"10.0.2.2:{api_port}",
              "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", version, "--node-subnet", "10.0.2.0/24",
              *init_args)
-    pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args)
+    for node, profile in nodes:
+        pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args)
     ca_cert = dest / "ca.crt"
     ca_hash = make_ca(ca_cert)
     started = time.monotonic()
-    image = dest / f"{node}.img"
-    pi_image("build", "--profile", profile, "--base", str(base_image), "--cluster", str(cluster_dir), "--node", node,
+    pi_image("build", "--base", str(base_image), "--cluster", str(cluster_dir), "--all",
              "--kube-key", str(archive.key.armored), "--set", f"kube_repo_url={archive.kube_repo_url(archive.port)}",
-             "--no-login", *build_args, "-o", str(image))
+             "--no-login", *build_args, "-o", str(dest))
     figures = {"pi_image_build_seconds": round(time.monotonic() - started, 1)}
-    return NodeBuild(image, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures, node, version)
+    images = {node: dest / f"{node}.img" for node, _ in nodes}
+    return ClusterBuild(images, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures, version)
 
 
 @pytest.fixture(scope="session")
 def build_for(base_images, archive, tmp_path_factory, request):
-    """Factory: the node build of one base image ("stock" or "preinstalled") for a set of build_node() options,
-    made once per session."""
+    """Factory: the cluster build of one base image ("stock" or "preinstalled") for a set of build_cluster()
+    options, made once per session."""
     builds = {}
 
     def build(base="stock", **options):
         key = json.dumps([base, options], sort_keys=True)
         if key not in builds:
-            builds[key] = build_node(base_images[base], archive, tmp_path_factory.mktemp("node-build"), **options)
+            builds[key] = build_cluster(base_images[base], archive, tmp_path_factory.mktemp("build"), **options)
             FIGURES.setdefault("builds", []).append(dict(builds[key].figures, base=base, options=options))
         return builds[key]
 
     yield build
     if not request.session.testsfailed:
         for made in builds.values():
-            made.image.unlink()  # images are large; after a failure they stay for a look
+            for image in made.images.values():
+                image.unlink()  # images are large; after a failure they stay for a look
 
 
 @pytest.fixture(scope="module")
 def node_build(request, build_for):
     """What a test module's stories boot: the build its BUILD dict asks for (build_for's arguments), else
-    `pi-image build --profile worker-8g --cluster DIR --node pi-worker1` at Kubernetes 1.31 of the stock base."""
+    pi-worker1 as a worker-8g at Kubernetes 1.31 of the stock base."""
     return build_for(**getattr(request.module, "BUILD", {}))
+
+
+@pytest.fixture(scope="session")
+def story_figures():
+    """Where a story that boots several guests appends its figures ({"test", "wall_seconds", ...})."""
+    return FIGURES.setdefault("stories", [])
 
 
 @pytest.fixture
 def system_lab(node_build, tmp_path, request):
     """A scenario's private image + cluster copy, fake cluster and fake API server; the endpoint is not started."""
-    yield from _lab(node_build, tmp_path, request.node.name, request.session)
+    from lab import SystemLab
+
+    yield from _lab(SystemLab, node_build, tmp_path, request.node.name, request.session)
 
 
 @pytest.fixture(scope="module")
 def module_lab(node_build, tmp_path_factory, request):
     """Like system_lab, shared by the tests of one module (a story told in several steps: power on, then reboot)."""
-    yield from _lab(node_build, tmp_path_factory.mktemp("lab"), request.module.__name__, request.session)
-
-
-def _lab(node_build, base: Path, name: str, session):
     from lab import SystemLab
 
+    yield from _lab(SystemLab, node_build, tmp_path_factory.mktemp("lab"), request.module.__name__, request.session)
+
+
+@pytest.fixture(scope="module")
+def cluster_lab(node_build, tmp_path_factory, request):
+    """Every node of the module's build, the fake cluster behind the fake API server, no endpoint on the host (a
+    control-plane node serves its own); shared by the tests of one module."""
+    from lab import ClusterLab
+
+    yield from _lab(ClusterLab, node_build, tmp_path_factory.mktemp("lab"), request.module.__name__, request.session)
+
+
+def _lab(kind, node_build, base: Path, name: str, session):
     failed_before = session.testsfailed
-    world = SystemLab(base, node_build)
+    world = kind(base, node_build)
     yield world
     world.close()
-    for number, guest in enumerate(world.guests, 1):
-        FIGURES["boots"].append(boot_figures(name, number, guest, world.guest_report(number, None)))
+    for power_on in world.power_ons:
+        report = world.guest_report(power_on.number, None, power_on.node)
+        FIGURES["boots"].append(dict(boot_figures(name, power_on.number, power_on.guest, report), node=power_on.node))
     if session.testsfailed == failed_before:
-        world.image.unlink()  # the serial logs and the cluster directory stay
+        for image in world.images.values():
+            image.unlink()  # the serial logs and the cluster directory stay
 
 
 def boot_figures(test: str, number: int, guest, report: dict | None) -> dict:
-    """How long a power-on took: QEMU start to the agent's 'joined' line (host clock); systemd start and kernel start
-    to the agent's exit (the guest's monotonic clock, from its report)."""
+    """How long a power-on took: QEMU start to the agent's milestones that the test watched for (host clock);
+    systemd start and kernel start to the agent's exit (the guest's monotonic clock, from its report)."""
     entry = {"test": test, "boot": number, "qemu_seconds": round(guest.elapsed(), 1)}
-    if "joined the cluster" in guest.seen:
-        entry["qemu_start_to_joined"] = round(guest.seen["joined the cluster"], 1)
+    for pattern, name in MILESTONES.items():
+        if pattern in guest.seen:
+            entry[name] = round(guest.seen[pattern], 1)
     unit, manager = (report or {}).get("unit", {}), (report or {}).get("manager", {})
     exited = int(unit.get("ExecMainExitTimestampMonotonic") or 0)
     if exited and unit.get("Result") == "success":
@@ -241,13 +270,14 @@ def pytest_testnodedown(node, error):
     if "build" in worker:
         FIGURES.setdefault("workers", []).append(worker["build"])
     FIGURES.setdefault("builds", []).extend(worker.get("builds", []))
+    FIGURES.setdefault("stories", []).extend(worker.get("stories", []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput") or not (FIGURES["boots"] or "build" in FIGURES or "builds" in FIGURES):
         return
     FIGURES["suite_wall_seconds"] = round(time.monotonic() - _SESSION_START, 1)
-    FIGURES["boots"].sort(key=lambda boot: (boot["test"], boot["boot"]))
+    FIGURES["boots"].sort(key=lambda boot: (boot["test"], boot.get("node", ""), boot["boot"]))
     text = json.dumps(FIGURES, indent=2)
     terminalreporter.section("boot-to-join figures")
     terminalreporter.write_line(text)

@@ -3,7 +3,8 @@
 The firmware reads config.txt on the FAT boot partition (`kernel=`, `initramfs FILE followkernel`, `cmdline=`) and
 hands the first line of cmdline.txt to the kernel; here QEMU's direct kernel boot does the same with the files copied
 out of the image. Two NICs on user-mode networking: the first on 10.0.3.0/24 (not the cluster's subnet), the second
-on QEMU's default 10.0.2.0/24, where the host's 127.0.0.1 is 10.0.2.2.
+on QEMU's default 10.0.2.0/24, where the host's 127.0.0.1 is 10.0.2.2 and the guest is 10.0.2.15 (each guest on a
+network of its own: two guests reach each other only through a port the host forwards, `hostfwd`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ class Guest:
     """One power-on: QEMU running with the serial console captured to a file, under a hard time limit."""
 
     def __init__(self, image: Path, boot: BootFiles, serial: Path, knobs: dict[str, str] | None = None,
-                 kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None):
-        """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time)."""
+                 kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None,
+                 hostfwd: tuple[int, ...] = ()):
+        """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time).
+        `hostfwd`: TCP ports of the host's 127.0.0.1 (only: nothing outside this machine reaches a test guest)
+        forwarded to the same port of the guest's cluster address."""
         self.image = image
         self.serial_path = serial
         self.cmdline = " ".join([boot.cmdline, *TEST_ARGS, *kernel_args] +
@@ -61,7 +65,8 @@ class Guest:
             "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", self.cmdline,
             "-drive", f"file={image},format=raw,if=virtio",
             "-netdev", "user,id=other,net=10.0.3.0/24", "-device", "virtio-net-pci,netdev=other",
-            "-netdev", "user,id=cluster", "-device", "virtio-net-pci,netdev=cluster",
+            "-netdev", "".join(["user,id=cluster", *(f",hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in hostfwd)]),
+            "-device", "virtio-net-pci,netdev=cluster",
             "-device", "virtio-rng-pci",
         ] + (["-rtc", f"base={rtc_base}"] if rtc_base else [])
         self.process: subprocess.Popen | None = None
@@ -84,11 +89,22 @@ class Guest:
     def elapsed(self) -> float:
         return (self.ended or time.monotonic()) - self.started
 
+    def running(self) -> bool:
+        """True while QEMU runs (once it has ended, elapsed() is its run time)."""
+        if self.process.poll() is None:
+            return True
+        self._ended()
+        return False
+
+    def at(self, pattern: str) -> float:
+        """When `pattern` was first seen (see note()), on the host's monotonic clock: to compare two guests."""
+        return self.started + self.seen[pattern]
+
     def wait_for(self, pattern: str, timeout: float) -> float:
         """Seconds from QEMU's start until `pattern` (a substring) appeared on the serial console."""
         deadline = time.monotonic() + timeout
         while pattern not in self.seen:
-            self._poll([pattern])
+            self.note([pattern])
             if pattern in self.seen:
                 break
             if self.process.poll() is not None:
@@ -104,13 +120,13 @@ class Guest:
         """Wait for the guest to power itself off (noting when each `watch` pattern appeared); seconds it ran."""
         deadline = time.monotonic() + timeout
         while self.process.poll() is None:
-            self._poll(watch)
+            self.note(watch)
             if time.monotonic() > deadline:
                 self.power_cut()
                 raise AssertionError(f"the guest did not power off within {timeout:.0f} s (killed); serial log: "
                                      f"{self.serial_path}\n{self.serial[-3000:]}")
             time.sleep(0.2)
-        self._poll(watch)
+        self.note(watch)
         self._ended()
         return self.elapsed()
 
@@ -126,7 +142,8 @@ class Guest:
             self.ended = time.monotonic()
             self.stderr.close()
 
-    def _poll(self, patterns) -> None:
+    def note(self, patterns) -> None:
+        """Record in `seen` when each of `patterns` first appeared on the console (as of now: call it often)."""
         pending = [p for p in patterns if p not in self.seen]
         if pending:
             text = self.serial

@@ -37,7 +37,7 @@ def stage_tree(rootfs: Path, overlays: list[tuple[Path, dict[str, str]]], stage:
         run(["cp", "-a", str(rootfs), str(stage)])
     for files, links in overlays:
         for source in sorted(files.rglob("*")):
-            if source.is_file():
+            if source.is_file() and "__pycache__" not in source.parts:  # a host Python's leftovers stay out
                 target = stage / source.relative_to(files)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.unlink(missing_ok=True)  # never write through a hard link into the cache
@@ -102,12 +102,30 @@ def partition_offsets(image: Path) -> dict[int, int]:
     return offsets
 
 
+def _root_spec(image: Path) -> str:
+    return f"{image}?offset={partition_offsets(image)[2]}"
+
+
 def read_root_file(image: Path, path: str) -> bytes | None:
     """A file of `writable` (partition 2) read with debugfs, or None if it does not exist."""
-    spec = f"{image}?offset={partition_offsets(image)[2]}"
+    spec = _root_spec(image)
     if b"Inode:" not in run(["debugfs", "-R", f"stat {path}", spec], check=False).stdout:
         return None
     return run(["debugfs", "-R", f"cat {path}", spec]).stdout
+
+
+def root_file_owner_mode(image: Path, path: str) -> tuple[int, int] | None:
+    """(owner uid, permission bits) of a file of `writable` from debugfs's stat, or None if it does not exist."""
+    stat = run(["debugfs", "-R", f"stat {path}", _root_spec(image)], check=False).stdout.decode(errors="replace")
+    mode, owner = re.search(r"Mode:\s+(\d+)", stat), re.search(r"User:\s+(\d+)", stat)
+    return (int(owner.group(1)), int(mode.group(1), 8)) if mode and owner else None
+
+
+def copy_root_dir(image: Path, path: str, dest: Path) -> Path:
+    """A directory of `writable` copied out with debugfs's rdump, to dest/<its name>."""
+    dest.mkdir(parents=True, exist_ok=True)
+    run(["debugfs", "-R", f"rdump {path} {dest}", _root_spec(image)])
+    return dest / Path(path).name
 
 
 def read_boot_file(image: Path, path: str) -> bytes:

@@ -11,8 +11,10 @@ SystemdCgroup lines of `containerd config dump`), the installed packages and apt
 policy`), the default routes, what netplan generated for networkd, resolv.conf, the clock and timesyncd's state.
 
 Power-ons are counted in /var/lib/pi-image-test/boots; the report goes to /var/lib/pi-image-test/boot-<N>.json
-(+ boot-<N>.journal) and to the serial console as `PITEST report {...}`; then the guest powers off (filesystems
-unmounted cleanly), so the host can read the files back with debugfs.
+and to the serial console as `PITEST report {...}`. With `pitest.stay_while=URL` the guest then stays up (a master
+serving its token endpoint) while URL answers "stay", until it answers "release" or the timeout. Then the journal goes
+to boot-<N>.journal and the guest powers off (filesystems unmounted cleanly), so the host can read the files back
+with debugfs.
 """
 
 import json
@@ -26,6 +28,7 @@ DONE = "/var/lib/pi-image/firstboot.done"
 AGENT_LOG = "/var/lib/pi-image/firstboot.log"
 NETWORKD_RUN = "/run/systemd/network"  # what netplan generated for systemd-networkd
 UNIT = "pi-image-firstboot.service"
+ENDPOINT_UNIT = "pi-image-tokend.service"  # a control-plane node's token endpoint, started by its agent
 UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult", "ExecMainStatus",
                    "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")
 MANAGER_PROPERTIES = ("UserspaceTimestampMonotonic", "FinishTimestampMonotonic")
@@ -81,6 +84,7 @@ def report(reason, boot):
     return {
         "boot": boot, "reason": reason, "uptime": uptime(),
         "done": read(DONE), "unit": show(UNIT, *("-p" + name for name in UNIT_PROPERTIES)),
+        "endpoint_unit": show(ENDPOINT_UNIT, *("-p" + name for name in UNIT_PROPERTIES)),
         "manager": show(*("-p" + name for name in MANAGER_PROPERTIES)),
         "network_online": show("network-online.target", "-p", "ActiveEnterTimestampMonotonic"),
         "modules": {name: (name + " ") in loaded for name in ("overlay", "br_netfilter")},
@@ -120,6 +124,21 @@ def count_boot():
     return boot
 
 
+def stay(url, timeout):
+    """Poll `url` until it answers "release" (or the uptime passes `timeout`)."""
+    import urllib.request  # only here: with ssl, it costs every boot seconds of emulated CPU
+
+    while uptime() < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.read().strip() == b"release":
+                    return "released"
+        except OSError:
+            pass
+        time.sleep(1)
+    return "timeout"
+
+
 def main():
     settings = knobs()
     stop_on, timeout = settings.get("stop_on"), float(settings["timeout"])
@@ -132,10 +151,16 @@ def main():
     data = report(reason, boot)
     with open(os.path.join(RESULTS, "boot-{}.json".format(boot)), "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
-    with open(os.path.join(RESULTS, "boot-{}.journal".format(boot)), "w") as handle:
-        handle.write(output("journalctl", "-b", "-o", "short-monotonic", "--no-pager"))
     with open("/dev/console", "w") as console:
         console.write("PITEST report " + json.dumps(data, sort_keys=True) + "\n")
+    if settings.get("stay_while"):
+        with open("/dev/console", "w") as console:
+            console.write("PITEST staying up while {} says so\n".format(settings["stay_while"]))
+        ended = stay(settings["stay_while"], timeout)
+        with open("/dev/console", "w") as console:
+            console.write("PITEST stay over ({}) at uptime {:.1f}\n".format(ended, uptime()))
+    with open(os.path.join(RESULTS, "boot-{}.journal".format(boot)), "w") as handle:
+        handle.write(output("journalctl", "-b", "-o", "short-monotonic", "--no-pager"))
     os.sync()
     subprocess.run(["systemctl", "poweroff", "--force"])  # no unit stops (seconds under emulation); still unmounts
 

@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""`kubeadm init --config FILE ...` in the booted guest (system test only; the kubeadm stand-in recorded the call).
+
+First kubeadm's preflight: the node checks join and init share (kubeadm_standin.node_errors), and what init adds:
+the API server's bindPort and the kubelet's port free, at least 1700 MB of memory. (Not kubeadm's two CPUs: a guest
+here has one emulated CPU, a Pi has four.)
+
+There is no control plane to bring up, so the configuration then goes to the test's fake API server on the host, at
+its controlPlaneEndpoint. It runs the join tests' kubeadm stand-in (`kubeadm init --config`) against their fake
+cluster and answers with its exit code, its output and the files it wrote (admin.conf, pki/ca.crt), which are
+written here under /etc/kubernetes with the modes they had there, as kubeadm leaves them. Each init's start and end
+(uptime) and exit code go to /var/lib/pi-image-test/inits.jsonl.
+"""
+
+import json
+import os
+import re
+import socket
+import sys
+
+import kubeadm_standin as standin
+
+KUBELET_PORT = 10250
+MIN_MEMORY_MB = 1700
+RECORD = "/var/lib/pi-image-test/inits.jsonl"
+
+
+def init_errors(config):
+    """What kubeadm init checks beyond the node checks, as kubeadm words it."""
+    errors = []
+    bind_port = re.search(r'bindPort:\s*"?(\d+)', config)
+    for port in ([int(bind_port.group(1))] if bind_port else []) + [KUBELET_PORT]:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                errors.append("[ERROR Port-{0}]: Port {0} is in use".format(port))
+    with open("/proc/meminfo") as handle:
+        total_mb = int(re.search(r"MemTotal:\s+(\d+) kB", handle.read()).group(1)) // 1024
+    if total_mb < MIN_MEMORY_MB:
+        errors.append("[ERROR Mem]: the system RAM ({} MB) is less than the minimum {} MB".format(
+            total_mb, MIN_MEMORY_MB))
+    return errors
+
+
+def write_files(files):
+    """{path under /: {"content", "mode"}} written as the fake kubeadm wrote them."""
+    for relative, entry in sorted(files.items()):
+        path = os.path.join("/", relative)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, entry["mode"])
+        with open(descriptor, "w") as handle:
+            handle.write(entry["content"])
+        os.chmod(path, entry["mode"])
+
+
+def init(argv, config):
+    errors = standin.node_errors(config) + init_errors(config)
+    if errors:
+        return standin.preflight_failed("kubeadm-init", errors, sys.stderr.write)
+    endpoint = re.search(r'controlPlaneEndpoint: "([^"]+)"', config).group(1)
+    mode = os.stat(argv[argv.index("--config") + 1]).st_mode & 0o777
+    body = {"args": argv[1:], "config": config, "config_mode": mode,
+            "kubeadm_version": standin.kubeadm_version(standin.knobs())}
+    try:
+        answer = standin.post_json(endpoint, "/pi-image-test/kubeadm-init", body)
+    except (OSError, ValueError) as err:
+        sys.stderr.write("error execution phase wait-control-plane: the API server at {} did not come up: {}\n"
+                         .format(endpoint, err))
+        return 1
+    write_files(answer["files"])
+    sys.stdout.write(answer["stdout"])
+    sys.stderr.write(answer["stderr"])
+    last = (answer["stderr"] or answer["stdout"]).strip().splitlines()
+    standin.console("kubeadm-init exit {}: {}".format(answer["returncode"], last[-1] if last else ""))
+    return answer["returncode"]
+
+
+def main(argv):
+    started = standin.uptime()
+    with open(argv[argv.index("--config") + 1]) as handle:
+        config = handle.read()
+    returncode = init(argv, config)
+    with open(RECORD, "a") as handle:
+        handle.write(json.dumps({"returncode": returncode, "started": started, "ended": standin.uptime()}) + "\n")
+    return returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
