@@ -86,6 +86,7 @@ class ControlPlane(object):
                 sort_keys=True) + "\n")
             self.paths.discard(self.paths.init_started)
             self.paths.discard(self.paths.init_failures)
+            self.paths.discard(self.paths.init_config)  # it names init's token, which finish() deletes
             log.info("kubeadm init done: the control plane runs on %s", node_ip)
             self.record("progress", "kubeadm init done")
             return True
@@ -108,7 +109,7 @@ class ControlPlane(object):
         if not result.ok:
             raise SetupFailed("cannot start the token endpoint ({}): {}; see `journalctl -u {}`".format(
                 ENDPOINT_UNIT, result.summary(), ENDPOINT_UNIT), retry=True)
-        log.info("token endpoint started (%s): nodes can join", ENDPOINT_UNIT)
+        log.info("token endpoint started (%s): nodes can join once it listens", ENDPOINT_UNIT)
         ready = self._wait_ready()
         self.record("joined", "initialized the cluster" + ("" if ready else "; not Ready yet"))
 

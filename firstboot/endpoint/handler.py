@@ -186,6 +186,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         if self.path in protocol.ADMIN_PATHS:
             self._authenticate_admin(body)
+            self._allow_work()
             if self.path == protocol.ADMIN_KUBECONFIG_PATH:
                 return self.server.issuer.admin_kubeconfig(self.client_address[0])
             try:
@@ -196,6 +197,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         node = self.headers.get(protocol.HEADER_NODE, "")
         address = self.client_address[0]
         generation = self._authenticate(node, body)
+        self._allow_work()
         if not self.server.node_limiter.allow(node):
             audit("refused-rate-node", node, address)
             raise RequestRefused(429, "too many requests for this node",
@@ -213,6 +215,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 if isinstance(payload.get("macs"), list) else []
             return self.server.issuer.join(node, generation, facts, address)
         return self.server.issuer.report(node, generation, payload, address)
+
+    def _allow_work(self):
+        """An authenticated request gets `work_seconds` for its answer: the connection deadline is for what a
+        stranger can hold open, and the cluster calls behind a token (kubectl on a slow master) may outlast it."""
+        self.server.watchdog.watch(self.connection, self.server.limits.work_seconds)
 
     def _read_body(self):
         length_text = self.headers.get("Content-Length", "")

@@ -6,7 +6,8 @@ Everything from the network is hostile. Each connection is admitted at accept, b
 spent on it, only if its source address holds fewer than `per_address` connections (and the server fewer than
 `max_connections`); a refused one is held unread for a few seconds, then reset. TLS is done in the connection's own
 thread (a stalled handshake cannot block accept) and must finish, with the first request's head, within
-`handshake_seconds`: an idle socket is cut fast. The whole connection then has `connection_seconds` (slowloris).
+`handshake_seconds`: an idle socket is cut fast. The whole connection then has `connection_seconds` (slowloris),
+until a request is authenticated: its answer, which may wait for kubectl on a slow master, has `work_seconds`.
 Requests are handled in handler.py.
 """
 
@@ -40,7 +41,7 @@ class Limits(object):
     def __init__(self, nonce_ttl=protocol.NONCE_TTL_SECONDS, handshake_seconds=2.0, connection_seconds=10.0,
                  io_timeout=5.0, max_connections=256, per_address=8, address_per_minute=120, address_burst=60,
                  node_per_minute=12, node_burst=6, refusal_log_seconds=10.0, hold_refused_seconds=5.0,
-                 held_capacity=1024):
+                 held_capacity=1024, work_seconds=120.0):
         self.nonce_ttl = nonce_ttl
         self.handshake_seconds = handshake_seconds
         self.connection_seconds = connection_seconds
@@ -54,6 +55,7 @@ class Limits(object):
         self.refusal_log_seconds = refusal_log_seconds
         self.hold_refused_seconds = hold_refused_seconds
         self.held_capacity = held_capacity
+        self.work_seconds = work_seconds  # an authenticated request's answer (rate-limited per node)
 
 
 class TokenEndpoint(socketserver.ThreadingMixIn, http.server.HTTPServer):

@@ -122,7 +122,7 @@ def test_a_cluster_with_its_own_pod_subnet(cli, base, tmp_path):
 class MasterEndpoint:
     """The token endpoint as the master's unit runs it, from the cluster directory read out of the master's card."""
 
-    def __init__(self, card: Path, work: Path):
+    def __init__(self, card: Path, work: Path, *options: str):
         root = filesystems(card)["root"]
         self.directory = work / "etc-pi-image-cluster"
         for path in MASTER_FILES:
@@ -133,7 +133,8 @@ class MasterEndpoint:
         self.fake.knob("expected_ca_hash", make_ca(work / "ca.crt"))
         self.kubeconfig = work / "admin.conf"
         argv = [FIRSTBOOT_PYTHON, "-m", "firstboot.endpoint", "--config", str(self.directory / "tokend.json"),
-                "--listen", "127.0.0.1:0", "--ca-cert", str(work / "ca.crt"), "--kubeconfig", str(self.kubeconfig)]
+                "--listen", "127.0.0.1:0", "--ca-cert", str(work / "ca.crt"), "--kubeconfig", str(self.kubeconfig),
+                *options]
         self.process = subprocess.Popen(argv, cwd=str(REPO), env=self.fake.env, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL)
         line = self.process.stdout.readline().decode()
@@ -232,3 +233,16 @@ def test_the_kubelet_is_sized_to_the_board(cli, base, tmp_path):
 
     assert sized["worker-4g"]["kubeReserved"]["memory"] == "1024Mi" and sized["worker-4g"]["maxPods"] == 64
     assert sized["worker-8g"]["kubeReserved"]["memory"] == "1843Mi" and sized["worker-8g"]["maxPods"] == 110
+
+
+def test_a_slow_master_still_answers_an_authenticated_node(built, tmp_path):
+    """The connection deadline is for strangers; a node's token may wait for kubectl on a busy Pi longer than it."""
+    lab, out = built
+    endpoint = MasterEndpoint(out / "pi-master1.img", tmp_path, "--connection-seconds", "2")
+    endpoint.fake.knob("kubectl_sleep", "1")  # version, get nodes, create: 3 s of kubectl for one token
+    try:
+        answer = client(lab, endpoint.address, "pi-worker1", card(lab, "pi-worker1", 1), 1).join(FACTS)
+    finally:
+        endpoint.stop()
+
+    assert answer.status == 200 and answer.payload["state"] == "token-issued"

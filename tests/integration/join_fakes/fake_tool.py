@@ -10,6 +10,7 @@ exactly as the tool got it, so a test can prove no secret was on a command line)
     expected_ca_hash       the caCertHashes entry a JoinConfiguration must carry
     expire_before_join     N: the next N joins find their token gone and fail with kubeadm's JWS message
     join_sleep             seconds `kubeadm join` takes (to kill the agent in the middle)
+    kubectl_sleep          seconds every kubectl call takes (a slow API server)
     ip_addr / ip_route     output of `ip -o addr show` / `ip -o route get`
     init_fail              N: the next N `kubeadm init`s fail in wait-control-plane (the kubelet never comes up)
     init_sleep             seconds `kubeadm init` waits for the control plane (to kill the agent in the middle)
@@ -521,6 +522,7 @@ def delete_bootstrap_token(name):
 
 
 def kubectl(args):
+    time.sleep(float(knob("kubectl_sleep", "0")))  # a slow API server (a busy master)
     kubeconfig = args[1] if args[:1] == ["--kubeconfig"] else None
     args = args[2:] if kubeconfig else args
     if args[:1] == ["version"]:
