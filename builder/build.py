@@ -103,7 +103,8 @@ def prepare(request: BuildRequest) -> BuildContext:
     if sizing:
         config["kubelet"] = sizing
     keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
-    ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=_epoch(Path(base)),
+    config["built_at"] = _epoch(Path(base))  # a floor for the device's clock (a Pi has no RTC)
+    ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=config["built_at"],
                        replace_overlays=request.replace_overlays, cluster=cluster)
     make_plan(ctx)
     return ctx

@@ -326,7 +326,8 @@ def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
     """
     files = [("cluster.yaml", _yaml_text(cluster.settings()), 0o644),
              ("inventory.yaml", (cluster.directory / "inventory.yaml").read_bytes(), 0o644),
-             ("tokend.json", (json.dumps(server_config(cluster), indent=2, sort_keys=True) + "\n").encode(), 0o600)]
+             ("tokend.json", (json.dumps(card_server_config(cluster), indent=2, sort_keys=True) + "\n").encode(),
+              0o600)]
     for name in cluster_secrets.SECRET_FILES:
         files.append((f"secrets/{name}", (cluster.secrets_dir / name).read_bytes(), 0o600))
     return files
@@ -344,6 +345,13 @@ def server_config(cluster: Cluster) -> dict:
         "enrollment_key_file": f"secrets/{cluster_secrets.ENROLLMENT_KEY}",
         "tls_cert_file": f"secrets/{cluster_secrets.ENDPOINT_CERT}", "tls_key_file": f"secrets/{cluster_secrets.ENDPOINT_KEY}", "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
     }
+
+
+def card_server_config(cluster: Cluster) -> dict:
+    """tokend.json as a control-plane card carries it: kubeadm's own paths on that machine (never the host's
+    cluster.yaml paths), and marked as a copy, so the inventory `pi-image cluster sync` pushes wins over it."""
+    return {**server_config(cluster), "ca_cert_file": DEFAULT_CA_CERT, "kubeconfig": DEFAULT_KUBECONFIG,
+            "inventory_copy": True}
 
 
 def write_server_config(cluster: Cluster) -> Path:

@@ -7,7 +7,7 @@ how many pods it takes. A KubeletConfiguration fragment that the first-boot agen
                      second, 0.5% of cores 3-4, 0.25% of each core after that)
     systemReserved   the OS itself (systemd, journald, sshd, the network stack): 5% of memory, 100-500 MiB; 50m CPU
     evictionHard     the kubelet's own defaults, stated (a partial map would drop the others): memory.available 100Mi
-                     (GKE adds 100 MiB for eviction), nodefs 10%, inodes 5%, imagefs 15%
+                     (GKE adds 100 MiB for eviction), nodefs 10%, inodes 5%, imagefs 15%, imagefs inodes 5%
     maxPods          16 per GiB, at least 16, at most the kubelet's default 110 (a 2 GiB board runs ~30 pods, not 110)
 
 A 2 GiB master (4 cores): kubeReserved 512Mi/80m, systemReserved 102Mi, maxPods 32; an 8 GiB worker: 1843Mi/80m,
@@ -21,7 +21,7 @@ from typing import Any
 GIB = 1024  # MiB
 _MEMORY_TIERS = ((4 * GIB, 0.25), (4 * GIB, 0.20), (8 * GIB, 0.10), (112 * GIB, 0.06))
 EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "10%", "nodefs.inodesFree": "5%",
-                 "imagefs.available": "15%"}
+                 "imagefs.available": "15%", "imagefs.inodesFree": "5%"}
 DEFAULT_MAX_PODS = 110
 
 

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import BinaryIO
@@ -143,8 +144,9 @@ def swap_in_tree(new: Path, output: Path) -> None:
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Write `text` to `path` atomically (temp, fsync, rename), never readable beyond `mode` on the way."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, mode)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # a new file of our own, never one planted under that name (a shared directory) nor a link's target
+    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY, mode)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
         handle.flush()

@@ -97,7 +97,7 @@ SCHEMA: dict[str, Key] = {
     "wifi": Key(dict, None, "Wi-Fi: {ssid, psk (none: an open network), country (two letters, required: the "
                 "regulatory domain, set on the kernel command line and in netplan where it takes one, so the radio "
                 "is allowed to come up with no screen)}",
-                fields={"ssid": Key(str, None, "network name"),
+                fields={"ssid": Key(str, None, "network name", check=values.wifi_ssid),
                         "psk": Key(str, None, "WPA passphrase", check=values.wifi_psk, secret=True),
                         "country": Key(str, None, "regulatory domain, like GB", check=values.wifi_country)},
                 required=("ssid", "country")),

@@ -189,9 +189,18 @@ def wifi_country(value: object) -> str | None:
 
 
 def wifi_psk(value: object) -> str | None:
-    if 8 <= len(str(value)) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", str(value)):
+    """WPA: 8 to 63 printable ASCII characters, or 64 hex digits (nothing that could end a line of a keyfile)."""
+    if re.fullmatch(r"[\x20-\x7e]{8,63}|[0-9a-fA-F]{64}", str(value)):
         return None
-    return "a WPA passphrase has 8 to 63 characters (or is 64 hex digits)"
+    return "a WPA passphrase has 8 to 63 printable ASCII characters (or is 64 hex digits)"
+
+
+def wifi_ssid(value: object) -> str | None:
+    """An SSID: 1 to 32 bytes of UTF-8, no control characters."""
+    text = str(value)
+    if 1 <= len(text.encode()) <= 32 and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
+        return None
+    return "an SSID has 1 to 32 bytes and no control characters (no newline or tab)"
 
 
 def kernel_argument(value: object) -> str | None:

@@ -21,13 +21,13 @@ import random
 import sys
 import time
 
-from . import controlplane, joinconfig, localsetup, netinfo, preflight, protocol
+from . import joinconfig, localsetup, netinfo, preflight, protocol
 from .client import EndpointClient, EndpointUnreachable
 from .commands import CommandRunner
 from .errors import SetupFailed
 from .logsetup import log_to
 from .nodeconfig import AgentPaths, ConfigError, load_node_config
-from .runtime import RUNTIMES
+from .runtime import kubeadm_reset
 
 log = logging.getLogger("pi-image.agent")
 
@@ -71,7 +71,9 @@ class FirstBootAgent(object):
         self.reported_problem = None
         self.control_plane = None
         if config["role"] == "control-plane" and config.get("control_plane"):
-            self.control_plane = controlplane.ControlPlane(config, paths, commands, self.setup, sleep)
+            from .controlplane import ControlPlane  # with the endpoint package, on control-plane images only
+
+            self.control_plane = ControlPlane(config, paths, commands, self.setup, sleep)
         self.client = None
         if config.get("endpoint"):
             self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
@@ -115,7 +117,7 @@ class FirstBootAgent(object):
         if self.config["role"] == "control-plane" or self.client is None:
             return self._done_without_join()
         node_ip = netinfo.choose_node_ip(self.commands, self.config.get("node_subnet"),
-                                         protocol.split_host_port(self.config.get("api_server", ""), 6443)[0]
+                                         protocol.split_host_port(self.config.get("api_server", ""), protocol.API_SERVER_PORT)[0]
                                          if self.config.get("api_server") else None)
         if node_ip is None:
             log.warning("no address in %s and no route to the API server yet", self.config.get("node_subnet"))
@@ -145,9 +147,13 @@ class FirstBootAgent(object):
         return RETRY_LATER
 
     def _initialize_control_plane(self):
-        if not self.control_plane.initialized and not self.control_plane.initialize(self._kubelet_patches()):
-            return RETRY_LATER
-        self.control_plane.finish()
+        try:
+            if not self.control_plane.initialized and not self.control_plane.initialize(self._kubelet_patches()):
+                return RETRY_LATER
+            self.control_plane.finish()
+        except OSError as err:
+            raise SetupFailed("cannot set up the control plane: {}: {}".format(
+                getattr(err, "filename", None) or "a file", err.strerror or err), retry=True)
         self.paths.mark_done({"node": self.config["node"], "initialized": True})
         log.info("control plane %s is set up", self.config["node"])
         return DONE
@@ -234,8 +240,7 @@ class FirstBootAgent(object):
         return self.paths.kubeadm_patches
 
     def _kubeadm_reset(self):
-        socket = RUNTIMES[self.config["runtime"]].cri_socket
-        self.commands.run(["kubeadm", "reset", "-f", "--cri-socket", socket], timeout=300)
+        kubeadm_reset(self.commands, self.config["runtime"])
         self.paths.discard(self.paths.join_started)
 
     def _finish(self):

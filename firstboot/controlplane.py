@@ -9,7 +9,7 @@
                    applied; the token endpoint's unit started; the node Ready, waited for within a bounded time.
                    Every step is safe to run again, so a reboot in the middle resumes.
 
-Each outcome is logged and kept in the token endpoint's state (its row for this node), where `pi-image status
+Imported only on control-plane images, which carry the endpoint package. Each outcome is logged and kept in the token endpoint's state (its row for this node), where `pi-image status
 --cluster /etc/pi-image/cluster` on the master shows it.
 """
 
@@ -19,8 +19,11 @@ import os
 import time
 
 from . import initconfig, netinfo, protocol
+from .endpoint import state as endpoint_state
+from .endpoint.kube import ClusterAdmin, ClusterError, new_bootstrap_token
 from .errors import SetupFailed
 from .nodeconfig import ENDPOINT_UNIT
+from .runtime import kubeadm_reset
 
 log = logging.getLogger("pi-image.agent")
 
@@ -59,7 +62,12 @@ class ControlPlane(object):
         MAX_INIT_ATTEMPTS failed inits in this boot.
         """
         node = self.config["node"]
-        api_host = protocol.split_host_port(self.config["api_server"], 6443)[0]
+        built_at = self.config.get("built_at")
+        if isinstance(built_at, (int, float)) and time.time() < built_at:
+            log.warning("the clock (%s) is before this image was built: kubeadm init waits for the time to be set, "
+                        "or its certificates would be dated wrong", time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+            return False
+        api_host = protocol.split_host_port(self.config["api_server"], protocol.API_SERVER_PORT)[0]
         node_ip = netinfo.choose_node_ip(self.commands, self.config["node_subnet"], api_host)
         if node_ip is None:
             log.warning("no address in %s yet: kubeadm init waits for the network", self.config["node_subnet"])
@@ -71,7 +79,6 @@ class ControlPlane(object):
             log.info("a previous kubeadm init did not finish; resetting kubeadm state first")
             self._reset()
         version = self._kubeadm_version()
-        from .endpoint.kube import new_bootstrap_token  # control-plane images carry the endpoint package
         token = new_bootstrap_token()
         text = initconfig.render(version, self.config["api_server"], token, node, node_ip, self.config["runtime"],
                                  self.settings["pod_subnet"], self.settings["service_subnet"], patches)
@@ -102,6 +109,12 @@ class ControlPlane(object):
 
     def finish(self):
         """Everything after init; each step is idempotent. SetupFailed (retry) if the CNI cannot be applied."""
+        for leftover in (self.paths.init_started, self.paths.init_config):  # a power cut right after init
+            self.paths.discard(leftover)
+        if not os.path.exists(self.paths.admin_kubeconfig):
+            self.paths.discard(self.paths.initialized)  # someone ran `kubeadm reset`: initialize again
+            raise SetupFailed("{} is gone although kubeadm init succeeded here: initializing again".format(
+                self.paths.admin_kubeconfig), retry=True)
         self._delete_init_token()
         self._install_kubeconfigs()
         self._apply_cni()
@@ -115,8 +128,6 @@ class ControlPlane(object):
 
     def record(self, state, message):
         """Best effort: this node's row in the token endpoint's state (what `pi-image status` shows)."""
-        from .endpoint import state as endpoint_state  # control-plane images carry the endpoint package
-
         store = None
         try:
             store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
@@ -133,6 +144,7 @@ class ControlPlane(object):
                 store.close()
 
     def _kubeadm_version(self):
+        """The installed kubeadm's version, which must be the image's Kubernetes minor."""
         version = self.setup.kubeadm_version()
         try:
             same = protocol.minor_version(version) == protocol.minor_version(self.config["kubernetes_version"])
@@ -144,18 +156,19 @@ class ControlPlane(object):
                 version, self.config["kubernetes_version"]), retry=False)
         return version
 
-    def _kubectl(self, *args, **options):
-        return self.commands.run(["kubectl", "--kubeconfig", self.paths.admin_kubeconfig] + list(args), **options)
+    def _admin(self):
+        """kubectl with the cluster's admin kubeconfig (the token endpoint's own helper)."""
+
+        return ClusterAdmin(self.commands, self.paths.admin_kubeconfig)
 
     def _delete_init_token(self):
+        """kubeadm init's own bootstrap token (its id kept in the initialized marker) is spent at once."""
         try:
             with open(self.paths.initialized) as handle:
                 token_id = json.load(handle).get("init_token_id")
         except (OSError, ValueError, AttributeError):
             token_id = None
-        from .endpoint.kube import ClusterAdmin
-
-        if token_id and ClusterAdmin(self.commands, self.paths.admin_kubeconfig).delete_token(token_id):
+        if token_id and self._admin().delete_token(token_id):
             log.info("deleted kubeadm init's own bootstrap token")
 
     def _install_kubeconfigs(self):
@@ -174,8 +187,9 @@ class ControlPlane(object):
                 log.info("the cluster's admin kubeconfig is in ~%s/.kube/config", user)
 
     def _apply_cni(self):
+        """The pinned flannel manifest, applied with kubectl; retried while the API server is not answering."""
         for attempt in range(1, CNI_ATTEMPTS + 1):
-            result = self._kubectl("apply", "-f", self.paths.cni_manifest, timeout=120)
+            result = self._admin().kubectl("apply", "-f", self.paths.cni_manifest, timeout=120)
             if result.ok:
                 log.info("applied the pod network (flannel, %s)", self.settings["pod_subnet"])
                 return
@@ -186,11 +200,16 @@ class ControlPlane(object):
                           retry=True)
 
     def _wait_ready(self):
+        """True once this node is Ready, False after ready_timeout (logged either way: not Ready is no failure)."""
         node = self.config["node"]
         deadline = self.clock() + self.ready_timeout
         while True:
-            result = self._kubectl("get", "node", node, "-o", "json")
-            if result.ok and _is_ready(result.stdout):
+            try:
+                ready = self._admin().node_ready(node)
+            except ClusterError as err:
+                log.info("%s; asking again", err)
+                ready = False
+            if ready:
                 log.info("control plane %s is Ready", node)
                 return True
             if self.clock() >= deadline:
@@ -200,11 +219,12 @@ class ControlPlane(object):
             self.sleep(READY_POLL_SECONDS)
 
     def _reset(self):
-        from .runtime import RUNTIMES
-
-        socket = RUNTIMES[self.config["runtime"]].cri_socket
-        self.commands.run(["kubeadm", "reset", "-f", "--cri-socket", socket], timeout=300)
-        self.paths.discard(self.paths.init_started)
+        """`kubeadm reset -f`: what a failed or interrupted init left is undone (init-started stays if not)."""
+        result = kubeadm_reset(self.commands, self.config["runtime"])
+        if result.ok:
+            self.paths.discard(self.paths.init_started)
+        else:
+            log.warning("kubeadm reset failed: %s", result.summary())
 
     def _failures_this_boot(self):
         """(failed inits in this boot, the last one's message)."""
@@ -218,10 +238,12 @@ class ControlPlane(object):
         return 0, ""
 
     def _count_failure(self, count, message):
+        """Keep how many inits failed in this boot, and the last one's message."""
         self.paths.write_private(self.paths.init_failures, json.dumps(
             {"boot": self._boot_id(), "count": count, "error": message}, sort_keys=True))
 
     def _gave_up(self, failures, last_error):
+        """The SetupFailed (no retry) that ends this boot's tries, recorded for `pi-image status`."""
         message = ("{}; giving up after {} failed inits in this boot (each was undone with `kubeadm reset -f`): fix "
                    "what it says, then power the board off and on for {} more tries, or reflash it").format(
                        last_error or "kubeadm init failed", failures, MAX_INIT_ATTEMPTS)
@@ -235,14 +257,6 @@ class ControlPlane(object):
                 return handle.read().strip()
         except OSError:
             return ""
-
-
-def _is_ready(text):
-    try:
-        conditions = json.loads(text)["status"]["conditions"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _passwd(path):
@@ -260,26 +274,43 @@ def _passwd(path):
 
 
 def _install_private(home, data, uid, gid):
-    """<home>/.kube/config = data, 0600 and (uid, gid), the directory 0700; never through a symlink."""
-    kube = os.path.join(home, ".kube")
-    if os.path.islink(home) or not os.path.isdir(home):
-        log.warning("%s is not a directory: no kubeconfig written there", home)
+    """<home>/.kube/config = data, 0600 and (uid, gid), the directory 0700.
+
+    Every step goes through descriptors opened with O_NOFOLLOW (the home is its user's: a `.kube` swapped for a
+    symlink between a check and a write must not send root's write elsewhere)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        home_fd = os.open(home, flags)
+    except OSError as err:
+        log.warning("%s: %s: no kubeconfig written there", home, err.strerror)
         return False
-    if os.path.islink(kube) or (os.path.exists(kube) and not os.path.isdir(kube)):
-        log.warning("%s is not a plain directory: no kubeconfig written there", kube)
-        return False
-    if not os.path.isdir(kube):
-        os.mkdir(kube, 0o700)
-    os.lchown(kube, uid, gid)
-    os.chmod(kube, 0o700)
-    temporary = os.path.join(kube, ".config.pi-image.tmp")
-    if os.path.lexists(temporary):
-        os.unlink(temporary)
-    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        os.fchown(handle.fileno(), uid, gid)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, os.path.join(kube, "config"))
+    try:
+        try:
+            os.mkdir(".kube", 0o700, dir_fd=home_fd)
+        except FileExistsError:
+            pass
+        try:
+            kube_fd = os.open(".kube", flags, dir_fd=home_fd)
+        except OSError as err:
+            log.warning("%s/.kube is not a plain directory (%s): no kubeconfig written there", home, err.strerror)
+            return False
+    finally:
+        os.close(home_fd)
+    try:
+        os.fchown(kube_fd, uid, gid)
+        os.fchmod(kube_fd, 0o700)
+        temporary = ".config.pi-image.tmp"
+        try:
+            os.unlink(temporary, dir_fd=kube_fd)
+        except FileNotFoundError:
+            pass
+        descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600, dir_fd=kube_fd)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            os.fchown(handle.fileno(), uid, gid)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, "config", src_dir_fd=kube_fd, dst_dir_fd=kube_fd)
+    finally:
+        os.close(kube_fd)
     return True

@@ -7,7 +7,7 @@ control plane or a virtual IP can come later. The bootstrap token kubeadm init i
 here, short-lived, and deleted by the agent right after init: nodes get theirs from the token endpoint.
 """
 
-from . import joinconfig
+from . import joinconfig, protocol
 from .runtime import RUNTIMES
 
 KUBELET_API_VERSION = "kubelet.config.k8s.io/v1beta1"
@@ -24,7 +24,7 @@ def documents(kubeadm_version, api_server, token, node, node_ip, runtime, pod_su
     `api_server` is HOST:PORT; the API server binds that port on `node_ip`.
     """
     api_version = joinconfig.api_version_for(kubeadm_version)
-    bind_port = int(api_server.rsplit(":", 1)[1])
+    bind_port = protocol.split_host_port(api_server, protocol.API_SERVER_PORT)[1]
     init = {
         "apiVersion": api_version,
         "kind": "InitConfiguration",

@@ -5,6 +5,8 @@ node.json (written by the build, mode 0600, root:root) — the keys are defined 
     node, role, kubernetes_version, runtime                    always (local setup)
     runtime_packages                                           apt packages that provide the runtime when it is
                                                                missing (may be empty or absent: nothing to install)
+    built_at                                                   the build's time (Unix): the device's clock is
+                                                               wrong while it is before it
     kubelet                                                    KubeletConfiguration fields sized to the board
                                                                (builder/kubelet.py; absent: the kubelet's defaults)
     endpoint, endpoint_fingerprint, credential,                a worker built for a cluster

@@ -49,6 +49,7 @@ HEADER_SIGNATURE = "X-Pi-Image-Signature"
 HEADER_GENERATION = "X-Pi-Image-Generation"  # which build of the node signed (optional: else the endpoint's current)
 
 NONCE_TTL_SECONDS = 60
+API_SERVER_PORT = 6443  # kubeadm's default, for an api_server given without one
 MAX_BODY_BYTES = 64 * 1024
 
 # Report states a device sends; the endpoint's own states add pending/approved/token-issued.

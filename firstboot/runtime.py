@@ -135,3 +135,8 @@ def _runc_uses_systemd_cgroup(config_dump):
         elif in_runc_options and stripped.replace(" ", "") == "SystemdCgroup=true":
             return True
     return False
+
+
+def kubeadm_reset(commands, runtime):
+    """`kubeadm reset -f` on the runtime's CRI socket: undo an interrupted or failed join or init."""
+    return commands.run(["kubeadm", "reset", "-f", "--cri-socket", RUNTIMES[runtime].cri_socket], timeout=300)

@@ -2,7 +2,8 @@
 
 Everything from the network is hostile. A request's head (request line and headers) is capped while it is read,
 bodies are capped before they are read, addresses and nodes are rate limited, and a POST is authenticated (one-time
-nonce, then an HMAC made with the credential of the node's current generation, compared in constant time) before its
+nonce, then an HMAC made with the credential of the generation the card names, never older than the node's current
+one, compared in constant time) before its
 JSON is even parsed. An admin request is authenticated with the admin credential only (protocol.admin_credential).
 """
 
@@ -10,6 +11,7 @@ import http.client
 import http.server
 import json
 import logging
+import re
 
 from .. import protocol
 from .audit import audit
@@ -19,6 +21,7 @@ log = logging.getLogger("pi-image.tokend")
 
 # A genuine agent's head is under 1 KiB (8 headers); http.server alone would read 100 lines of 64 KiB each.
 MAX_HEAD_BYTES = 8 * 1024
+_DIGITS = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() takes '²', which int() refuses
 MAX_HEADERS = 32
 # Older generations whose credential a refused signature is checked against, to tell the operator why (an old card).
 OLD_GENERATIONS_CHECKED = 16
@@ -223,7 +226,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self):
         length_text = self.headers.get("Content-Length", "")
-        if not length_text.isdigit():
+        if not _DIGITS.match(length_text):
             raise RequestRefused(411, "Content-Length required")
         length = int(length_text)
         if length > protocol.MAX_BODY_BYTES:
@@ -253,7 +256,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         row = self.server.store.get(node) or {}
         current = max(current, row.get("generation") or 0)
         claimed = self.headers.get(protocol.HEADER_GENERATION, "")
-        generation = int(claimed) if claimed.isdigit() and len(claimed) <= 9 else current
+        generation = int(claimed) if _DIGITS.match(claimed) and len(claimed) <= 9 else current
         if generation >= current and self._signed_by(node, generation, nonce, body, signature):
             return generation
         old = [g for g in range(current - 1, max(-1, current - 1 - OLD_GENERATIONS_CHECKED), -1)

@@ -1,7 +1,7 @@
 """The token endpoint's decisions for an authenticated node: issue a token, make it wait, or refuse — and say why.
 
 HTTP and authentication live in handler.py; by the time a request gets here its nonce and its signature - made with
-the credential of the node's current generation - were checked. A generation joins once: after it has joined, its
+the credential of a generation no older than the node's current one - were checked. A generation joins once: after it has joined, its
 credential gets no other token (a rebuilt image, generation + 1, joins with no manual step). Every decision writes
 one audit line (never a token) and updates the node's row in the state store.
 """
@@ -61,7 +61,8 @@ class JoinIssuer(object):
         try:
             count = self.settings.replace_nodes(nodes)
         except SettingsError as err:
-            return 400, {"error": str(err)}
+            audit("refused-admin-inventory", protocol.ADMIN_NAME, address, str(err))
+            return 409, {"error": str(err)}
         audit("admin-inventory", protocol.ADMIN_NAME, address, "{} nodes".format(count))
         return 200, {"nodes": count}
 
@@ -85,6 +86,10 @@ class JoinIssuer(object):
             return 202, {"state": state.PENDING,
                          "message": "waiting for approval: run `pi-image approve {}`".format(name)}
         row = self.store.get(name) or {}
+        if generation < (row.get("generation") or 0):  # a newer card got a token meanwhile (checked under the lock)
+            audit("refused-signature", name, address, "an older card (generation {} of {})".format(
+                generation, row["generation"]))
+            return 401, {"error": "authentication failed"}
         if row.get("joined_generation") is not None and row["joined_generation"] >= generation:
             message = ("node {0} already joined with this image (generation {1}) and a credential joins once: to "
                        "join this device again, build its image again and flash it").format(name, generation)
@@ -166,7 +171,8 @@ class JoinIssuer(object):
             if report_state == "failed":
                 changes.update(state=state.FAILED, last_error=message)
             elif report_state == "joined":
-                changes.update(state=state.JOINED, last_error=None, token_id=None, joined_generation=generation)
+                changes.update(state=state.JOINED, last_error=None, token_id=None,
+                               joined_generation=max(generation, row.get("joined_generation") or 0))
                 if row.get("token_id"):
                     self.admin.delete_token(row["token_id"])
             self.store.update(name, **changes)

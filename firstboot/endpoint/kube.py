@@ -6,8 +6,9 @@ import string
 import threading
 import time
 
+from ..initconfig import BOOTSTRAP_GROUP as BOOTSTRAP_TOKEN_GROUP
+
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
-BOOTSTRAP_TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 
 
 class ClusterError(Exception):
@@ -62,14 +63,15 @@ class ClusterAdmin(object):
         self._node_names_expiry = 0.0
         self._node_names_lock = threading.Lock()
 
-    def _kubectl(self, *args, **options):
+    def kubectl(self, *args, **options):
+        """`kubectl --kubeconfig ADMIN ARGS...` (CommandRunner.run's options: input_text, timeout)."""
         return self.commands.run(["kubectl", "--kubeconfig", self.kubeconfig] + list(args), **options)
 
     def cluster_version(self):
         """The API server's gitVersion, e.g. 'v1.31.4'."""
         with self._version_lock:
             if self._version is None or self._clock() >= self._version_expiry:
-                result = self._kubectl("version", "-o", "json")
+                result = self.kubectl("version", "-o", "json")
                 try:
                     self._version = json.loads(result.stdout)["serverVersion"]["gitVersion"]
                 except (ValueError, KeyError, TypeError):
@@ -87,7 +89,7 @@ class ClusterAdmin(object):
         listed = self._listed_node_names()
         if listed is not None and name not in listed:
             return None
-        result = self._kubectl("get", "node", name, "-o", "json")
+        result = self.kubectl("get", "node", name, "-o", "json")
         if not result.ok:
             if "NotFound" in result.stderr or "not found" in result.stderr:
                 return None
@@ -101,24 +103,24 @@ class ClusterAdmin(object):
     def _listed_node_names(self):
         with self._node_names_lock:
             if self._clock() >= self._node_names_expiry:
-                result = self._kubectl("get", "nodes", "-o", "name")
+                result = self.kubectl("get", "nodes", "-o", "name")
                 self._node_names = {line.split("/", 1)[-1] for line in result.stdout.split()} if result.ok else None
                 self._node_names_expiry = self._clock() + self._node_list_ttl
             return self._node_names
 
     def delete_node(self, name):
         """Remove the Node object `name` (gone already is fine)."""
-        result = self._kubectl("delete", "node", name)
+        result = self.kubectl("delete", "node", name)
         if not result.ok and "NotFound" not in result.stderr:
             raise ClusterError("cannot delete node {} (kubectl delete node): {}".format(name, result.summary()))
 
     def create_token(self, token, node, expires_at):
         """Register `token` as a bootstrap token for `node` until `expires_at` (see bootstrap_token_secret)."""
         secret = bootstrap_token_secret(token, "pi-image " + node, expires_at)
-        result = self._kubectl("create", "-f", "-", input_text=json.dumps(secret))
+        result = self.kubectl("create", "-f", "-", input_text=json.dumps(secret))
         if not result.ok:
             raise ClusterError("cannot create the bootstrap token (kubectl create secret): " + result.summary())
 
     def delete_token(self, token_id):
         """Best effort: a token that is already gone is fine, it expires anyway."""
-        return self._kubectl("-n", "kube-system", "delete", "secret", "bootstrap-token-" + token_id).ok
+        return self.kubectl("-n", "kube-system", "delete", "secret", "bootstrap-token-" + token_id).ok

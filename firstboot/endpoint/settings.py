@@ -10,6 +10,8 @@ Keys (relative paths are relative to the file's own directory):
     nodes                {name: gen}      the inventory: nodes allowed to join without approval, each with the
                                           generation of its newest build (only that build's credential is valid);
                                           a plain list of names (older files) means generation 1 for each
+    inventory_copy       bool             this file is a copy made when a control-plane card was built: an
+                                          inventory pushed with `pi-image cluster sync` replaces its `nodes`
     enrollment_key_file  path             hex enrollment key (node credentials derive from it)
     tls_cert_file        path             the endpoint's certificate (PEM), pinned by fingerprint in images
     tls_key_file         path             its private key (PEM)
@@ -19,9 +21,10 @@ Keys (relative paths are relative to the file's own directory):
 The file is re-read when it changes, so nodes added to the inventory (or built again) can join without a restart;
 a change that does not parse is ignored (and logged once) and the endpoint goes on with what it had.
 
-Where tokend.json is a copy (the one a control-plane image carries), `pi-image cluster sync DIR` pushes the
-inventory's `nodes` to the endpoint (POST /v1/admin/inventory), which keeps it in its state directory
-(SYNCED_INVENTORY) and prefers it to the copy's `nodes` from then on.
+Where tokend.json is a copy (the one a control-plane image carries, `inventory_copy`), `pi-image cluster sync DIR`
+pushes the inventory's `nodes` to the endpoint (POST /v1/admin/inventory), which keeps it in its state directory
+(SYNCED_INVENTORY) and prefers it to the copy's `nodes` from then on. An endpoint run from the cluster directory
+itself reads the inventory there and refuses a push. A pushed file that cannot be read is logged and ignored.
 """
 
 import json
@@ -53,6 +56,7 @@ class ServerSettings(object):
         self.path = os.path.abspath(path)
         self._overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._mtime = None
         self._ignored_mtime = None
         self._values = {}
@@ -68,9 +72,14 @@ class ServerSettings(object):
         self._reload_if_changed()
 
     def replace_nodes(self, nodes):
-        """Keep `nodes` ({name: generation}, checked) as the inventory from now on (SYNCED_INVENTORY, 0600)."""
+        """Keep `nodes` ({name: generation}, checked) as the inventory from now on (SYNCED_INVENTORY, 0600).
+        SettingsError where this endpoint's tokend.json is no copy (it reads the cluster directory's own)."""
+        if not self._values.get("inventory_copy") or not self._synced_path:
+            raise SettingsError("{} is the cluster directory's own inventory, not a card's copy: nothing to "
+                                "sync (add and remove nodes there)".format(self.path))
         generations = self._node_generations(nodes)
-        write_private(self._synced_path, json.dumps({"nodes": generations}, sort_keys=True) + "\n")
+        with self._write_lock:
+            write_private(self._synced_path, json.dumps({"nodes": generations}, sort_keys=True) + "\n")
         self._reload_if_changed()
         return len(generations)
 
@@ -109,13 +118,15 @@ class ServerSettings(object):
         if missing:
             raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
         nodes = values["nodes"]
-        if self._synced_path and os.path.exists(self._synced_path):
+        if values.get("inventory_copy") and self._synced_path and os.path.exists(self._synced_path):
             try:
                 with open(self._synced_path) as handle:
-                    nodes = json.load(handle)["nodes"]
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise SettingsError("{}: unusable ({}): push it again with `pi-image cluster sync`".format(
-                    self._synced_path, err))
+                    synced = json.load(handle)["nodes"]
+                self._node_generations(synced)
+                nodes = synced
+            except (OSError, ValueError, KeyError, TypeError, SettingsError) as err:
+                log.error("%s: unusable (%s); using %s's nodes until `pi-image cluster sync` pushes them again",
+                          self._synced_path, err, self.path)
         return values, self._node_generations(nodes)
 
     def _node_generations(self, nodes):
@@ -162,6 +173,7 @@ class ServerSettings(object):
 
 
 def _mtime_or_none(path):
+    """`path`'s modification time in ns, None when there is no such file (or no path)."""
     try:
         return os.stat(path).st_mtime_ns if path else None
     except OSError:

@@ -24,7 +24,8 @@ def test_a_2gb_master_and_an_8gb_worker_get_different_documented_values():
     assert master == {"kubeReserved": {"cpu": "80m", "memory": "512Mi"},
                       "systemReserved": {"cpu": "50m", "memory": "102Mi"},
                       "evictionHard": {"memory.available": "100Mi", "nodefs.available": "10%",
-                                       "nodefs.inodesFree": "5%", "imagefs.available": "15%"},
+                                       "nodefs.inodesFree": "5%", "imagefs.available": "15%",
+                                       "imagefs.inodesFree": "5%"},
                       "maxPods": 32}
     assert worker["kubeReserved"] == {"cpu": "80m", "memory": "1843Mi"}
     assert worker["systemReserved"]["memory"] == "410Mi" and worker["maxPods"] == 110
