@@ -29,6 +29,8 @@ STATE_OPTION = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path),
     help="The token endpoint's state and audit log [default: DIR/state, also where the shipped pi-image-tokend unit "
          "keeps them for /etc/pi-image/cluster on the master].")
+MASTER_ENDPOINT_OPTION = click.option("--endpoint", metavar="HOST:PORT",
+                                      help="The master's token endpoint [default: cluster.yaml's].")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -136,7 +138,7 @@ def _hint_sync(cluster: clusters.Cluster, changed: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write it [default: DIRECTORY/kubeconfig].")
-@click.option("--endpoint", metavar="HOST:PORT", help="The master's token endpoint [default: cluster.yaml's].")
+@MASTER_ENDPOINT_OPTION
 def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | None) -> None:
     """Fetch the cluster's admin kubeconfig from the master's token endpoint (pinned TLS, the admin credential).
 
@@ -160,7 +162,7 @@ def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | Non
 
 @cluster_group.command("sync")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--endpoint", metavar="HOST:PORT", help="The master's token endpoint [default: cluster.yaml's].")
+@MASTER_ENDPOINT_OPTION
 def sync_command(directory: Path, endpoint: str | None) -> None:
     """Tell the master's token endpoint about the inventory as it is now (nodes added or removed since the
     master's card was built; pinned TLS, the admin credential).
