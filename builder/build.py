@@ -8,6 +8,7 @@ at OUTPUT, or nothing does.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, values
-from .cluster import Cluster, check_writable, load_cluster, local_node_config, node_config, record_generation
+from .cluster import Cluster, Node, check_writable, load_cluster, local_node_config, node_config, record_generation
 from .copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
 from .image import DirectoryFilesystem, DiskImage, open_medium
+from .bmap import write_bmap
 from .image.inputs import cached_sha256, raw_image
+from .image.usage import usage_map
 from .kubekey import kube_keyring
 from .kubelet import kubelet_settings
 from .plan import FileOp, Plan, apply
@@ -31,6 +34,7 @@ from .profiles import Profile, check_value, load_profile
 from .outputs import (COMPRESSORS, check_image_output, check_tree_output, create_private, publish,
                       remove_stale_temporaries, swap_in_tree, temporary)
 from .progress import progress
+from .recipes import Recipe, save_recipe
 from .run import run, run_filter
 from .runtimes import runtime_packages
 from .steps import BuildContext, NodeIdentity, make_plan
@@ -59,6 +63,11 @@ class BuildRequest:
     password_hash: str | None = None  # from --password / --password-file, hashed on the host
     no_login: bool = False  # the admin user is meant to have no way in
     replace_overlays: bool = False  # --overlay directories may shadow shipped overlays of the same name
+    bmap: bool = False  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
+    # set when `pi-image flash` stamps a node onto an image (builder.recipes): what the image's own build used
+    keyring: bytes | None = None
+    epoch: int | None = None
+    base_record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -72,6 +81,7 @@ class BuildResult:
     changed: list[FileOp] = field(default_factory=list)
     output: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    bmap: Path | None = None
 
 
 def prepare(request: BuildRequest) -> BuildContext:
@@ -102,8 +112,9 @@ def prepare(request: BuildRequest) -> BuildContext:
     sizing = kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"])
     if sizing:
         config["kubelet"] = sizing
-    keyring = kube_keyring(profile["kubernetes_version"], request.kube_key)
-    config["built_at"] = _epoch(Path(base))  # a floor for the device's clock (a Pi has no RTC)
+    keyring = request.keyring or kube_keyring(profile["kubernetes_version"], request.kube_key)
+    # a floor for the device's clock (a Pi has no RTC)
+    config["built_at"] = request.epoch if request.epoch is not None else _epoch(Path(base))
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=config["built_at"],
                        replace_overlays=request.replace_overlays, cluster=cluster)
     make_plan(ctx)
@@ -156,9 +167,9 @@ def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None,
 
     A cluster build's config carries the node's NEXT generation: the inventory records it once the image is made.
     """
+    if cluster and not request.node:
+        return _profile_image_node(profile, cluster, admin_user)
     if cluster:
-        if not request.node:
-            raise UserError("--cluster needs --node NAME (or --all)")
         entry = cluster.node(request.node)
         if entry.role != profile["role"]:
             raise UserError(f"node {entry.name!r} is a {entry.role} in {cluster.directory / 'inventory.yaml'} but "
@@ -175,6 +186,19 @@ def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None,
                         f"profile's name when it sets no hostname: {problem}; set hostname in it or pass --node NAME")
     node = NodeIdentity(name, profile["role"])
     return node, local_node_config(name, profile["kubernetes_version"], profile["runtime"], profile["role"])
+
+
+def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | None) -> tuple[NodeIdentity, dict[str, Any]]:
+    """A cluster image without a node: everything of the profile and the cluster, but no identity and no credential.
+    `pi-image flash` stamps a node onto each card written from it; booted as it is, its agent refuses to go on."""
+    name = profile["hostname"] or profile.name
+    entry = Node(name, profile.name, profile["role"])
+    config = {key: value for key, value in node_config(cluster, entry, profile["runtime"], admin_user).items()
+              if key not in ("credential", "endpoint", "endpoint_fingerprint", "control_plane", "generation")}
+    config["unstamped"] = True
+    node = NodeIdentity(name, profile["role"], None, None, cluster.node_subnet, cluster.gateway, tuple(cluster.dns),
+                        str(cluster.directory))
+    return node, config
 
 
 def build(request: BuildRequest) -> BuildResult:
@@ -198,6 +222,8 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         raise UserError(f"{output} is the base image: pick another --output (the base is never written)")
     tmp, manifest_path = temporary(output), _manifest_path(output)
     manifest_tmp = temporary(manifest_path)
+    bmap_path = bmap_name(output) if request.bmap else None
+    bmap_tmp = temporary(bmap_path) if bmap_path else None
     try:
         _check_space(raw_base, output.parent)
         create_private(tmp).close()
@@ -205,22 +231,29 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             sparse_copy(raw_base, tmp, advance)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         target = detect(image)
-        manifest = _manifest(ctx, base_path)
-        changed = apply(Plan(ctx.plan.ops + [_manifest_op(manifest)]), target)
+        manifest = build_manifest(ctx, _base_record(request, base_path), _recipe_id(request, ctx, base_path))
+        changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
         image.commit()
         for partition in image.partitions:
             if partition.fs and any(target.filesystem(op.fs) is image.filesystem(partition) for op in changed):
                 check_partition(image, partition)
+        if bmap_tmp is not None:
+            usage = usage_map(tmp)
+            with progress(f"{bmap_path.name}: range checksums", usage.mapped_bytes()) as advance:
+                write_bmap(tmp, usage, bmap_tmp, advance)
+            os.chmod(bmap_tmp, _image_mode(ctx) & 0o644)
         final_tmp = _compress(tmp, output)
         os.chmod(final_tmp, _image_mode(ctx))
         manifest["output"] = _output_digests(final_tmp, output, request.sha256 or final_tmp != tmp)
         _write_json(manifest_tmp, manifest)
         _record_card(ctx, request)
-        publish([(final_tmp, output), (manifest_tmp, manifest_path)])
+        publish([(final_tmp, output), (manifest_tmp, manifest_path)]
+                + ([(bmap_tmp, bmap_path)] if bmap_tmp and bmap_path else []))
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + output.suffix), manifest_tmp):
-            leftover.unlink(missing_ok=True)
-    return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest)
+        for leftover in (tmp, tmp.with_name(tmp.name + output.suffix), manifest_tmp, bmap_tmp):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+    return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest, bmap_path)
 
 
 def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildRequest) -> BuildResult:
@@ -239,8 +272,8 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
         if not request.in_place:
             run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
         target = detect(DirectoryFilesystem(dest, writable=True))
-        manifest = _manifest(ctx, base)
-        changed = apply(Plan(ctx.plan.ops + [_manifest_op(manifest)]), target)
+        manifest = build_manifest(ctx, _base_record(request, base), _recipe_id(request, ctx, base))
+        changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
         target.root.commit()
         _write_json(manifest_tmp, manifest)
         _record_card(ctx, request)
@@ -257,8 +290,14 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
 def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
     """A cluster node's new card is complete: record its generation before it is published (if that fails, nothing
     is published and the node's current card stays valid)."""
-    if request.cluster:
+    if request.cluster and request.node:
         record_generation(request.cluster, ctx.node.name, ctx.node_config["generation"])
+
+
+def bmap_name(output: Path) -> Path:
+    """OUTPUT's bmap: named after the raw image (node.img.zst -> node.img.bmap), as bmaptool looks for it."""
+    raw = output.name[:-len(output.suffix)] if output.suffix in COMPRESSORS else output.name
+    return output.with_name(raw + ".bmap")
 
 
 def _manifest_path(output: Path) -> Path:
@@ -317,11 +356,42 @@ def _compress(raw: Path, output: Path) -> Path:
     return packed
 
 
-def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
+def _base_record(request: BuildRequest, base: Path) -> dict[str, Any]:
+    """The vendor image a build started from: its name and sha256 (a stamped card's are its image's)."""
+    return request.base_record or {"path": base.name, "sha256": _input_sha256(base)}
+
+
+def _recipe_id(request: BuildRequest, ctx: BuildContext, base: Path) -> str | None:
+    """A cluster build stores how it was made in the cluster directory, so a node can be stamped onto its image at
+    flash time (builder.recipes); the image's manifest names it."""
+    if not request.cluster:
+        return None
+    profile = request.profile or ctx.profile.name
+    if Path(profile).is_file():
+        profile = str(Path(profile).resolve())
+    keyring = base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None
+    recipe = Recipe(profile, dict(request.sets), tuple(str(Path(o).resolve()) for o in request.overlays),
+                    request.replace_overlays, tuple(request.ssh_keys), request.password_hash, request.no_login,
+                    keyring, ctx.epoch, _base_record(request, base))
+    return save_recipe(request.cluster, recipe)
+
+
+def request_from_recipe(recipe: Recipe, image: Path, cluster: Path, node: str) -> BuildRequest:
+    """The build of `node` that `recipe`'s image stands for, planned against the image itself."""
+    return BuildRequest(profile=recipe.profile, base=str(image), cluster=cluster, node=node, sets=dict(recipe.sets),
+                        overlays=list(recipe.overlays), ssh_keys=list(recipe.ssh_keys),
+                        password_hash=recipe.password_hash, no_login=recipe.no_login,
+                        replace_overlays=recipe.replace_overlays, keyring=recipe.keyring_bytes, epoch=recipe.epoch,
+                        base_record=recipe.base)
+
+
+def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) -> dict[str, Any]:
     """How this image was made: inputs with hashes, and every file the plan writes (with its hash, unless it holds a
-    secret)."""
+    secret); for a cluster image the recipe a node is stamped from, and whether it still needs one."""
     secrets = tuple(ctx.profile.secret_values())
     return {
+        "recipe": recipe,
+        "stamp_at_flash": bool(ctx.node_config.get("unstamped")),
         "pi_image_version": __version__,
         "target": ctx.target.name,
         "node": ctx.node.name,
@@ -329,7 +399,7 @@ def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
         "cluster": ctx.node.cluster and Path(ctx.node.cluster).name,
         "kubernetes_version": ctx.profile["kubernetes_version"],
         "network": ctx.static_network() or "dhcp",
-        "base": {"path": base.name, "sha256": _input_sha256(base)},
+        "base": base,
         "profile": {"name": ctx.profile.name, "sha256": {p.name: _source_digest(p.read_bytes(), secrets)
                                                          for p in ctx.profile.sources},
                     "values": ctx.profile.public_values()},
@@ -338,7 +408,8 @@ def _manifest(ctx: BuildContext, base: Path) -> dict[str, Any]:
     }
 
 
-def _manifest_op(manifest: dict[str, Any]) -> FileOp:
+def manifest_op(manifest: dict[str, Any]) -> FileOp:
+    """The op writing the build record into the image (everything but the output's own digests)."""
     inside = {k: v for k, v in manifest.items() if k != "output"}
     data = (json.dumps(inside, indent=2, sort_keys=True, default=str) + "\n").encode()
     return FileOp("write", "root", MANIFEST_PATH, "manifest", content=data, mode=0o644)

@@ -16,7 +16,8 @@ import click
 from . import __version__
 from .errors import UserError
 from .build import MANIFEST_PATH, BuildRequest, build as run_build, prepare
-from .cluster import load_cluster
+from .cluster import default_cluster_dir, load_cluster
+from .flash import FlashRequest, flash as run_flash
 from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
@@ -25,7 +26,7 @@ from .profiles import list_profiles, parse_set
 from .progress import human_size
 from .samples import SAMPLES, make_sample
 from .steps import BuildContext
-from .summary import fleet_table, image_summary, next_steps
+from .summary import flash_summary, fleet_table, image_summary, next_steps
 from .users import hash_password, read_public_keys
 from .targets import detect
 
@@ -103,6 +104,11 @@ def inspect(image: Path, as_json: bool) -> None:
              fb["cluster"] and f"cluster {fb['cluster']}", where]
     click.echo(f"  {'firstboot':15} {_mark(fb['installed'])}"
                + (f" ({', '.join(str(f) for f in facts if f)})" if fb["node"] else ""))
+    if fb["stamp_at_flash"]:
+        click.echo(f"  {'joins':15} when stamped: a profile image, `pi-image flash {image} DEVICE --cluster DIR` "
+                   "makes each card a node")
+    elif fb["node"] and not fb["joins"]:
+        click.echo(f"  {'joins':15} no cluster: build it with --cluster DIR (`pi-image cluster init` makes one)")
 
 
 @main.command()
@@ -112,7 +118,11 @@ def inspect(image: Path, as_json: bool) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Output image (.img, or .img.zst/.img.xz/.img.gz to compress); default NODE.img. With --all: a "
                    "directory.")
-@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False), help="Cluster directory (inventory, secrets).")
+@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False),
+              help="Cluster directory (inventory, secrets) [default: $PI_IMAGE_CLUSTER, else ~/.config/pi-image/"
+                   "cluster if it exists]. Without --node: the profile's image for that cluster, stamped per node by "
+                   "`pi-image flash`.")
+@click.option("--no-cluster", is_flag=True, help="Build an image that joins no cluster, even if a default exists.")
 @click.option("--node", help="Node name: its identity comes from the cluster inventory, else it is just the hostname.")
 @click.option("--all", "all_nodes", is_flag=True, help="Build one image per inventory node (needs --cluster).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
@@ -129,6 +139,8 @@ def inspect(image: Path, as_json: bool) -> None:
 @click.option("--no-login", is_flag=True, help="Build even though the admin user gets no key and no password.")
 @click.option("--replace-overlay", "replace_overlays", is_flag=True,
               help="Let an --overlay directory shadow the shipped overlay of the same name.")
+@click.option("--bmap", is_flag=True, help="Also write IMAGE.bmap beside the image: the ranges that matter with their "
+              "SHA-256, for `bmaptool copy` (e.g. on another machine).")
 @click.option("--dry-run", is_flag=True, help="Print every file operation, write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
@@ -139,10 +151,10 @@ def inspect(image: Path, as_json: bool) -> None:
               help="Print the plan (--dry-run) or the manifest as JSON (with --all: a list), and nothing else.")
 @click.pass_context
 def build(ctx: click.Context, profile: str | None, base: str | None, output: Path | None, cluster: Path | None,
-          node: str | None, all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
-          ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None, no_login: bool,
-          replace_overlays: bool, dry_run: bool, force: bool, in_place: bool, full_sha256: bool, verbose: bool,
-          as_json: bool) -> None:
+          no_cluster: bool, node: str | None, all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...],
+          kube_key: Path | None, ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None,
+          no_login: bool, replace_overlays: bool, bmap: bool, dry_run: bool, force: bool, in_place: bool,
+          full_sha256: bool, verbose: bool, as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
 
     The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
@@ -154,15 +166,17 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
     \b
     Examples:
       pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz \
-          --ssh-key ~/.ssh/id_ed25519.pub
+          --ssh-key ~/.ssh/id_ed25519.pub                  # with a default cluster: its worker-8g image
+      pi-image flash worker-8g.img /dev/sdb                # each card becomes the next worker-8g node
       pi-image build -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst --password
       pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/ --ssh-key ~/.ssh/id_ed25519.pub
       pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --no-login --dry-run
       pi-image build --cluster ./homelab --node pi-worker1 -b ubuntu.img.xz --json | jq .output
     """
+    cluster = _cluster_dir(cluster, no_cluster)
     request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
                            force, in_place, full_sha256, read_public_keys(ssh_key_files),
-                           _password_hash(ask_password, password_file), no_login, replace_overlays)
+                           _password_hash(ask_password, password_file), no_login, replace_overlays, bmap)
     verbose = verbose or ctx.obj["verbose"]
     documents, results = [], []
     for one in _requests(request, all_nodes, output):
@@ -182,6 +196,68 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
         click.echo("# nothing was written: run the same command without --dry-run to build it")
     else:
         _echo_lines([""] + (fleet_table(results) + [""] if len(results) > 1 else []) + next_steps(results, cluster))
+
+
+def _cluster_dir(cluster: Path | None, no_cluster: bool) -> Path | None:
+    """--cluster, else the default cluster (PI_IMAGE_CLUSTER or ~/.config/pi-image/cluster), unless --no-cluster."""
+    if no_cluster:
+        if cluster:
+            raise click.UsageError("give --cluster or --no-cluster, not both")
+        return None
+    return cluster or default_cluster_dir()
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("device", type=click.Path(path_type=Path))
+@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False),
+              help="The cluster the image was built with [default: $PI_IMAGE_CLUSTER, else ~/.config/pi-image/"
+                   "cluster if it exists].")
+@click.option("--node", help="Stamp this inventory node onto the card [default for a profile image: the next free "
+              "node of its profile, added to the inventory].")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before overwriting DEVICE.")
+@click.option("--no-verify", is_flag=True, help="Skip reading the card back.")
+@click.option("--force", is_flag=True, help="Write to a disk that does not look removable (never the system's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def flash(image: Path, device: Path, cluster: Path | None, node: str | None, yes: bool, no_verify: bool,
+          force: bool, as_json: bool) -> None:
+    """Write IMAGE to DEVICE (an SD card or USB disk, or a file), verify it by reading it back, and stamp the node.
+
+    Only the blocks the image's filesystems use are written (plus partition tables and anything pi-image cannot
+    read); the partition table goes last, so an interrupted flash leaves a card that nothing mistakes for a node.
+    Refused: a device with a mounted filesystem, the disk the running system lives on, a non-removable disk
+    (unless --force), a device smaller than the image. Asks first, showing what is on the card, unless --yes.
+
+    A profile image (`pi-image build --cluster DIR --profile P`) becomes a node only here: the card gets the next
+    free node of that profile (or --node NAME) — hostname, address, a fresh credential — so one image serves a fleet
+    and reflashing a card rebuilds its node.
+
+    
+    Examples:
+      pi-image flash worker-8g.img /dev/sdb                       # the next worker-8g node of the default cluster
+      pi-image flash worker-8g.img.zst /dev/mmcblk0 --node pi-worker3 --cluster ./homelab
+      pi-image flash pi-master1.img /dev/sdb --yes --json
+      pi-image flash worker-8g.img vm-disk.img --yes              # a file: for VMs and tests
+    """
+    confirm = None if yes else _confirm
+    result = run_flash(FlashRequest(image, device, _cluster_dir(cluster, False), node, not no_verify, force, confirm))
+    if as_json:
+        ctx = result.stamped
+        click.echo(json.dumps({
+            "device": str(result.device.path), "image": str(image), "previous": result.previous,
+            "node": ctx.node.name if ctx else (result.manifest or {}).get("node"),
+            "generation": ctx.node_config["generation"] if ctx else None, "added_to_inventory": result.added_node,
+            "written_bytes": result.written, "verified_bytes": result.verified, "image_bytes": result.usage.size,
+            "seconds": round(result.seconds, 3)}, indent=2))
+        return
+    _echo_lines(flash_summary(result))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UserError("DEVICE would be overwritten and there is no terminal to ask: pass --yes")
+    click.echo(question, err=True)
+    return click.prompt("Type yes to go on", default="", show_default=False, err=True).strip().lower() == "yes"
 
 
 def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> list[BuildRequest]:

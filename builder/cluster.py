@@ -33,10 +33,12 @@ from firstboot.endpoint.state import default_state_dir
 from . import addresses, cluster_secrets
 from .errors import UserError
 from .outputs import write_private
+from .profiles import load_profile
 from .runtimes import RUNTIMES
 
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
+CLUSTER_ENV = "PI_IMAGE_CLUSTER"
 DEFAULT_POD_SUBNET = "10.244.0.0/16"  # flannel's own default
 DEFAULT_SERVICE_SUBNET = "10.96.0.0/12"  # kubeadm's own default
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -258,6 +260,49 @@ def next_generation(cluster: Cluster, name: str) -> Node:
     node.generation += 1
     record_generation(cluster.directory, name, node.generation)
     return node
+
+
+def next_free_node(cluster: Cluster, profile: str) -> tuple[Node, bool]:
+    """The node a card of `profile` becomes when none is named: the first inventory node of that profile never built
+    yet, else a new one (added to the inventory, DHCP) named after its siblings (pi-worker3 after pi-worker2), or
+    PROFILE-1. Returns the node and whether it was added."""
+    with _inventory_lock(cluster.directory):
+        current = load_cluster(cluster.directory)
+        siblings = [node for node in current.nodes if node.profile == profile]
+        for node in siblings:
+            if node.generation == 0:
+                return node, False
+        taken = {node.name for node in current.nodes} | set(current.retired)
+        stem = _name_stem(siblings[-1].name) if siblings else f"{profile}-"
+        number = 1 + max((int(n.name[len(stem):]) for n in siblings
+                          if n.name.startswith(stem) and n.name[len(stem):].isdigit()), default=0)
+        while f"{stem}{number}" in taken:
+            number += 1
+        node = add_node(current, f"{stem}{number}", profile, None, load_profile(profile, {})["role"])
+    return node, True
+
+
+def _name_stem(name: str) -> str:
+    """`pi-worker` of `pi-worker2`: the name without its trailing number."""
+    return name.rstrip("0123456789")
+
+
+def default_cluster_dir() -> Path | None:
+    """The cluster build and flash use without --cluster: $PI_IMAGE_CLUSTER (which must be one), else
+    $XDG_CONFIG_HOME/pi-image/cluster (~/.config/pi-image/cluster) if it holds a cluster.yaml, else None."""
+    named = os.environ.get(CLUSTER_ENV)
+    if named:
+        if not (Path(named) / "cluster.yaml").is_file():
+            raise UserError(f"{CLUSTER_ENV}={named}: no cluster.yaml there; create it with `pi-image cluster init "
+                            f"{named} ...` or unset {CLUSTER_ENV}")
+        return Path(named)
+    default = default_cluster_location()
+    return default if (default / "cluster.yaml").is_file() else None
+
+
+def default_cluster_location() -> Path:
+    """Where `pi-image cluster init` users keep their one cluster by default."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "pi-image" / "cluster"
 
 
 def check_writable(directory: Path) -> None:

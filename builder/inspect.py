@@ -124,6 +124,9 @@ def _node_facts(root: Filesystem) -> dict[str, Any]:
             "kubernetes_version": config.get("kubernetes_version"),
             "cluster": cluster.get("api_server") or config.get("api_server"), "endpoint": config.get("endpoint"),
             "initializes_cluster": "control_plane" in config,
+            # a profile image: `pi-image flash` stamps a node onto each card; without a cluster it joins nothing
+            "stamp_at_flash": bool(config.get("unstamped")), "joins": bool(config.get("endpoint")
+                                                                          or "control_plane" in config),
             "network": record.get("network", "dhcp") if record else None}
 
 

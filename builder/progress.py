@@ -3,7 +3,7 @@
 A bar is drawn on stderr, and only when stderr is a terminal and the step is still running after a second: quick
 steps, pipes, logs and CI see nothing, and stdout (where `--json` goes) is never touched.
 
-    Compressing pi-worker1.img.zst  [##########          ]  48%  0.9 of 2.0 GiB, 0:05 left
+    Compressing pi-worker1.img.zst  [##########          ]  48%  0.9 of 2.0 GiB, 182.4 MiB/s, 0:05 left
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class _Bar:
             timing = f"{_clock(elapsed * (1 - fraction) / fraction)} left"
         else:
             timing = ""
+        rate = f", {human_size(done / elapsed)}/s" if elapsed > 0 else ""
         line = (f"{self.label}  [{'#' * filled}{' ' * (BAR_WIDTH - filled)}] {fraction:4.0%}  "
-                f"{human_size(done)} of {human_size(self.total)}" + (f", {timing}" if timing else ""))
+                f"{human_size(done)} of {human_size(self.total)}{rate}" + (f", {timing}" if timing else ""))
         width = _columns() - 1
         sys.stderr.write("\r" + line[:width].ljust(width))
         sys.stderr.flush()

@@ -24,7 +24,7 @@ PACKAGES = {
     "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs",
     "mdir": "mtools", "mcopy": "mtools", "mtype": "mtools", "mmd": "mtools", "mdel": "mtools", "mattrib": "mtools",
     "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "sfdisk": "fdisk",
-    "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "blkid": "util-linux", "cp": "coreutils", "openssl": "openssl",
+    "bmaptool": "bmap-tools", "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "blkid": "util-linux", "cp": "coreutils", "openssl": "openssl",
 }
 
 # mtools must not read the user's ~/.mtoolsrc nor refuse images whose geometry it dislikes.

@@ -16,10 +16,12 @@ import shlex
 from pathlib import Path
 
 from .build import BuildResult
+from .flash import FlashResult
 from .image.inputs import DECOMPRESSORS
 from .progress import human_size
 
-NO_CLUSTER = "none: this image joins nothing — add --cluster DIR --node NAME"
+NO_CLUSTER = ("none: this image joins no cluster — make one with `pi-image cluster init DIR ...` (or in "
+              "~/.config/pi-image/cluster, used by default), then build with --cluster DIR")
 SECRETS = ("0600, readable by you only: it holds secrets (a join credential, the cluster's keys, a password hash or "
            "a Wi-Fi passphrase) — keep it, and the card, private")
 DEVICE = "/dev/sdX"
@@ -29,10 +31,13 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
     """The facts a user checks before flashing: what the image is, where it joins, how to log in, where it is.
     `verbose` adds every file operation that changed the image."""
     profile, node = result.profile, result.node
+    stamp_later = result.manifest.get("stamp_at_flash")
     rows = [
-        ("node", f"{node.name}: {node.role}, profile {profile.name}"),
+        ("node", f"stamped at flash time: {node.role}, profile {profile.name}" if stamp_later
+         else f"{node.name}: {node.role}, profile {profile.name}"),
         ("target", f"{result.target.name} ({result.target.os.pretty_name})"),
-        ("cluster", node.cluster or NO_CLUSTER),
+        ("cluster", (f"{node.cluster} (a profile image: each card written with `pi-image flash` becomes the next "
+                     f"{profile.name} node, or --node NAME)" if stamp_later else node.cluster) or NO_CLUSTER),
         ("address", _address(result.manifest.get("network"), full=True)),
     ]
     if profile["wifi"]:
@@ -43,6 +48,8 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
     ]
     if _holds_secrets(result.output):
         rows.append(("private", SECRETS))
+    if result.bmap is not None:
+        rows.append(("bmap", f"{result.bmap} (for bmaptool copy)"))
     changed = f"{len(result.changed)} of {len(result.ops) + 1} file operations changed something"
     rows.append(("files", changed + ("" if verbose else " (-v lists them)")))
     lines = [f"Built {_image(result.output)}"] + [f"  {name:11} {value}" for name, value in rows]
@@ -72,8 +79,9 @@ def next_steps(results: list[BuildResult], cluster: Path | None) -> list[str]:
         image = outputs[0] if len(outputs) == 1 else Path("IMAGE")
         which = "it to the node's" if len(outputs) == 1 else "each image to its node's"
         lines = [f"Next: write {which} SD card or USB SSD ({DEVICE} below: find it with `lsblk`; everything on it "
-                 "is replaced), put it in the board and power it on:"]
-        lines += [f"  {command}" for command in write_commands(image)]
+                 "is replaced), put it in the board and power it on:",
+                 f"  pi-image flash {shlex.quote(str(image))} {DEVICE}"]
+        lines += [f"  or: {command}" for command in write_commands(image)]
     if not cluster:
         return lines
     if any(result.node.role == "control-plane" for result in results):
@@ -96,7 +104,7 @@ def write_commands(image: Path) -> list[str]:
     decompress = DECOMPRESSORS.get(image.suffix)
     if decompress:
         return [f"{shlex.join(decompress)} {name} | sudo dd of={DEVICE} {dd}"]
-    return [f"sudo bmaptool copy --nobmap {name} {DEVICE}", f"or: sudo dd if={name} of={DEVICE} {dd}"]
+    return [f"sudo bmaptool copy --nobmap {name} {DEVICE}", f"sudo dd if={name} of={DEVICE} {dd}"]
 
 
 def _address(network: object, full: bool) -> str:
@@ -132,3 +140,30 @@ def _size(output: Path | None) -> str:
 
 def _holds_secrets(output: Path | None) -> bool:
     return output is not None and output.is_file() and output.stat().st_mode & 0o077 == 0
+
+
+def flash_summary(result: FlashResult) -> list[str]:
+    """What `pi-image flash` did: the card, the node it became, what it held before, bytes written and verified."""
+    ctx, manifest = result.stamped, result.manifest or {}
+    rate = result.written / result.seconds if result.seconds > 0 else 0
+    share = f" ({result.written * 100 // max(result.usage.size, 1)}% of the image)"
+    if ctx is not None:
+        added = " (added to the inventory)" if result.added_node else ""
+        node = (f"{ctx.node.name}: {ctx.node.role}, profile {ctx.profile.name}, generation "
+                f"{ctx.node_config['generation']}{added}; {_address(manifest.get('network'), full=True)}")
+    elif manifest.get("node"):
+        node = f"{manifest['node']} (as built)"
+    else:
+        node = "none: not a pi-image node image"
+    rows = [("device", result.device.describe()), ("image", str(result.image)), ("node", node),
+            ("cluster", manifest.get("cluster") or NO_CLUSTER), ("before", result.previous),
+            ("written", f"{human_size(result.written)}{share} in {result.seconds:.1f} s ({human_size(rate)}/s)"),
+            ("verified", f"{human_size(result.verified)} read back from the card" if result.verified
+             else "no (--no-verify)")]
+    lines = [f"Flashed {result.device.path}"] + [f"  {name:11} {value}" for name, value in rows]
+    if manifest.get("cluster"):
+        lines.append("Next: put the card in the board and power it on: it sets itself up and joins the cluster "
+                     "(no keyboard, screen or ssh needed).")
+    else:
+        lines.append("Next: put the card in the board and power it on.")
+    return lines

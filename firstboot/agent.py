@@ -81,6 +81,10 @@ class FirstBootAgent(object):
 
     def run(self):
         """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
+        if self.config.get("unstamped"):
+            log.error("this card was written from a profile image without a node identity (no name, no credential): "
+                      "nothing is set up; write it with `pi-image flash IMAGE DEVICE`, which stamps a node onto it")
+            return 1
         self.paths.discard(self.paths.join_config)  # a power cut may have left the last token behind
         attempts = 0
         while True:

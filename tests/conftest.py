@@ -49,3 +49,10 @@ def sample_copy(sample_image: SampleFactory, tmp_path: Path) -> SampleFactory:
         return dest
 
     return copy
+
+
+@pytest.fixture(autouse=True)
+def no_default_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the developer's own default cluster (~/.config/pi-image/cluster or $PI_IMAGE_CLUSTER)."""
+    monkeypatch.delenv("PI_IMAGE_CLUSTER", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "xdg-config"))

@@ -24,7 +24,10 @@ __all__ = ["DiskImage", "DirectoryFilesystem", "FileStat", "Filesystem", "Partit
 class DiskImage:
     """A raw disk image file (or block device): its partition table and the filesystems inside."""
 
-    def __init__(self, path: Path, writable: bool = False, fake_time: int | None = None):
+    def __init__(self, path: Path, writable: bool = False, fake_time: int | None = None,
+                 partitions_from: Path | None = None):
+        """`partitions_from`: read the partition table from that image instead (a card being flashed gets its own
+        table last)."""
         self.path = Path(path)
         self.writable = writable
         self.fake_time = fake_time
@@ -37,7 +40,8 @@ class DiskImage:
             raise UserError(f"{path}: is a directory, not a disk image") from None
         if self.size == 0:
             raise UserError(f"{path}: the file is empty")
-        self.table, self.partitions = read_partitions(self.path, self.size)
+        source = Path(partitions_from) if partitions_from else self.path
+        self.table, self.partitions = read_partitions(source, source.stat().st_size if partitions_from else self.size)
         self._open: dict[int, Filesystem] = {}
 
     def partition(self, key: int | str) -> Partition:

@@ -103,7 +103,7 @@ def read_partitions(image: Path, size: int) -> tuple[str, list[Partition]]:
                 device = parted.Device(_snapshot(image, size, tmp))
                 disk = parted.newDisk(device)
         except (parted.DiskException, parted.DiskLabelException, parted.IOException, parted.DeviceException) as err:
-            raise UserError(f"{image}: {_explain(str(err), size)}") from None
+            raise UserError(f"{image}: {_explain(str(err), size, image)}") from None
         sector = device.sectorSize
         partitions = []
         for p in disk.partitions:
@@ -124,13 +124,23 @@ def read_partitions(image: Path, size: int) -> tuple[str, list[Partition]]:
         return disk.type, partitions
 
 
-def _explain(message: str, size: int) -> str:
+def _explain(message: str, size: int, image: Path) -> str:
     """Turn libparted's wording into what the user should know."""
     if "unrecognised disk label" in message or "unrecognized disk label" in message:
+        if _blank_head(image, size):
+            return ("no partition table: its first MiB is blank but data follows, as `pi-image flash` leaves a card "
+                    "it was interrupted writing: flash it again")
         return "no partition table (MBR or GPT) found: is this a disk image?"
     if "outside the disk" in message or "end of file" in message or "beyond the end" in message:
         return f"the partition table describes a disk larger than the file ({size} bytes): the image is truncated"
     return f"cannot read the partition table: {message.strip()}"
+
+
+def _blank_head(image: Path, size: int) -> bool:
+    """True if the first MiB reads as zeros while the next MiBs hold data (a flash that never wrote its table)."""
+    with open(image, "rb") as f:
+        head, rest = f.read(TABLE_BYTES), f.read(64 * TABLE_BYTES)
+    return size > TABLE_BYTES and head.count(0) == len(head) and rest.count(0) != len(rest)
 
 
 def _probe(image: Path, offset: int) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ SUPERBLOCK_OFFSET = 1024
 INCOMPAT_RECOVER = 0x4  # "needs_recovery": the journal holds writes not yet replayed
 INCOMPAT_EXTENTS = 0x40
 INCOMPAT_EA_INODE = 0x400  # big xattr values live in inodes of their own
+STATE_VALID = 0x1  # s_state: cleanly unmounted
 STATE_ERRORS = 0x2
 
 

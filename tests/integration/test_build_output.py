@@ -78,7 +78,7 @@ def test_a_plain_build_ends_with_a_summary_and_how_to_write_the_card(cli, base, 
     assert run.stdout.startswith(f"Built {out} (2.0 GiB)\n")
     assert summary["node"] == "pi-lone: worker, profile worker-8g"
     assert summary["target"].startswith("ubuntu-raspi (Ubuntu ")
-    assert summary["cluster"] == "none: this image joins nothing — add --cluster DIR --node NAME"
+    assert summary["cluster"].startswith("none: this image joins no cluster — make one with `pi-image cluster init")
     assert summary["address"] == "DHCP"
     assert summary["login"] == "ubuntu: 1 SSH key"
     assert summary["Kubernetes"] == "1.31"
@@ -153,7 +153,7 @@ def test_compression_shows_its_progress_on_a_terminal_and_nowhere_else(cli, base
     hidden = build(cli, base, hidden_out, "--profile", "worker-8g")
 
     assert run.returncode == 0, terminal
-    assert "shown.img.gz: compressing  [" in terminal and "100%  2.0 GiB of 2.0 GiB, in " in terminal
+    assert "shown.img.gz: compressing  [" in terminal and "100%  2.0 GiB of 2.0 GiB, " in terminal and "/s, in " in terminal
     assert "compressing" not in run.stdout and rows(run.stdout)["node"].startswith("worker-8g: worker")
     assert f"gzip -dc {shown_out} | sudo dd of=/dev/sdX bs=4M conv=fsync" in run.stdout
     assert hidden.stderr == "" and "compressing" not in hidden.stdout

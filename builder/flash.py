@@ -1,0 +1,306 @@
+"""`pi-image flash`: write an image to a card, verify it by reading it back, and stamp the node's identity onto it.
+
+    image --usage map--> ranges that matter --write (table region blanked first)--> fsync --read back, compare-->
+    stamp the node (same edit layer, on the card) --> fsck --> partition table region last --> fsync, read back
+
+Only what the image's own filesystems use is written (builder.image.usage: ext4 bitmaps, the FAT), plus everything
+pi-image cannot read; free blocks keep the card's old bytes, which nothing references. The partition table goes on
+last: until then the card's first MiB is blank, so an interrupted flash never leaves a card that looks valid (and
+`pi-image inspect` says what happened). Verification reads the card itself, with its page cache dropped, never the
+bytes that were sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .build import MANIFEST_PATH, build_manifest, manifest_op, prepare, request_from_recipe
+from .cluster import Cluster, Node, check_writable, load_cluster, next_free_node, record_generation
+from .devices import Device, check_target, open_target
+from .errors import UserError
+from .fsck import check_partition
+from .image import DiskImage
+from .image.inputs import raw_image
+from .image.usage import UsageMap, usage_map
+from .plan import Plan, apply
+from .progress import human_size, progress
+from .recipes import load_recipe
+from .steps import BuildContext
+from .targets import detect
+
+CHUNK = 4 << 20  # bytes per write: large and aligned
+BLANK = 1 << 20  # the region a partition table lives in, blanked before anything else is written
+MAX_MANIFEST = 4 << 20
+
+
+class FlashInterrupted(UserError):
+    """The flash stopped after it began writing: the card has no partition table now."""
+
+    exit_code = 1
+
+
+@dataclass
+class FlashRequest:
+    """What the user asked for (the CLI's arguments)."""
+
+    image: Path
+    device: Path
+    cluster: Path | None = None  # where the image's recipe and the node's inventory entry are
+    node: str | None = None  # default: the next free node of the image's profile (for a profile image)
+    verify: bool = True
+    force: bool = False  # a disk that does not look removable
+    confirm: Callable[[str], bool] | None = None  # asked before anything is written; None: --yes
+
+
+@dataclass
+class FlashResult:
+    """What a flash did."""
+
+    image: Path
+    device: Device
+    previous: str  # what the card held before
+    usage: UsageMap
+    written: int = 0
+    verified: int = 0
+    seconds: float = 0.0
+    stamped: BuildContext | None = None
+    added_node: bool = False  # the stamped node was added to the inventory by this flash
+    manifest: dict[str, Any] | None = None  # the image's build record (the card's, once stamped)
+
+
+@dataclass
+class _Stamp:
+    """A node to stamp onto the card: its build plan and the card's manifest."""
+
+    ctx: BuildContext
+    manifest: dict[str, Any]
+    cluster: Cluster
+    added: bool
+
+
+def flash(request: FlashRequest) -> FlashResult:
+    """Write request.image to request.device (see the module docstring); raise UserError before touching the card
+    for every bad input."""
+    raw = raw_image(request.image)
+    image = DiskImage(raw)
+    manifest = image_manifest(image)
+    device = open_target(request.device)
+    check_target(device, image.size, force=request.force, image=raw)
+    stamp = _plan_stamp(request, raw, image, manifest)
+    previous = card_contents(device)
+    usage = usage_map(raw)
+    if request.confirm is not None and not request.confirm(_question(request, device, previous, stamp)):
+        raise UserError("nothing was written")
+    result = FlashResult(request.image, device, previous, usage, manifest=stamp.manifest if stamp else manifest)
+    started = time.monotonic()
+    _write_card(raw, image, device, usage, stamp, request.verify, result)
+    result.seconds = time.monotonic() - started
+    if stamp is not None:
+        result.stamped, result.added_node = stamp.ctx, stamp.added
+    return result
+
+
+def image_manifest(image: DiskImage) -> dict[str, Any] | None:
+    """The build record (/etc/pi-image/build.json) of a pi-image image, or None for any other image."""
+    try:
+        root = detect(image).root
+        st = root.lstat(MANIFEST_PATH)
+        if st is None or not st.is_file or st.size > MAX_MANIFEST:
+            return None
+        data = json.loads(root.read(MANIFEST_PATH))
+    except (UserError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def card_contents(device: Device) -> str:
+    """What is on the card now, in a few words: a pi-image node, partitions and labels, or nothing readable."""
+    if device.kind == "file" and device.size == 0:
+        return "nothing (a new file)"
+    try:
+        card = DiskImage(device.path)
+    except UserError:
+        return "no partition table pi-image can read"
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    manifest = image_manifest(card)
+    if manifest and manifest.get("node") and not manifest.get("stamp_at_flash"):
+        cluster = f" of cluster {manifest['cluster']}" if manifest.get("cluster") else ""
+        return f"pi-image node {manifest['node']}{cluster} ({manifest.get('target')})"
+    parts = ", ".join(f"{p.label or p.name or p.number} ({p.fs or 'unknown'})" for p in card.partitions)
+    return f"{len(card.partitions)} partition{'s' if len(card.partitions) != 1 else ''}: {parts}"
+
+
+def _question(request: FlashRequest, device: Device, previous: str, stamp: _Stamp | None) -> str:
+    node = f", as node {stamp.ctx.node.name}" if stamp else ""
+    return (f"Write {request.image}{node} to {device.describe()}?\n"
+            f"  It holds {previous} now: everything on it is replaced.")
+
+
+# --- the node's identity --------------------------------------------------------------------------------------------
+
+def _plan_stamp(request: FlashRequest, raw: Path, image: DiskImage, manifest: dict[str, Any] | None) -> _Stamp | None:
+    """The node to stamp onto the card (planned now, so that a bad input fails before the card is touched), or None
+    when the image is written as it is."""
+    recipe_id = (manifest or {}).get("recipe")
+    profile_image = bool((manifest or {}).get("stamp_at_flash"))
+    if recipe_id is None:
+        if request.node or (request.cluster and manifest is not None):
+            raise UserError(f"{request.image} was built without a cluster, so no node can be stamped onto it: build "
+                            "it with `pi-image build --cluster DIR --profile PROFILE` (or --node NAME)")
+        return None
+    if request.cluster is None:
+        if profile_image:
+            raise UserError(f"{request.image} is a profile image of cluster {manifest.get('cluster')}: pass --cluster "
+                            "DIR (or set PI_IMAGE_CLUSTER) so a node can be stamped onto the card")
+        return None
+    if not profile_image and request.node is None:
+        return None  # a node's own image, written as built
+    check_writable(request.cluster)
+    recipe = load_recipe(request.cluster, recipe_id, request.image)
+    cluster = load_cluster(request.cluster)
+    node, added = _choose_node(cluster, request, recipe.profile)
+    ctx = prepare(request_from_recipe(recipe, raw, request.cluster, node.name))
+    stamped = build_manifest(ctx, recipe.base, recipe_id)
+    for key in ("profile", "overlays"):
+        if stamped[key] != manifest.get(key):
+            raise UserError(f"the {key} {request.image} was built with has changed since (see its "
+                            f"{MANIFEST_PATH}): rebuild the image, so that every card of it is the same")
+    return _Stamp(ctx, stamped, cluster, added)
+
+
+def _choose_node(cluster: Cluster, request: FlashRequest, profile: str) -> tuple[Node, bool]:
+    """The inventory node the card becomes: --node, else the next free node of the image's profile (a node never
+    built yet, else a new one added to the inventory)."""
+    profile_name = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+    if request.node is None:
+        return next_free_node(cluster, profile_name)
+    node = cluster.node(request.node)
+    if node.profile != profile_name:
+        raise UserError(f"node {node.name!r} has profile {node.profile} in {cluster.directory / 'inventory.yaml'} "
+                        f"but {request.image} is a {profile_name} image: flash that node's profile image")
+    return node, False
+
+
+# --- writing ----------------------------------------------------------------------------------------------------
+
+def _write_card(raw: Path, image: DiskImage, device: Device, usage: UsageMap, stamp: _Stamp | None, verify: bool,
+                result: FlashResult) -> None:
+    """Blank the table region, write and verify the ranges, stamp, then write and verify the table region."""
+    created = device.kind == "file" and not device.path.exists()
+    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if device.kind == "file" else os.O_EXCL)
+    began = False
+    try:
+        with open(raw, "rb") as source:
+            out = os.open(device.path, flags, 0o600)
+            try:
+                began = True
+                if device.kind == "file" and os.fstat(out).st_size < image.size:
+                    os.ftruncate(out, image.size)
+                _blank_tables(out, device, image.size)
+                body = usage.ranges
+                result.written += _copy(source.fileno(), out, body, f"{device.path}: writing")
+                if verify:
+                    result.verified += _verify(source.fileno(), device.path, body, "verifying")
+                if stamp is not None:
+                    _stamp(device, raw, stamp)
+                result.written += _copy(source.fileno(), out, usage.last, "partition table")
+                if verify:
+                    result.verified += _verify(source.fileno(), device.path, usage.last, "verifying the table")
+            finally:
+                os.close(out)
+        if stamp is not None:
+            record_generation(stamp.cluster.directory, stamp.ctx.node.name, stamp.ctx.node_config["generation"])
+    except BaseException as err:
+        if not began:
+            raise
+        if created:
+            device.path.unlink(missing_ok=True)
+            raise
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({err})"
+        raise FlashInterrupted(f"the flash {what} after {human_size(result.written)}: {device.path} holds no "
+                               "partition table now (nothing boots it or mistakes it for a node); run the same "
+                               "command again") from None
+
+
+def _blank_tables(out: int, device: Device, image_size: int) -> None:
+    """Zero where partition tables live (the first MiB, and a GPT backup at the device's end), so until the flash
+    writes its own table last, the card holds no valid one."""
+    size = max(device.size, image_size)
+    for start in sorted({0, max(0, size - BLANK)}):
+        _pwrite_all(out, bytes(min(BLANK, size - start)), start)
+    os.fsync(out)
+
+
+def _chunks(ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    for start, end in ranges:
+        for pos in range(start, end, CHUNK):
+            yield pos, min(CHUNK, end - pos)
+
+
+def _copy(source: int, out: int, ranges: list[tuple[int, int]], label: str) -> int:
+    """Write `ranges` of the image to the card, then fsync; return the bytes written."""
+    total = sum(end - start for start, end in ranges)
+    done = 0
+    with progress(label, total) as advance:
+        for pos, length in _chunks(ranges):
+            data = os.pread(source, length, pos)
+            if len(data) != length:
+                raise UserError(f"the image shrank while being written (at byte {pos})")
+            _pwrite_all(out, data, pos)
+            done += length
+            advance(done)
+        os.fsync(out)
+    return done
+
+
+def _verify(source: int, path: Path, ranges: list[tuple[int, int]], label: str) -> int:
+    """Read `ranges` back from the card itself (its cached pages dropped first) and compare them with the image."""
+    total = sum(end - start for start, end in ranges)
+    done = 0
+    card = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(card, 0, 0, os.POSIX_FADV_DONTNEED)
+        with progress(f"{path}: {label}", total) as advance:
+            for pos, length in _chunks(ranges):
+                want, got = os.pread(source, length, pos), os.pread(card, length, pos)
+                if want != got:
+                    raise UserError(f"verification failed: {path} differs from the image at byte {_first_difference(want, got) + pos}"
+                                    " (a failing card or reader?): try another card, or flash again")
+                done += length
+                advance(done)
+    finally:
+        os.close(card)
+    return done
+
+
+def _first_difference(want: bytes, got: bytes) -> int:
+    if len(got) != len(want):
+        return min(len(got), len(want))
+    return next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+
+
+def _pwrite_all(out: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(out, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _stamp(device: Device, raw: Path, stamp: _Stamp) -> None:
+    """Apply the node's plan on the card with the same edit layer builds use (the table read from the image: the
+    card's is not written yet), then fsck every filesystem it changed."""
+    card = DiskImage(device.path, writable=True, fake_time=stamp.ctx.epoch, partitions_from=raw)
+    target = detect(card)
+    changed = apply(Plan(stamp.ctx.plan.ops + [manifest_op(stamp.manifest)]), target)
+    card.commit()
+    for partition in card.partitions:
+        if partition.fs and any(target.filesystem(op.fs) is card.filesystem(partition) for op in changed):
+            check_partition(card, partition)
+

@@ -1,0 +1,86 @@
+"""How a cluster image was made, kept in the cluster directory so `pi-image flash` can stamp any node onto it later.
+
+    DIR/images/<id>.json   0600 in a 0700 directory: the build's options (profile, --set values, overlays, SSH keys,
+                           password hash, the apt keyring's bytes, the build time, the base's name and sha256)
+
+The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is the SHA-256 of the
+recipe's canonical JSON, so the same build gives the same id, and an id says nothing about what it names (the
+recipe may hold a password hash). Stamping re-plans the build for the node from the recipe, against the image itself
+(its own edits are already there, so only what differs per node is written), which gives the node's card the files
+a per-node build of it would have: "common things early, per-node things late".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .outputs import write_private
+
+RECIPES_DIR = "images"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The options of one cluster build, minus the node (which stamping chooses) and the output."""
+
+    profile: str  # a profile name, or the absolute path of a profile file
+    sets: dict[str, Any] = field(default_factory=dict)
+    overlays: tuple[str, ...] = ()  # absolute paths
+    replace_overlays: bool = False
+    ssh_keys: tuple[str, ...] = ()
+    password_hash: str | None = None
+    no_login: bool = False
+    keyring: str | None = None  # base64 of the apt keyring the image carries
+    epoch: int = 0  # the build's time: every date written, and the device's clock floor
+    base: dict[str, Any] = field(default_factory=dict)  # {"path": name, "sha256": hex} of the vendor image
+
+    @property
+    def id(self) -> str:
+        """The recipe's name: the first 32 hex digits of the SHA-256 of its canonical JSON."""
+        return hashlib.sha256(_canonical(self)).hexdigest()[:32]
+
+    @property
+    def keyring_bytes(self) -> bytes | None:
+        """The apt keyring as bytes."""
+        return base64.b64decode(self.keyring) if self.keyring else None
+
+
+def save_recipe(cluster_dir: Path, recipe: Recipe) -> str:
+    """Store `recipe` in DIR/images/ (once: the same id is the same content) and return its id."""
+    directory = cluster_dir / RECIPES_DIR
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    path = directory / f"{recipe.id}.json"
+    if not path.exists():
+        write_private(path, _canonical(recipe).decode() + "\n")
+    return recipe.id
+
+
+def load_recipe(cluster_dir: Path, recipe_id: object, image: Path) -> Recipe:
+    """The recipe `image` names, from DIR/images/; UserError if it is not this cluster's."""
+    if not isinstance(recipe_id, str) or not recipe_id.isalnum() or len(recipe_id) != 32:
+        raise UserError(f"{image}: its manifest names no valid recipe ({recipe_id!r}): rebuild it with "
+                        f"`pi-image build --cluster {cluster_dir}`")
+    path = cluster_dir / RECIPES_DIR / f"{recipe_id}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        recipe = Recipe(**{**data, "overlays": tuple(data["overlays"]), "ssh_keys": tuple(data["ssh_keys"])})
+    except FileNotFoundError:
+        raise UserError(f"{image} was not built with cluster {cluster_dir} (no {path}): pass the --cluster it was "
+                        "built with, or rebuild it with this one") from None
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"{path}: not a pi-image recipe ({err}); rebuild the image") from None
+    if recipe.id != recipe_id:
+        raise UserError(f"{path}: its content does not match its name (edited?); rebuild the image")
+    return recipe
+
+
+def _canonical(recipe: Recipe) -> bytes:
+    return json.dumps(asdict(recipe), sort_keys=True, separators=(",", ":"), default=list).encode()
