@@ -27,6 +27,7 @@ from .image import DirectoryFilesystem, DiskImage, open_medium
 from .bmap import write_bmap
 from .image.inputs import cached_sha256, raw_image
 from .image.usage import usage_map
+from .catalog import default_base, resolve_base
 from .kubekey import kube_keyring
 from .kubelet import kubelet_settings
 from .plan import FileOp, Plan, apply
@@ -40,6 +41,7 @@ from .runtimes import runtime_packages
 from .steps import BuildContext, NodeIdentity, make_plan
 from .steps.layers import overlays
 from .targets import Target, detect, targets_of
+from .targets.x86 import SEED_ISO_COMMAND, UbuntuX86
 
 MANIFEST_PATH = "/etc/pi-image/build.json"
 
@@ -63,7 +65,8 @@ class BuildRequest:
     password_hash: str | None = None  # from --password / --password-file, hashed on the host
     no_login: bool = False  # the admin user is meant to have no way in
     replace_overlays: bool = False  # --overlay directories may shadow shipped overlays of the same name
-    bmap: bool = False  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
+    bmap: bool = False
+    dry_run: bool = False  # plan only: nothing is downloaded (base, apt key), nothing written  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
     # set when `pi-image flash` stamps a node onto an image (builder.recipes): what the image's own build used
     keyring: bytes | None = None
     epoch: int | None = None
@@ -91,13 +94,13 @@ def prepare(request: BuildRequest) -> BuildContext:
     if cluster:
         profile = _with_cluster_version(profile, cluster)
         check_writable(cluster.directory)
-    base = request.base or profile["base"]
-    if not base:
-        raise UserError(f"profile '{profile.name}' names no base image: pass --base IMAGE")
-    if not Path(base).exists():
-        raise UserError(f"base '{base}' is not a file or directory (the image catalog is not available yet): "
-                        f"download the image and pass --base PATH")
-    target = detect(open_medium(Path(base)))
+    spec = (request.base or (cluster.node(request.node).base if cluster and request.node else None) or profile["base"]
+            or (default_base(targets_of(profile["target"])) if profile["target"] else None))
+    if not spec:
+        raise UserError(f"profile '{profile.name}' names no base image: pass --base NAME (`pi-image bases` lists "
+                        "them), URL or FILE")
+    base = resolve_base(str(spec), download=not request.dry_run)
+    target = detect(open_medium(base))
     if request.in_place and not isinstance(target.medium, DirectoryFilesystem):
         raise UserError(f"--in-place edits directory targets only; {base} is a disk image, which is never written: "
                         "drop --in-place (the output is a new image)")
@@ -112,11 +115,12 @@ def prepare(request: BuildRequest) -> BuildContext:
     sizing = kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"])
     if sizing:
         config["kubelet"] = sizing
-    keyring = request.keyring or kube_keyring(profile["kubernetes_version"], request.kube_key)
+    keyring = request.keyring or kube_keyring(profile["kubernetes_version"], request.kube_key,
+                                              download=not request.dry_run)
     # a floor for the device's clock (a Pi has no RTC)
-    config["built_at"] = request.epoch if request.epoch is not None else _epoch(Path(base))
+    config["built_at"] = request.epoch if request.epoch is not None else _epoch(base)
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=config["built_at"],
-                       replace_overlays=request.replace_overlays, cluster=cluster)
+                       replace_overlays=request.replace_overlays, cluster=cluster, base=base, base_name=str(spec))
     make_plan(ctx)
     return ctx
 
@@ -204,7 +208,10 @@ def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | No
 def build(request: BuildRequest) -> BuildResult:
     """Make the output image (or edit a directory target); see the module docstring."""
     ctx = prepare(request)
-    base_path = Path(request.base or ctx.profile["base"])
+    if ctx.target.name == UbuntuX86.name:
+        raise UserError(f"{ctx.base} is an x86 Ubuntu root: its node is made by the stock system's cloud-init from a "
+                        f"seed ISO, not by editing a tree: use `{SEED_ISO_COMMAND}`")
+    base_path = ctx.base
     output = request.output or Path(f"{ctx.node.name}.img")
     remove_stale_temporaries(output.parent)
     if isinstance(ctx.target.medium, DirectoryFilesystem):
@@ -231,7 +238,7 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             sparse_copy(raw_base, tmp, advance)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         target = detect(image)
-        manifest = build_manifest(ctx, _base_record(request, base_path), _recipe_id(request, ctx, base_path))
+        manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
         changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
         image.commit()
         for partition in image.partitions:
@@ -272,7 +279,7 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
         if not request.in_place:
             run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
         target = detect(DirectoryFilesystem(dest, writable=True))
-        manifest = build_manifest(ctx, _base_record(request, base), _recipe_id(request, ctx, base))
+        manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
         changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
         target.root.commit()
         _write_json(manifest_tmp, manifest)
@@ -356,12 +363,18 @@ def _compress(raw: Path, output: Path) -> Path:
     return packed
 
 
-def _base_record(request: BuildRequest, base: Path) -> dict[str, Any]:
-    """The vendor image a build started from: its name and sha256 (a stamped card's are its image's)."""
-    return request.base_record or {"path": base.name, "sha256": _input_sha256(base)}
+def _base_record(request: BuildRequest, ctx: BuildContext) -> dict[str, Any]:
+    """The vendor image a build started from: its file's name, its catalog name or URL when it was given by one
+    (never a local path: the same inputs give the same bytes wherever they are), and its sha256; a stamped card's
+    are its image's."""
+    assert ctx.base is not None
+    if request.base_record:
+        return request.base_record
+    named = {"name": ctx.base_name} if ctx.base_name and not Path(ctx.base_name).exists() else {}
+    return {"path": ctx.base.name, **named, "sha256": _input_sha256(ctx.base)}
 
 
-def _recipe_id(request: BuildRequest, ctx: BuildContext, base: Path) -> str | None:
+def _recipe_id(request: BuildRequest, ctx: BuildContext) -> str | None:
     """A cluster build stores how it was made in the cluster directory, so a node can be stamped onto its image at
     flash time (builder.recipes); the image's manifest names it."""
     if not request.cluster:
@@ -372,7 +385,7 @@ def _recipe_id(request: BuildRequest, ctx: BuildContext, base: Path) -> str | No
     keyring = base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None
     recipe = Recipe(profile, dict(request.sets), tuple(str(Path(o).resolve()) for o in request.overlays),
                     request.replace_overlays, tuple(request.ssh_keys), request.password_hash, request.no_login,
-                    keyring, ctx.epoch, _base_record(request, base))
+                    keyring, ctx.epoch, _base_record(request, ctx))
     return save_recipe(request.cluster, recipe)
 
 

@@ -18,6 +18,7 @@ from .errors import UserError
 from .build import MANIFEST_PATH, BuildRequest, build as run_build, prepare
 from .cluster import default_cluster_dir, load_cluster
 from .flash import FlashRequest, flash as run_flash
+from .catalog_cli import COMMANDS as CATALOG_COMMANDS
 from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
@@ -25,6 +26,7 @@ from .profile_keys import key_reference, key_table
 from .profiles import list_profiles, parse_set
 from .progress import human_size
 from .samples import SAMPLES, make_sample
+from .seed_iso import SeedIsoRequest, seed_iso
 from .steps import BuildContext
 from .summary import flash_summary, fleet_table, image_summary, next_steps
 from .users import hash_password, read_public_keys
@@ -111,10 +113,32 @@ def inspect(image: Path, as_json: bool) -> None:
         click.echo(f"  {'joins':15} no cluster: build it with --cluster DIR (`pi-image cluster init` makes one)")
 
 
+def _node_options(command):
+    """The options a node's build and its x86 seed share: profile values, overlays, the apt key, the login."""
+    for option in reversed([
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable)."),
+        click.option("--overlay", "overlays", multiple=True, type=click.Path(exists=True, file_okay=False),
+                     help="Extra overlay directory rendered after the profile's (repeatable)."),
+        click.option("--kube-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="pkgs.k8s.io Release.key to install (default: download once and cache)."),
+        click.option("--ssh-key", "ssh_key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="SSH public key file (.pub) for the admin user (repeatable)."),
+        click.option("--password", "ask_password", is_flag=True, help="Prompt for the admin user's password "
+                     "(hashed here with SHA-512 crypt; never stored in clear)."),
+        click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Read the admin user's password from the first line of FILE (hashed like --password)."),
+        click.option("--no-login", is_flag=True, help="Build even though the admin user gets no key and no password."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--profile", "-p", "profile",
               help="Profile name (see `pi-image profiles`) or YAML file; default: the node's profile in the inventory.")
-@click.option("--base", "-b", help="Vendor image (.img, .img.xz, .img.zst, .img.gz, .zip) or L4T rootfs directory.")
+@click.option("--base", "-b", help="Vendor image: a catalog name (`pi-image bases`, downloaded once and verified), "
+              "an https URL[#sha256=HEX], a file (.img, .img.xz, .img.zst, .img.gz, .zip) or an L4T rootfs directory "
+              "[default: the node's base in the inventory, else the profile's].")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Output image (.img, or .img.zst/.img.xz/.img.gz to compress); default NODE.img. With --all: a "
                    "directory.")
@@ -125,18 +149,7 @@ def inspect(image: Path, as_json: bool) -> None:
 @click.option("--no-cluster", is_flag=True, help="Build an image that joins no cluster, even if a default exists.")
 @click.option("--node", help="Node name: its identity comes from the cluster inventory, else it is just the hostname.")
 @click.option("--all", "all_nodes", is_flag=True, help="Build one image per inventory node (needs --cluster).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
-@click.option("--overlay", "overlays", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Extra overlay directory rendered after the profile's (repeatable).")
-@click.option("--kube-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="pkgs.k8s.io Release.key to install (default: download once and cache).")
-@click.option("--ssh-key", "ssh_key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SSH public key file (.pub) for the admin user (repeatable).")
-@click.option("--password", "ask_password", is_flag=True,
-              help="Prompt for the admin user's password (hashed here with SHA-512 crypt; never stored in clear).")
-@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Read the admin user's password from the first line of FILE (hashed like --password).")
-@click.option("--no-login", is_flag=True, help="Build even though the admin user gets no key and no password.")
+@_node_options
 @click.option("--replace-overlay", "replace_overlays", is_flag=True,
               help="Let an --overlay directory shadow the shipped overlay of the same name.")
 @click.option("--bmap", is_flag=True, help="Also write IMAGE.bmap beside the image: the ranges that matter with their "
@@ -176,7 +189,8 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
     cluster = _cluster_dir(cluster, no_cluster)
     request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
                            force, in_place, full_sha256, read_public_keys(ssh_key_files),
-                           _password_hash(ask_password, password_file), no_login, replace_overlays, bmap)
+                           _password_hash(ask_password, password_file), no_login, replace_overlays, bmap,
+                           dry_run=dry_run)
     verbose = verbose or ctx.obj["verbose"]
     documents, results = [], []
     for one in _requests(request, all_nodes, output):
@@ -196,6 +210,54 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
         click.echo("# nothing was written: run the same command without --dry-run to build it")
     else:
         _echo_lines([""] + (fleet_table(results) + [""] if len(results) > 1 else []) + next_steps(results, cluster))
+
+
+@main.command("seed-iso")
+@click.option("--profile", "-p", help="Profile (default: the node's in the inventory), e.g. x86-worker.")
+@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False),
+              help="Cluster directory [default: $PI_IMAGE_CLUSTER, else ~/.config/pi-image/cluster if it exists].")
+@click.option("--node", required=True, help="The inventory node the x86 machine becomes.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="The ISO [default: NODE-seed.iso].")
+@click.option("--autoinstall", is_flag=True, help="Wrap it for the Ubuntu live-server installer (a fresh install).")
+@_node_options
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def seed_iso_command(profile: str | None, cluster: Path | None, node: str, output: Path | None, autoinstall: bool,
+                     sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
+                     ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None, no_login: bool,
+                     force: bool, as_json: bool) -> None:
+    """Make a cloud-init NoCloud seed (an ISO labelled CIDATA) that turns a stock Ubuntu Server amd64 into NODE.
+
+    Its user-data carries the same plan as a card: the agent, its node config with the credential, sysctls,
+    modules, the runtime's config, the kube repository, key and pin, the unit — as cloud-init write_files. Attach
+    it as a CD or second drive to the Ubuntu cloud image at its first boot; with --autoinstall, boot the
+    live-server ISO with it attached and add `autoinstall` to the kernel command line to skip the confirmation.
+    The ISO holds the node's credential: it is 0600.
+
+    \b
+    Examples:
+      pi-image cluster add-node ./homelab x86-1 --profile x86-worker --address 192.168.6.30 --mac 52:54:00:12:34:56
+      pi-image seed-iso --cluster ./homelab --node x86-1 --ssh-key ~/.ssh/id_ed25519.pub
+      pi-image seed-iso --cluster ./homelab --node x86-1 --autoinstall --password -o x86-1-autoinstall.iso
+    """
+    directory = _cluster_dir(cluster, False)
+    if directory is None:
+        raise UserError("seed-iso needs a cluster: pass --cluster DIR (or set PI_IMAGE_CLUSTER)")
+    result = seed_iso(SeedIsoRequest(profile, directory, node, output, autoinstall, read_public_keys(ssh_key_files),
+                                     _password_hash(ask_password, password_file), no_login, parse_set(sets),
+                                     list(overlays), kube_key, force))
+    if as_json:
+        click.echo(json.dumps({"output": str(result.output), "node": result.node, "role": result.role,
+                               "size": result.size, "user_data_bytes": result.user_data_bytes,
+                               "files": result.files}, indent=2))
+        return
+    _echo_lines([f"Wrote {result.output} ({human_size(result.size)}, 0600: it holds the node's credential)",
+                 f"  node        {result.node}: {result.role}, cluster {directory}",
+                 f"  user-data   {human_size(result.user_data_bytes)}, {len(result.files)} files",
+                 "Next: " + ("boot Ubuntu's live-server ISO with this one attached as a second drive and add "
+                             "`autoinstall` to the kernel command line; the installed system joins at its first boot."
+                             if autoinstall else "attach it as a CD or second drive to a stock Ubuntu Server amd64 "
+                             "(the cloud image) at its first boot: cloud-init applies it and the node joins.")])
 
 
 def _cluster_dir(cluster: Path | None, no_cluster: bool) -> Path | None:
@@ -247,7 +309,8 @@ def flash(image: Path, device: Path, cluster: Path | None, node: str | None, yes
             "device": str(result.device.path), "image": str(image), "previous": result.previous,
             "node": ctx.node.name if ctx else (result.manifest or {}).get("node"),
             "generation": ctx.node_config["generation"] if ctx else None, "added_to_inventory": result.added_node,
-            "written_bytes": result.written, "verified_bytes": result.verified, "image_bytes": result.usage.size,
+            "written_bytes": result.written, "zeroed_bytes": result.zeroed, "verified_bytes": result.verified,
+            "image_bytes": result.usage.size,
             "seconds": round(result.seconds, 3)}, indent=2))
         return
     _echo_lines(flash_summary(result))
@@ -313,6 +376,9 @@ def _print_plan(ctx: BuildContext) -> None:
                                 f"dns {', '.join(network['dns'])}" if network else "DHCP"))
     for op in ctx.plan.ops:
         click.echo(op.line())
+    if ctx.kube_keyring is None:
+        click.echo(f"[{'kube-key':18}] (the pkgs.k8s.io key is not cached yet: the build downloads it; --dry-run "
+                   "never does)")
     click.echo(f"[{'manifest':18}] write (build record) root:{MANIFEST_PATH}  0644 0:0")
 
 
@@ -388,5 +454,5 @@ def _echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
-for _command in CLUSTER_COMMANDS:  # cluster, token-server, approve, status
+for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS:  # cluster, token-server, approve, status; bases, fetch
     main.add_command(_command)

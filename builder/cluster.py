@@ -2,7 +2,7 @@
 
     DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, pod_subnet, service_subnet, gateway,
                          dns, approval_mode, ca_cert, kubeconfig, endpoint_fingerprint (public: what images pin)
-    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation}], retired: {name: generation}
+    DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation, base}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
     DIR/state/           the endpoint's SQLite state and audit log when it runs from this directory
@@ -44,7 +44,7 @@ DEFAULT_SERVICE_SUBNET = "10.96.0.0/12"  # kubeadm's own default
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "pod_subnet", "service_subnet",
                  "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig"}
-_NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation"}
+_NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation", "base"}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Node:
     mac: str | None = None
     address: str | None = None  # A.B.C.D or A.B.C.D/NN, inside the node subnet
     generation: int = 0  # bumped by each build of this node; its credential is valid for this generation only
+    base: str | None = None  # its vendor image (catalog name, URL or file), where it differs from its profile's
 
 
 @dataclass
@@ -213,12 +214,12 @@ def save_inventory(cluster: Cluster) -> None:
 
 
 def add_node(cluster: Cluster, name: str, profile: str, role: str | None, profile_role: str,
-             mac: str | None = None, address: str | None = None) -> Node:
+             mac: str | None = None, address: str | None = None, base: str | None = None) -> Node:
     """Add a node to the inventory; its role is the profile's unless `role` says the same or the profile has none."""
     if role and role != profile_role:
         raise UserError(f"--role {role} conflicts with profile '{profile}', which builds a {profile_role} node: "
                         f"drop --role or pick a {role} profile")
-    node = _checked_node(Node(name, profile, role or profile_role, mac.lower() if mac else None, address),
+    node = _checked_node(Node(name, profile, role or profile_role, mac.lower() if mac else None, address, base=base),
                          cluster.node_subnet, f"node {name!r}")
     if node.address and cluster.gateway and node.address.split("/")[0] == cluster.gateway:
         raise UserError(f"node {name!r}: {cluster.gateway} is the subnet's gateway; give the node an address of its own")

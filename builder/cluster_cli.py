@@ -92,20 +92,24 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
 @click.option("--role", type=click.Choice(clusters.ROLES), help="Node role [default: the profile's].")
 @click.option("--mac", help="MAC address of the node's cluster interface.")
 @click.option("--address", metavar="A.B.C.D[/NN]", help="Fixed IP address inside the node subnet [default: DHCP].")
+@click.option("--base", metavar="NAME|URL|FILE", help="The node's vendor image, for a fleet of several OSes "
+              "(`pi-image bases` lists names) [default: the profile's].")
 def add_node_command(directory: Path, name: str, profile: str, role: str | None, mac: str | None,
-                     address: str | None) -> None:
+                     address: str | None, base: str | None) -> None:
     """Add node NAME to DIRECTORY's inventory; its role comes from the profile.
 
     \b
     Examples:
       pi-image cluster add-node lab pi-master1 --profile master-2g --address 192.168.6.11
       pi-image cluster add-node lab pi-worker1 --profile worker-8g --mac dc:a6:32:01:02:03 --address 192.168.6.21
+      pi-image cluster add-node lab kali1 --profile kali-worker --base kali-raspberry-pi
     """
     cluster = clusters.load_cluster(directory)
-    node = clusters.add_node(cluster, name, profile, role, load_profile(profile)["role"], mac, address)
+    node = clusters.add_node(cluster, name, profile, role, load_profile(profile)["role"], mac, address, base)
     where = f" at {node.address}" if node.address else " (DHCP)"
-    click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}) to {directory / 'inventory.yaml'}")
-    click.echo(f"next: pi-image build --cluster {directory} --node {node.name} --base IMAGE")
+    click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}"
+               + (f", base {node.base}" if node.base else "") + f") to {directory / 'inventory.yaml'}")
+    click.echo(f"next: pi-image build --cluster {directory} --node {node.name}" + ("" if node.base else " --base IMAGE"))
     _hint_sync(cluster, node.name)
 
 

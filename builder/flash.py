@@ -12,8 +12,13 @@ bytes that were sent.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
+import queue
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +39,12 @@ from .recipes import load_recipe
 from .steps import BuildContext
 from .targets import detect
 
-CHUNK = 4 << 20  # bytes per write: large and aligned
+CHUNK = 1 << 20  # bytes per write (large and aligned), and the unit all-zero data is found in
+BATCH = 64 << 20  # bytes synced and then verified together
+ZEROS = bytes(CHUNK)
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
+PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_LIBC = ctypes.CDLL(None, use_errno=True)
 BLANK = 1 << 20  # the region a partition table lives in, blanked before anything else is written
 MAX_MANIFEST = 4 << 20
 
@@ -66,7 +76,8 @@ class FlashResult:
     device: Device
     previous: str  # what the card held before
     usage: UsageMap
-    written: int = 0
+    written: int = 0  # bytes of the image put on the card (written, or zeroed where they are all zeros)
+    zeroed: int = 0  # of those, all-zero chunks made zero without writing them
     verified: int = 0
     seconds: float = 0.0
     stamped: BuildContext | None = None
@@ -94,7 +105,7 @@ def flash(request: FlashRequest) -> FlashResult:
     check_target(device, image.size, force=request.force, image=raw)
     stamp = _plan_stamp(request, raw, image, manifest)
     previous = card_contents(device)
-    usage = usage_map(raw)
+    usage = usage_map(raw, (image.table, image.partitions))
     if request.confirm is not None and not request.confirm(_question(request, device, previous, stamp)):
         raise UserError("nothing was written")
     result = FlashResult(request.image, device, previous, usage, manifest=stamp.manifest if stamp else manifest)
@@ -204,15 +215,11 @@ def _write_card(raw: Path, image: DiskImage, device: Device, usage: UsageMap, st
                 if device.kind == "file" and os.fstat(out).st_size < image.size:
                     os.ftruncate(out, image.size)
                 _blank_tables(out, device, image.size)
-                body = usage.ranges
-                result.written += _copy(source.fileno(), out, body, f"{device.path}: writing")
-                if verify:
-                    result.verified += _verify(source.fileno(), device.path, body, "verifying")
+                copy = _Copy(source.fileno(), out, device.path, verify, Zeroer(out, device.kind, created), result)
+                copy.run(usage.ranges, f"{device.path}: writing" + (" and verifying" if verify else ""))
                 if stamp is not None:
                     _stamp(device, raw, stamp)
-                result.written += _copy(source.fileno(), out, usage.last, "partition table")
-                if verify:
-                    result.verified += _verify(source.fileno(), device.path, usage.last, "verifying the table")
+                copy.run(usage.last, f"{device.path}: partition table")
             finally:
                 os.close(out)
         if stamp is not None:
@@ -244,39 +251,97 @@ def _chunks(ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
             yield pos, min(CHUNK, end - pos)
 
 
-def _copy(source: int, out: int, ranges: list[tuple[int, int]], label: str) -> int:
-    """Write `ranges` of the image to the card, then fsync; return the bytes written."""
-    total = sum(end - start for start, end in ranges)
-    done = 0
-    with progress(label, total) as advance:
-        for pos, length in _chunks(ranges):
-            data = os.pread(source, length, pos)
-            if len(data) != length:
-                raise UserError(f"the image shrank while being written (at byte {pos})")
-            _pwrite_all(out, data, pos)
-            done += length
-            advance(done)
-        os.fsync(out)
-    return done
+def _batches(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    """The chunks of `ranges` in groups of about BATCH bytes: each is synced, then read back while the next is
+    written."""
+    batch: list[tuple[int, int]] = []
+    size = 0
+    for chunk in _chunks(ranges):
+        batch.append(chunk)
+        size += chunk[1]
+        if size >= BATCH:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
-def _verify(source: int, path: Path, ranges: list[tuple[int, int]], label: str) -> int:
-    """Read `ranges` back from the card itself (its cached pages dropped first) and compare them with the image."""
-    total = sum(end - start for start, end in ranges)
+@dataclass
+class _Copy:
+    """Writes ranges of the image to the card; with `verify`, a second thread reads each synced batch back from the
+    card (its cached pages dropped) and compares it with the image while the next batch is written."""
+
+    source: int
+    out: int
+    path: Path
+    verify: bool
+    zeroer: Zeroer  # how all-zero chunks are put on the card without writing them
+    result: FlashResult
+
+    def run(self, ranges: list[tuple[int, int]], label: str) -> None:
+        """Write (and verify) `ranges`; fsync at the end."""
+        total = sum(end - start for start, end in ranges)
+        pending: queue.Queue[list[tuple[int, int]] | None] = queue.Queue(maxsize=2)
+        failure: list[BaseException] = []
+        checker = threading.Thread(target=self._check, args=(pending, failure), daemon=True)
+        if self.verify:
+            checker.start()
+        try:
+            with progress(label, total) as advance:
+                for batch in _batches(ranges):
+                    for pos, length in batch:
+                        self._write(pos, length)
+                        advance(self.result.written)
+                    os.fdatasync(self.out)
+                    if failure:
+                        break
+                    if self.verify:
+                        pending.put(batch)
+                os.fsync(self.out)
+        finally:
+            if self.verify:
+                pending.put(None)
+                checker.join()
+        if failure:
+            raise failure[0]
+
+    def _write(self, pos: int, length: int) -> None:
+        data = os.pread(self.source, length, pos)
+        if len(data) != length:
+            raise UserError(f"the image shrank while being written (at byte {pos})")
+        if data == ZEROS[:length]:
+            self.zeroer.zero(pos, length)
+            self.result.zeroed += length
+        else:
+            _pwrite_all(self.out, data, pos)
+        self.result.written += length
+
+    def _check(self, pending: queue.Queue, failure: list[BaseException]) -> None:
+        card = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for batch in iter(pending.get, None):
+                if not failure:
+                    start, end = batch[0][0], batch[-1][0] + batch[-1][1]
+                    os.posix_fadvise(card, start, end - start, os.POSIX_FADV_DONTNEED)
+                    self.result.verified += _compare(self.source, card, self.path, batch)
+        except BaseException as err:  # handed to the writer, which raises it
+            failure.append(err)
+            for _ in iter(pending.get, None):  # let the writer finish putting
+                pass
+        finally:
+            os.close(card)
+
+
+def _compare(source: int, card: int, path: Path, chunks: list[tuple[int, int]]) -> int:
+    """Compare `chunks` of the card with the image; UserError naming the first byte that differs."""
     done = 0
-    card = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.posix_fadvise(card, 0, 0, os.POSIX_FADV_DONTNEED)
-        with progress(f"{path}: {label}", total) as advance:
-            for pos, length in _chunks(ranges):
-                want, got = os.pread(source, length, pos), os.pread(card, length, pos)
-                if want != got:
-                    raise UserError(f"verification failed: {path} differs from the image at byte {_first_difference(want, got) + pos}"
-                                    " (a failing card or reader?): try another card, or flash again")
-                done += length
-                advance(done)
-    finally:
-        os.close(card)
+    for pos, length in chunks:
+        want, got = os.pread(source, length, pos), os.pread(card, length, pos)
+        if want != got:
+            raise UserError(f"verification failed: {path} differs from the image at byte "
+                            f"{_first_difference(want, got) + pos} (a failing card or reader?): try another card, "
+                            "or flash again")
+        done += length
     return done
 
 
@@ -284,6 +349,31 @@ def _first_difference(want: bytes, got: bytes) -> int:
     if len(got) != len(want):
         return min(len(got), len(want))
     return next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+
+
+class Zeroer:
+    """Makes a range of the card read as zeros the cheapest way it can: nothing on a file this flash created (it reads
+    as zeros), a punched hole in an existing file, BLKZEROOUT on a block device (the card's own write-zeroes or
+    discard where it has one; the kernel writes the zeros otherwise), else plain writes of zeros."""
+
+    def __init__(self, out: int, kind: str, new_file: bool):
+        self.out, self.kind, self.new_file = out, kind, new_file
+        self.works = True
+
+    def zero(self, pos: int, length: int) -> None:
+        """Make [pos, pos+length) read as zeros."""
+        if self.new_file:
+            return
+        if self.works:
+            try:
+                if self.kind == "block":
+                    fcntl.ioctl(self.out, BLKZEROOUT, struct.pack("=QQ", pos, length))
+                elif _LIBC.fallocate(self.out, PUNCH_HOLE, ctypes.c_long(pos), ctypes.c_long(length)) != 0:
+                    raise OSError(ctypes.get_errno(), "fallocate")
+                return
+            except OSError:
+                self.works = False  # this device or filesystem cannot: write the zeros from now on
+        _pwrite_all(self.out, ZEROS[:length], pos)
 
 
 def _pwrite_all(out: int, data: bytes, pos: int) -> None:

@@ -35,8 +35,10 @@ def dearmor(data: bytes, source: str) -> bytes:
         raise UserError(f"{source}: the armored key is corrupt (bad base64)") from None
 
 
-def kube_keyring(minor: str, key_file: Path | None, cache_dir: Path | None = None) -> bytes:
-    """The dearmored keyring for Kubernetes `minor`, from `key_file` or the cache (downloading it if needed)."""
+def kube_keyring(minor: str, key_file: Path | None, cache_dir: Path | None = None,
+                 download: bool = True) -> bytes | None:
+    """The dearmored keyring for Kubernetes `minor`, from `key_file` or the cache (downloading it if needed, unless
+    `download` is False: a dry run then plans without it)."""
     if key_file is not None:
         try:
             return dearmor(key_file.read_bytes()[:MAX_KEY_BYTES], str(key_file))
@@ -45,6 +47,8 @@ def kube_keyring(minor: str, key_file: Path | None, cache_dir: Path | None = Non
     cached = (cache_dir or default_cache_dir()) / "keys" / f"kubernetes-v{minor}.gpg"
     if cached.is_file():
         return cached.read_bytes()
+    if not download:
+        return None
     url = KEY_URL.format(minor=minor)
     import requests  # only needed for this download: keep it off every other command's start-up
 

@@ -8,8 +8,8 @@ one), keeping pi-image's /etc/containerd/config.toml (config version 2, which co
 |-------------------------------------|---------------------------------------|-------------------------|------------|
 | Ubuntu 18.04 (Jetson L4T R32)       | containerd, nvidia-container-runtime  | bionic-updates + L4T    | 1.6.12     |
 | Ubuntu 20.04 (ubuntu-raspi)         | containerd                            | focal-updates           | 1.7.24     |
-| Ubuntu 22.04 (ubuntu-raspi)         | containerd                            | jammy-updates           | 2.2.1      |
-| Ubuntu 24.04 (ubuntu-raspi)         | containerd                            | noble-updates           | 2.2.1      |
+| Ubuntu 22.04 (ubuntu-raspi, -x86)   | containerd                            | jammy-updates           | 2.2.1      |
+| Ubuntu 24.04 (ubuntu-raspi, -x86)   | containerd                            | noble-updates           | 2.2.1      |
 | Debian 12 (Raspberry Pi OS bookworm)| containerd                            | bookworm                | 1.6.20     |
 | Debian 13 (Raspberry Pi OS trixie)  | containerd                            | trixie                  | 1.7.24     |
 | Kali rolling (kali-raspi)           | containerd                            | kali-rolling            | 1.7.24     |
@@ -17,6 +17,8 @@ one), keeping pi-image's /etc/containerd/config.toml (config version 2, which co
 Kubernetes >= 1.26 needs CRI v1 (containerd >= 1.6): jammy's release pocket alone (1.5.9) is too old, its -updates
 pocket (on in the stock image) is not. The kubelet >= 1.35 refuses cgroup v1, which Ubuntu 18.04 (L4T R32) and
 20.04 run by default. bionic's 1.6.12 has CRI v1 but is below containerd's own "1.6.15+ for Kubernetes 1.26+" line.
+amd64 (ubuntu-x86, from archive.ubuntu.com) gets the versions arm64 gets from ports.ubuntu.com: one source package,
+one version per pocket, so the table holds for both.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
         ("node", f"stamped at flash time: {node.role}, profile {profile.name}" if stamp_later
          else f"{node.name}: {node.role}, profile {profile.name}"),
         ("target", f"{result.target.name} ({result.target.os.pretty_name})"),
+        ("base", _base(result.manifest)),
         ("cluster", (f"{node.cluster} (a profile image: each card written with `pi-image flash` becomes the next "
                      f"{profile.name} node, or --node NAME)" if stamp_later else node.cluster) or NO_CLUSTER),
         ("address", _address(result.manifest.get("network"), full=True)),
@@ -60,9 +61,10 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
 
 def fleet_table(results: list[BuildResult]) -> list[str]:
     """Which image goes on which board: node, role, address, image and size, one line each."""
-    header = ("NODE", "ROLE", "ADDRESS", "IMAGE", "SIZE")
-    rows = [header] + [(r.node.name, r.node.role, _address(r.manifest.get("network"), full=False), str(r.output),
-                        _size(r.output)) for r in results]
+    header = ("NODE", "ROLE", "ADDRESS", "BASE", "IMAGE", "SIZE")
+    rows = [header] + [(r.node.name, r.node.role, _address(r.manifest.get("network"), full=False),
+                        _base(r.manifest), str(r.output), _size(r.output))
+                       for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return [f"Built {len(results)} images:"] + [
         "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -105,6 +107,12 @@ def write_commands(image: Path) -> list[str]:
     if decompress:
         return [f"{shlex.join(decompress)} {name} | sudo dd of={DEVICE} {dd}"]
     return [f"sudo bmaptool copy --nobmap {name} {DEVICE}", f"sudo dd if={name} of={DEVICE} {dd}"]
+
+
+def _base(manifest: dict) -> str:
+    """The base a manifest records: its catalog name or URL, else its file's name."""
+    base = manifest.get("base") or {}
+    return str(base.get("name") or base.get("path") or "-")
 
 
 def _address(network: object, full: bool) -> str:
@@ -157,7 +165,8 @@ def flash_summary(result: FlashResult) -> list[str]:
         node = "none: not a pi-image node image"
     rows = [("device", result.device.describe()), ("image", str(result.image)), ("node", node),
             ("cluster", manifest.get("cluster") or NO_CLUSTER), ("before", result.previous),
-            ("written", f"{human_size(result.written)}{share} in {result.seconds:.1f} s ({human_size(rate)}/s)"),
+            ("written", f"{human_size(result.written)}{share} in {result.seconds:.1f} s ({human_size(rate)}/s)"
+             + (f"; {human_size(result.zeroed)} of it zeros, zeroed without writing" if result.zeroed else "")),
             ("verified", f"{human_size(result.verified)} read back from the card" if result.verified
              else "no (--no-verify)")]
     lines = [f"Flashed {result.device.path}"] + [f"  {name:11} {value}" for name, value in rows]

@@ -20,6 +20,7 @@ log = logging.getLogger("pi-image.agent")
 MODULES_CONF = "/etc/modules-load.d/k8s.conf"
 SYSCTL_CONF = "/etc/sysctl.d/k8s.conf"
 KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+SWAP_DISABLED = "# disabled by pi-image (Kubernetes needs swap off): "
 RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
 # Written by pi-image when it built this tree as a normal user (builder/image/tree.py): "uid<TAB>gid<TAB>/path" lines.
 OWNER_MAP = "/etc/pi-image/owners.tsv"
@@ -116,6 +117,8 @@ class LocalSetup(object):
         return [line for line in lines if line and not line.startswith(("#", ";"))]
 
     def turn_swap_off(self):
+        """Swap off now and for good: fstab swap lines (an installed x86 Ubuntu's /swap.img) commented out."""
+        self._disable_fstab_swap()
         self.commands.run(["swapoff", "-a"])
         try:
             with open(self.path("/proc/swaps")) as handle:
@@ -124,6 +127,24 @@ class LocalSetup(object):
             return None
         if active:
             return "swap is still on ({}); the kubelet refuses to start with swap".format(", ".join(active))
+
+    def _disable_fstab_swap(self):
+        fstab = self.path("/etc/fstab")
+        try:
+            with open(fstab) as handle:
+                text = handle.read()
+        except OSError:
+            return
+        edited = without_fstab_swap(text)
+        if edited != text:
+            temporary = fstab + ".pi-image.tmp"
+            with open(temporary, "w") as handle:
+                handle.write(edited)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, os.stat(fstab).st_mode & 0o7777)
+            os.replace(temporary, fstab)
+            log.info("swap entries in /etc/fstab commented out (the kubelet refuses swap)")
 
     def check_memory_cgroup(self):
         """Pi kernels ship with the memory controller off; the build's cmdline flags must have taken effect."""
@@ -134,7 +155,8 @@ class LocalSetup(object):
             raise SetupFailed(
                 "the memory cgroup controller is not enabled: the kernel command line flags "
                 "cgroup_enable=memory cgroup_memory=1 did not take effect (check that cmdline.txt on the boot "
-                "partition is one line containing them, or extlinux.conf's APPEND on Jetson, then reboot)", retry=False)
+                "partition is one line containing them, or extlinux.conf's APPEND on Jetson, or on x86 "
+                "GRUB_CMDLINE_LINUX in /etc/default/grub followed by update-grub, then reboot)", retry=False)
 
     def install_packages(self):
         """Install what is missing of the runtime and kubelet/kubeadm/kubectl (the image's apt pin picks the kube
@@ -210,6 +232,17 @@ def _lchown_inside(root, path, uid, gid):
         return True
     finally:
         os.close(directory)
+
+
+def without_fstab_swap(text):
+    """fstab(5) text with every swap line commented out (the builder does the same to an image's fstab)."""
+    lines = [SWAP_DISABLED + line if _is_swap(line) else line for line in text.splitlines()]
+    return "\n".join(lines) + ("\n" if text.endswith("\n") or lines else "")
+
+
+def _is_swap(line):
+    fields = line.split()
+    return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
 
 
 def _memory_controller_enabled(v2_controllers, v1_table):

@@ -82,6 +82,7 @@ class Ext4Filesystem(Filesystem):
         self.superblock = sb
         self._queue: dict[str, _Queued] = {}
         self._dirs: dict[str, dict[str, Listed]] = {}  # cache of on-disk directory listings
+        self._read_ahead: dict[str, bytes] = {}  # on-disk content of files prefetch() read
         self._inodes: dict[int, _Inode] = {}  # on-disk inodes the queue touches, by number
 
     def _debugfs(self, *commands: str, write: bool = False) -> tuple[bytes, list[str]]:
@@ -164,11 +165,25 @@ class Ext4Filesystem(Filesystem):
         queued = self._queue.get(path)
         if queued is not None and queued.data is not None:
             return queued.data
+        if path in self._read_ahead:
+            return self._read_ahead[path]
         out, errors = self._debugfs(f'cat {quote(path)}')
         out = out.split(b"\n", 1)[1] if out.startswith(b"debugfs: ") else out  # drop the echoed command
         if errors:
             raise UserError(f"{self.description}: cannot read {path}: {errors[0]}")
         return out
+
+    def _prefetch_resolved(self, paths: list[str]) -> None:
+        """`dump` every on-disk file of `paths` in one debugfs run into a private directory, and keep their bytes."""
+        wanted = [path for path in paths if path not in self._queue and path not in self._read_ahead]
+        if not wanted:
+            return
+        with tempfile.TemporaryDirectory(prefix="pi-image-read-") as tmp:
+            self._debugfs(*(f"dump {quote(path)} {quote(f'{tmp}/{i}')}" for i, path in enumerate(wanted)))
+            for i, path in enumerate(wanted):
+                dumped = Path(tmp) / str(i)
+                if dumped.is_file():
+                    self._read_ahead[path] = dumped.read_bytes()
 
     def _readlink_resolved(self, path: str) -> str:
         queued = self._queue.get(path)
@@ -266,6 +281,7 @@ class Ext4Filesystem(Filesystem):
         self._queue.clear()
         self._dirs.clear()
         self._inodes.clear()
+        self._read_ahead.clear()
 
     def _groups(self) -> _Groups:
         """Each queued entry with its names (sorted, so parents come first)."""

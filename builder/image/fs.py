@@ -108,6 +108,24 @@ class Filesystem(ABC):
     def commit(self) -> None:
         """Apply and verify any batched writes. Backends that write immediately need not override it."""
 
+    def prefetch(self, paths: list[str]) -> None:
+        """Read the regular files among `paths` ahead, in one go where the backend can (a rebuild or a stamp compares
+        every planned file with the one there); later `read`s of them cost nothing."""
+        resolved = []
+        for path in paths:
+            try:
+                real = self.resolve(path)
+            except UserError:
+                continue
+            st = self._lstat_resolved(real)
+            if st is not None and st.is_file:
+                resolved.append(real)
+        if resolved:
+            self._prefetch_resolved(resolved)
+
+    def _prefetch_resolved(self, paths: list[str]) -> None:
+        """Read ahead these resolved regular files (backends whose reads are cheap need not)."""
+
     # --- the interface build steps use ------------------------------------------------------------------
 
     def resolve(self, path: str, follow_last: bool = True) -> str:

@@ -84,11 +84,12 @@ class _MapInFull(Exception):
     """This partition's filesystem cannot be trusted to say what is free; the message says why."""
 
 
-def usage_map(image: Path) -> UsageMap:
-    """The bytes of the raw disk image `image` that a card must receive."""
+def usage_map(image: Path, layout: tuple[str, list[Partition]] | None = None) -> UsageMap:
+    """The bytes of the raw disk image `image` that a card must receive; `layout` is its (table, partitions) when
+    the caller has read them already."""
     with open(image, "rb") as f:
         size = f.seek(0, os.SEEK_END)
-        table, partitions = read_partitions(image, size)
+        table, partitions = layout or read_partitions(image, size)
         last = _merge(_round_out(_table_regions(f.fileno(), size, table, partitions), size), 0)
         data = list(extents(f.fileno(), size))
     wanted: list[Range] = []

@@ -8,6 +8,10 @@ Where each layout comes from:
 - Raspberry Pi OS (pi-gen): 4 MiB alignment, so p1 `bootfs` (512 MiB) starts at sector 8192; p2 `rootfs`. The
   trixie sample is the cloud-init generation (pi-gen's stage2/04-cloud-init: cloud-init and its NoCloud config in
   the rootfs, a stock seed on bootfs), the one Raspberry Pi Imager 2 customizes in its "cloudinit-rpi" format.
+- Ubuntu Server amd64 (not in CATALOG: there is no x86 image to build, its node gets a seed ISO): the reference
+  tree `UBUNTU_X86_TREES` that builder/seed_iso.py plans against, and the cloud image's disk (`ubuntu_x86_disk`: GPT,
+  p14 BIOS boot at sector 2048, p15 ESP `UEFI` at 10240 (106 MiB), p1 ext4 `cloudimg-rootfs` after it) for the
+  detection that sends such a disk to `pi-image seed-iso`.
 - Jetson Nano sd-blob (`jetson-disk-image-creator.sh`): `sgdisk -n N:0:+SIZE` for each partition of
   flash_l4t_t210_max-spi_sd_p3448.xml, so every small partition starts on the next 2048-sector boundary and APP
   (number 1) comes last on the disk.
@@ -19,6 +23,9 @@ from .spec import LINUX_FS_GUID, MIB, SECTOR, Ext4, Layout, Partition, Sample, T
 
 GIB = 1024 * MIB * SECTOR
 DEFAULT_SIZE = 2 * GIB  # apparent size; the files are sparse and hold a few MiB
+# GPT partition types of an x86 disk: the EFI system partition, and GRUB's BIOS boot partition (no filesystem).
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"
 
 
 def raspi_mbr(disk_id: str, boot: Vfat, root: Ext4, *, start: int, boot_end: int, bootable: bool,
@@ -100,6 +107,27 @@ def l4t_rootfs(release: str) -> Sample:
     """`Linux_for_Tegra/rootfs` after `apply_binaries.sh` (r32.6.1), as a plain directory."""
     return Sample("l4t-rootfs", release, "Linux_for_Tegra/rootfs directory of L4T r32.6.1 (Ubuntu 18.04)",
                   tree=JETSON_TREE)
+
+
+def ubuntu_x86_tree(release: str) -> Tree:
+    """The root of a stock Ubuntu Server amd64 `release` (22.04, 24.04), as far as build steps read it."""
+    return Tree(("base", "usrmerge", "ubuntu-x86/common", f"ubuntu-x86/{release}"))
+
+
+UBUNTU_X86_RELEASES = ("22.04", "24.04")
+UBUNTU_X86_TREES: dict[str, Tree] = {release: ubuntu_x86_tree(release) for release in UBUNTU_X86_RELEASES}
+
+
+def ubuntu_x86_disk(release: str) -> Sample:
+    """Ubuntu's amd64 cloud image (`RELEASE-server-cloudimg-amd64.img`): GPT, BIOS boot + ESP, then the root."""
+    root = Ext4("cloudimg-rootfs", "5b1e7d3a-3c2f-4e8a-9d61-0a7c4f2e%04d" % int(release.replace(".", "")),
+                ubuntu_x86_tree(release), features="vendor")
+    esp = Vfat("UEFI", "7A3B9C1D", Tree(("ubuntu-x86/esp",), "boot"))
+    partitions = (Partition(14, 2048, 8192, BIOS_BOOT_GUID), Partition(15, 10240, 217088, ESP_GUID, fs=esp),
+                  Partition(1, 227328, None, LINUX_FS_GUID, fs=root))
+    return Sample("ubuntu-x86", release, f"Ubuntu Server {release} amd64 cloud image (GPT, ESP, ext4 cloudimg-rootfs)",
+                  Layout("gpt", "1D6E2B4F-8A3C-4F5E-9B7D-2C6A8E0F%04d" % int(release.replace(".", "")), DEFAULT_SIZE,
+                         partitions))
 
 
 DEFAULTS = {"ubuntu-raspi": "22.04", "kali-raspi": "2024.2", "raspios": "bookworm", "jetson-sd": "r32.6.1",

@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..cluster import DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET
@@ -42,6 +43,8 @@ class BuildContext:
     epoch: int = 0  # the build's time (SOURCE_DATE_EPOCH or the base's mtime): dates written into the image
     replace_overlays: bool = False  # an --overlay may shadow a shipped overlay of the same name
     cluster: Any = None  # the builder.cluster.Cluster a cluster build is for (a control plane carries its files)
+    base: Path | None = None  # the vendor image (or rootfs tree) the build starts from, resolved to a local path
+    base_name: str = ""  # what the user named it: a catalog name, a URL or a path
     plan: Plan = field(default_factory=Plan)
 
     @property

@@ -9,8 +9,12 @@ STEP = "kernel"
 
 
 def plan(ctx: BuildContext) -> None:
-    """Append the profile's `cgroup_flags` (and its Wi-Fi country) where the target's boot loader reads them."""
-    fs, path = ctx.target.cmdline_location
+    """Append the profile's `cgroup_flags` (and its Wi-Fi country) where the target's boot loader reads them;
+    nothing where the target's kernel needs none (x86 Ubuntu boots cgroup v2 with the memory controller on)."""
+    location = ctx.target.cmdline_location
+    if location is None:
+        return
+    fs, path = location
     text = ctx.view.read_text(fs, path) or ""
     args = ctx.profile["cgroup_flags"] + wifi.kernel_args(ctx.profile)
     ctx.write(STEP, fs, path, ctx.target.with_kernel_args(text, args))

@@ -7,6 +7,8 @@ Raspberry Pi OS's swapfile from dphys-swapfile.service; Ubuntu's Pi image has no
 
 from __future__ import annotations
 
+from firstboot.localsetup import without_fstab_swap
+
 from ..systemd import UNIT_DIR, unit_file, wants_links
 from ..targets import TARGETS
 from .context import BuildContext
@@ -31,11 +33,4 @@ def plan(ctx: BuildContext) -> None:
         ctx.symlink(STEP, f"{UNIT_DIR}/{unit}", "/dev/null")
     fstab = ctx.view.read_text("root", "/etc/fstab")
     if fstab is not None:
-        lines = [f"# disabled by pi-image (Kubernetes needs swap off): {line}" if _is_swap(line) else line
-                 for line in fstab.splitlines()]
-        ctx.write(STEP, "root", "/etc/fstab", "\n".join(lines) + "\n")
-
-
-def _is_swap(line: str) -> bool:
-    fields = line.split()
-    return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
+        ctx.write(STEP, "root", "/etc/fstab", without_fstab_swap(fstab))

@@ -12,9 +12,10 @@ from .jetson import JetsonSd, L4tRootfs
 from .kali_raspi import KaliRaspi
 from .raspios import RaspiOS, RaspiOSCloudInit, cloud_init_reads_boot_seed
 from .ubuntu_raspi import UbuntuRaspi
+from .x86 import UbuntuX86, dpkg_architecture, seed_iso_advice
 
 # Most specific first: an L4T image is also "ubuntu", a cloud-init Raspberry Pi OS also has the bookworm files.
-TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi]
+TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi, UbuntuX86]
 # What a user names (both Raspberry Pi OS generations are `raspios`).
 TARGET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t.name for t in TARGETS))
 
@@ -37,10 +38,14 @@ def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
         "tegra": root.exists("/etc/nv_tegra_release"),
         "rpi_issue": root.exists("/etc/rpi-issue"),
         "cloud_init_boot_seed": cloud_init_reads_boot_seed(root),
+        "amd64": boot is None and dpkg_architecture(root) == "amd64",  # an x86 system has no Pi boot partition
     })
     for cls in TARGETS:
         if cls.matches(probe):
             return cls(medium, root, os_release, boot)
+    advice = seed_iso_advice(probe)
+    if advice:
+        raise UserError(advice)
     where = root.description
     supported = ", ".join(TARGET_NAMES)
     raise UserError(f"{where} holds {os_release.pretty_name!r} (ID={os_release.id}"

@@ -122,15 +122,18 @@ class Target:
         return found
 
     @property
-    def cmdline_location(self) -> tuple[str, str]:
-        """("root" | "boot", path) of the file holding the kernel command line."""
+    def cmdline_location(self) -> tuple[str, str] | None:
+        """("root" | "boot", path) of the file holding the kernel command line; None where pi-image edits none."""
         if self.cmdline_kind == "extlinux":
             return "root", "/boot/extlinux/extlinux.conf"
         return "boot", "/cmdline.txt"
 
     def kernel_args(self) -> list[str]:
         """The effective kernel command line, as a list of arguments."""
-        name, path = self.cmdline_location
+        location = self.cmdline_location
+        if location is None:
+            return []
+        name, path = location
         fs = self.filesystem(name)
         text = fs.read_text(path)
         if text is None:

@@ -125,12 +125,13 @@ def test_all_ends_with_a_table_of_every_node_and_its_image(cli, base, lab, tmp_p
 
     assert [f"Built {out / name}.img (2.0 GiB)" for name in ("pi-worker1", "pi-worker2", "pi-master1")] == \
         [line for line in lines if line.startswith("Built ") and line.endswith(")")]
-    assert table[0].split() == ["NODE", "ROLE", "ADDRESS", "IMAGE", "SIZE"]
+    assert table[0].split() == ["NODE", "ROLE", "ADDRESS", "BASE", "IMAGE", "SIZE"]
     assert [row.split() for row in table[1:4]] == [
-        ["pi-worker1", "worker", "192.168.6.21/24", str(out / "pi-worker1.img"), "2.0", "GiB"],
-        ["pi-worker2", "worker", "DHCP", str(out / "pi-worker2.img"), "2.0", "GiB"],
-        ["pi-master1", "control-plane", "192.168.6.10/24", str(out / "pi-master1.img"), "2.0", "GiB"]]
-    assert "sudo bmaptool copy --nobmap IMAGE /dev/sdX" in run.stdout
+        ["pi-worker1", "worker", "192.168.6.21/24", base.name, str(out / "pi-worker1.img"), "2.0", "GiB"],
+        ["pi-worker2", "worker", "DHCP", base.name, str(out / "pi-worker2.img"), "2.0", "GiB"],
+        ["pi-master1", "control-plane", "192.168.6.10/24", base.name, str(out / "pi-master1.img"), "2.0", "GiB"]]
+    assert "  pi-image flash IMAGE /dev/sdX" in run.stdout
+    assert "or: sudo bmaptool copy --nobmap IMAGE /dev/sdX" in run.stdout
     assert f"`pi-image cluster kubeconfig {lab}`" in run.stdout
     assert not OP_LINE.search(run.stdout)
 

@@ -75,7 +75,9 @@ def ident(case: tuple[str, tuple[str, str]]) -> str:
 
 def test_the_matrix_covers_every_sample_and_every_profile():
     assert set(OSES) == set(SAMPLES), "a new sample needs its row in OSES"
-    assert {name for name, _ in BUILDS} == set(PROFILES), "every profile builds somewhere"
+    # x86 nodes are made from a seed ISO (test_seed_iso.py), never by editing an image
+    assert {name for name, _ in BUILDS} == {name for name, target in PROFILES.items() if target != "ubuntu-x86"}, \
+        "every profile builds somewhere"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from builder.errors import UserError
-from builder.flash import _verify
+from builder.flash import _chunks, _compare
 from builder.image.usage import usage_map
 from readback import KUBE_KEY, Card, PiImage, filesystems, same_bytes, succeeded, tool
 from test_build_cluster import make_cluster
@@ -137,8 +137,9 @@ def test_verification_names_the_first_byte_that_differs(sample_image, tmp_path):
         byte = f.read(1)
         f.seek(bad)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with open(image, "rb") as source, pytest.raises(UserError, match=f"at byte {bad} "):
-        _verify(source.fileno(), card, usage.ranges, "verifying")
+    with open(image, "rb") as source, open(card, "rb") as written, \
+            pytest.raises(UserError, match=f"differs from the image at byte {bad} "):
+        _compare(source.fileno(), written.fileno(), card, list(_chunks(usage.ranges)))
 
 
 def assert_no_table_left(cli: PiImage, card: Path) -> None:

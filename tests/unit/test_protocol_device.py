@@ -421,3 +421,19 @@ def test_a_control_plane_node_never_runs_kubeadm_join(tmp_path, runtime_socket):
     assert agent.client.joins == 0
     assert not [call for call in commands.calls if call[:2] == ["kubeadm", "join"]]
     assert json.loads(open(agent.paths.done).read()) == {"joined": False, "node": "pi"}
+
+
+def test_swap_in_fstab_is_commented_out_for_good_as_the_builder_does(tmp_path):
+    """An installed x86 Ubuntu keeps /swap.img in its fstab: after a reboot the kubelet would refuse to start."""
+    fstab = tmp_path / "etc" / "fstab"
+    fstab.parent.mkdir()
+    fstab.write_text("UUID=abc / ext4 defaults 0 1\n/swap.img\tnone\tswap\tsw\t0\t0\n# /old none swap sw 0 0\n")
+    fstab.chmod(0o644)
+    commands = ScriptedCommands()
+    localsetup.LocalSetup(str(tmp_path), commands).turn_swap_off()
+    assert fstab.read_text() == ("UUID=abc / ext4 defaults 0 1\n" + localsetup.SWAP_DISABLED
+                                 + "/swap.img\tnone\tswap\tsw\t0\t0\n# /old none swap sw 0 0\n")
+    assert fstab.stat().st_mode & 0o777 == 0o644 and ["swapoff", "-a"] in commands.calls
+    unchanged = fstab.read_text()
+    localsetup.LocalSetup(str(tmp_path), commands).turn_swap_off()
+    assert fstab.read_text() == unchanged

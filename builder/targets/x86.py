@@ -1,0 +1,67 @@
+"""Ubuntu Server 22.04/24.04 on x86-64 (amd64): a PC, a laptop or a VM, with no image for pi-image to edit.
+
+Its node gets the same plan as a card, delivered as a cloud-init NoCloud seed (`pi-image seed-iso`,
+builder/seed_iso.py) that a stock Ubuntu reads at first boot: the amd64 cloud image, or the live server installer
+(`--autoinstall`). The plan is made against a reference tree of a stock install (builder/samples/data/ubuntu-x86),
+which is what this target is bound to; a real x86 disk given to `pi-image build` is refused with that advice.
+
+No boot partition, and no kernel command line to edit: Ubuntu 22.04 and later boot x86 with the unified cgroup
+hierarchy (cgroup v2) and its memory controller on, which is all the kubelet needs (the `cgroup_enable=memory`
+flags are for the Raspberry Pi kernels, which ship the controller off). Login, hostname, time zone, locale and a
+fixed address are cloud-init's, as on Ubuntu for the Pi.
+"""
+
+from __future__ import annotations
+
+from ..image import DirectoryFilesystem, DiskImage, Filesystem
+from .base import Probe, Target
+from .ubuntu_raspi import DPKG_STATUS, UbuntuRaspi
+
+ARCHITECTURE = "amd64"
+SEED_ISO_COMMAND = "pi-image seed-iso --profile x86-worker --cluster DIR --node NAME"
+
+
+class UbuntuX86(Target):
+    name = "ubuntu-x86"
+    description = "Ubuntu Server 22.04/24.04 amd64 (cloud image, or the live server installer): `pi-image seed-iso`"
+    cmdline_kind = "none"
+    network_stack = "netplan"
+    first_boot = "cloud-init"
+    default_user = "ubuntu"
+    os_overlays = ("cloud-init-seed", "netplan-wifi")
+    admin_groups = ("adm", "cdrom", "dip", "lxd", "sudo")  # cloud-init's default user on Ubuntu
+
+    netplan_regulatory_domain = UbuntuRaspi.netplan_regulatory_domain  # the same netplan.io packages
+
+    @classmethod
+    def matches(cls, probe: Probe) -> bool:
+        return isinstance(probe.medium, DirectoryFilesystem) and is_x86_ubuntu(probe)
+
+    @property
+    def cmdline_location(self) -> None:
+        """None: GRUB's command line needs nothing for Kubernetes here (see the module docstring)."""
+        return None
+
+
+def is_x86_ubuntu(probe: Probe) -> bool:
+    """True for an Ubuntu root of the amd64 architecture with no Raspberry Pi boot partition (and no L4T)."""
+    ubuntu = probe.os.id == "ubuntu" or "ubuntu" in probe.os.id_like
+    return ubuntu and probe.boot is None and not probe.facts.get("tegra") and probe.facts.get("amd64", False)
+
+
+def seed_iso_advice(probe: Probe) -> str | None:
+    """What to tell a user who gave `pi-image build` (or `inspect`) an x86 Ubuntu disk, or None for anything else."""
+    if not isinstance(probe.medium, DiskImage) or not is_x86_ubuntu(probe):
+        return None
+    return (f"{probe.medium.path} is an x86 Ubuntu install image/disk ({probe.os.pretty_name}, amd64, no Raspberry "
+            f"Pi boot partition): pi-image does not edit it; the node gets the same setup from a cloud-init seed "
+            f"that the stock system reads at first boot: use `{SEED_ISO_COMMAND}`")
+
+
+def dpkg_architecture(root: Filesystem) -> str | None:
+    """The native architecture of a Debian-family root: that of its installed `dpkg` package (dpkg's status)."""
+    for stanza in (root.read_text(DPKG_STATUS) or "").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+        if fields.get("Package") == "dpkg":
+            return fields.get("Architecture")
+    return None
