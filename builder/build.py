@@ -65,8 +65,8 @@ class BuildRequest:
     password_hash: str | None = None  # from --password / --password-file, hashed on the host
     no_login: bool = False  # the admin user is meant to have no way in
     replace_overlays: bool = False  # --overlay directories may shadow shipped overlays of the same name
-    bmap: bool = False
-    dry_run: bool = False  # plan only: nothing is downloaded (base, apt key), nothing written  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
+    bmap: bool = False  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
+    dry_run: bool = False  # plan only: nothing is downloaded (base, apt key), nothing written
     # set when `pi-image flash` stamps a node onto an image (builder.recipes): what the image's own build used
     keyring: bytes | None = None
     epoch: int | None = None
@@ -237,13 +237,8 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
             sparse_copy(raw_base, tmp, advance)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
-        target = detect(image)
         manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
-        changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
-        image.commit()
-        for partition in image.partitions:
-            if partition.fs and any(target.filesystem(op.fs) is image.filesystem(partition) for op in changed):
-                check_partition(image, partition)
+        changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
         if bmap_tmp is not None:
             usage = usage_map(tmp)
             with progress(f"{bmap_path.name}: range checksums", usage.mapped_bytes()) as advance:
@@ -261,6 +256,18 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
     return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest, bmap_path)
+
+
+def apply_checked(image: DiskImage, ops: list[FileOp]) -> list[FileOp]:
+    """Carry out `ops` on the disk image (or card) `image`, commit, and fsck every filesystem they changed; return
+    the ops that changed something."""
+    target = detect(image)
+    changed = apply(Plan(ops), target)
+    image.commit()
+    for partition in image.partitions:
+        if partition.fs and any(target.filesystem(op.fs) is image.filesystem(partition) for op in changed):
+            check_partition(image, partition)
+    return changed
 
 
 def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildRequest) -> BuildResult:
@@ -385,7 +392,7 @@ def _recipe_id(request: BuildRequest, ctx: BuildContext) -> str | None:
     keyring = base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None
     recipe = Recipe(profile, dict(request.sets), tuple(str(Path(o).resolve()) for o in request.overlays),
                     request.replace_overlays, tuple(request.ssh_keys), request.password_hash, request.no_login,
-                    keyring, ctx.epoch, _base_record(request, ctx))
+                    keyring, ctx.epoch, _base_record(request, ctx), _sources(ctx))
     return save_recipe(request.cluster, recipe)
 
 
@@ -413,12 +420,18 @@ def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) 
         "kubernetes_version": ctx.profile["kubernetes_version"],
         "network": ctx.static_network() or "dhcp",
         "base": base,
-        "profile": {"name": ctx.profile.name, "sha256": {p.name: _source_digest(p.read_bytes(), secrets)
-                                                         for p in ctx.profile.sources},
-                    "values": ctx.profile.public_values()},
-        "overlays": {overlay.name: _tree_sha(overlay.path) for overlay in overlays(ctx)},
+        **_sources(ctx),
         "files": ctx.plan.describe(secrets),
     }
+
+
+def _sources(ctx: BuildContext) -> dict[str, Any]:
+    """The profile (its files' digests, its public values) and the overlays (their trees' digests) of a build."""
+    secrets = tuple(ctx.profile.secret_values())
+    return {"profile": {"name": ctx.profile.name, "sha256": {p.name: _source_digest(p.read_bytes(), secrets)
+                                                             for p in ctx.profile.sources},
+                        "values": ctx.profile.public_values()},
+            "overlays": {overlay.name: _tree_sha(overlay.path) for overlay in overlays(ctx)}}
 
 
 def manifest_op(manifest: dict[str, Any]) -> FileOp:

@@ -41,6 +41,7 @@ KEYS = ("description", "target", "url", "size", "sha256", "md5", "sums_url", "su
 MAX_SUMS_BYTES = 1 << 20  # a SHA256SUMS of a whole release directory is a few KiB
 MAX_SIGNATURE_BYTES = 64 << 10
 _NAME = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}")
+_YAML_KINDS = {"int": "a number", "float": "a number", "bool": "true/false", "null": "null", "timestamp": "a date"}
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "md5": re.compile(r"[0-9a-f]{32}")}
 
 
@@ -88,19 +89,32 @@ def load_catalog() -> dict[str, CatalogEntry]:
     Every entry is checked completely (known keys, https URLs, a known target, at least one hash source, an
     existing keyring); a bad one is a UserError naming the file, the line, the entry and the key.
     """
+    return _load_catalog()[0]
+
+
+def default_base(targets: tuple[str, ...]) -> str | None:
+    """The base a profile for `targets` (its target, or its family's) builds on when nothing names one.
+
+    The user's choice wins: the first entry the user catalog itself marks `default: true` among `targets` (an
+    override like `ubuntu-22.04: {default: true}` is enough); else the first entry marked so in the merged catalog,
+    which is the shipped default unless the user set `default: false` on it. None if no entry is marked.
+    """
+    catalog, marked = _load_catalog()
+    candidates = [catalog[name] for name in marked] + list(catalog.values())
+    return next((entry.name for entry in candidates if entry.default and entry.target in targets), None)
+
+
+def _load_catalog() -> tuple[dict[str, CatalogEntry], list[str]]:
+    """The merged catalog (see `load_catalog`), and the names the user catalog marks `default: true`, in its order."""
     raw = {entry[0]: entry for entry in _read(SHIPPED_CATALOG, shipped=True)}
+    marked = []
     user = user_catalog_path()
     if user.is_file() or os.environ.get("PI_IMAGE_CATALOG"):
         for name, path, lines, fields in _read(user, shipped=False):
             raw[name] = (name, path, lines, {**raw[name][3], **fields} if name in raw else fields)
-    return {name: _entry(*entry) for name, entry in raw.items()}
-
-
-def default_base(targets: tuple[str, ...]) -> str | None:
-    """The catalog's default base among `targets` (a profile's target or family), the user catalog's first: None if
-    it marks none."""
-    found = [entry.name for entry in load_catalog().values() if entry.default and entry.target in targets]
-    return found[-1] if found else None
+            if fields.get("default") is True:
+                marked.append(name)
+    return {name: _entry(*entry) for name, entry in raw.items()}, marked
 
 
 def resolve_base(spec: str, *, cache_dir: Path | None = None, download: bool = True) -> Path:
@@ -218,11 +232,11 @@ def verify_signature(data: bytes, signature: bytes, keyring: Path, what: str) ->
 
 def _read(path: Path, *, shipped: bool) -> list[tuple[str, Path, dict[str, int], dict[str, Any]]]:
     """(name, path, line of each key ("" for the name's), fields) of each entry of the catalog `path`, its
-    structure checked."""
+    structure checked. Names and fields are built from the same YAML nodes the lines come from."""
+    construct = yaml.constructor.SafeConstructor().construct_document
     try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        data = construct(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else 1
@@ -231,19 +245,26 @@ def _read(path: Path, *, shipped: bool) -> list[tuple[str, Path, dict[str, int],
         raise UserError(f"{path}: cannot read this catalog: {getattr(err, 'strerror', None) or err}") from None
     if data is None and not shipped:
         return []
-    if not isinstance(data, dict) or set(data) != {"bases"} or not isinstance(data["bases"], dict):
+    if (not isinstance(data, dict) or set(data) != {"bases"} or len(node.value) != 1
+            or not isinstance(data["bases"], dict)):
         raise UserError(f"{path}:1: a catalog is one mapping `bases:` of NAME: {{url: ..., ...}}")
-    bases_node = next(value for key, value in node.value if key.value == "bases")
-    entries = []
-    for key_node, value_node in bases_node.value:
-        name, line = key_node.value, key_node.start_mark.line + 1
-        fields = data["bases"][name]
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+    entries: list[tuple[str, Path, dict[str, int], dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value[0][1].value:
+        name, fields, line = construct(key_node), construct(value_node), key_node.start_mark.line + 1
+        if not isinstance(name, str):
+            kind = key_node.tag.rsplit(":", 1)[-1]
+            raise UserError(f"{path}:{line}: {key_node.value} is not a base name: YAML reads it as "
+                            f"{_YAML_KINDS.get(kind, kind)}; quote it (\"{key_node.value}\":) or use lower-case "
+                            "letters, digits, '.', '-', '+'")
+        if not _NAME.fullmatch(name):
             raise UserError(f"{path}:{line}: {name!r} is not a base name: lower-case letters, digits, '.', '-', '+'")
+        if name in seen:
+            raise UserError(f"{path}:{line}: {name} is defined twice (first on line {seen[name]}): keep one")
+        seen[name] = line
         if not isinstance(fields, dict):
             raise UserError(f"{path}:{line}: {name}: give its url, target and hash as a mapping")
-        keys = {k.value: k.start_mark.line + 1 for k, _ in value_node.value} if isinstance(value_node,
-                                                                                          yaml.MappingNode) else {}
+        keys = {construct(k): k.start_mark.line + 1 for k, _ in value_node.value}
         for key in fields:
             if key not in KEYS:
                 close = difflib.get_close_matches(str(key), KEYS, n=1)

@@ -23,7 +23,7 @@ from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
 from .profile_keys import key_reference, key_table
-from .profiles import list_profiles, parse_set
+from .profiles import list_profiles, load_profile, parse_set
 from .progress import human_size
 from .samples import SAMPLES, make_sample
 from .seed_iso import SeedIsoRequest, seed_iso
@@ -31,6 +31,7 @@ from .steps import BuildContext
 from .summary import flash_summary, fleet_table, image_summary, next_steps
 from .users import hash_password, read_public_keys
 from .targets import detect
+from .targets.x86 import UbuntuX86
 
 
 class PiImageGroup(click.Group):
@@ -330,10 +331,15 @@ def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> li
     if not request.cluster:
         raise UserError("--all needs --cluster DIR")
     # control planes last: their card carries the endpoint's copy of the inventory, with every node's newest card
-    names = [n.name for n in sorted(load_cluster(request.cluster).nodes, key=lambda n: n.role == "control-plane")]
-    if not names:
+    nodes = sorted(load_cluster(request.cluster).nodes, key=lambda n: n.role == "control-plane")
+    if not nodes:
         raise UserError(f"{request.cluster}/inventory.yaml has no nodes: add some with `pi-image cluster add-node`")
-    return [dataclasses.replace(request, node=name, output=(output or Path(".")) / f"{name}.img") for name in names]
+    x86 = [n.name for n in nodes if load_profile(n.profile, {})["target"] == UbuntuX86.name]
+    for name in x86:  # no card: the stock system's cloud-init sets it up from a seed
+        click.echo(f"pi-image: {name} is an x86 node, made with `pi-image seed-iso --cluster {request.cluster} "
+                   f"--node {name}`, not a card: skipped", err=True)
+    return [dataclasses.replace(request, node=n.name, output=(output or Path(".")) / f"{n.name}.img")
+            for n in nodes if n.name not in x86]
 
 
 def _password_hash(ask: bool, path: Path | None) -> str | None:

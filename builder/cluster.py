@@ -263,24 +263,32 @@ def next_generation(cluster: Cluster, name: str) -> Node:
     return node
 
 
-def next_free_node(cluster: Cluster, profile: str) -> tuple[Node, bool]:
-    """The node a card of `profile` becomes when none is named: the first inventory node of that profile never built
-    yet, else a new one (added to the inventory, DHCP) named after its siblings (pi-worker3 after pi-worker2), or
-    PROFILE-1. Returns the node and whether it was added."""
+def next_free_node(cluster: Cluster, profile: str, base: str | None = None) -> tuple[Node, bool]:
+    """The node a card of `profile` built from `base` (a catalog name or URL; None for a file) becomes when none is
+    named: the first inventory node of that profile (and no other base) never built yet, else a new one (added to the
+    inventory, DHCP) named after its siblings (pi-worker3 after pi-worker2), or PROFILE-1. Returns the node and
+    whether it was added."""
     with _inventory_lock(cluster.directory):
         current = load_cluster(cluster.directory)
-        siblings = [node for node in current.nodes if node.profile == profile]
+        siblings = [node for node in current.nodes if same_profile(node.profile, profile)]
         for node in siblings:
-            if node.generation == 0:
+            if node.generation == 0 and node.base in (None, base):
                 return node, False
         taken = {node.name for node in current.nodes} | set(current.retired)
-        stem = _name_stem(siblings[-1].name) if siblings else f"{profile}-"
+        stem = _name_stem(siblings[-1].name) if siblings else f"{Path(profile).stem}-"
         number = 1 + max((int(n.name[len(stem):]) for n in siblings
                           if n.name.startswith(stem) and n.name[len(stem):].isdigit()), default=0)
         while f"{stem}{number}" in taken:
             number += 1
         node = add_node(current, f"{stem}{number}", profile, None, load_profile(profile, {})["role"])
     return node, True
+
+
+def same_profile(a: str, b: str) -> bool:
+    """True if two inventory/recipe profile references name the same profile (a name, or a file by its path)."""
+    if a == b:
+        return True
+    return Path(a).is_file() and Path(b).is_file() and Path(a).resolve() == Path(b).resolve()
 
 
 def _name_stem(name: str) -> str:

@@ -65,12 +65,10 @@ class Device:
         return f"{self.path}: " + ", ".join(fact for fact in facts if fact)
 
 
-def open_target(path: Path, *, sysfs: Path = Path("/sys"), proc: Path = Path("/proc"), dev: Path = Path("/dev"),
-                stat: Stat = os.stat) -> Device:
+def open_target(path: Path, *, sysfs: Path = Path("/sys"), dev: Path = Path("/dev"), stat: Stat = os.stat) -> Device:
     """Describe the DEVICE the user named, or raise UserError if it cannot be a flash target at all: a directory,
     a character device or other special file, a missing device node, a partition, a file in a missing directory.
-    `stat` is the seam for tests (a block device node cannot be made without root); `proc` is unused here and
-    taken for symmetry with `check_target`."""
+    `stat` is the seam for tests (a block device node cannot be made without root)."""
     try:
         info = stat(path)
     except (FileNotFoundError, NotADirectoryError):

@@ -33,7 +33,8 @@ from urllib.parse import urljoin, urlsplit
 
 from . import __version__
 from .errors import UserError
-from .outputs import fsync_directory
+from .image.inputs import remember_sha256
+from .outputs import fsync_directory, fsync_file, write_private
 from .progress import progress
 
 CHUNK = 1 << 20
@@ -139,16 +140,21 @@ def fetch(request: Request, cache_dir: Path, sums: Callable[[], str | None] | No
             os.utime(directory / f".{key}.part", (published, published))
         os.replace(directory / f".{key}.part", final)
         (directory / f".{key}.part.json").unlink(missing_ok=True)
-        _write_json(directory / "by-url" / f"{key}.json",
-                    {"url": request.url, "name": request.label, "file": final.name, "sha256": sha256, "size": size})
+        _write_record(directory / "by-url" / f"{key}.json",
+                      {"url": request.url, "name": request.label, "file": final.name, "sha256": sha256, "size": size})
         fsync_directory(directory)
+        remember_sha256(final, sha256, cache_dir)
         return Fetched(final, sha256, size, downloaded=True)
 
 
 def get_small(url: str, limit: int, what: str) -> bytes:
-    """A small file (a checksum file, a signature) whole, or a UserError; NotFound if the server has none."""
+    """A small file (a checksum file, a signature) whole, or a UserError (a cut transfer too: a part of a sums file
+    is never read as the whole); NotFound if the server has none."""
     with _open(url, {}) as response:
-        data = b"".join(_body(response, limit + 1))
+        try:
+            data = b"".join(_body(response, limit + 1))
+        except _transfer_errors() as err:
+            raise UserError(f"{url}: the transfer of this {what} was cut ({_reason(err)}): try again; {HINT}") from None
     if len(data) > limit:
         raise UserError(f"{url}: this {what} is larger than {limit} bytes, which no real one is: refusing it")
     return data
@@ -187,7 +193,7 @@ def _attempt(request: Request, part: Path, expected: str | None) -> tuple[str, i
                 raise _Cut("the server resumed at the wrong place, starting over")
         else:
             offset, total = 0, _int(response.headers.get("Content-Length"))
-            _write_json(state, {"url": request.url, "validator": _validator(response)})
+            _write_record(state, {"url": request.url, "validator": _validator(response)})
         limit = request.size + max(request.size // 20, 1 << 20) if request.size else MAX_DOWNLOAD
         if total is not None and total > limit:
             _discard(part, state)
@@ -201,34 +207,28 @@ def _attempt(request: Request, part: Path, expected: str | None) -> tuple[str, i
     if total is not None and done != total:
         raise _Cut(f"{done} of {total} bytes")
     _check(hashes, expected, request, part, state)
-    _fsync(part)
+    fsync_file(part)
     return hashes[0].hexdigest(), done, published
 
 
 def _receive(response: Any, part: Path, offset: int, hashes: list[Any], limit: int,
              advance: Callable[[int], None], request: Request) -> int:
     """Append the body to `part` (from `offset`), hashing as it goes; return the bytes `part` then holds."""
-    import requests
-    import urllib3
-
     done = offset
     try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
+        with open(os.open(part, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as handle:  # not truncated: resumed
+            handle.truncate(offset)
+            handle.seek(offset)
             for chunk in _body(response, limit - offset + 1):
-                _write_all(fd, chunk)
+                handle.write(chunk)  # a buffered file writes all of it (or raises)
                 for h in hashes:
                     h.update(chunk)
                 done += len(chunk)
                 advance(done)
-        finally:
-            os.close(fd)
         if done > limit:
             raise UserError(f"{request.url}: the server sent more than the {limit} bytes this download may have: "
                             "refusing it (a wrong mirror or catalog entry?)")
-    except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as err:
+    except _transfer_errors() as err:
         raise _Cut(_reason(err)) from None
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -291,6 +291,15 @@ def _open(url: str, headers: dict[str, str]) -> Iterator[Any]:
             if response.status_code >= 400 and response.status_code != 416:
                 raise UserError(f"{url}: HTTP {response.status_code} {response.reason}")
             yield response
+
+
+def _transfer_errors() -> tuple[type[BaseException], ...]:
+    """What reading a response's body raises when the connection is cut or stalls (requests' and urllib3's own:
+    ProtocolError, ReadTimeoutError, ChunkedEncodingError, ...; and the socket's)."""
+    import requests
+    import urllib3
+
+    return requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError
 
 
 def _body(response: Any, limit: int) -> Iterator[bytes]:
@@ -365,33 +374,14 @@ def _rehash(part: Path, offset: int, hashes: list[Any]) -> int:
     return offset
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _discard(part: Path, state: Path) -> None:
     part.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (temp, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _write_record(path: Path, data: dict[str, Any]) -> None:
+    """Write the JSON record `data` to `path` atomically (ASCII: non-ASCII escaped), readable like the cache."""
+    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o644)
 
 
 def _key(url: str) -> str:

@@ -25,17 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .build import MANIFEST_PATH, build_manifest, manifest_op, prepare, request_from_recipe
-from .cluster import Cluster, Node, check_writable, load_cluster, next_free_node, record_generation
+from .build import MANIFEST_PATH, apply_checked, build_manifest, manifest_op, prepare, request_from_recipe
+from firstboot.protocol import NODE_NAME_RE
+
+from .cluster import Cluster, Node, check_writable, load_cluster, next_free_node, record_generation, same_profile
 from .devices import Device, check_target, open_target
 from .errors import UserError
-from .fsck import check_partition
 from .image import DiskImage
 from .image.inputs import raw_image
+from .image.partitions import TABLE_BYTES
 from .image.usage import UsageMap, usage_map
-from .plan import Plan, apply
 from .progress import human_size, progress
-from .recipes import load_recipe
+from .recipes import Recipe, load_recipe
 from .steps import BuildContext
 from .targets import detect
 
@@ -44,8 +45,9 @@ BATCH = 64 << 20  # bytes synced and then verified together
 ZEROS = bytes(CHUNK)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-_LIBC = ctypes.CDLL(None, use_errno=True)
-BLANK = 1 << 20  # the region a partition table lives in, blanked before anything else is written
+_FALLOCATE = ctypes.CDLL(None, use_errno=True).fallocate64  # 64-bit offsets on 32-bit hosts too (armhf)
+_FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+BLANK = TABLE_BYTES  # the region a partition table lives in, blanked before anything else is written
 MAX_MANIFEST = 4 << 20
 
 
@@ -103,11 +105,12 @@ def flash(request: FlashRequest) -> FlashResult:
     manifest = image_manifest(image)
     device = open_target(request.device)
     check_target(device, image.size, force=request.force, image=raw)
-    stamp = _plan_stamp(request, raw, image, manifest)
+    recipe = _stamp_recipe(request, manifest)
     previous = card_contents(device)
     usage = usage_map(raw, (image.table, image.partitions))
-    if request.confirm is not None and not request.confirm(_question(request, device, previous, stamp)):
+    if request.confirm is not None and not request.confirm(_question(request, device, previous, recipe)):
         raise UserError("nothing was written")
+    stamp = _plan_stamp(request, raw, manifest, recipe) if recipe else None  # may add the node: after the question
     result = FlashResult(request.image, device, previous, usage, manifest=stamp.manifest if stamp else manifest)
     started = time.monotonic()
     _write_card(raw, image, device, usage, stamp, request.verify, result)
@@ -121,11 +124,14 @@ def image_manifest(image: DiskImage) -> dict[str, Any] | None:
     """The build record (/etc/pi-image/build.json) of a pi-image image, or None for any other image."""
     try:
         root = detect(image).root
-        st = root.lstat(MANIFEST_PATH)
-        if st is None or not st.is_file or st.size > MAX_MANIFEST:
-            return None
+    except UserError:
+        return None  # not an OS pi-image knows: written as it is
+    st = root.lstat(MANIFEST_PATH)
+    if st is None or not st.is_file or st.size > MAX_MANIFEST:
+        return None
+    try:
         data = json.loads(root.read(MANIFEST_PATH))
-    except (UserError, ValueError):
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -141,61 +147,79 @@ def card_contents(device: Device) -> str:
     except OSError as err:
         return f"unreadable ({err.strerror})"
     manifest = image_manifest(card)
-    if manifest and manifest.get("node") and not manifest.get("stamp_at_flash"):
-        cluster = f" of cluster {manifest['cluster']}" if manifest.get("cluster") else ""
-        return f"pi-image node {manifest['node']}{cluster} ({manifest.get('target')})"
+    if manifest and _printable(manifest.get("node")) and not manifest.get("stamp_at_flash"):
+        cluster = f" of cluster {manifest['cluster']}" if _printable(manifest.get("cluster")) else ""
+        return f"pi-image node {manifest['node']}{cluster}"
     parts = ", ".join(f"{p.label or p.name or p.number} ({p.fs or 'unknown'})" for p in card.partitions)
     return f"{len(card.partitions)} partition{'s' if len(card.partitions) != 1 else ''}: {parts}"
 
 
-def _question(request: FlashRequest, device: Device, previous: str, stamp: _Stamp | None) -> str:
-    node = f", as node {stamp.ctx.node.name}" if stamp else ""
+def _printable(value: object) -> bool:
+    """True for a name read from a card that is safe to show (a node or cluster name, nothing else)."""
+    return isinstance(value, str) and NODE_NAME_RE.match(value) is not None
+
+
+def _question(request: FlashRequest, device: Device, previous: str, recipe: Recipe | None) -> str:
+    node = "" if recipe is None else f", as node {request.node}" if request.node else \
+        f", as the next free {recipe.profile} node"
     return (f"Write {request.image}{node} to {device.describe()}?\n"
             f"  It holds {previous} now: everything on it is replaced.")
 
 
 # --- the node's identity --------------------------------------------------------------------------------------------
 
-def _plan_stamp(request: FlashRequest, raw: Path, image: DiskImage, manifest: dict[str, Any] | None) -> _Stamp | None:
-    """The node to stamp onto the card (planned now, so that a bad input fails before the card is touched), or None
-    when the image is written as it is."""
-    recipe_id = (manifest or {}).get("recipe")
-    profile_image = bool((manifest or {}).get("stamp_at_flash"))
+def _stamp_recipe(request: FlashRequest, manifest: dict[str, Any] | None) -> Recipe | None:
+    """The recipe to stamp a node from, or None when the image is written as it is; UserError for what cannot be
+    (all before anything is asked or written)."""
+    manifest = manifest or {}
+    recipe_id, profile_image = manifest.get("recipe"), bool(manifest.get("stamp_at_flash"))
     if recipe_id is None:
-        if request.node or (request.cluster and manifest is not None):
+        if request.node:
             raise UserError(f"{request.image} was built without a cluster, so no node can be stamped onto it: build "
-                            "it with `pi-image build --cluster DIR --profile PROFILE` (or --node NAME)")
+                            "it with `pi-image build --cluster DIR --profile PROFILE`")
         return None
     if request.cluster is None:
         if profile_image:
             raise UserError(f"{request.image} is a profile image of cluster {manifest.get('cluster')}: pass --cluster "
                             "DIR (or set PI_IMAGE_CLUSTER) so a node can be stamped onto the card")
         return None
-    if not profile_image and request.node is None:
-        return None  # a node's own image, written as built
+    if not profile_image:
+        if request.node in (None, manifest.get("node")):
+            return None if request.node is None else load_recipe(request.cluster, recipe_id, request.image)
+        raise UserError(f"{request.image} is node {manifest.get('node')}'s own image: its files name that node, so "
+                        f"it cannot become {request.node}; flash the profile image (`pi-image build --cluster DIR "
+                        "--profile PROFILE`), or that node's own")
     check_writable(request.cluster)
-    recipe = load_recipe(request.cluster, recipe_id, request.image)
+    return load_recipe(request.cluster, recipe_id, request.image)
+
+
+def _plan_stamp(request: FlashRequest, raw: Path, manifest: dict[str, Any] | None, recipe: Recipe) -> _Stamp:
+    """The node's plan against the image itself (after the question: a node it picks joins the inventory)."""
+    assert request.cluster is not None and manifest is not None
     cluster = load_cluster(request.cluster)
-    node, added = _choose_node(cluster, request, recipe.profile)
+    node, added = _choose_node(cluster, request, recipe)
     ctx = prepare(request_from_recipe(recipe, raw, request.cluster, node.name))
-    stamped = build_manifest(ctx, recipe.base, recipe_id)
-    for key in ("profile", "overlays"):
+    stamped = build_manifest(ctx, recipe.base, manifest["recipe"])
+    for key in ("pi_image_version", "target", "profile", "overlays"):
         if stamped[key] != manifest.get(key):
-            raise UserError(f"the {key} {request.image} was built with has changed since (see its "
-                            f"{MANIFEST_PATH}): rebuild the image, so that every card of it is the same")
+            raise UserError(f"the {key.replace('_', ' ')} {request.image} was built with has changed since (see "
+                            f"its {MANIFEST_PATH}): rebuild the image, so that every card of it is the same")
     return _Stamp(ctx, stamped, cluster, added)
 
 
-def _choose_node(cluster: Cluster, request: FlashRequest, profile: str) -> tuple[Node, bool]:
-    """The inventory node the card becomes: --node, else the next free node of the image's profile (a node never
-    built yet, else a new one added to the inventory)."""
-    profile_name = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+def _choose_node(cluster: Cluster, request: FlashRequest, recipe: Recipe) -> tuple[Node, bool]:
+    """The inventory node the card becomes: --node, else the next free node of the image's profile and base (a node
+    never built yet, else a new one added to the inventory)."""
     if request.node is None:
-        return next_free_node(cluster, profile_name)
+        return next_free_node(cluster, recipe.profile, recipe.base.get("name"))
     node = cluster.node(request.node)
-    if node.profile != profile_name:
+    if not same_profile(node.profile, recipe.profile):
         raise UserError(f"node {node.name!r} has profile {node.profile} in {cluster.directory / 'inventory.yaml'} "
-                        f"but {request.image} is a {profile_name} image: flash that node's profile image")
+                        f"but {request.image} is a {recipe.profile} image: flash that node's profile image")
+    if node.base and node.base != recipe.base.get("name"):
+        raise UserError(f"node {node.name!r} is built from {node.base} ({cluster.directory / 'inventory.yaml'}) but "
+                        f"{request.image} from {recipe.base.get('name') or recipe.base.get('path')}: flash an image "
+                        "of that base")
     return node, False
 
 
@@ -212,18 +236,24 @@ def _write_card(raw: Path, image: DiskImage, device: Device, usage: UsageMap, st
             out = os.open(device.path, flags, 0o600)
             try:
                 began = True
-                if device.kind == "file" and os.fstat(out).st_size < image.size:
-                    os.ftruncate(out, image.size)
+                if device.kind == "file":
+                    os.fchmod(out, 0o600)  # a card's bytes may hold a credential or a cluster's keys
+                    if os.fstat(out).st_size < image.size:
+                        os.ftruncate(out, image.size)
                 _blank_tables(out, device, image.size)
                 copy = _Copy(source.fileno(), out, device.path, verify, Zeroer(out, device.kind, created), result)
                 copy.run(usage.ranges, f"{device.path}: writing" + (" and verifying" if verify else ""))
+                if verify:  # a fake-capacity card wraps late writes onto early blocks: read the first ones again
+                    copy.reread(next(_batches(usage.ranges), []))
                 if stamp is not None:
                     _stamp(device, raw, stamp)
+                    os.fsync(out)  # the stamp is on the card before the table makes it valid
+                    # the card is this node's newest from now on (if another flash of it won, no table is written)
+                    record_generation(stamp.cluster.directory, stamp.ctx.node.name,
+                                      stamp.ctx.node_config["generation"])
                 copy.run(usage.last, f"{device.path}: partition table")
             finally:
                 os.close(out)
-        if stamp is not None:
-            record_generation(stamp.cluster.directory, stamp.ctx.node.name, stamp.ctx.node_config["generation"])
     except BaseException as err:
         if not began:
             raise
@@ -283,15 +313,18 @@ class _Copy:
         total = sum(end - start for start, end in ranges)
         pending: queue.Queue[list[tuple[int, int]] | None] = queue.Queue(maxsize=2)
         failure: list[BaseException] = []
-        checker = threading.Thread(target=self._check, args=(pending, failure), daemon=True)
+        card = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC) if self.verify else -1
+        checker = threading.Thread(target=self._check, args=(card, pending, failure), daemon=True)
         if self.verify:
             checker.start()
+        done = 0
         try:
             with progress(label, total) as advance:
                 for batch in _batches(ranges):
                     for pos, length in batch:
                         self._write(pos, length)
-                        advance(self.result.written)
+                        done += length
+                        advance(done)
                     os.fdatasync(self.out)
                     if failure:
                         break
@@ -302,8 +335,18 @@ class _Copy:
             if self.verify:
                 pending.put(None)
                 checker.join()
+                os.close(card)
         if failure:
             raise failure[0]
+
+    def reread(self, chunks: list[tuple[int, int]]) -> None:
+        """Read `chunks` back from the card once more (its cached pages dropped) and compare them with the image."""
+        card = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(card, 0, 0, os.POSIX_FADV_DONTNEED)
+            _compare(self.source, card, self.path, chunks)
+        finally:
+            os.close(card)
 
     def _write(self, pos: int, length: int) -> None:
         data = os.pread(self.source, length, pos)
@@ -316,8 +359,7 @@ class _Copy:
             _pwrite_all(self.out, data, pos)
         self.result.written += length
 
-    def _check(self, pending: queue.Queue, failure: list[BaseException]) -> None:
-        card = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+    def _check(self, card: int, pending: queue.Queue, failure: list[BaseException]) -> None:
         try:
             for batch in iter(pending.get, None):
                 if not failure:
@@ -328,8 +370,6 @@ class _Copy:
             failure.append(err)
             for _ in iter(pending.get, None):  # let the writer finish putting
                 pass
-        finally:
-            os.close(card)
 
 
 def _compare(source: int, card: int, path: Path, chunks: list[tuple[int, int]]) -> int:
@@ -368,7 +408,7 @@ class Zeroer:
             try:
                 if self.kind == "block":
                     fcntl.ioctl(self.out, BLKZEROOUT, struct.pack("=QQ", pos, length))
-                elif _LIBC.fallocate(self.out, PUNCH_HOLE, ctypes.c_long(pos), ctypes.c_long(length)) != 0:
+                elif _FALLOCATE(self.out, PUNCH_HOLE, pos, length) != 0:
                     raise OSError(ctypes.get_errno(), "fallocate")
                 return
             except OSError:
@@ -387,10 +427,5 @@ def _stamp(device: Device, raw: Path, stamp: _Stamp) -> None:
     """Apply the node's plan on the card with the same edit layer builds use (the table read from the image: the
     card's is not written yet), then fsck every filesystem it changed."""
     card = DiskImage(device.path, writable=True, fake_time=stamp.ctx.epoch, partitions_from=raw)
-    target = detect(card)
-    changed = apply(Plan(stamp.ctx.plan.ops + [manifest_op(stamp.manifest)]), target)
-    card.commit()
-    for partition in card.partitions:
-        if partition.fs and any(target.filesystem(op.fs) is card.filesystem(partition) for op in changed):
-            check_partition(card, partition)
+    apply_checked(card, stamp.ctx.plan.ops + [manifest_op(stamp.manifest)])
 

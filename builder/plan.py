@@ -113,7 +113,8 @@ def apply(plan: Plan, target: Target) -> list[FileOp]:
     """
     changed = []
     for name in {op.fs for op in plan.ops}:
-        target.filesystem(name).prefetch([op.path for op in plan.ops if op.fs == name and op.action == "write"])
+        target.filesystem(name).prefetch({op.path: len(op.content or b"") for op in plan.ops
+                                          if op.fs == name and op.action == "write"})
     for op in plan.ops:
         fs = target.filesystem(op.fs)
         if _already_done(fs, op):

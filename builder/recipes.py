@@ -40,11 +40,14 @@ class Recipe:
     keyring: str | None = None  # base64 of the apt keyring the image carries
     epoch: int = 0  # the build's time: every date written, and the device's clock floor
     base: dict[str, Any] = field(default_factory=dict)  # {"path": name, "sha256": hex} of the vendor image
+    sources: dict[str, Any] = field(default_factory=dict)  # the profile's and overlays' digests, as the manifest has
 
     @property
     def id(self) -> str:
-        """The recipe's name: the first 32 hex digits of the SHA-256 of its canonical JSON."""
-        return hashlib.sha256(_canonical(self)).hexdigest()[:32]
+        """The recipe's name: the first 32 hex digits of the SHA-256 of its canonical JSON, with files named by their
+        content (`sources`) rather than where they are, so the same build gives the same image bytes anywhere."""
+        portable = {**asdict(self), "profile": Path(self.profile).name, "overlays": [Path(o).name for o in self.overlays]}
+        return hashlib.sha256(_canonical(portable)).hexdigest()[:32]
 
     @property
     def keyring_bytes(self) -> bytes | None:
@@ -59,7 +62,7 @@ def save_recipe(cluster_dir: Path, recipe: Recipe) -> str:
     os.chmod(directory, 0o700)
     path = directory / f"{recipe.id}.json"
     if not path.exists():
-        write_private(path, _canonical(recipe).decode() + "\n")
+        write_private(path, _canonical(asdict(recipe)).decode() + "\n")
     return recipe.id
 
 
@@ -82,5 +85,5 @@ def load_recipe(cluster_dir: Path, recipe_id: object, image: Path) -> Recipe:
     return recipe
 
 
-def _canonical(recipe: Recipe) -> bytes:
-    return json.dumps(asdict(recipe), sort_keys=True, separators=(",", ":"), default=list).encode()
+def _canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=list).encode()

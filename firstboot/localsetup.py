@@ -7,6 +7,7 @@ runtime is started and checked (runtime.py).
 """
 
 import errno
+import io
 import logging
 import os
 import time
@@ -129,16 +130,18 @@ class LocalSetup(object):
             return "swap is still on ({}); the kubelet refuses to start with swap".format(", ".join(active))
 
     def _disable_fstab_swap(self):
+        """Comment out fstab's swap lines. Read and written as UTF-8 whatever the locale (Python 3.6 on a system with
+        no locale yet reads ASCII), bytes that are not UTF-8 passed through as they are."""
         fstab = self.path("/etc/fstab")
         try:
-            with open(fstab) as handle:
+            with io.open(fstab, encoding="utf-8", errors="surrogateescape") as handle:
                 text = handle.read()
         except OSError:
             return
         edited = without_fstab_swap(text)
         if edited != text:
             temporary = fstab + ".pi-image.tmp"
-            with open(temporary, "w") as handle:
+            with io.open(temporary, "w", encoding="utf-8", errors="surrogateescape") as handle:
                 handle.write(edited)
                 handle.flush()
                 os.fsync(handle.fileno())

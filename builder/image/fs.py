@@ -108,17 +108,18 @@ class Filesystem(ABC):
     def commit(self) -> None:
         """Apply and verify any batched writes. Backends that write immediately need not override it."""
 
-    def prefetch(self, paths: list[str]) -> None:
-        """Read the regular files among `paths` ahead, in one go where the backend can (a rebuild or a stamp compares
-        every planned file with the one there); later `read`s of them cost nothing."""
+    def prefetch(self, sizes: dict[str, int]) -> None:
+        """Read ahead, in one go where the backend can, the regular files among `sizes` (path -> size) that have the
+        size given (a rebuild or a stamp compares every planned file with the one there, and only a file of the same
+        size can be the same); later `read`s of them cost nothing."""
         resolved = []
-        for path in paths:
+        for path, size in sizes.items():
             try:
                 real = self.resolve(path)
             except UserError:
                 continue
             st = self._lstat_resolved(real)
-            if st is not None and st.is_file:
+            if st is not None and st.is_file and st.size == size:
                 resolved.append(real)
         if resolved:
             self._prefetch_resolved(resolved)

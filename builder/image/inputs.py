@@ -60,17 +60,35 @@ def raw_image(path: Path, cache_dir: Path | None = None) -> Path:
 
 def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
     """SHA-256 of `path`, remembered by (path, size, mtime) so an unchanged file is hashed once."""
-    cache = (cache_dir or default_cache_dir()) / "images"
-    cache.mkdir(parents=True, exist_ok=True)
-    index_file = cache / "index.json"
+    index_file = _private_dir((cache_dir or default_cache_dir()) / "images") / "index.json"
     index = _load_index(index_file)
-    stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = _index_key(path)
     if key not in index:
-        with progress(f"{path.name}: SHA-256", stat.st_size) as advance:
+        with progress(f"{path.name}: SHA-256", path.stat().st_size) as advance:
             index[key] = sha256_sparse(path, advance)
         _save_index(index_file, index)
     return index[key]
+
+
+def remember_sha256(path: Path, digest: str, cache_dir: Path | None = None) -> None:
+    """Record the SHA-256 of `path` where it is known already (a download verified while it streamed), so that
+    unpacking it does not read it again."""
+    index_file = _private_dir((cache_dir or default_cache_dir()) / "images") / "index.json"
+    index = _load_index(index_file)
+    index[_index_key(path)] = digest
+    _save_index(index_file, index)
+
+
+def _index_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _private_dir(directory: Path) -> Path:
+    """`directory`, made if needed, readable by its owner only (unpacked images may hold secrets)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    return directory
 
 
 def _unpack(path: Path, src: BinaryIO) -> Iterator[bytes]:
@@ -98,7 +116,8 @@ def _write_sparse(dest: Path, chunks: Iterable[bytes], tick: Callable[[], None])
     """Write `chunks` to `dest`, leaving holes where a chunk is all zero; call `tick` after each chunk."""
     zero = bytes(CHUNK)
     size = 0
-    with open(dest, "wb") as out:
+    # private from its first byte: an image may hold a node's credential or a cluster's keys
+    with os.fdopen(os.open(dest, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, 0o600), "wb") as out:
         for chunk in chunks:
             if chunk == zero[: len(chunk)]:
                 out.seek(len(chunk), os.SEEK_CUR)

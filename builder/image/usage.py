@@ -31,12 +31,12 @@ from pathlib import Path
 from ..copy import extents
 from ..errors import ToolError
 from ..run import stream
-from .partitions import GPT_SIGNATURE, SECTOR, Partition, read_partitions
+from .partitions import GPT_SIGNATURE, SECTOR, TABLE_BYTES, Partition, read_partitions
 from .superblock import INCOMPAT_RECOVER, STATE_ERRORS, STATE_VALID, read_superblock
 
 BLOCK_SIZE = 4096  # the granularity of every range (and the bmap's block size)
 MERGE_GAP = 64 << 10  # ranges closer than this are written as one: a short gap costs less than another write
-TABLE_ZONE = 1 << 20  # the partition tables live in the first MiB (and a GPT backup in the MiB before its header)
+TABLE_ZONE = TABLE_BYTES  # the partition tables live in the first MiB (and a GPT backup in the MiB before its header)
 SIGNATURE_ZONE = 1 << 20  # written at both ends of every filesystem partition (blkid's probes)
 FAT_END_SIGNATURE = b"\x55\xaa"
 MAX_FAT12_CLUSTERS = 4084  # more clusters make a FAT16 (Linux's and Microsoft's rule)

@@ -12,7 +12,7 @@ from .jetson import JetsonSd, L4tRootfs
 from .kali_raspi import KaliRaspi
 from .raspios import RaspiOS, RaspiOSCloudInit, cloud_init_reads_boot_seed
 from .ubuntu_raspi import UbuntuRaspi
-from .x86 import UbuntuX86, dpkg_architecture, seed_iso_advice
+from .x86 import UbuntuX86, seed_iso_advice
 
 # Most specific first: an L4T image is also "ubuntu", a cloud-init Raspberry Pi OS also has the bookworm files.
 TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi, UbuntuX86]
@@ -38,7 +38,6 @@ def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
         "tegra": root.exists("/etc/nv_tegra_release"),
         "rpi_issue": root.exists("/etc/rpi-issue"),
         "cloud_init_boot_seed": cloud_init_reads_boot_seed(root),
-        "amd64": boot is None and dpkg_architecture(root) == "amd64",  # an x86 system has no Pi boot partition
     })
     for cls in TARGETS:
         if cls.matches(probe):

@@ -13,17 +13,24 @@ fixed address are cloud-init's, as on Ubuntu for the Pi.
 
 from __future__ import annotations
 
+import re
+
 from ..image import DirectoryFilesystem, DiskImage, Filesystem
 from .base import Probe, Target
 from .ubuntu_raspi import DPKG_STATUS, UbuntuRaspi
 
 ARCHITECTURE = "amd64"
+# dpkg's status of a real install is a few MiB (an Ubuntu desktop's about 3): a bigger one is not read
+MAX_DPKG_STATUS_BYTES = 16 << 20
+# dpkg's own entry in its status (a stanza: lines up to a blank one) and the Architecture field in it
+_DPKG_STANZA = re.compile(r"^Package: dpkg$(?:\n.+)*?\nArchitecture: (\S+)$", re.MULTILINE)
 SEED_ISO_COMMAND = "pi-image seed-iso --profile x86-worker --cluster DIR --node NAME"
 
 
 class UbuntuX86(Target):
     name = "ubuntu-x86"
-    description = "Ubuntu Server 22.04/24.04 amd64 (cloud image, or the live server installer): `pi-image seed-iso`"
+    description = (f"Ubuntu Server 22.04/24.04 {ARCHITECTURE} (cloud image, or the live server installer): "
+                   "`pi-image seed-iso`")
     cmdline_kind = "none"
     network_stack = "netplan"
     first_boot = "cloud-init"
@@ -44,24 +51,28 @@ class UbuntuX86(Target):
 
 
 def is_x86_ubuntu(probe: Probe) -> bool:
-    """True for an Ubuntu root of the amd64 architecture with no Raspberry Pi boot partition (and no L4T)."""
+    """True for an Ubuntu root of the amd64 architecture with no Raspberry Pi boot partition (and no L4T).
+
+    dpkg's status is read last, only for a root the cheap checks leave (not for a card or a Jetson image)."""
     ubuntu = probe.os.id == "ubuntu" or "ubuntu" in probe.os.id_like
-    return ubuntu and probe.boot is None and not probe.facts.get("tegra") and probe.facts.get("amd64", False)
+    return (ubuntu and probe.boot is None and not probe.facts.get("tegra")
+            and dpkg_architecture(probe.root) == ARCHITECTURE)
 
 
 def seed_iso_advice(probe: Probe) -> str | None:
     """What to tell a user who gave `pi-image build` (or `inspect`) an x86 Ubuntu disk, or None for anything else."""
     if not isinstance(probe.medium, DiskImage) or not is_x86_ubuntu(probe):
         return None
-    return (f"{probe.medium.path} is an x86 Ubuntu install image/disk ({probe.os.pretty_name}, amd64, no Raspberry "
-            f"Pi boot partition): pi-image does not edit it; the node gets the same setup from a cloud-init seed "
-            f"that the stock system reads at first boot: use `{SEED_ISO_COMMAND}`")
+    return (f"{probe.medium.path} is an x86 Ubuntu install image/disk ({probe.os.pretty_name}, {ARCHITECTURE}, no "
+            "Raspberry Pi boot partition): pi-image does not edit it; the node gets the same setup from a cloud-init "
+            f"seed that the stock system reads at first boot: use `{SEED_ISO_COMMAND}`")
 
 
 def dpkg_architecture(root: Filesystem) -> str | None:
-    """The native architecture of a Debian-family root: that of its installed `dpkg` package (dpkg's status)."""
-    for stanza in (root.read_text(DPKG_STATUS) or "").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
-        if fields.get("Package") == "dpkg":
-            return fields.get("Architecture")
-    return None
+    """The native architecture of a Debian-family root: that of its installed `dpkg` package (dpkg's status), or
+    None (no dpkg entry, or a status file bigger than MAX_DPKG_STATUS_BYTES, which is then not read)."""
+    status = root.stat(DPKG_STATUS)
+    if status is None or not status.is_file or status.size > MAX_DPKG_STATUS_BYTES:
+        return None
+    match = _DPKG_STANZA.search(root.read_text(DPKG_STATUS) or "")
+    return match.group(1) if match else None

@@ -171,6 +171,19 @@ def test_a_tampered_sums_file_is_refused_before_the_image_is_requested(mirror) -
     assert cache_files(mirror["cache"]) == []
 
 
+def test_a_sums_file_cut_mid_body_is_one_line_and_nothing_is_believed_or_cached(mirror) -> None:
+    server = mirror["server"]
+    server.cut("SHA256SUMS", after=len(server.files["SHA256SUMS"]) // 2)
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=mirror["cache"])
+    message = str(caught.value)
+    assert message.startswith(f"{server.url('SHA256SUMS')}: the transfer of this checksum file was cut ("), message
+    assert message.endswith("): try again; cached bases still work: `pi-image bases`") and "\n" not in message
+    assert server.requests_for(IMAGE) == [] and cache_files(mirror["cache"]) == []
+    path = resolve_base("test-ubuntu", cache_dir=mirror["cache"])  # the next run: the whole file, believed
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == mirror["sha256"]
+
+
 def test_a_sums_file_signed_by_another_key_is_refused(mirror) -> None:
     server = mirror["server"]
     server.files["SHA256SUMS.gpg"] = mirror["sign"](server.files["SHA256SUMS"], key="other")
@@ -276,7 +289,9 @@ def test_a_url_outside_the_catalog_is_checked_against_the_sums_beside_it_or_the_
         resolve_base(server.url("plain.img.xz") + "#sha256=" + "1" * 64, cache_dir=cache)
     fetched = resolve_base(server.url("plain.img.xz") + "#sha256=" + mirror["sha256"].upper(), cache_dir=cache)
     assert fetched.name == f"{mirror['sha256']}.img.xz"
-    record = json.loads(next((cache / "downloads" / "by-url").glob("*.json")).read_text())
+    records = list((cache / "downloads" / "by-url").iterdir())
+    assert len(records) == 2 and all(p.suffix == ".json" and p.stat().st_mode & 0o777 == 0o644 for p in records)
+    record = json.loads(records[0].read_text())
     assert set(record) == {"url", "name", "file", "sha256", "size"}
 
 

@@ -266,3 +266,41 @@ def test_bmaptool_writes_the_bmap_a_build_made(cli, base, tmp_path):
     tool("bmaptool", "copy", "--bmap", tmp_path / "node.img.bmap", image, card)
     fsck_all(card, tmp_path)
     assert filesystems(card)["root"].text("/etc/hostname") == "worker-8g\n"
+
+
+def test_a_node_image_is_written_as_built_even_with_a_default_cluster(cli, lab, base, tmp_path):
+    image = tmp_path / "lone.img"
+    succeeded(cli("build", "--no-cluster", "--profile", "worker-8g", "--base", base, "-o", image,
+                  "--kube-key", KUBE_KEY))
+    card = random_card(tmp_path / "card.img", 4 << 20)
+    os.chmod(card, 0o644)
+    report = flash(cli, image, card, env={"PI_IMAGE_CLUSTER": str(lab)})
+    assert report["node"] == "worker-8g" and report["generation"] is None
+    assert card.stat().st_mode & 0o777 == 0o600  # a card file is private whatever it was
+
+
+def test_declining_writes_nothing_and_adds_no_node(lab, profile_image, tmp_path):
+    from builder.flash import FlashRequest, flash as run_flash
+
+    card = random_card(tmp_path / "card.img", 4 << 20)
+    before, inventory = card.read_bytes(), (lab / "inventory.yaml").read_text()
+    asked = []
+    with pytest.raises(UserError, match="nothing was written"):
+        run_flash(FlashRequest(profile_image, card, lab, confirm=lambda question: asked.append(question) and False))
+    assert card.read_bytes() == before and (lab / "inventory.yaml").read_text() == inventory
+    assert "as the next free worker-8g node" in asked[0] and "everything on it is replaced" in asked[0]
+
+
+def test_a_nodes_own_image_cannot_become_another_node(cli, lab, base, tmp_path):
+    image = tmp_path / "pi-worker1.img"
+    succeeded(cli("build", "--cluster", lab, "--node", "pi-worker1", "--base", base, "-o", image,
+                  "--kube-key", KUBE_KEY))
+    succeeded(cli("cluster", "add-node", lab, "pi-worker9", "--profile", "worker-8g"))
+    proc = cli("flash", image, tmp_path / "card.img", "--yes", "--cluster", lab, "--node", "pi-worker9")
+    assert proc.returncode == 1 and "own image" in proc.stderr and not (tmp_path / "card.img").exists()
+
+
+def test_the_next_free_node_is_one_of_the_images_base(cli, lab, profile_image, tmp_path):
+    succeeded(cli("cluster", "add-node", lab, "kali9", "--profile", "worker-8g", "--base", "kali-raspberry-pi"))
+    name = flash(cli, profile_image, tmp_path / "card.img", "--cluster", lab)["node"]
+    assert name != "kali9"

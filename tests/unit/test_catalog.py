@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.catalog import (SHIPPED_CATALOG, SHIPPED_KEYRINGS, TARGETS, load_catalog, resolve_base, sums_lookup)
+from builder.catalog import (SHIPPED_CATALOG, SHIPPED_KEYRINGS, TARGETS, default_base, load_catalog, resolve_base,
+                             sums_lookup)
 from builder.errors import UserError
+from builder.image import DirectoryFilesystem
+from builder.targets import TARGET_GROUPS, detect, x86
+from builder.targets.ubuntu_raspi import DPKG_STATUS
 
 UBUNTU_CDIMAGE_KEY = "843938DF228D22F7B3742BC0D94AA3F0EFE21092"
 HEX64 = "ab" * 32
@@ -135,6 +139,47 @@ def test_a_user_catalog_that_is_not_a_catalog_is_refused(user_catalog) -> None:
     assert "'Mine Base' is not a base name" in _error("bases:\n  Mine Base: {}\n", user_catalog)
 
 
+@pytest.mark.parametrize("key, kind", [("2404", "a number"), ("24.04", "a number"), ("yes", "true/false"),
+                                       ("~", "null"), ("2024-05-01", "a date")])
+def test_a_name_yaml_reads_as_something_else_is_one_line_with_its_line(user_catalog, key: str, kind: str) -> None:
+    message = _error(f"bases:\n  ubuntu-22.04:\n    default: true\n  {key}:\n    url: https://a.example/x.img.xz\n",
+                     user_catalog)
+    assert message.endswith(f":4: {key} is not a base name: YAML reads it as {kind}; quote it (\"{key}\":) or use "
+                            "lower-case letters, digits, '.', '-', '+'"), message
+
+
+def test_a_name_given_twice_is_refused_with_both_lines(user_catalog) -> None:
+    text = "bases:\n  mine:\n    default: true\n  mine:\n    default: false\n"
+    assert _error(text, user_catalog).endswith(":4: mine is defined twice (first on line 2): keep one")
+
+
+def test_a_quoted_number_is_a_name_and_its_fields_come_from_its_own_entry(user_catalog) -> None:
+    user_catalog(f"""bases:
+  "2404":
+    description: a mirror's 24.04
+    target: ubuntu-raspi
+    url: https://mirror.example/2404.img.xz
+    sha256: {HEX64}
+""")
+    assert load_catalog()["2404"].url == "https://mirror.example/2404.img.xz"
+
+
+def test_the_default_base_is_the_shipped_one_until_the_user_catalog_marks_another(user_catalog) -> None:
+    assert default_base(("ubuntu-raspi",)) == "ubuntu-24.04"
+    assert default_base(TARGET_GROUPS["raspberry-pi"]) == "ubuntu-24.04"
+    assert default_base(("jetson-sd",)) is None
+    user_catalog("bases:\n  ubuntu-22.04: {default: true}\n")
+    assert default_base(("ubuntu-raspi",)) == "ubuntu-22.04"
+    assert default_base(TARGET_GROUPS["raspberry-pi"]) == "ubuntu-22.04"
+    # overriding the shipped default's url keeps its `default`, but the entry the user marks still wins
+    user_catalog("bases:\n  ubuntu-24.04: {url: 'https://mirror.example/u.img.xz'}\n"
+                 "  raspios-bookworm-lite: {default: true}\n")
+    assert default_base(TARGET_GROUPS["raspberry-pi"]) == "raspios-bookworm-lite"
+    assert default_base(("ubuntu-raspi",)) == "ubuntu-24.04"
+    user_catalog("bases:\n  ubuntu-24.04: {default: false}\n")
+    assert default_base(("ubuntu-raspi",)) is None
+
+
 def test_a_user_keyring_is_found_beside_the_user_catalog(user_catalog, tmp_path: Path) -> None:
     (tmp_path / "vendor.gpg").write_bytes((SHIPPED_KEYRINGS / "ubuntu-cdimage.gpg").read_bytes())
     user_catalog("""bases:
@@ -190,3 +235,64 @@ def test_sums_files_in_every_vendor_format_are_read() -> None:
     assert sums_lookup(text, "kali.img.xz") == "cd" * 32
     assert sums_lookup(text, "pi.img.xz") == "ef" * 32
     assert sums_lookup(text, "missing.img.xz") is None
+
+
+# The catalog's targets: x86 Ubuntu is told apart by dpkg's architecture, read only where it can matter.
+
+X86_STATUS = ("Package: base-files\nEssential: yes\nArchitecture: arm64\nDescription: listed before dpkg\n"
+              " Architecture: i386 (a continuation line, not a field)\n\n"
+              "Package: dpkg\nEssential: yes\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.22.6\n\n"
+              "Package: zlib1g\nArchitecture: arm64\n")
+
+
+def _tree(root: Path, os_id: str, status: str, *marks: str) -> DirectoryFilesystem:
+    for path, text in {"etc/os-release": f"ID={os_id}\nPRETTY_NAME=\"{os_id} test\"\n", DPKG_STATUS[1:]: status,
+                       **{mark: "" for mark in marks}}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return DirectoryFilesystem(root, writable=False)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths every DirectoryFilesystem reads from now on."""
+    seen: list[str] = []
+    original = DirectoryFilesystem._read_resolved
+
+    def recording(self: DirectoryFilesystem, path: str) -> bytes:
+        seen.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(DirectoryFilesystem, "_read_resolved", recording)
+    return seen
+
+
+def test_x86_ubuntu_is_the_architecture_of_dpkgs_own_entry(tmp_path: Path, reads: list[str]) -> None:
+    assert detect(_tree(tmp_path / "x86", "ubuntu", X86_STATUS)).name == "ubuntu-x86"
+    assert reads.count(DPKG_STATUS) == 1
+    assert x86.dpkg_architecture(_tree(tmp_path / "arm", "ubuntu", X86_STATUS.replace("amd64", "arm64"))) == "arm64"
+    assert x86.dpkg_architecture(_tree(tmp_path / "none", "ubuntu", "Package: dpkg\n\nArchitecture: amd64\n")) is None
+
+
+@pytest.mark.parametrize("os_id, marks, refused", [
+    ("ubuntu", ("etc/nv_tegra_release",), None),  # an L4T rootfs: Ubuntu with no boot partition, but Tegra
+    ("debian", (), "which pi-image does not support"),
+])
+def test_detecting_a_medium_that_cannot_be_x86_ubuntu_never_reads_dpkgs_status(tmp_path: Path, reads: list[str],
+                                                                               os_id: str, marks: tuple[str, ...],
+                                                                               refused: str | None) -> None:
+    tree = _tree(tmp_path, os_id, X86_STATUS, *marks)
+    if refused:
+        with pytest.raises(UserError, match=refused):
+            detect(tree)
+    else:
+        assert detect(tree).name == "l4t-rootfs"
+    assert DPKG_STATUS not in reads
+
+
+def test_a_dpkg_status_too_big_to_be_real_is_not_read(tmp_path: Path, reads: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = _tree(tmp_path, "ubuntu", X86_STATUS)
+    monkeypatch.setattr(x86, "MAX_DPKG_STATUS_BYTES", len(X86_STATUS) - 1)
+    assert x86.dpkg_architecture(tree) is None
+    assert DPKG_STATUS not in reads

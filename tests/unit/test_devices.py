@@ -104,7 +104,7 @@ class FakeSystem:
         return self.nodes[name] if name in self.nodes else os.stat(path)
 
     def open(self, path: str) -> Device:
-        return open_target(Path(path), sysfs=self.sys, proc=self.proc, stat=self.stat)
+        return open_target(Path(path), sysfs=self.sys, stat=self.stat)
 
     def check(self, device: Device, image_size: int = GIB, *, force: bool = False) -> None:
         check_target(device, image_size, force=force, sysfs=self.sys, proc=self.proc)
@@ -160,7 +160,7 @@ def test_a_card_named_through_a_by_id_link_keeps_that_name(machine: FakeSystem):
     link = machine.dev / "disk" / "by-id" / "usb-SanDisk_Ultra_4C53-0:0"
     link.parent.mkdir(parents=True)
     link.symlink_to("../../sdb")
-    card = open_target(link, sysfs=machine.sys, proc=machine.proc, dev=machine.dev, stat=machine.stat)
+    card = open_target(link, sysfs=machine.sys, dev=machine.dev, stat=machine.stat)
     assert (card.path, card.name) == (link, "sdb")
     assert card.describe().startswith(f"{link}: SanDisk Ultra, 59.5 GiB")
 

@@ -437,3 +437,26 @@ def test_swap_in_fstab_is_commented_out_for_good_as_the_builder_does(tmp_path):
     unchanged = fstab.read_text()
     localsetup.LocalSetup(str(tmp_path), commands).turn_swap_off()
     assert fstab.read_text() == unchanged
+
+
+def test_a_non_ascii_fstab_has_its_swap_commented_out_where_there_is_no_locale_yet(tmp_path):
+    """First boot may run before a locale exists (Python 3.6 then reads files as ASCII): an fstab with a UTF-8
+    comment, or bytes that are not UTF-8 at all, is still edited, and every other byte is kept."""
+    fstab = tmp_path / "etc" / "fstab"
+    fstab.parent.mkdir()
+    original = ("# Partition système (créée à l'installation)\nUUID=abc / ext4 defaults 0 1\n".encode()
+                + b"# latin-1: caf\xe9\n/swap.img\tnone\tswap\tsw\t0\t0\n")
+    fstab.write_bytes(original)
+    script = ("import locale, sys; from firstboot import localsetup\n"
+              "class Commands:\n"
+              "    def run(self, argv): return None\n"
+              "assert locale.getpreferredencoding(False).lower() in ('ascii', 'ansi_x3.4-1968'), "
+              "locale.getpreferredencoding(False)\n"
+              "localsetup.LocalSetup(sys.argv[1], Commands()).turn_swap_off()\n")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(FIRSTBOOT.parent)}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True)
+
+    assert proc.returncode == 0, proc.stdout
+    assert fstab.read_bytes() == original.replace(b"/swap.img", localsetup.SWAP_DISABLED.encode() + b"/swap.img")
