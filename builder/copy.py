@@ -31,13 +31,16 @@ KERNEL_CANNOT_COPY = (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of each data extent of the open file `fd` of `size` bytes."""
+    """(start, end) of each data extent of the open file `fd` of `size` bytes (a block device is all data)."""
     pos = 0
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as err:
             if err.errno == errno.ENXIO:  # only a hole remains
+                return
+            if err.errno == errno.EINVAL and pos == 0:  # no holes to ask about here (a block device)
+                yield 0, size
                 return
             raise
         end = os.lseek(fd, start, os.SEEK_HOLE)

@@ -8,6 +8,7 @@ filesystems read back by sfdisk and e2fsck through the device itself.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,23 @@ def test_a_device_holding_a_mounted_filesystem_is_refused(tmp_path: Path):
     finally:
         sh("umount", mountpoint, check=False)
         sh("losetup", "--detach", device, check=False)
+
+
+def test_a_profile_image_is_stamped_onto_a_loop_device(loop: Path, tmp_path: Path):
+    """The stamp's debugfs and mtools edits go through the device node while the flash holds it open (O_EXCL)."""
+    base = make_sample("ubuntu-raspi", tmp_path / "ubuntu.img")
+    lab = tmp_path / "lab"
+    cli = [sys.executable, "-m", "builder"]
+    env = {**os.environ, "PI_IMAGE_CACHE": str(tmp_path / "cache"), "SOURCE_DATE_EPOCH": "1700000000"}
+    for argv in (["cluster", "init", lab, "--api-server", "192.168.6.10:6443", "--endpoint", "192.168.6.10:8443",
+                  "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--gateway", "192.168.6.1"],
+                 ["cluster", "add-node", lab, "pi-worker1", "--profile", "worker-8g", "--address", "192.168.6.21"],
+                 ["build", "--cluster", lab, "--profile", "worker-8g", "--base", base, "-o", tmp_path / "w.img",
+                  "--kube-key", REPO / "tests/data/test-Release.key", "--ssh-key", REPO / "tests/data/test-admin.pub"],
+                 ["flash", tmp_path / "w.img", loop, "--yes", "--cluster", lab, "--node", "pi-worker1"]):
+        proc = subprocess.run([*cli, *map(str, argv)], capture_output=True, text=True, cwd=REPO, env=env)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    table = json.loads(sh("sfdisk", "--json", loop).stdout)["partitiontable"]
+    root = f"{loop}?offset={table['partitions'][1]['start'] * 512}"
+    sh("e2fsck", "-fn", root)
+    assert sh("debugfs", "-R", "cat /etc/hostname", root).stdout == "pi-worker1\n"
