@@ -47,14 +47,11 @@ BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _FALLOCATE = ctypes.CDLL(None, use_errno=True).fallocate64  # 64-bit offsets on 32-bit hosts too (armhf)
 _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-BLANK = TABLE_BYTES  # the region a partition table lives in, blanked before anything else is written
 MAX_MANIFEST = 4 << 20
 
 
 class FlashInterrupted(UserError):
     """The flash stopped after it began writing: the card has no partition table now."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -230,48 +227,53 @@ def _write_card(raw: Path, image: DiskImage, device: Device, usage: UsageMap, st
     """Blank the table region, write and verify the ranges, stamp, then write and verify the table region."""
     created = device.kind == "file" and not device.path.exists()
     flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if device.kind == "file" else os.O_EXCL)
-    began = False
-    try:
-        with open(raw, "rb") as source:
-            out = os.open(device.path, flags, 0o600)
-            try:
-                began = True
-                if device.kind == "file":
-                    os.fchmod(out, 0o600)  # a card's bytes may hold a credential or a cluster's keys
-                    if os.fstat(out).st_size < image.size:
-                        os.ftruncate(out, image.size)
-                _blank_tables(out, device, image.size)
-                copy = _Copy(source.fileno(), out, device.path, verify, Zeroer(out, device.kind, created), result)
-                copy.run(usage.ranges, f"{device.path}: writing" + (" and verifying" if verify else ""))
-                if verify:  # a fake-capacity card wraps late writes onto early blocks: read the first ones again
-                    copy.reread(next(_batches(usage.ranges), []))
-                if stamp is not None:
-                    _stamp(device, raw, stamp)
-                    os.fsync(out)  # the stamp is on the card before the table makes it valid
-                    # the card is this node's newest from now on (if another flash of it won, no table is written)
-                    record_generation(stamp.cluster.directory, stamp.ctx.node.name,
-                                      stamp.ctx.node_config["generation"])
-                copy.run(usage.last, f"{device.path}: partition table")
-            finally:
-                os.close(out)
-    except BaseException as err:
-        if not began:
-            raise
-        if created:
-            device.path.unlink(missing_ok=True)
-            raise
-        what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({err})"
-        raise FlashInterrupted(f"the flash {what} after {human_size(result.written)}: {device.path} holds no "
-                               "partition table now (nothing boots it or mistakes it for a node); run the same "
-                               "command again") from None
+    with open(raw, "rb") as source:
+        out = os.open(device.path, flags, 0o600)
+        try:
+            _write_opened(source.fileno(), out, raw, image, device, usage, stamp, verify, created, result)
+        except BaseException as err:
+            _interrupted(err, device, created, result)
+        finally:
+            os.close(out)
+
+
+def _write_opened(source: int, out: int, raw: Path, image: DiskImage, device: Device, usage: UsageMap,
+                  stamp: _Stamp | None, verify: bool, created: bool, result: FlashResult) -> None:
+    """The flash itself, on the card open as `out` (see _write_card)."""
+    if device.kind == "file":
+        os.fchmod(out, 0o600)  # a card's bytes may hold a credential or a cluster's keys
+        if os.fstat(out).st_size < image.size:
+            os.ftruncate(out, image.size)
+    _blank_tables(out, device, image.size)
+    copy = _Copy(source, out, device.path, verify, Zeroer(out, device.kind, created), result)
+    copy.run(usage.ranges, f"{device.path}: writing" + (" and verifying" if verify else ""))
+    if verify:  # a fake-capacity card wraps late writes onto early blocks: read the first ones again
+        copy.reread(next(_batches(usage.ranges), []))
+    if stamp is not None:
+        _stamp(device, raw, stamp)
+        os.fsync(out)  # the stamp is on the card before the table makes it valid
+        # the card is this node's newest from now on (if another flash of it won, no table is written)
+        record_generation(stamp.cluster.directory, stamp.ctx.node.name, stamp.ctx.node_config["generation"])
+    copy.run(usage.last, f"{device.path}: partition table")
+
+
+def _interrupted(err: BaseException, device: Device, created: bool, result: FlashResult) -> None:
+    """After writing began: a file this flash created is removed; anything else is told it holds no table now."""
+    if created:
+        device.path.unlink(missing_ok=True)
+        raise err
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({err})"
+    raise FlashInterrupted(f"the flash {what} after {human_size(result.written)}: {device.path} holds no "
+                           "partition table now (nothing boots it or mistakes it for a node); run the same "
+                           "command again") from None
 
 
 def _blank_tables(out: int, device: Device, image_size: int) -> None:
     """Zero where partition tables live (the first MiB, and a GPT backup at the device's end), so until the flash
     writes its own table last, the card holds no valid one."""
     size = max(device.size, image_size)
-    for start in sorted({0, max(0, size - BLANK)}):
-        _pwrite_all(out, bytes(min(BLANK, size - start)), start)
+    for start in sorted({0, max(0, size - TABLE_BYTES)}):
+        _pwrite_all(out, bytes(min(TABLE_BYTES, size - start)), start)
     os.fsync(out)
 
 

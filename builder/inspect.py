@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from firstboot.nodeconfig import ENDPOINT_UNIT
+from firstboot.localsetup import is_fstab_swap
 
 from .cmdline import has_cgroup_flags
 from .image import DiskImage, Filesystem
@@ -111,8 +112,7 @@ def _kube_repo(root: Filesystem) -> str | None:
 
 def _swap_disabled(root: Filesystem) -> bool:
     fstab = root.read_text("/etc/fstab", "") or ""
-    swap_in_fstab = any(len(f := line.split()) >= 3 and f[2] == "swap" and not f[0].startswith("#")
-                        for line in fstab.splitlines())
+    swap_in_fstab = any(is_fstab_swap(line) for line in fstab.splitlines())
     return not swap_in_fstab and not any(unit_enabled(root, s) for s in SWAP_SERVICES)
 
 

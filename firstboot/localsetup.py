@@ -239,11 +239,12 @@ def _lchown_inside(root, path, uid, gid):
 
 def without_fstab_swap(text):
     """fstab(5) text with every swap line commented out (the builder does the same to an image's fstab)."""
-    lines = [SWAP_DISABLED + line if _is_swap(line) else line for line in text.splitlines()]
+    lines = [SWAP_DISABLED + line if is_fstab_swap(line) else line for line in text.splitlines()]
     return "\n".join(lines) + ("\n" if text.endswith("\n") or lines else "")
 
 
-def _is_swap(line):
+def is_fstab_swap(line):
+    """True for an fstab(5) line that turns swap on."""
     fields = line.split()
     return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
 
