@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, values
-from .cluster import Cluster, Node, check_writable, load_cluster, local_node_config, node_config, record_generation
+from .cluster import (Cluster, Node, check_writable, load_cluster, local_node_config, node_config, record_generation,
+                      record_release)
 from .copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
 from .image import DirectoryFilesystem, DiskImage, open_medium
+from .image.ext4 import Ext4Filesystem
+from .image.grow import grow_root
 from .bmap import write_bmap
 from .image.inputs import cached_sha256, raw_image
 from .image.usage import usage_map
@@ -44,6 +47,7 @@ from .targets import Target, detect, targets_of
 from .targets.x86 import SEED_ISO_COMMAND, UbuntuX86
 
 MANIFEST_PATH = "/etc/pi-image/build.json"
+ROOM_MARGIN = 256 << 20  # free space an offline node keeps for its first boot (logs, containerd's unpacked layers)
 
 
 @dataclass
@@ -120,7 +124,8 @@ def prepare(request: BuildRequest) -> BuildContext:
     # a floor for the device's clock (a Pi has no RTC)
     config["built_at"] = request.epoch if request.epoch is not None else _epoch(base)
     ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=config["built_at"],
-                       replace_overlays=request.replace_overlays, cluster=cluster, base=base, base_name=str(spec))
+                       replace_overlays=request.replace_overlays, cluster=cluster, base=base, base_name=str(spec),
+                       kubernetes_release=cluster.kubernetes_release if cluster else None, fetch=not request.dry_run)
     make_plan(ctx)
     return ctx
 
@@ -137,13 +142,17 @@ def _with_login(profile: Profile, request: BuildRequest) -> Profile:
 
 
 def _with_cluster_version(profile: Profile, cluster: Cluster) -> Profile:
-    """One Kubernetes version: the cluster's. A profile or --set that names another one is an error."""
+    """One Kubernetes version: the cluster's. A profile or --set that names another one is an error. The cluster's
+    node defaults (offline, mirrors) apply where the profile sets none; mirrors merge, the profile's winning."""
     ours, theirs = profile["kubernetes_version"], cluster.kubernetes_version
     if "kubernetes_version" in profile.explicit and ours != theirs:
         raise UserError(f"profile '{profile.name}' (or --set) says kubernetes_version {ours} but cluster "
                         f"{cluster.directory} runs {theirs}: drop the setting (the cluster decides) or change "
                         f"kubernetes_version in {cluster.directory / 'cluster.yaml'}")
-    return dataclasses.replace(profile, values={**profile.values, "kubernetes_version": theirs})
+    defaults: dict[str, Any] = {"offline": profile["offline"] if "offline" in profile.explicit else cluster.offline,
+                                "registry_mirrors": {**cluster.registry_mirrors, **profile["registry_mirrors"]},
+                                "package_mirrors": {**cluster.package_mirrors, **profile["package_mirrors"]}}
+    return dataclasses.replace(profile, values={**profile.values, "kubernetes_version": theirs, **defaults})
 
 
 def _check_login(profile: Profile, target: Target, no_login: bool) -> None:
@@ -236,6 +245,7 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         create_private(tmp).close()
         with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
             sparse_copy(raw_base, tmp, advance)
+        _make_room(ctx, tmp)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
         manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
         changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
@@ -256,6 +266,20 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
     return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest, bmap_path)
+
+
+def _make_room(ctx: BuildContext, image: Path) -> None:
+    """An --offline bundle may not fit the vendor image's root filesystem (they are cut to what the OS needs): the
+    copy's last partition and its ext4 are grown by what is missing, plus ROOM_MARGIN for the first boot's own
+    writes. The summary and the manifest say how much; `pi-image flash` still checks the card is large enough."""
+    root = ctx.target.root
+    if ctx.bundle is None or not isinstance(root, Ext4Filesystem):
+        return
+    needed = sum(len(op.content or b"") for op in ctx.plan.ops) + ROOM_MARGIN
+    missing = needed - root.superblock.free_bytes
+    if missing > 0:
+        grow_root(image, missing, f"{ctx.base_name or ctx.base}: the offline bundle needs {missing >> 20} MiB more")
+        ctx.bundle.grown_by = missing
 
 
 def apply_checked(image: DiskImage, ops: list[FileOp]) -> list[FileOp]:
@@ -304,6 +328,8 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
 def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
     """A cluster node's new card is complete: record its generation before it is published (if that fails, nothing
     is published and the node's current card stays valid)."""
+    if request.cluster and ctx.bundle is not None and ctx.cluster.kubernetes_release is None:
+        record_release(request.cluster, ctx.bundle.release)  # every later card of the cluster holds this release
     if request.cluster and request.node:
         record_generation(request.cluster, ctx.node.name, ctx.node_config["generation"])
 
@@ -418,6 +444,8 @@ def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) 
         "role": ctx.node.role,
         "cluster": ctx.node.cluster and Path(ctx.node.cluster).name,
         "kubernetes_version": ctx.profile["kubernetes_version"],
+        "kubernetes_release": ctx.kubernetes_release,
+        "bundle": ctx.bundle and {**ctx.bundle.manifest, "size": ctx.bundle.size, "grown_by": ctx.bundle.grown_by},
         "network": ctx.static_network() or "dhcp",
         "base": base,
         **_sources(ctx),

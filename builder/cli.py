@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import UserError
 from .build import MANIFEST_PATH, BuildRequest, build as run_build, prepare
-from .cluster import default_cluster_dir, load_cluster
+from .cluster import default_cluster_dir, load_cluster, record_release as clusters_record_release
 from .flash import FlashRequest, flash as run_flash
 from .catalog_cli import COMMANDS as CATALOG_COMMANDS
 from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
@@ -155,6 +155,8 @@ def _node_options(command):
               help="Let an --overlay directory shadow the shipped overlay of the same name.")
 @click.option("--bmap", is_flag=True, help="Also write IMAGE.bmap beside the image: the ranges that matter with their "
               "SHA-256, for `bmaptool copy` (e.g. on another machine).")
+@click.option("--offline", is_flag=True, help="Carry every package and container image the node needs on the card "
+              "(made once, cached): first boot needs no network but the cluster's [default: cluster.yaml's offline].")
 @click.option("--dry-run", is_flag=True, help="Print every file operation, write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--in-place", is_flag=True, help="Directory targets only: edit the base tree itself.")
@@ -167,8 +169,8 @@ def _node_options(command):
 def build(ctx: click.Context, profile: str | None, base: str | None, output: Path | None, cluster: Path | None,
           no_cluster: bool, node: str | None, all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...],
           kube_key: Path | None, ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None,
-          no_login: bool, replace_overlays: bool, bmap: bool, dry_run: bool, force: bool, in_place: bool,
-          full_sha256: bool, verbose: bool, as_json: bool) -> None:
+          no_login: bool, replace_overlays: bool, bmap: bool, offline: bool, dry_run: bool, force: bool,
+          in_place: bool, full_sha256: bool, verbose: bool, as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
 
     The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
@@ -186,9 +188,11 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
       pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/ --ssh-key ~/.ssh/id_ed25519.pub
       pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --no-login --dry-run
       pi-image build --cluster ./homelab --node pi-worker1 -b ubuntu.img.xz --json | jq .output
+      pi-image build --profile worker-8g --offline         # packages and images on the card: no internet needed
     """
     cluster = _cluster_dir(cluster, no_cluster)
-    request = BuildRequest(profile, base, output, cluster, node, parse_set(sets), list(overlays), kube_key,
+    settings = {**parse_set(sets), **({"offline": True} if offline else {})}
+    request = BuildRequest(profile, base, output, cluster, node, settings, list(overlays), kube_key,
                            force, in_place, full_sha256, read_public_keys(ssh_key_files),
                            _password_hash(ask_password, password_file), no_login, replace_overlays, bmap,
                            dry_run=dry_run)
@@ -259,6 +263,55 @@ def seed_iso_command(profile: str | None, cluster: Path | None, node: str, outpu
                              "`autoinstall` to the kernel command line; the installed system joins at its first boot."
                              if autoinstall else "attach it as a CD or second drive to a stock Ubuntu Server amd64 "
                              "(the cloud image) at its first boot: cloud-init applies it and the node joins.")])
+
+
+@main.command("bundle")
+@click.option("--cluster", type=click.Path(path_type=Path, file_okay=False),
+              help="Cluster directory [default: $PI_IMAGE_CLUSTER, else ~/.config/pi-image/cluster if it exists].")
+@click.option("--node", "nodes", multiple=True, help="Only this inventory node (repeatable) [default: every card].")
+@click.option("--base", "-b", help="Base image for nodes whose inventory entry and profile name none.")
+@click.option("--kube-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="The Kubernetes apt repository's key (armored) [default: downloaded from pkgs.k8s.io, cached].")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile setting (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per node instead of a table.")
+def bundle_command(cluster: Path | None, nodes: tuple[str, ...], base: str | None, kube_key: Path | None,
+                   sets: tuple[str, ...], as_json: bool) -> None:
+    """Fill the cache with the offline bundle of every node of a cluster (packages and container images for its
+    OS, architecture and role), so that `build --offline` then needs no network. Bundles of nodes alike are made
+    once; the first records the cluster's exact Kubernetes release in cluster.yaml.
+
+    \b
+    Examples:
+      pi-image bundle --cluster ./homelab                 # while online; later builds work with no network
+      pi-image bundle --cluster ./homelab --node pi-master1 --json
+    """
+    directory = _cluster_dir(cluster, False)
+    if directory is None:
+        raise UserError("pass --cluster DIR (a bundle is made for a cluster's nodes)")
+    request = BuildRequest(base=base, cluster=directory, sets={**parse_set(sets), "offline": True},
+                           kube_key=kube_key, no_login=True)
+    wanted = [one for one in _requests(request, True, None) if not nodes or one.node in nodes]
+    unknown = sorted(set(nodes) - {one.node for one in wanted})
+    if unknown:
+        load_cluster(directory).node(unknown[0])  # names the inventory and the known nodes
+    rows = []
+    for one in wanted:
+        ctx = prepare(one)
+        if ctx.bundle is None:
+            continue
+        clusters_record_release(directory, ctx.bundle.release)
+        manifest = ctx.bundle.manifest
+        rows.append({"node": ctx.node.name, "kubernetes": ctx.bundle.release, "platform": manifest["platform"],
+                     "packages": len(manifest["packages"]), "images": len(manifest["images"]),
+                     "size": ctx.bundle.size})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NODE':16}  {'KUBERNETES':10}  {'PLATFORM':13}  {'PACKAGES':>8}  {'IMAGES':>6}  SIZE")
+    for row in rows:
+        click.echo(f"{row['node']:16}  {row['kubernetes']:10}  {row['platform']:13}  {row['packages']:>8}  "
+                   f"{row['images']:>6}  {human_size(row['size'])}")
+    click.echo(f"Next: pi-image build --cluster {directory} --all --offline (works with no network now)")
 
 
 def _cluster_dir(cluster: Path | None, no_cluster: bool) -> Path | None:

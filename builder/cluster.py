@@ -1,7 +1,10 @@
 """A cluster directory: the settings, the inventory and the secrets that let built images join by themselves.
 
     DIR/cluster.yaml     api_server, endpoint, kubernetes_version, node_subnet, pod_subnet, service_subnet, gateway,
-                         dns, approval_mode, ca_cert, kubeconfig, endpoint_fingerprint (public: what images pin)
+                         dns, approval_mode, ca_cert, kubeconfig, endpoint_fingerprint (public: what images pin);
+                         offline, registry_mirrors, package_mirrors (every node's default, as profile settings);
+                         kubernetes_release (the exact patch every card of the cluster runs, recorded by the first
+                         --offline build: later bundles hold the same one)
     DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation, base}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
@@ -33,7 +36,7 @@ from firstboot.endpoint.state import default_state_dir
 from . import addresses, cluster_secrets
 from .errors import UserError
 from .outputs import write_private
-from .profiles import load_profile
+from .profiles import check_value, load_profile
 from .runtimes import RUNTIMES
 
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
@@ -43,7 +46,10 @@ DEFAULT_POD_SUBNET = "10.244.0.0/16"  # flannel's own default
 DEFAULT_SERVICE_SUBNET = "10.96.0.0/12"  # kubeadm's own default
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "pod_subnet", "service_subnet",
-                 "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig"}
+                 "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig",
+                 "offline", "registry_mirrors", "package_mirrors", "kubernetes_release"}
+# cluster.yaml keys that are profile settings too: a node's profile takes the cluster's unless it sets its own
+NODE_DEFAULTS = ("offline", "registry_mirrors", "package_mirrors")
 _NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation", "base"}
 
 
@@ -81,6 +87,10 @@ class Cluster:
     # generation of each removed node: a node added again under its name goes on from there, so no card made
     # before its removal can authenticate again
     retired: dict[str, int] = field(default_factory=dict)
+    offline: bool = False
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
+    package_mirrors: dict[str, str] = field(default_factory=dict)
+    kubernetes_release: str | None = None  # "1.31.4": the patch every card's bundle holds, once one was made
 
     @property
     def secrets_dir(self) -> Path:
@@ -110,12 +120,13 @@ class Cluster:
 
     def settings(self) -> dict:
         """cluster.yaml's content."""
-        return {k: v for k, v in asdict(self).items() if k in _CLUSTER_KEYS and v not in (None, [])}
+        return {k: v for k, v in asdict(self).items() if k in _CLUSTER_KEYS and v not in (None, [], {}, False)}
 
 
 def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
                  approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None,
-                 pod_subnet: str = DEFAULT_POD_SUBNET, service_subnet: str = DEFAULT_SERVICE_SUBNET) -> Cluster:
+                 pod_subnet: str = DEFAULT_POD_SUBNET, service_subnet: str = DEFAULT_SERVICE_SUBNET,
+                 offline: bool = False, registry_mirrors: dict[str, str] | None = None) -> Cluster:
     """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster."""
     if (directory / "cluster.yaml").exists():
         raise UserError(f"{directory}: already a cluster directory (cluster.yaml exists); pick another directory")
@@ -137,7 +148,7 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
         raise UserError(f"{directory}: cannot create the cluster directory: {err.strerror}") from None
     fingerprint = cluster_secrets.create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
     cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods, services,
-                      approval_mode)
+                      approval_mode, offline=offline, registry_mirrors=dict(registry_mirrors or {}))
     _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
     save_inventory(cluster)
     return cluster
@@ -170,6 +181,13 @@ def load_cluster(directory: Path) -> Cluster:
             raise UserError(f"{path}: {key} must be a string, not {settings[key]!r}")
     if not isinstance(settings.get("approval_mode", False), bool):
         raise UserError(f"{path}: approval_mode must be true or false")
+    for key in NODE_DEFAULTS:
+        if key in settings:
+            check_value(key, settings[key], str(path))
+    release = settings.get("kubernetes_release")
+    if release is not None and not re.fullmatch(re.escape(settings["kubernetes_version"]) + r"\.\d{1,3}", str(release)):
+        raise UserError(f"{path}: kubernetes_release {release!r} is not a patch of kubernetes_version "
+                        f"{settings['kubernetes_version']} (like {settings['kubernetes_version']}.4)")
     nodes, retired = load_inventory(directory, settings["node_subnet"])
     return Cluster(directory, nodes=nodes, retired=retired, **settings)
 
@@ -253,6 +271,18 @@ def record_generation(directory: Path, name: str, built: int) -> None:
                             "this image could not join; build it again")
         node.generation = built
         save_inventory(cluster)
+
+
+def record_release(directory: Path, release: str) -> None:
+    """Record the Kubernetes patch the cluster's bundles hold (the first --offline build's), so that every later card
+    holds the same one."""
+    with _inventory_lock(directory):
+        cluster = load_cluster(directory)
+        if cluster.kubernetes_release not in (None, release):
+            raise UserError(f"{directory / 'cluster.yaml'}: the cluster's cards run Kubernetes "
+                            f"{cluster.kubernetes_release}, not {release}: build again")
+        cluster.kubernetes_release = release
+        _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
 
 
 def next_generation(cluster: Cluster, name: str) -> Node:

@@ -20,7 +20,7 @@ from firstboot.endpoint.state import NodeStore, database_path
 from . import addresses, cluster as clusters
 from .errors import UserError
 from .outputs import write_private
-from .profiles import load_profile
+from .profiles import check_value, load_profile
 
 CLUSTER_OPTION = click.option(
     "--cluster", "cluster_dir", required=True, envvar="PI_IMAGE_CLUSTER", show_envvar=True,
@@ -61,20 +61,28 @@ def cluster_group() -> None:
 @click.option("--service-subnet", default=clusters.DEFAULT_SERVICE_SUBNET, show_default=True, metavar="CIDR",
               help="Services' network (kubeadm's serviceSubnet).")
 @click.option("--approval-mode", is_flag=True, help="Unknown nodes wait for `pi-image approve` instead of refusal.")
+@click.option("--offline", is_flag=True, help="Every card carries its packages and container images (`build "
+              "--offline` for all the cluster's builds; later: `offline:` in cluster.yaml).")
+@click.option("--registry-mirror", "registry_mirrors", multiple=True, metavar="REGISTRY=URL",
+              help="A container registry mirror for every node and for --offline builds, like "
+                   "registry.k8s.io=http://192.168.6.2:5000 (repeatable; later: `registry_mirrors:` in cluster.yaml).")
 @JSON_OPTION
 def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
                  gateway: str | None, dns: str | None, pod_subnet: str, service_subnet: str, approval_mode: bool,
-                 as_json: bool) -> None:
+                 offline: bool, registry_mirrors: tuple[str, ...], as_json: bool) -> None:
     """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
 
     \b
-    Example:
+    Examples:
       pi-image cluster init lab --api-server 192.168.6.10:6443 --endpoint 192.168.6.10:8443 \\
           --kubernetes-version 1.31 --node-subnet 192.168.6.0/24
+      pi-image cluster init lab ... --offline --registry-mirror registry.k8s.io=http://192.168.6.2:5000
     """
     servers = [server.strip() for server in (dns or "").split(",") if server.strip()]
+    mirrors = dict(_assignment(item, "--registry-mirror") for item in registry_mirrors)
+    check_value("registry_mirrors", mirrors, "--registry-mirror")
     cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode,
-                                    gateway, servers, pod_subnet, service_subnet)
+                                    gateway, servers, pod_subnet, service_subnet, offline, mirrors)
     summary = {"directory": str(directory), "endpoint": cluster.endpoint,
                "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
     if as_json:
@@ -358,3 +366,11 @@ def node_status(cluster_dir: Path, state_dir: Path | None = None) -> list[dict]:
 
 
 COMMANDS: list[click.Command] = [cluster_group, token_server_command, approve_command, status_command]
+
+
+def _assignment(item: str, option: str) -> tuple[str, str]:
+    """KEY=VALUE of a repeatable option, or a usage error naming it."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=option)
+    return key.strip(), value.strip()

@@ -8,6 +8,7 @@ and add `FileOp`s. The plan can then be printed (`--dry-run`), hashed into the b
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,24 @@ class PlanView:
         if op is not None:
             return op.content.decode() if op.action == "write" and op.content is not None else None
         return self.filesystem(fs).read_text(path)
+
+    def read_bytes(self, fs: str, path: str) -> bytes | None:
+        """Current bytes of `path` on `fs` (None if missing, removed, or not a regular file)."""
+        op = self.plan.latest(fs, path)
+        if op is not None:
+            return op.content if op.action == "write" else None
+        filesystem = self.filesystem(fs)
+        st = filesystem.stat(path)
+        return filesystem.read(path) if st is not None and st.is_file else None
+
+    def listdir(self, fs: str, path: str) -> list[str]:
+        """The names in directory `path` on `fs` after the plan so far, sorted (none if it is not a directory)."""
+        directory = normalize(path)
+        names = set(self.filesystem(fs).listdir(directory))
+        for op in self.plan.ops:
+            if op.fs == fs and posixpath.dirname(op.path) == directory:
+                (names.discard if op.action == "remove" else names.add)(posixpath.basename(op.path))
+        return sorted(names)
 
     def exists(self, fs: str, path: str) -> bool:
         """True if `path` exists on `fs` after the plan so far."""

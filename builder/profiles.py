@@ -61,6 +61,19 @@ SCHEMA: dict[str, Key] = {
                          "{version} stands for the minor", check=values.kube_repo_url),
     "proxy": Key(str, None, "HTTP(S) proxy for apt and the container runtime, like http://10.0.0.1:3128",
                  check=values.proxy_url),
+    "offline": Key(bool, False, "carry every package and container image the node needs on its card (a bundle "
+                   "under /var/lib/pi-image/bundle, made once and cached on this machine): first boot needs no "
+                   "network but the cluster's; `build --offline` or `offline: true` in cluster.yaml set it"),
+    "registry_mirrors": Key(dict, {}, "container registry mirrors, {registry: URL} like {registry.k8s.io: "
+                            "http://192.168.6.2:5000, docker.io: https://mirror.example.com}: containerd's "
+                            "certs.d/HOST/hosts.toml on the node, and where an --offline build fetches images",
+                            check=values.registry_mirrors),
+    "package_mirrors": Key(dict, {}, "{archive URL: mirror URL} the build host fetches an --offline bundle's "
+                           "packages from, like {http://ports.ubuntu.com/ubuntu-ports: https://mirror.example.com/"
+                           "ubuntu-ports} (the node's own apt sources are not changed)", check=values.package_mirrors),
+    "extra_images": Key(list, [], "more container images an --offline bundle carries (your registry, an ingress), "
+                        "like ghcr.io/org/app:1.2", items=Key(str, None, "an image reference",
+                                                              check=values.image_reference)),
     "runtime": Key(str, "containerd", "container runtime", RUNTIMES),
     "cri_dockerd": Key(bool, False, "runtime: docker only: cri-dockerd is in the image (from an --overlay), so "
                        "Kubernetes >= 1.24 can use docker"),

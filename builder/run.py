@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 # Which Debian package provides each tool we call, for the "not installed" message.
 PACKAGES = {
     "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
     "mdir": "mtools", "mcopy": "mtools", "mtype": "mtools", "mmd": "mtools", "mdel": "mtools", "mattrib": "mtools",
     "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "sfdisk": "fdisk",
     "bmaptool": "bmap-tools", "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "blkid": "util-linux", "cp": "coreutils", "openssl": "openssl",
+    "skopeo": "skopeo", "apt-get": "apt", "apt-cache": "apt",
 }
 
 # mtools must not read the user's ~/.mtoolsrc nor refuse images whose geometry it dislikes.

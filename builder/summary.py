@@ -45,8 +45,15 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
         rows.append(("wifi", f"{profile['wifi']['ssid']!r}, country {profile['wifi']['country']}"))
     rows += [
         ("login", _login(result)),
-        ("Kubernetes", str(profile["kubernetes_version"])),
+        ("Kubernetes", str(result.manifest.get("kubernetes_release") or profile["kubernetes_version"])),
     ]
+    bundle = result.manifest.get("bundle")
+    if bundle:
+        rows.append(("offline", f"{len(bundle['packages'])} packages and {len(bundle['images'])} images on the card "
+                                f"(+{human_size(bundle['size'])}, {bundle['platform']}"
+                                + (f"; root grown by {human_size(bundle['grown_by'])} to hold them"
+                                   if bundle.get("grown_by") else "") + "): first boot needs no network but the "
+                                "cluster's"))
     if _holds_secrets(result.output):
         rows.append(("private", SECRETS))
     if result.bmap is not None:

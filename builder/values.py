@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from firstboot import protocol
 
+from .bundle.references import mirror_host, parse_reference
+
 Check = Callable[[object], "str | None"]
 
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
@@ -180,6 +182,37 @@ def kube_repo_url(value: object) -> str | None:
         return http_url(str(value).format(version="1.31"))
     except (KeyError, IndexError, ValueError):
         return f"{value!r}: the only placeholder allowed is {{version}}"
+
+
+def image_reference(value: object) -> str | None:
+    """A container image reference (registry/repository:tag or @sha256:...)."""
+    try:
+        parse_reference(str(value))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def registry_mirrors(value: object) -> str | None:
+    """{registry host: mirror URL}: each host a registry name (registry.k8s.io, docker.io), each URL http(s)://HOST."""
+    for host, url in dict(value).items():  # type: ignore[call-overload]
+        problem = image_reference(f"{host}/x/y:z")
+        if problem or "/" in str(host):
+            return f"{host!r} is not a registry host name (like registry.k8s.io, docker.io, ghcr.io)"
+        try:
+            mirror_host(str(url))
+        except ValueError as err:
+            return f"{host}: {err}"
+    return None
+
+
+def package_mirrors(value: object) -> str | None:
+    """{archive URL: mirror URL}, both http(s) URLs: where the build host fetches an image's archives from."""
+    for archive, mirror in dict(value).items():  # type: ignore[call-overload]
+        problem = http_url(archive) or http_url(mirror)
+        if problem:
+            return problem
+    return None
 
 
 def wifi_country(value: object) -> str | None:

@@ -32,7 +32,8 @@ def documents(kubeadm_version, api_server, token, node, node_ip, runtime, pod_su
                              "groups": [BOOTSTRAP_GROUP]}],
         "localAPIEndpoint": {"advertiseAddress": node_ip, "bindPort": bind_port},
         "nodeRegistration": {"name": node, "criSocket": RUNTIMES[runtime].cri_socket,
-                             "kubeletExtraArgs": joinconfig.kubelet_extra_args(api_version, {"node-ip": node_ip})},
+                             "kubeletExtraArgs": joinconfig.kubelet_extra_args(api_version, {"node-ip": node_ip}),
+                             "imagePullPolicy": joinconfig.IMAGE_PULL_POLICY},
     }
     if patches:
         init["patches"] = {"directory": patches}

@@ -13,6 +13,8 @@ from . import protocol
 from .runtime import RUNTIMES
 
 KUBELET_PATCH = "kubeletconfiguration+strategic.yaml"
+# kubeadm's preflight pulls only images the runtime lacks: an offline card's bundle has them all (firstboot/bundle.py)
+IMAGE_PULL_POLICY = "IfNotPresent"
 
 
 def api_version_for(kubernetes_version):
@@ -31,7 +33,8 @@ def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, no
         "kind": "JoinConfiguration",
         "discovery": {"bootstrapToken": {
             "apiServerEndpoint": api_server, "token": token, "caCertHashes": list(ca_cert_hashes)}},
-        "nodeRegistration": {"name": node, "criSocket": RUNTIMES[runtime].cri_socket, "kubeletExtraArgs": extra_args},
+        "nodeRegistration": {"name": node, "criSocket": RUNTIMES[runtime].cri_socket, "kubeletExtraArgs": extra_args,
+                             "imagePullPolicy": IMAGE_PULL_POLICY},
     }
     if patches:
         config["patches"] = {"directory": patches}

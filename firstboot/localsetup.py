@@ -3,7 +3,8 @@
 Kernel modules and sysctls come from the files the build wrote (overlays/k8s-kernel: the one list of them); the
 sysctls are written to /proc/sys directly, since a `sysctl` binary (procps) may be absent. The container runtime
 and kubelet/kubeadm/kubectl are installed in one apt transaction when any is missing (packages.py), then the
-runtime is started and checked (runtime.py).
+runtime is started and checked (runtime.py). A card built with --offline carries them in its bundle (bundle.py):
+apt installs the bundle's files with no source and no download, and its images are imported into containerd.
 """
 
 import errno
@@ -12,6 +13,7 @@ import logging
 import os
 import time
 
+from .bundle import Bundle
 from .errors import SetupFailed
 from .packages import Apt
 from .runtime import RUNTIMES, RuntimeCheck
@@ -164,13 +166,20 @@ class LocalSetup(object):
     def install_packages(self):
         """Install what is missing of the runtime and kubelet/kubeadm/kubectl (the image's apt pin picks the kube
         version), (re)start the runtime if it was just installed or is not ready, hold the kube packages."""
+        bundle = Bundle(self.root)
         missing = self.apt.missing(self.runtime_packages + list(KUBE_PACKAGES))
         if missing:
             if not self.commands.available("apt-get"):
                 raise SetupFailed("{} missing and there is no apt-get to install them".format(", ".join(missing)),
                                   retry=False)
-            self.apt.install(missing)
+            if bundle.present:
+                log.info("installing %s from the card's bundle (no network)", ", ".join(missing))
+                self.apt.install(bundle.package_files(), bundle.apt_options())
+            else:
+                self.apt.install(missing)
         self.runtime.start(restart=any(package in missing for package in self.runtime_packages))
+        if bundle.present:
+            bundle.import_images(self.commands, self.runtime.socket_path)
         if self.commands.available("apt-mark"):
             self.commands.run(["apt-mark", "hold"] + list(KUBE_PACKAGES))
         self.commands.run(["systemctl", "enable", "kubelet"])

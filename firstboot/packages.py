@@ -15,6 +15,7 @@ package exists) are kept: --force-confold, never a prompt. DEBIAN_FRONTEND=nonin
 """
 
 import logging
+import os
 import time
 
 from .errors import SetupFailed
@@ -55,15 +56,20 @@ class Apt(object):
                 installed.add(fields[0].split(":")[0])
         return [package for package in packages if package not in installed]
 
-    def install(self, packages):
-        """Finish what a power cut interrupted, refresh the lists, install `packages` (the image's pins choose)."""
+    def install(self, packages, local_options=None):
+        """Finish what a power cut interrupted, refresh the lists, install `packages` (the image's pins choose).
+        With `local_options` (the offline bundle's: no source, no download), `packages` are .deb files and there is
+        nothing to refresh."""
         self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"]))
-        self._update()
-        log.info("installing %s (apt-get waits up to %d s for the dpkg lock)", " ".join(packages), APT_LOCK_TIMEOUT)
+        if local_options is None:
+            self._update()
+        names = [os.path.basename(package) for package in packages]
+        log.info("installing %s (apt-get waits up to %d s for the dpkg lock)", " ".join(names), APT_LOCK_TIMEOUT)
         result = self.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=" + KEEP_OUR_CONFFILES,
-                           "-o", "DPkg::Lock::Timeout={}".format(APT_LOCK_TIMEOUT)] + list(packages), timeout=3600)
+                           "-o", "DPkg::Lock::Timeout={}".format(APT_LOCK_TIMEOUT)] + list(local_options or [])
+                          + list(packages), timeout=3600)
         if result.ok and "Waiting for cache lock" in result.stdout + result.stderr:
-            log.info("apt-get waited for the dpkg lock, then installed %s", " ".join(packages))
+            log.info("apt-get waited for the dpkg lock, then installed %s", " ".join(names))
         self._checked(result)
 
     def run(self, argv, timeout=900):

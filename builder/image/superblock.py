@@ -24,10 +24,17 @@ class Superblock:
     label: str
     state: int
     incompat: int
+    free_blocks: int = 0
+    reserved_blocks: int = 0  # kept for root: a full filesystem still lets root's daemons write
 
     @property
     def size(self) -> int:
         return self.block_size * self.blocks
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes anyone may still use, as the superblock counts them (an image cleanly unmounted keeps it right)."""
+        return max(0, self.free_blocks - self.reserved_blocks) * self.block_size
 
     @property
     def kind(self) -> str:
@@ -41,12 +48,18 @@ def read_superblock(image: Path, offset: int) -> Superblock | None:
         raw = f.read(1024)
     if len(raw) < 1024 or struct.unpack_from("<H", raw, 0x38)[0] != EXT4_MAGIC:
         return None
-    blocks_lo, log_block = struct.unpack_from("<I", raw, 0x4)[0], struct.unpack_from("<I", raw, 0x18)[0]
-    blocks_hi = struct.unpack_from("<I", raw, 0x150)[0] if struct.unpack_from("<I", raw, 0x60)[0] & 0x80 else 0
+    log_block = struct.unpack_from("<I", raw, 0x18)[0]
+    wide = bool(struct.unpack_from("<I", raw, 0x60)[0] & 0x80)  # INCOMPAT_64BIT: counts have high words
+
+    def count(low: int, high: int) -> int:
+        return struct.unpack_from("<I", raw, low)[0] | ((struct.unpack_from("<I", raw, high)[0] << 32) if wide else 0)
+
     return Superblock(
         block_size=1024 << min(log_block, 6),
-        blocks=blocks_lo | (blocks_hi << 32),
+        blocks=count(0x4, 0x150),
         label=raw[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", errors="replace"),
         state=struct.unpack_from("<H", raw, 0x3A)[0],
         incompat=struct.unpack_from("<I", raw, 0x60)[0],
+        free_blocks=count(0xC, 0x158),
+        reserved_blocks=count(0x8, 0x154),
     )

@@ -6,10 +6,12 @@ nothing here writes to an image. Plain file content lives in overlays/, not here
 
 from __future__ import annotations
 
-from . import accounts, control_plane, firstboot, identity, kernel, kube_key, layers, regional, services, swap, wifi
+from . import (accounts, bundle, control_plane, firstboot, identity, kernel, kube_key, layers, regional, registry,
+               services, swap, wifi)
 from .context import BuildContext, NodeIdentity
 
-STEPS = [kernel, layers, kube_key, swap, services, identity, regional, wifi, accounts, firstboot, control_plane]
+STEPS = [kernel, layers, kube_key, registry, bundle, swap, services, identity, regional, wifi, accounts, firstboot,
+         control_plane]
 
 __all__ = ["BuildContext", "NodeIdentity", "STEPS", "make_plan"]
 

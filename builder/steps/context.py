@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bundle.images import pause_image
 from ..cluster import DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET
 from ..errors import UserError
 from ..plan import FileOp, Plan, PlanView
@@ -45,6 +46,9 @@ class BuildContext:
     cluster: Any = None  # the builder.cluster.Cluster a cluster build is for (a control plane carries its files)
     base: Path | None = None  # the vendor image (or rootfs tree) the build starts from, resolved to a local path
     base_name: str = ""  # what the user named it: a catalog name, a URL or a path
+    kubernetes_release: str | None = None  # the exact patch (cluster.yaml's, or what an --offline bundle holds)
+    fetch: bool = True  # False for --dry-run: nothing is downloaded (an --offline bundle is only announced)
+    bundle: Any = None  # the builder.bundle.make.Bundle an --offline build carries
     plan: Plan = field(default_factory=Plan)
 
     @property
@@ -112,6 +116,8 @@ class BuildContext:
             "static_network": self.static_network(),
             "node_subnet": self.node.subnet,
             "kube_repo": self.profile["kube_repo_url"].format(version=self.profile["kubernetes_version"]),
+            "kubernetes_release": self.kubernetes_release,
+            "sandbox_image": pause_image(self.kubernetes_release or self.profile["kubernetes_version"]),
             # never proxied: the node itself, its subnet, and the default service and pod networks
             "no_proxy": ",".join(filter(None, ["localhost", "127.0.0.1", self.node.subnet, *self._cluster_subnets(),
                                                ".svc", ".cluster.local"])),

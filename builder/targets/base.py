@@ -93,6 +93,8 @@ class Target:
     wifi_rfkill_states: ClassVar[tuple[str, ...]] = ()
     #: where the boot partition is mounted when the fstab does not say
     default_boot_mount: ClassVar[str | None] = None
+    #: an --offline bundle (packages, images) can be written onto this target's root filesystem
+    carries_bundle: ClassVar[bool] = True
 
     medium: DiskImage | DirectoryFilesystem
     root: Filesystem

@@ -37,6 +37,7 @@ class UbuntuX86(Target):
     default_user = "ubuntu"
     os_overlays = ("cloud-init-seed", "netplan-wifi")
     admin_groups = ("adm", "cdrom", "dip", "lxd", "sudo")  # cloud-init's default user on Ubuntu
+    carries_bundle = False  # a seed ISO's user-data is text for cloud-init: no room for packages and images
 
     netplan_regulatory_domain = UbuntuRaspi.netplan_regulatory_domain  # the same netplan.io packages
 

@@ -125,7 +125,7 @@ class SigningKey:
 class AptRepository:
     """Both repositories under `root`, signed by `key`, served by `serve()` on 127.0.0.1."""
 
-    def __init__(self, root: Path, key: SigningKey, runtime: list[Path], kube: list[Path]):
+    def __init__(self, root: Path, key: SigningKey, runtime: list[Path], kube: list[Path], arch: str = ARCH):
         self.root = root
         self.runtime, self.kube = runtime, kube
         self.key = key
@@ -135,10 +135,10 @@ class AptRepository:
         for deb in runtime:
             shutil.copyfile(deb, pool / deb.name)
         dists = root / "debian" / "dists" / SUITE
-        index = dists / "main" / f"binary-{ARCH}"
+        index = dists / "main" / f"binary-{arch}"
         index.mkdir(parents=True)
         (index / "Packages").write_bytes(self._ftparchive(root / "debian", "packages", "pool"))
-        fields = {"Suite": SUITE, "Codename": SUITE, "Components": "main", "Architectures": ARCH}
+        fields = {"Suite": SUITE, "Codename": SUITE, "Components": "main", "Architectures": arch}
         options = [arg for name, value in fields.items() for arg in ("-o", f"APT::FTPArchive::Release::{name}={value}")]
         self._release(dists, root / "debian", f"dists/{SUITE}", *options)
         flat = root / "kube"

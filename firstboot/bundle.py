@@ -1,0 +1,120 @@
+"""The offline bundle on the card (`pi-image build --offline`): packages and container images, so first boot needs no
+network but the cluster's.
+
+    /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
+    /var/lib/pi-image/bundle/debs/*.deb       installed by apt from these files only (no source, no download)
+    /var/lib/pi-image/bundle/images/*.tar     OCI archives, imported into containerd's k8s.io namespace once
+
+Every file is checked against bundle.json before it is used: a card whose bundle was cut or changed says which file.
+The import is recorded in IMPORTED (the bundle's digest), so a reboot does not import again; an image that is not in
+containerd afterwards is named in the failure, since kubeadm with IfNotPresent would then try the network.
+"""
+
+import hashlib
+import json
+import logging
+import os
+
+from .errors import SetupFailed
+
+log = logging.getLogger("pi-image.agent")
+
+BUNDLE_DIR = "/var/lib/pi-image/bundle"
+BUNDLE_MANIFEST = "bundle.json"
+EMPTY_SOURCES = "no-sources"  # a directory with no apt source in it: apt installs from the given files only
+IMPORTED = "/var/lib/pi-image/bundle.imported"
+NAMESPACE = "k8s.io"  # the containerd namespace the CRI (and so the kubelet and kubeadm) uses
+
+
+class Bundle(object):
+    """The bundle under `root`, or an empty one when the card has none (`present` is then False)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.directory = os.path.join(root, BUNDLE_DIR.lstrip("/"))
+        self.manifest = None
+        path = os.path.join(self.directory, BUNDLE_MANIFEST)
+        try:
+            with open(path) as handle:
+                self.manifest = json.load(handle)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            raise SetupFailed("{} cannot be read ({}): rebuild the card".format(path, err), retry=False)
+
+    @property
+    def present(self):
+        return self.manifest is not None
+
+    @property
+    def release(self):
+        return self.manifest["kubernetes"] if self.present else None
+
+    def package_files(self):
+        """The bundle's .debs (checked), as the absolute paths apt-get install takes."""
+        return [self._checked(entry) for entry in self.manifest.get("packages", [])]
+
+    def apt_options(self):
+        """apt-get options that leave it only the given files: no source list, nothing to download."""
+        empty = os.path.join(self.directory, EMPTY_SOURCES)
+        return ["--no-download", "-o", "Dir::Etc::SourceList=" + os.path.join(empty, "sources.list"),
+                "-o", "Dir::Etc::SourceParts=" + empty]
+
+    def import_images(self, commands, socket_path):
+        """Import every image not yet in containerd (once per bundle), then check they all are; SetupFailed naming
+        the first one missing."""
+        stamp = os.path.join(self.root, IMPORTED.lstrip("/"))
+        digest = self._digest()
+        try:
+            with open(stamp) as handle:
+                done = handle.read().strip() == digest
+        except OSError:
+            done = False
+        ctr = ["ctr", "--address", socket_path, "-n", NAMESPACE]
+        if not done:
+            present = self._present(commands, ctr)
+            for entry in self.manifest.get("images", []):
+                if entry["reference"] in present:
+                    continue
+                archive = self._checked(entry)
+                result = commands.run(ctr + ["images", "import", "--platform", self.manifest["platform"], archive],
+                                      timeout=900)
+                if not result.ok:
+                    raise SetupFailed("ctr could not import {} from the bundle: {}".format(entry["reference"],
+                                                                                          result.summary()), retry=True)
+                log.info("imported %s from the bundle", entry["reference"])
+        missing = [entry["reference"] for entry in self.manifest.get("images", [])
+                   if entry["reference"] not in self._present(commands, ctr)]
+        if missing:
+            raise SetupFailed("the image {} is not in containerd after importing the bundle: kubeadm would try to pull "
+                              "it (rebuild the card with --offline)".format(missing[0]), retry=False)
+        if not done:
+            with open(stamp, "w") as handle:
+                handle.write(digest + "\n")
+            log.info("%d image(s) of the bundle are in containerd's %s namespace",
+                     len(self.manifest.get("images", [])), NAMESPACE)
+
+    def _present(self, commands, ctr):
+        result = commands.run(ctr + ["images", "ls", "-q"], timeout=60)
+        if not result.ok:
+            raise SetupFailed("ctr cannot list containerd's images: {}".format(result.summary()), retry=True)
+        return set(result.stdout.split())
+
+    def _checked(self, entry):
+        """The absolute path of a bundle file whose size and SHA-256 are those bundle.json records."""
+        path = os.path.join(self.directory, entry["file"])
+        sha = hashlib.sha256()
+        try:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    sha.update(chunk)
+        except OSError as err:
+            raise SetupFailed("the bundle's {} cannot be read ({}): rebuild the card".format(
+                entry["file"], err.strerror or err), retry=False)
+        if sha.hexdigest() != entry.get("sha256"):
+            raise SetupFailed("the bundle's {} does not match its SHA-256 in {}: the card is damaged; rebuild or "
+                              "reflash it".format(entry["file"], BUNDLE_MANIFEST), retry=False)
+        return path
+
+    def _digest(self):
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
