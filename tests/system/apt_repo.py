@@ -33,8 +33,26 @@ ARCH = "amd64"
 RUNTIME_PACKAGES = ("containerd", "runc")
 KUBE_VERSIONS = ("1.30.5-1.1", "1.31.4-1.1")
 KUBE_TOOLS = ("kubelet", "kubeadm", "kubectl")
+# What `kubeadm config images list` prints for each stand-in release, from kubeadm's own constants as minikube records
+# them (pkg/minikube/constants/constants_kubeadm_images.go): the stand-in kubeadm package carries its list, as the
+# real binary has it compiled in. Written here, not taken from pi-image's data, so that the boot test checks that.
+KUBEADM_IMAGES = {
+    "1.30.5": ("registry.k8s.io/kube-apiserver:v1.30.5", "registry.k8s.io/kube-controller-manager:v1.30.5",
+               "registry.k8s.io/kube-scheduler:v1.30.5", "registry.k8s.io/kube-proxy:v1.30.5",
+               "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.9", "registry.k8s.io/etcd:3.5.15-0"),
+    "1.31.4": ("registry.k8s.io/kube-apiserver:v1.31.4", "registry.k8s.io/kube-controller-manager:v1.31.4",
+               "registry.k8s.io/kube-scheduler:v1.31.4", "registry.k8s.io/kube-proxy:v1.31.4",
+               "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.10", "registry.k8s.io/etcd:3.5.15-0"),
+}
+
 PACKAGES_DIR = Path(__file__).parent / "guest" / "packages"
 GUEST_KEYRING = "/etc/apt/keyrings/pi-image-test-archive.gpg"
+
+
+def pod_network_images() -> list[str]:
+    """The images the pod network's manifest runs on every node (the guest's stand-ins read the same file)."""
+    path = Path(__file__).parent / "guest/test-tools/usr/local/lib/pi-image-test/pod-network-images"
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
 def kube_release(minor: str) -> str:
@@ -87,6 +105,10 @@ def standin_debs(dest: Path) -> list[Path]:
                 unit = tree / "usr/lib/systemd/system/kubelet.service"
                 unit.parent.mkdir(parents=True)
                 shutil.copyfile(PACKAGES_DIR / "kubelet.service", unit)
+            if tool == "kubeadm":
+                images = tree / "usr/share/kubeadm-standin/images"
+                images.parent.mkdir(parents=True)
+                images.write_text("".join(image + "\n" for image in KUBEADM_IMAGES[version.split("-")[0]]))
             deb = dest / f"{tool}_{version}_{ARCH}.deb"
             run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)])
             shutil.rmtree(tree)

@@ -23,9 +23,10 @@ TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat
          "apt-ftparchive", "gpg", "dpkg-deb")
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict = {"boots": []}
-SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "test_boot_control_plane.py"}
-# The longest story (two guests at once) starts first, so that the other worker's shorter ones fill in around it.
-FIRST_MODULES = ("test_boot_control_plane.py",)
+SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "test_boot_control_plane.py",
+                        "test_boot_offline.py"}
+# The longest stories (two guests at once) start first, so that the other worker's shorter ones fill in around them.
+FIRST_MODULES = ("test_boot_control_plane.py", "test_boot_offline.py")
 # Added to the rootfs with guest/test-tools/ before the build: the monitor and package-lock units enabled; masked,
 # what a headless guest without a screen does not need and TCG pays seconds for.
 GUEST_LINKS = {
@@ -113,6 +114,27 @@ def base_images(tmp_path_factory, archive):
         image.unlink()
 
 
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on 127.0.0.1 holding small real images (amd64 and arm64) under the names kubeadm
+    1.31.4 and the pod network use: what an --offline build fetches through its registry_mirrors."""
+    from apt_repo import KUBEADM_IMAGES, pod_network_images
+    from oci_registry import Registry, populate
+
+    base = tmp_path_factory.mktemp("registry")
+    with Registry(base / "registry").start() as running:
+        populate(running, [*KUBEADM_IMAGES["1.31.4"], *pod_network_images()], base / "images")
+        yield running
+
+
+def offline_args(archive, registry) -> tuple[str, ...]:
+    """`build --offline` as a user behind a firewall with a local mirror runs it: the image's archives (10.0.2.2 to
+    a guest) reached by the build host at 127.0.0.1, the registries through the mirror."""
+    mirrors = {"registry.k8s.io": registry.url, "ghcr.io": registry.url}
+    return ("--offline", "--set", f"package_mirrors={{http://10.0.2.2:{archive.port}: http://127.0.0.1:{archive.port}}}",
+            "--set", f"registry_mirrors={json.dumps(mirrors)}")
+
+
 def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
                   nodes: tuple[tuple[str, str], ...] | None = None, init_args: tuple[str, ...] = (),
                   add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = ()):
@@ -150,8 +172,11 @@ def build_for(base_images, archive, tmp_path_factory, request):
     options, made once per session."""
     builds = {}
 
-    def build(base="stock", **options):
-        key = json.dumps([base, options], sort_keys=True)
+    def build(base="stock", offline=False, **options):
+        key = json.dumps([base, offline, options], sort_keys=True)
+        if offline:  # the registry is started only for the stories that need it
+            options["build_args"] = (*options.get("build_args", ()),
+                                     *offline_args(archive, request.getfixturevalue("registry")))
         if key not in builds:
             builds[key] = build_cluster(base_images[base], archive, tmp_path_factory.mktemp("build"), **options)
             FIGURES.setdefault("builds", []).append(dict(builds[key].figures, base=base, options=options))

@@ -50,22 +50,28 @@ class Guest:
 
     def __init__(self, image: Path, boot: BootFiles, serial: Path, knobs: dict[str, str] | None = None,
                  kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None,
-                 hostfwd: tuple[int, ...] = ()):
+                 hostfwd: tuple[int, ...] = (), only_ports: tuple[int, ...] | None = None):
         """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time).
         `hostfwd`: TCP ports of the host's 127.0.0.1 (only: nothing outside this machine reaches a test guest)
-        forwarded to the same port of the guest's cluster address."""
+        forwarded to the same port of the guest's cluster address.
+        `only_ports`: an isolated guest (QEMU's restrict=on on both NICs: no route out, no DNS, no NTP) that reaches
+        10.0.2.2:PORT for these ports only, each connection handed to the host's 127.0.0.1:PORT by socat."""
         self.image = image
         self.serial_path = serial
         self.cmdline = " ".join([boot.cmdline, *TEST_ARGS, *kernel_args] +
                                 [f'pitest.{key}="{value}"' if " " in str(value) else f"pitest.{key}={value}"
                                  for key, value in (knobs or {}).items()])
+        restrict = ",restrict=on" if only_ports is not None else ""
         self.argv = [
             QEMU, "-accel", "tcg", "-m", str(memory_mib), "-smp", VCPUS, "-nodefaults", "-display", "none",
             "-no-reboot", "-serial", f"file:{serial}",
             "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", self.cmdline,
             "-drive", f"file={image},format=raw,if=virtio",
-            "-netdev", "user,id=other,net=10.0.3.0/24", "-device", "virtio-net-pci,netdev=other",
-            "-netdev", "".join(["user,id=cluster", *(f",hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in hostfwd)]),
+            "-netdev", "user,id=other,net=10.0.3.0/24" + restrict, "-device", "virtio-net-pci,netdev=other",
+            "-netdev", "".join(["user,id=cluster", restrict,
+                                *(f",hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in hostfwd),
+                                *(f",guestfwd=tcp:10.0.2.2:{port}-cmd:socat - TCP:127.0.0.1:{port}"
+                                  for port in only_ports or ())]),
             "-device", "virtio-net-pci,netdev=cluster",
             "-device", "virtio-rng-pci",
         ] + (["-rtc", f"base={rtc_base}"] if rtc_base else [])

@@ -15,7 +15,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-PACKAGES=(debootstrap qemu-system-x86 e2fsprogs mtools dosfstools fdisk apt-utils gnupg)
+PACKAGES=(debootstrap qemu-system-x86 e2fsprogs mtools dosfstools fdisk apt-utils gnupg skopeo docker-registry
+          busybox-static socat)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,7 +55,7 @@ def write_files(files):
 
 
 def init(argv, config):
-    errors = standin.node_errors(config) + init_errors(config)
+    errors = standin.node_errors(config, "init") + init_errors(config)
     if errors:
         return standin.preflight_failed("kubeadm-init", errors, sys.stderr.write)
     endpoint = re.search(r'controlPlaneEndpoint: "([^"]+)"', config).group(1)

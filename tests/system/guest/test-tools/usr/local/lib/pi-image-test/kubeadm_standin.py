@@ -18,6 +18,8 @@ import struct
 import subprocess
 
 RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"  # what kubeadm gives the kubelet where resolved runs
+IMAGES_LIST = "/usr/share/kubeadm-standin/images"  # what `kubeadm config images list` prints (the package's)
+POD_NETWORK_IMAGES = "/usr/local/lib/pi-image-test/pod-network-images"  # what the applied flannel manifest names
 TOKEN = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b")
 
 
@@ -76,16 +78,18 @@ def _strings(message):
     return fields
 
 
-def cri_version(socket_path):
-    """RuntimeService/Version over gRPC (HTTP/2 on the Unix socket): {runtime_name, runtime_api_version, ...}."""
+def _grpc(socket_path, method, message=b""):
+    """One unary gRPC call (HTTP/2 on the Unix socket) of `method` with the protobuf `message`; the response
+    message's bytes (the 5-byte gRPC prefix included), b"" for a trailers-only answer."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(10)
     conn.connect(socket_path)
     headers = b"".join(_literal(name, value) for name, value in (
-        (":method", "POST"), (":scheme", "http"), (":path", "/runtime.v1.RuntimeService/Version"),
+        (":method", "POST"), (":scheme", "http"), (":path", method),
         (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")))
+    body = b"\x00" + struct.pack(">I", len(message)) + message  # uncompressed
     conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0) + _frame(1, 0x4, 1, headers)
-                 + _frame(0, 0x1, 1, b"\x00\x00\x00\x00\x00"))  # an empty VersionRequest, uncompressed
+                 + _frame(0, 0x1, 1, body))
     data, buffer = b"", b""
     while True:
         while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
@@ -106,6 +110,12 @@ def cri_version(socket_path):
         if kind in (0, 1) and flags & 0x1:  # END_STREAM: the trailers (or a trailers-only error) came
             break
     conn.close()
+    return data
+
+
+def cri_version(socket_path):
+    """RuntimeService/Version over gRPC: {runtime_name, runtime_version, runtime_api_version}."""
+    data = _grpc(socket_path, "/runtime.v1.RuntimeService/Version")
     if len(data) < 5:
         raise OSError("CRI v1 runtime API is not implemented for endpoint unix://{}".format(socket_path))
     fields = _strings(data[5:])
@@ -113,7 +123,48 @@ def cri_version(socket_path):
             ((2, "runtime_name"), (3, "runtime_version"), (4, "runtime_api_version"))}
 
 
-def node_errors(config):
+def _length_delimited(number, payload):
+    """A protobuf field `number` of wire type 2 (our payloads are < 128 bytes: a one-byte length)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def image_present(socket_path, reference):
+    """ImageService/ImageStatus over gRPC, as the kubelet and kubeadm ask: an image the runtime has comes back as
+    field 1 (Image) of the response; an unknown one as an empty response."""
+    request = _length_delimited(1, _length_delimited(1, reference.encode()))  # ImageStatusRequest{ImageSpec{image}}
+    data = _grpc(socket_path, "/runtime.v1.ImageService/ImageStatus", request)
+    return len(data) > 5 and data[5] == (1 << 3 | 2)
+
+
+def images_needed(command):
+    """What this node cannot start without when no registry is reachable (pitest.require_images=1): for init,
+    every image of `kubeadm config images list` (the kubeadm stand-in package's list) and the pod network's; for a
+    worker's join, the images its kubelet starts at once: the sandbox (pause), kube-proxy and the pod network's."""
+    with open(IMAGES_LIST) as handle:
+        kubeadm_list = handle.read().split()
+    with open(POD_NETWORK_IMAGES) as handle:
+        pod_network = handle.read().split()
+    if command == "init":
+        return kubeadm_list + pod_network
+    return [image for image in kubeadm_list if "/kube-proxy:" in image or "/pause:" in image] + pod_network
+
+
+def image_errors(cri, command):
+    """kubeadm's preflight with imagePullPolicy IfNotPresent and no registry in reach: an image the runtime lacks
+    would be pulled, and the pull fails."""
+    errors = []
+    for image in images_needed(command):
+        try:
+            if not image_present(cri, image):
+                errors.append("[ERROR ImagePull]: failed to pull image {}: dial tcp: lookup {}: no such host "
+                              "(this guest reaches no registry)".format(image, image.split("/")[0]))
+        except OSError as err:
+            errors.append("[ERROR ImagePull]: cannot ask the runtime for image {}: {}".format(image, err))
+    return errors
+
+
+def node_errors(config, command="join"):
     """kubeadm's fatal preflight errors for this node (join and init alike), as kubeadm words them."""
     errors = []
     cri = re.search(r'criSocket: "unix://([^"]+)"', config).group(1)
@@ -134,6 +185,10 @@ def node_errors(config):
     with open("/proc/swaps") as handle:
         if len(handle.read().strip().splitlines()) > 1:
             errors.append("[ERROR Swap]: running with swap on is not supported. Please disable swap")
+    if knobs().get("require_images") == "1":
+        if "imagePullPolicy: \"IfNotPresent\"" not in config:
+            errors.append("nodeRegistration.imagePullPolicy is not IfNotPresent: kubeadm would pull every image")
+        errors += image_errors(cri, command)
     try:
         resolv_conf = kubelet_resolv_conf(config)
     except OSError as err:

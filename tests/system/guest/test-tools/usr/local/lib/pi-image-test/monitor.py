@@ -97,6 +97,10 @@ def report(reason, boot):
             "ctr_version": output("ctr", "--address", "/run/containerd/containerd.sock", "version"),
             "systemd_cgroup": [line.strip() for line in output("containerd", "config", "dump").splitlines()
                                if "SystemdCgroup" in line],
+            "sandbox_image": [line.strip() for line in output("containerd", "config", "dump").splitlines()
+                              if "sandbox_image" in line],
+            "images": output("ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io", "images", "ls",
+                             "-q").split(),
         },
         "packages": [line.strip() for line in output(
             "dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n", "containerd", "runc", "kubelet",
