@@ -103,7 +103,8 @@ def inspect(image: Path, as_json: bool) -> None:
     fb = report["firstboot"]
     network = fb["network"]
     where = network if isinstance(network, str) else network and f"{network['address']} via {network['gateway']}"
-    facts = [f"node {fb['node']}", fb["role"], fb["kubernetes_version"] and f"Kubernetes {fb['kubernetes_version']}",
+    version = fb["kubernetes_release"] or fb["kubernetes_version"]
+    facts = [f"node {fb['node']}", fb["role"], version and f"Kubernetes {version}",
              fb["cluster"] and f"cluster {fb['cluster']}", where]
     click.echo(f"  {'firstboot':15} {_mark(fb['installed'])}"
                + (f" ({', '.join(str(f) for f in facts if f)})" if fb["node"] else ""))
@@ -112,6 +113,13 @@ def inspect(image: Path, as_json: bool) -> None:
                    "makes each card a node")
     elif fb["node"] and not fb["joins"]:
         click.echo(f"  {'joins':15} no cluster: build it with --cluster DIR (`pi-image cluster init` makes one)")
+    offline = fb["offline"]
+    if offline:
+        click.echo(f"  {'offline':15} yes: {offline['packages']} packages and {offline['images']} images for "
+                   f"{offline['platform']} on the card ({human_size(offline['size'])}, Kubernetes "
+                   f"{offline['kubernetes']})")
+    elif fb["installed"]:
+        click.echo(f"  {'offline':15} no: first boot installs the runtime and the kube packages from the network")
 
 
 def _node_options(command):

@@ -6,20 +6,21 @@ import json
 import re
 from typing import Any
 
+from firstboot.bundle import BUNDLE_DIR, BUNDLE_MANIFEST
 from firstboot.nodeconfig import ENDPOINT_UNIT
 from firstboot.localsetup import is_fstab_swap
 
 from .cmdline import has_cgroup_flags
 from .image import DiskImage, Filesystem
 from .build import MANIFEST_PATH
+from .bundle.apt import KUBE_PIN
 from .profiles import DATA_DIR
 from .steps.firstboot import NODE_CONFIG, UNIT as FIRSTBOOT_UNIT
 from .steps.swap import SWAP_SERVICES
 from .systemd import unit_enabled
 from .targets import Target
 
-KUBE_PIN = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)\.\*", re.M)
-KUBE_PIN_FILE = "/etc/apt/preferences.d/kubernetes"
+KUBE_PIN_LINE = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)(?:\.\*|\.\d+-\*)", re.M)  # a minor, or a release
 # What a node needs is what the build writes: read from the shipped overlay, the one definition of both.
 KERNEL_OVERLAY = DATA_DIR / "overlays" / "k8s-kernel" / "etc"
 
@@ -106,7 +107,7 @@ def _modules_ok(root: Filesystem) -> bool:
 
 def _kube_repo(root: Filesystem) -> str | None:
     """The Kubernetes minor the image's apt pin holds kubelet/kubeadm/kubectl at."""
-    match = KUBE_PIN.search(root.read_text(KUBE_PIN_FILE) or "")
+    match = KUBE_PIN_LINE.search(root.read_text(KUBE_PIN) or "")
     return match.group(1) if match else None
 
 
@@ -127,7 +128,20 @@ def _node_facts(root: Filesystem) -> dict[str, Any]:
             # a profile image: `pi-image flash` stamps a node onto each card; without a cluster it joins nothing
             "stamp_at_flash": bool(config.get("unstamped")), "joins": bool(config.get("endpoint")
                                                                           or "control_plane" in config),
-            "network": record.get("network", "dhcp") if record else None}
+            "network": record.get("network", "dhcp") if record else None,
+            "kubernetes_release": record.get("kubernetes_release") if record else None,
+            "offline": _bundle_facts(root)}
+
+
+def _bundle_facts(root: Filesystem) -> dict[str, Any] | None:
+    """What an --offline card carries (its bundle.json), or None: it installs from the network."""
+    bundle = _json(root, f"{BUNDLE_DIR}/{BUNDLE_MANIFEST}")
+    if not bundle:
+        return None
+    return {"kubernetes": bundle.get("kubernetes"), "platform": bundle.get("platform"),
+            "packages": len(bundle.get("packages") or []), "images": len(bundle.get("images") or []),
+            "size": sum(int(entry.get("size") or 0) for entry in (bundle.get("packages") or [])
+                        + (bundle.get("images") or []))}
 
 
 def _json(root: Filesystem, path: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ PREFERENCES = "/etc/apt/preferences"
 PREFERENCES_DIR = "/etc/apt/preferences.d"
 DPKG_STATUS = "/var/lib/dpkg/status"
 KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+KUBE_PIN = "/etc/apt/preferences.d/kubernetes"  # the kube-repo overlay's pin of KUBE_PACKAGES
 _SIGNED_BY_OPTION = re.compile(r"signed-by=([^\s\]]+)")
 _SIGNED_BY_FIELD = re.compile(r"^(Signed-By:[ \t]*)(/\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 _UNREACHABLE = ("Failed to fetch", "Could not resolve", "Temporary failure resolving", "Could not connect",

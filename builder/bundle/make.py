@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..image.inputs import default_cache_dir
 from ..plan import PlanView
 from . import images as oci
-from .apt import KUBE_PACKAGES, AptTree, debian_version, remove_tree
+from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, debian_version, remove_tree
 
 @dataclass(frozen=True)
 class BundleRequest:
@@ -136,11 +136,16 @@ def _images(request: BundleRequest, release: str, arch: str, cache: Path, work: 
 
 
 def _tree_key(tree: AptTree, request: BundleRequest) -> str:
-    """What decides the closure: the apt tree's inputs (status, sources, keys, pins, architecture) and the packages."""
+    """What decides the closure: the apt tree's inputs (status, sources, keys, pins, architecture) and the packages.
+    pi-image's own kube pin is left out: it only picks the release, which names the entry's subdirectory (a card
+    stamped at flash time, whose pin names the release its image recorded, finds its image's bundle)."""
     digest = hashlib.sha256(json.dumps([request.minor, sorted(request.runtime_packages), tree.arch]).encode())
-    for path in sorted(p for p in tree.root.rglob("*") if p.is_file() and "lists" not in p.parts
-                       and "cache" not in p.parts and p.name != "apt.conf"):
-        digest.update(str(path.relative_to(tree.root)).replace("/keys/", "/").encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for p in tree.root.rglob("*") if p.is_file()):
+        name = str(path.relative_to(tree.root))
+        if name.split("/")[0] in ("etc", "keys") or name == DPKG_STATUS.lstrip("/"):
+            if name != KUBE_PIN.lstrip("/"):
+                # sources name their keyrings' copies by path: the tree's own place must not count
+                digest.update(name.encode() + b"\0" + path.read_bytes().replace(str(tree.root).encode(), b"TREE"))
     return digest.hexdigest()[:24]
 
 

@@ -118,6 +118,9 @@ def test_the_manifest_and_summary_say_what_the_bundle_adds(built):
     listed = {entry["path"] for entry in manifest["files"]}
     assert all(f"{BUNDLE}/{entry['file']}" in listed for entry in manifest["bundle"]["packages"])
     assert "offline     7 packages and 5 images on the card" in proc.stdout
+    inspected = succeeded(built[0]("inspect", output)).stdout
+    assert "offline         yes: 7 packages and 5 images for linux/arm64" in inspected
+    assert "Kubernetes 1.31.4" in inspected
     assert tool("e2fsck", "-fn", Card(output).root.spec).returncode == 0
 
 
@@ -158,9 +161,16 @@ def test_pi_image_bundle_fills_the_cache_then_a_whole_cluster_builds_with_no_net
     try:
         succeeded(cli("build", "--cluster", directory, "--all", "--base", base, "-o", tmp_path / "cards",
                       "--no-login", *args))
+        profile_image = tmp_path / "worker-8g.img"  # a fleet image, a node stamped onto each card at flash time
+        succeeded(cli("build", "--cluster", directory, "--profile", "worker-8g", "--base", base, "-o", profile_image,
+                      "--no-login", *args))
+        card = tmp_path / "card.img"
+        succeeded(cli("flash", profile_image, card, "--cluster", directory, "--yes"))
     finally:
         archive.serve(archive.port)
         registry.start()
+    stamped = bundle_of(card)
+    assert stamped == bundle_of(tmp_path / "cards" / "pi-worker1.img"), "the card carries the fleet image's bundle"
     master = bundle_of(tmp_path / "cards" / "pi-master1.img")
     assert sorted(entry["reference"] for entry in master["images"]) == sorted(WORKER_IMAGES + CONTROL_PLANE_IMAGES)
     assert bundle_of(tmp_path / "cards" / "pi-worker1.img")["kubernetes"] == "1.31.4"

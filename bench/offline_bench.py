@@ -1,0 +1,142 @@
+"""Offline bundles: what making one costs, what it adds to a card, what a warm cache saves, and first boot with it.
+
+    python bench/offline_bench.py [--runs 3] [--padding-mib 40] [--boot] [--smoke]
+
+All in one run, against the tests' offline world (tests/integration/offline_world.py): a signed arm64 apt archive
+and Debian's docker-registry on 127.0.0.1, the Ubuntu sample with a dpkg database. The stand-in .debs are padded
+with incompressible bytes (--padding-mib for containerd, half of it for each kube package) so that apt moves what
+real ones weigh; the registry's images are small (one busybox layer each), so image sizes are the floor.
+
+    bundle cold     `pi-image bundle` of a cluster with a worker and a master, empty cache: apt resolves and
+                    downloads, skopeo fetches every image (per role: seconds, size, packages, images)
+    bundle warm     the same again: every cached file checked against its SHA-256, nothing fetched
+    build           `pi-image build` of the worker without --offline vs with --offline from the warm cache (median
+                    of --runs, order alternated): the ratio is what carrying the bundle costs a build
+    --boot          tests/system/run.sh's offline story (master + worker, isolated) and its network story
+                    (test_boot_joins: one worker installing from the archive), QEMU start to joined from their
+                    figures (needs root and minutes; not in --smoke)
+
+--smoke: no padding, one run, no boot: the suite runs it so the script cannot rot.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
+
+from builder.samples import make_sample  # noqa: E402
+from offline_world import offline_args, offline_base, start_archive, start_registry  # noqa: E402
+from readback import TEST_SSH_KEY  # noqa: E402
+
+MIB = 1 << 20
+
+
+def pi_image(cache: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Seconds and result of `pi-image ARGS` with its own cache (a failure stops the bench with its message)."""
+    env = {**os.environ, "PI_IMAGE_CACHE": str(cache), "SOURCE_DATE_EPOCH": "1700000000",
+           "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env)
+    elapsed = time.monotonic() - started
+    if proc.returncode:
+        sys.exit(f"offline_bench: pi-image {' '.join(args[:3])} failed: {proc.stderr.strip()}")
+    return elapsed, proc
+
+
+def cluster(work: Path, cache: Path, registry) -> Path:
+    directory = work / "lab"
+    pi_image(cache, "cluster", "init", str(directory), "--api-server", "192.168.6.11:6443", "--endpoint",
+             "192.168.6.11:8443", "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--gateway",
+             "192.168.6.1", "--registry-mirror", f"registry.k8s.io={registry.url}",
+             "--registry-mirror", f"ghcr.io={registry.url}")
+    pi_image(cache, "cluster", "add-node", str(directory), "pi-master1", "--profile", "master-2g", "--address",
+             "192.168.6.11")
+    pi_image(cache, "cluster", "add-node", str(directory), "pi-worker1", "--profile", "worker-8g")
+    return directory
+
+
+def bundles(work: Path, base: Path, archive, registry) -> tuple[Path, Path, list[str]]:
+    """Cold and warm `pi-image bundle`; the cache, the cluster and the build options for what follows."""
+    cache = work / "cache"
+    directory = cluster(work, cache, registry)
+    options = [arg for arg in offline_args(archive, registry) if arg != "--offline"][:-2]
+    lines = []
+    for phase in ("cold", "warm"):
+        seconds, proc = pi_image(cache, "bundle", "--cluster", str(directory), "--base", str(base), "--json",
+                                 *options)
+        for row in json.loads(proc.stdout):
+            lines.append(f"bundle {phase:4}  {row['node']:11} {seconds:6.2f} s (both roles)  "
+                         f"{row['size'] / MIB:7.1f} MiB  {row['packages']} packages  {row['images']} images")
+    return cache, directory, lines
+
+
+def builds(work: Path, cache: Path, base: Path, archive, registry, runs: int) -> list[str]:
+    """Median seconds of a worker build without --offline and with it from the warm cache, alternated."""
+    common = ["build", "--profile", "worker-8g", "--base", str(base), "--ssh-key", str(TEST_SSH_KEY), "--force"]
+    online = ["--kube-key", str(archive.key.armored),
+              "--set", f"kube_repo_url=http://127.0.0.1:{archive.port}/kube/v{{version}}/"]
+    times: dict[str, list[float]] = {"network install": [], "--offline": []}
+    for run in range(runs):
+        for name in (("network install", "--offline") if run % 2 == 0 else ("--offline", "network install")):
+            extra = offline_args(archive, registry) if name == "--offline" else online
+            seconds, _ = pi_image(cache, *common, "-o", str(work / f"{name[-7:].strip('-')}.img"), *extra)
+            times[name].append(seconds)
+    plain, offline = (statistics.median(times[name]) for name in ("network install", "--offline"))
+    spread = {name: f"{min(values):.2f}-{max(values):.2f}" for name, values in times.items()}
+    return [f"build without --offline  {plain:6.2f} s (n={runs}, {spread['network install']} s)",
+            f"build --offline (warm)   {offline:6.2f} s (n={runs}, {spread['--offline']} s)",
+            f"ratio --offline / without: {offline / plain:.2f}x"]
+
+
+def boots() -> list[str]:
+    """First boot to joined with the bundle and with the network install, from one system-test run."""
+    with tempfile.TemporaryDirectory(prefix="offline-bench-boot-") as tmp:
+        subprocess.run([str(REPO / "tests/system/run.sh"), "-k", "test_boot_offline or test_boot_joins",
+                        "--basetemp", tmp], check=True)
+        figures = json.loads((Path(tmp) / "system-figures.json").read_text())
+    offline = next(story for story in figures.get("stories", []) if story.get("offline"))
+    network = [boot["qemu_start_to_joined"] for boot in figures["boots"]
+               if boot["test"].endswith("test_boot_joins") and boot["boot"] == 1 and "qemu_start_to_joined" in boot]
+    lines = [f"first boot to joined, bundle (worker, isolated, beside its master): "
+             f"{offline['worker_qemu_start_to_joined']} s"]
+    if network:
+        lines += [f"first boot to joined, network install (worker, archive on the host): {network[0]} s",
+                  f"ratio bundle / network: {offline['worker_qemu_start_to_joined'] / network[0]:.2f}x"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--padding-mib", type=int, default=40)
+    parser.add_argument("--boot", action="store_true", help="also boot the system test's stories (root, minutes)")
+    parser.add_argument("--smoke", action="store_true", help="tiny and quick: the suite's check that this runs")
+    args = parser.parse_args()
+    runs, padding = (1, 0) if args.smoke else (args.runs, args.padding_mib * MIB)
+    with tempfile.TemporaryDirectory(prefix="offline-bench-") as tmp:
+        work = Path(tmp)
+        archive = start_archive(work / "archive", padding)
+        registry = start_registry(work / "registry")
+        try:
+            base = offline_base(make_sample("ubuntu-raspi", work / "sample"), work, archive)
+            cache, _, lines = bundles(work, base, archive, registry)
+            lines += builds(work, cache, base, archive, registry, runs)
+        finally:
+            registry.stop()
+            archive.stop()
+            archive.key.close()
+    if args.boot and not args.smoke:
+        lines += boots()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
