@@ -60,7 +60,8 @@ def dpkg_architecture(status: str, where: str) -> str:
 class AptTree:
     """A private apt tree at `root` for the image seen through `view`; `apt(...)` runs apt-get/apt-cache in it."""
 
-    def __init__(self, root: Path, view: PlanView, mirrors: dict[str, str], where: str):
+    def __init__(self, root: Path, view: PlanView, mirrors: dict[str, str], where: str,
+                 placeholders: dict[str, str] | None = None):
         self.root = root
         self.where = where
         status = view.read_text("root", DPKG_STATUS)
@@ -72,7 +73,7 @@ class AptTree:
                     "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg", "keys", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / DPKG_STATUS.lstrip("/")).write_text(status)
-        self._copy_sources(view, mirrors)
+        self._copy_sources(view, {**(placeholders or {}), **mirrors})
         self._copy_dir(view, TRUSTED_DIR, (".gpg", ".asc"))
         self._copy_dir(view, PREFERENCES_DIR, ("", ".pref"))
         for single in (TRUSTED, PREFERENCES):
@@ -88,8 +89,9 @@ class AptTree:
             'Acquire::Languages "none";\nAcquire::Retries "2";\nAcquire::http::Timeout "30";\n'
             'Acquire::https::Timeout "30";\n' + sandbox)
 
-    def _copy_sources(self, view: PlanView, mirrors: dict[str, str]) -> None:
-        """The image's .list and .sources files, their keyrings copied here and their URLs mirrored."""
+    def _copy_sources(self, view: PlanView, replacements: dict[str, str]) -> None:
+        """The image's .list and .sources files, their keyrings copied here, their URLs mirrored and the
+        placeholders its first boot fills in filled."""
         files = [SOURCES] + [f"{SOURCES_DIR}/{name}" for name in view.listdir("root", SOURCES_DIR)
                              if name.endswith((".list", ".sources"))]
         keys: dict[str, str] = {}
@@ -111,8 +113,8 @@ class AptTree:
                 continue
             text = _SIGNED_BY_OPTION.sub(lambda m: f"signed-by={keyring(m.group(1))}", text)
             text = _SIGNED_BY_FIELD.sub(lambda m: f"{m.group(1)}{keyring(m.group(2))}", text)
-            for archive, mirror in mirrors.items():
-                text = text.replace(archive.rstrip("/"), mirror.rstrip("/"))
+            for old, new in replacements.items():
+                text = text.replace(old.rstrip("/"), new.rstrip("/"))
             (self.root / path.lstrip("/")).write_text(text)
 
     def _copy_dir(self, view: PlanView, directory: str, suffixes: tuple[str, ...]) -> None:

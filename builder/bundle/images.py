@@ -128,6 +128,7 @@ def fetch(reference: str, dpkg_arch: str, dest: Path, mirrors: dict[str, str]) -
     set); return the manifest digest the archive holds. skopeo verifies every blob's digest as it copies."""
     ref = parse_reference(reference)
     arch, variant = platform(dpkg_arch)
+    copied = dest.with_name(dest.name + ".skopeo")
     source, insecure = str(ref), False
     if ref.registry in mirrors:
         host, insecure = mirror_host(mirrors[ref.registry])
@@ -135,14 +136,34 @@ def fetch(reference: str, dpkg_arch: str, dest: Path, mirrors: dict[str, str]) -
     argv = ["skopeo", "--override-os", "linux", "--override-arch", arch, *(["--override-variant", variant]
                                                                           if variant else []),
             "copy", "--retry-times", "2", "--preserve-digests", *(["--src-tls-verify=false"] if insecure else []),
-            f"docker://{source}", f"oci-archive:{dest}:{ref}"]
+            f"docker://{source}", f"oci-archive:{copied}:{ref}"]
     try:
         run(argv)
+        repack(copied, dest)
     except UserError as err:
         where = f" through the mirror {mirrors[ref.registry]}" if ref.registry in mirrors else ""
         raise UserError(f"cannot fetch the image {ref} for linux/{arch}{where}: {err} — check the network or set "
                         f"registry_mirrors ({ref.registry}: URL) in cluster.yaml or the profile") from None
+    finally:
+        copied.unlink(missing_ok=True)
     return archive_digest(dest)
+
+
+def repack(source: Path, dest: Path) -> None:
+    """`source` (skopeo's OCI archive) as a tar of the same content with nothing of when or by whom it was made:
+    members sorted by name, owner root, mtime 0, modes 0644/0755. The same image gives the same bytes, so that a
+    card's bundle is reproducible even when an image is fetched again."""
+    try:
+        with tarfile.open(source) as tar, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as out:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                if not (member.isfile() or member.isdir()):
+                    raise UserError(f"{source}: unexpected member {member.name!r} in an OCI archive")
+                clean = tarfile.TarInfo(member.name)
+                clean.type, clean.size = member.type, member.size if member.isfile() else 0
+                clean.mode = 0o644 if member.isfile() else 0o755
+                out.addfile(clean, tar.extractfile(member) if member.isfile() else None)
+    except (OSError, tarfile.TarError) as err:
+        raise UserError(f"{source}: not an OCI archive ({err})") from None
 
 
 def archive_digest(archive: Path) -> str:

@@ -29,6 +29,7 @@ class BundleRequest:
     extra_images: tuple[str, ...] = ()
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     package_mirrors: dict[str, str] = field(default_factory=dict)
+    source_placeholders: dict[str, str] = field(default_factory=dict)  # the target's (Jetson's <SOC>)
 
 
 @dataclass
@@ -55,7 +56,7 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
     _remove_dead_work(cache)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        tree = AptTree(work / "apt", view, request.package_mirrors, where)
+        tree = AptTree(work / "apt", view, request.package_mirrors, where, request.source_placeholders)
         oci.platform(tree.arch)  # an architecture with no images is refused before anything is fetched
         release, debs = _packages(tree, request, cache / "packages" / _tree_key(tree, request), work, log)
         archives = _images(request, release, tree.arch, cache / "images", work, log)
@@ -100,6 +101,8 @@ def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
     release = version.split("-")[0].split(":")[-1]
     if _valid(key_dir / release):
         return release, _listed(key_dir / release)
+    if (key_dir / release).exists():
+        log(f"the cached packages of Kubernetes {release} do not match their SHA-256s: downloading them again")
     log(f"resolving and downloading the packages for Kubernetes {release} ({tree.arch}) with apt")
     debs = tree.download([*request.runtime_packages, *(f"{name}={version}" for name in KUBE_PACKAGES)])
     staged = work / "packages"
@@ -125,7 +128,8 @@ def _images(request: BundleRequest, release: str, arch: str, cache: Path, work: 
         archive = cache / oci.archive_name(reference, arch)
         sidecar = archive.with_name(archive.name + ".json")
         if not (archive.is_file() and sidecar.is_file() and _matches(archive, _read_json(sidecar).get("file"))):
-            log(f"fetching {reference} ({arch})")
+            damaged = " again: the cached copy does not match its SHA-256" if archive.exists() else ""
+            log(f"fetching {reference} ({arch}){damaged}")
             staged = work / archive.name
             digest = oci.fetch(reference, arch, staged, request.registry_mirrors)
             _write_json(work / sidecar.name, {"reference": reference, "digest": digest, "file": _digest(staged)})

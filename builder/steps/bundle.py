@@ -41,7 +41,8 @@ def plan(ctx: BuildContext) -> None:
         control_plane=ctx.node.role == "control-plane",
         manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())),
         extra_images=tuple(ctx.profile["extra_images"]), registry_mirrors=dict(ctx.profile["registry_mirrors"]),
-        package_mirrors=dict(ctx.profile["package_mirrors"]))
+        package_mirrors=dict(ctx.profile["package_mirrors"]),
+        source_placeholders=dict(ctx.target.apt_source_placeholders))
     bundle = make_bundle(ctx.view, request, ctx.base_name or str(ctx.base), log=_say)
     for name, path in sorted(bundle.files.items()):
         ctx.write(STEP, "root", f"{BUNDLE_DIR}/{name}", path.read_bytes())

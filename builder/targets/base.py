@@ -95,6 +95,9 @@ class Target:
     default_boot_mount: ClassVar[str | None] = None
     #: an --offline bundle (packages, images) can be written onto this target's root filesystem
     carries_bundle: ClassVar[bool] = True
+    #: placeholders in the image's apt sources that its own first boot fills in, and their value for its board
+    #: (the build host resolves an --offline bundle against those sources before that boot)
+    apt_source_placeholders: ClassVar[dict[str, str]] = {}
 
     medium: DiskImage | DirectoryFilesystem
     root: Filesystem

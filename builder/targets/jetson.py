@@ -19,6 +19,9 @@ class JetsonSd(Target):
     default_user = "jetson"  # no OS default: the one pi-image creates (as l4t_create_default_user.sh would)
     os_overlays = ("networkmanager-wifi",)
     swap_services = ("nvzramconfig.service",)
+    # nvidia-l4t-apt-source.list ships `repo.download.nvidia.com/jetson/<SOC> r32.x main`, filled in by L4T's first
+    # boot; the Jetson Nano (the SD image's board and the jetson-* profiles') is a t210
+    apt_source_placeholders = {"<SOC>": "t210"}
 
     @classmethod
     def matches(cls, probe: Probe) -> bool:

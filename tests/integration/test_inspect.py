@@ -47,7 +47,8 @@ def test_inspect_recognizes_each_pi_image(sample_image, key):
                              "modules": False, "kube_repo": None, "swap_disabled": key[0] != "raspios"}
     assert report["firstboot"] == {"installed": False, "node": None, "role": None, "kubernetes_version": None,
                                    "cluster": None, "endpoint": None, "initializes_cluster": False, "network": None,
-                                   "token_endpoint": False, "stamp_at_flash": False, "joins": False}
+                                   "token_endpoint": False, "stamp_at_flash": False, "joins": False,
+                                   "kubernetes_release": None, "offline": None}
     assert sha256(image) == before, "inspect must never write"
 
 

@@ -251,3 +251,21 @@ def test_what_stops_a_bundle_is_one_line_and_nothing_is_left(tmp_path, base, arc
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not output.exists() and not list(tmp_path.glob("*.img.tmp*"))
     assert not list((cache / "bundles").glob(".work-*")), "no half-made bundle in the cache"
+
+
+def test_a_damaged_cache_entry_is_fetched_again_never_used(built, base, archive, registry, tmp_path):
+    cli, output, _ = built
+    cache = cli.cache / "bundles"
+    [deb] = cache.glob("packages/*/*/containerd_*.deb")
+    for damaged in (deb, sorted(cache.glob("images/*.oci.tar"))[0]):
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+
+    again = tmp_path / "again.img"
+    proc = succeeded(cli("build", "--profile", "worker-8g", "--base", base, "-o", again,
+                         *offline_args(archive, registry)))
+
+    assert "do not match their SHA-256s: downloading them again" in proc.stderr
+    assert "again: the cached copy does not match its SHA-256" in proc.stderr
+    assert bundle_of(again) == bundle_of(output)

@@ -61,14 +61,16 @@ class Guest:
         self.cmdline = " ".join([boot.cmdline, *TEST_ARGS, *kernel_args] +
                                 [f'pitest.{key}="{value}"' if " " in str(value) else f"pitest.{key}={value}"
                                  for key, value in (knobs or {}).items()])
+        # isolated: QEMU's own host alias moves off 10.0.2.2 (unreachable anyway), which then answers the forwards only
         restrict = ",restrict=on" if only_ports is not None else ""
+        moved_host = ",host=10.0.2.100" if only_ports is not None else ""
         self.argv = [
             QEMU, "-accel", "tcg", "-m", str(memory_mib), "-smp", VCPUS, "-nodefaults", "-display", "none",
             "-no-reboot", "-serial", f"file:{serial}",
             "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", self.cmdline,
             "-drive", f"file={image},format=raw,if=virtio",
             "-netdev", "user,id=other,net=10.0.3.0/24" + restrict, "-device", "virtio-net-pci,netdev=other",
-            "-netdev", "".join(["user,id=cluster", restrict,
+            "-netdev", "".join(["user,id=cluster", restrict, moved_host,
                                 *(f",hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in hostfwd),
                                 *(f",guestfwd=tcp:10.0.2.2:{port}-cmd:socat - TCP:127.0.0.1:{port}"
                                   for port in only_ports or ())]),
