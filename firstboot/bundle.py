@@ -2,7 +2,7 @@
 network but the cluster's.
 
     /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
-    /var/lib/pi-image/bundle/debs/*.deb       installed by apt from these files only (no source, no download)
+    /var/lib/pi-image/bundle/debs/*.deb       installed by apt from these files only (no source: nothing to download)
     /var/lib/pi-image/bundle/images/*.tar     OCI archives, imported into containerd's k8s.io namespace once
 
 Every file is checked against bundle.json before it is used: a card whose bundle was cut or changed says which file.
@@ -55,9 +55,11 @@ class Bundle(object):
         return [self._checked(entry) for entry in self.manifest.get("packages", [])]
 
     def apt_options(self):
-        """apt-get options that leave it only the given files: no source list, nothing to download."""
+        """apt-get options that leave it only the given files: no source at all, so nothing it could download.
+        (Not --no-download: apt 2.6 then fails on a dependency it takes from one of the files, "Pathname to install
+        is not absolute".)"""
         empty = os.path.join(self.directory, EMPTY_SOURCES)
-        return ["--no-download", "-o", "Dir::Etc::SourceList=" + os.path.join(empty, "sources.list"),
+        return ["-o", "Dir::Etc::SourceList=" + os.path.join(empty, "sources.list"),
                 "-o", "Dir::Etc::SourceParts=" + empty]
 
     def import_images(self, commands, socket_path):

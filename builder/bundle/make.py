@@ -177,6 +177,7 @@ def _listed_digest(path: Path) -> dict[str, Any]:
     """The SHA-256 and size recorded for a cached file (checked when it was taken from the cache)."""
     record = _read_json(path.with_name("packages.json")).get(path.name) if path.suffix == ".deb" else \
         _read_json(path.with_name(path.name + ".json")).get("file")
+    assert isinstance(record, dict), f"{path} was taken from the cache without its record"
     return {"sha256": record["sha256"], "size": record["size"]}
 
 

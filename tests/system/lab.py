@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -117,6 +118,19 @@ class ClusterLab:
                       kernel_args, memory_mib=memory_mib, rtc_base=rtc_base, hostfwd=hostfwd, only_ports=only_ports)
         self.power_ons.append(PowerOn(node, number, guest))
         return guest.start()
+
+    def watch_master_and_worker(self, master: Guest, worker: Guest, master_milestones: tuple[str, ...],
+                                worker_milestones: tuple[str, ...]) -> None:
+        """Watch both guests (noting their milestones) until the worker is done and powered off and the master
+        has reported; the master must stay up all along (it is released by the caller)."""
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while worker.running() or "PITEST report" not in master.seen:
+            worker.note(worker_milestones)
+            master.note(master_milestones)
+            assert master.running(), f"the master powered off early; serial log: {master.serial_path}"
+            assert time.monotonic() < deadline, f"no cluster within {BOOT_TIMEOUT} s; serial logs: " \
+                                                f"{worker.serial_path}, {master.serial_path}"
+            time.sleep(0.2)
 
     def hold_url(self) -> str:
         """For pitest.stay_while=: the guest's monitor keeps it up until release()."""

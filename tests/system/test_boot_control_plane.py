@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from apt_repo import kube_release
-from lab import BOOT_TIMEOUT, ClusterLab, pi_image
+from lab import ClusterLab, pi_image
 from qemu_guest import Guest
 from ubuntu_layout import copy_root_dir, read_root_file, root_file_owner_mode
 
@@ -57,14 +57,7 @@ def story(cluster_lab, tmp_path_factory, story_figures):
     port = lab.build.endpoint_port
     # a master-2g: kubeadm init's preflight (the stand-in's too) wants 1700 MB
     master = lab.boot(MASTER, hostfwd=(port,), memory_mib=2048, stay_while=lab.hold_url())
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    while worker.running() or "PITEST report" not in master.seen:
-        worker.note(WORKER_MILESTONES)
-        master.note(MASTER_MILESTONES)
-        assert master.running(), f"the master powered off early; serial log: {master.serial_path}"
-        assert time.monotonic() < deadline, f"no cluster within {BOOT_TIMEOUT} s; serial logs: " \
-                                            f"{worker.serial_path}, {master.serial_path}"
-        time.sleep(0.2)
+    lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
     kubeconfig = tmp_path_factory.mktemp("operator") / "admin.kubeconfig"
     pi_image("cluster", "kubeconfig", str(lab.cluster_dir), "--endpoint", f"127.0.0.1:{port}", "-o", str(kubeconfig))
     lab.api.release()

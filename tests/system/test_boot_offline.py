@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from apt_repo import KUBEADM_IMAGES, pod_network_images
-from lab import BOOT_TIMEOUT, ClusterLab
+from lab import ClusterLab
 from qemu_guest import Guest
 
 pytestmark = pytest.mark.system
@@ -47,14 +47,7 @@ def story(cluster_lab, archive, story_figures):
     master = lab.boot(MASTER, hostfwd=(lab.build.endpoint_port,), memory_mib=2048, stay_while=lab.hold_url(),
                       only_ports=ports, require_images=1)
     worker = lab.boot(WORKER, only_ports=ports, require_images=1)
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    while worker.running() or "PITEST report" not in master.seen:
-        worker.note(WORKER_MILESTONES)
-        master.note(MASTER_MILESTONES)
-        assert master.running(), f"the master powered off early; serial log: {master.serial_path}"
-        assert time.monotonic() < deadline, f"no cluster within {BOOT_TIMEOUT} s; serial logs: " \
-                                            f"{worker.serial_path}, {master.serial_path}"
-        time.sleep(0.2)
+    lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
     lab.api.release()
     master.wait_powered_off(120)
     served = archive.log.read_text().splitlines()[len(served_before):] if archive.log.exists() else []
