@@ -166,11 +166,6 @@ def _deb(path: Path) -> Deb:
     return Deb(package, unquote(version), path)
 
 
-def debian_version(versions: list[str], patch: str) -> str | None:
-    """The Debian version of the kube packages for release `patch` ("1.31.4" -> "1.31.4-1.1"), or None."""
-    return next((v for v in versions if v.split("-")[0].split(":")[-1] == patch), None)
-
-
 def _problem(output: str) -> str | None:
     """The reason apt could not use an archive, with its fix, or None."""
     for line in output.splitlines():

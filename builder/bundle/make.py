@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..image.inputs import default_cache_dir
 from ..plan import PlanView
 from . import images as oci
-from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, debian_version, remove_tree
+from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, remove_tree
 
 @dataclass(frozen=True)
 class BundleRequest:
@@ -91,14 +91,18 @@ def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
         raise
     versions = tree.kube_versions()
     if request.release:
-        version = debian_version(versions, request.release)
+        version = next((v for v in versions if _upstream(v) == request.release), None)
         if version is None:
             raise UserError(f"the cluster's cards run Kubernetes {request.release}, which the archive no longer "
-                            f"offers (it has {', '.join(v.split('-')[0] for v in versions[:3])}): keep building "
+                            f"offers (it has {', '.join(_upstream(v) for v in versions[:3])}): keep building "
                             "from a warm cache, or move the cluster on (kubernetes_release in cluster.yaml)")
+        newest = max((_upstream(v) for v in versions), key=_release_key)
+        if newest != request.release:
+            log(f"the archive offers Kubernetes {newest}; the cluster's cards run {request.release}, so this one "
+                f"does too (kubernetes_release in cluster.yaml moves the cluster on)")
     else:
         version = versions[0]
-    release = version.split("-")[0].split(":")[-1]
+    release = _upstream(version)
     if _valid(key_dir / release):
         return release, _listed(key_dir / release)
     if (key_dir / release).exists():
@@ -188,6 +192,11 @@ def _listed(directory: Path) -> dict[str, Path]:
 def _deb_fields(name: str) -> dict[str, str]:
     package, version, _ = name[:-len(".deb")].split("_")
     return {"package": package, "version": version.replace("%3a", ":")}
+
+
+def _upstream(version: str) -> str:
+    """The Kubernetes release of a kube package's Debian version: "1.31.4-1.1" -> "1.31.4"."""
+    return version.split("-")[0].split(":")[-1]
 
 
 def _release_key(release: str) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ import pytest
 
 from offline_world import (CONTROL_PLANE_IMAGES, STATUS, WORKER_IMAGES, debugfs_write, offline_args, offline_base,
                            start_archive, start_registry)
+from oci_registry import populate
 from readback import KUBE_KEY, Card, PiImage, succeeded, tool
 
 BUNDLE = "/var/lib/pi-image/bundle"
@@ -269,3 +270,28 @@ def test_a_damaged_cache_entry_is_fetched_again_never_used(built, base, archive,
     assert "do not match their SHA-256s: downloading them again" in proc.stderr
     assert "again: the cached copy does not match its SHA-256" in proc.stderr
     assert bundle_of(again) == bundle_of(output)
+
+
+def test_a_clusters_recorded_release_is_bundled_even_when_the_archive_offers_a_newer_one(
+        tmp_path, base, archive, registry):
+    cli = PiImage(tmp_path / "cache")
+    directory = tmp_path / "lab"
+    succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.11:6443", "--endpoint", "192.168.6.11:8443",
+                  "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--offline"))
+    settings = directory / "cluster.yaml"
+    settings.write_text(settings.read_text() + "kubernetes_release: 1.31.3\n")
+    succeeded(cli("cluster", "add-node", directory, "pi-worker1", "--profile", "worker-8g"))
+    args = [arg for arg in offline_args(archive, registry) if arg != "--offline"]
+    populate(registry, ["registry.k8s.io/kube-proxy:v1.31.3"], tmp_path / "images")  # 1.31.3's own image
+
+    proc = succeeded(cli("build", "--cluster", directory, "--node", "pi-worker1", "--base", base,
+                         "-o", tmp_path / "w.img", *args))
+    assert "the archive offers Kubernetes 1.31.4; the cluster's cards run 1.31.3" in proc.stderr
+    assert {entry["package"]: entry["version"] for entry in bundle_of(tmp_path / "w.img")["packages"]}["kubeadm"] \
+        == "1.31.3-1.1"
+
+    settings.write_text(settings.read_text().replace("1.31.3", "1.31.2"))
+    proc = cli("build", "--cluster", directory, "--node", "pi-worker1", "--base", base, "-o", tmp_path / "x.img",
+               *args)
+    assert proc.returncode == 1 and "run Kubernetes 1.31.2, which the archive no longer offers" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
