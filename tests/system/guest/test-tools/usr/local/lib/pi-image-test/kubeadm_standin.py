@@ -141,13 +141,16 @@ def images_needed(command):
     """What this node cannot start without when no registry is reachable (pitest.require_images=1): for init,
     every image of `kubeadm config images list` (the kubeadm stand-in package's list) and the pod network's; for a
     worker's join, the images its kubelet starts at once: the sandbox (pause), kube-proxy and the pod network's."""
-    with open(IMAGES_LIST) as handle:
-        kubeadm_list = handle.read().split()
-    with open(POD_NETWORK_IMAGES) as handle:
-        pod_network = handle.read().split()
+    kubeadm_list, pod_network = _listed(IMAGES_LIST), _listed(POD_NETWORK_IMAGES)
     if command == "init":
         return kubeadm_list + pod_network
     return [image for image in kubeadm_list if "/kube-proxy:" in image or "/pause:" in image] + pod_network
+
+
+def _listed(path):
+    """The image references of a list file, one a line (# comments)."""
+    with open(path) as handle:
+        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
 
 
 def image_errors(cri, command):
