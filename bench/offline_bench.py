@@ -32,9 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
-from builder.samples import make_sample  # noqa: E402
-from offline_world import offline_args, offline_base, start_archive, start_registry  # noqa: E402
-from readback import TEST_SSH_KEY  # noqa: E402
+from offline_world import offline_args, offline_base, start_archive, start_registry
+from readback import TEST_SSH_KEY
+
+from builder.samples import make_sample
 
 MIB = 1 << 20
 
@@ -44,7 +45,8 @@ def pi_image(cache: Path, *args: str) -> tuple[float, subprocess.CompletedProces
     env = {**os.environ, "PI_IMAGE_CACHE": str(cache), "SOURCE_DATE_EPOCH": "1700000000",
            "PYTHONPATH": str(REPO)}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env,
+                          check=False)
     elapsed = time.monotonic() - started
     if proc.returncode:
         sys.exit(f"offline_bench: pi-image {' '.join(args[:3])} failed: {proc.stderr.strip()}")
@@ -105,8 +107,8 @@ def boots() -> list[str]:
     offline = next(story for story in figures.get("stories", []) if story.get("offline"))
     network = [boot["qemu_start_to_joined"] for boot in figures["boots"]
                if boot["test"].endswith("test_boot_joins") and boot["boot"] == 1 and "qemu_start_to_joined" in boot]
-    lines = [f"first boot to joined, bundle (worker, isolated, beside its master): "
-             f"{offline['worker_qemu_start_to_joined']} s"]
+    lines = [(f"first boot to joined, bundle (worker, isolated, beside its master): "
+              f"{offline['worker_qemu_start_to_joined']} s")]
     if network:
         lines += [f"first boot to joined, network install (worker, archive on the host): {network[0]} s",
                   f"ratio bundle / network: {offline['worker_qemu_start_to_joined'] / network[0]:.2f}x"]

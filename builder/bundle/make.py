@@ -17,6 +17,7 @@ from ..plan import PlanView
 from . import images as oci
 from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, remove_tree
 
+
 @dataclass(frozen=True)
 class BundleRequest:
     """What a node's bundle must hold."""
@@ -150,10 +151,10 @@ def _tree_key(tree: AptTree, request: BundleRequest) -> str:
     digest = hashlib.sha256(json.dumps([request.minor, sorted(request.runtime_packages), tree.arch]).encode())
     for path in sorted(p for p in tree.root.rglob("*") if p.is_file()):
         name = str(path.relative_to(tree.root))
-        if name.split("/")[0] in ("etc", "keys") or name == DPKG_STATUS.lstrip("/"):
-            if name != KUBE_PIN.lstrip("/"):
-                # sources name their keyrings' copies by path: the tree's own place must not count
-                digest.update(name.encode() + b"\0" + path.read_bytes().replace(str(tree.root).encode(), b"TREE"))
+        counts = name.split("/")[0] in ("etc", "keys") or name == DPKG_STATUS.lstrip("/")
+        if counts and name != KUBE_PIN.lstrip("/"):
+            # sources name their keyrings' copies by path: the tree's own place must not count
+            digest.update(name.encode() + b"\0" + path.read_bytes().replace(str(tree.root).encode(), b"TREE"))
     return digest.hexdigest()[:24]
 
 

@@ -24,7 +24,7 @@ from oci_registry import Registry, populate
 from readback import Card, tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "system"))
-from apt_repo import AptRepository, SigningKey  # noqa: E402 - the boot test's signed archive, for arm64 here
+from apt_repo import AptRepository, SigningKey
 
 ARCH = "arm64"
 KUBE_RELEASES = ("1.31.3-1.1", "1.31.4-1.1")

@@ -9,14 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
-
-from offline_world import (CONTROL_PLANE_IMAGES, STATUS, WORKER_IMAGES, debugfs_write, offline_args, offline_base,
-                           start_archive, start_registry)
+import tomllib
 from oci_registry import populate
+from offline_world import (
+    CONTROL_PLANE_IMAGES,
+    STATUS,
+    WORKER_IMAGES,
+    debugfs_write,
+    offline_args,
+    offline_base,
+    start_archive,
+    start_registry,
+)
 from readback import KUBE_KEY, Card, PiImage, succeeded, tool
 
 BUNDLE = "/var/lib/pi-image/bundle"
@@ -231,7 +238,6 @@ def bad_base(tmp_path, base, files: dict[str, bytes]) -> Path:
 def test_what_stops_a_bundle_is_one_line_and_nothing_is_left(tmp_path, base, archive, registry, case,
                                                                message):
     args = offline_args(archive, registry)
-    base = base
     if case == "no-dpkg":
         base = bad_base(tmp_path, base, {"/var/lib/dpkg/status": b""})
     elif case == "i386":
@@ -258,7 +264,7 @@ def test_a_damaged_cache_entry_is_fetched_again_never_used(built, base, archive,
     cli, output, _ = built
     cache = cli.cache / "bundles"
     [deb] = cache.glob("packages/*/*/containerd_*.deb")
-    for damaged in (deb, sorted(cache.glob("images/*.oci.tar"))[0]):
+    for damaged in (deb, min(cache.glob("images/*.oci.tar"))):
         data = bytearray(damaged.read_bytes())
         data[len(data) // 2] ^= 0xFF
         damaged.write_bytes(bytes(data))

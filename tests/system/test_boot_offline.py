@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 
 import pytest
-
 from apt_repo import KUBEADM_IMAGES, pod_network_images
 from lab import ClusterLab
 from qemu_guest import Guest

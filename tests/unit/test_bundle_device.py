@@ -53,7 +53,7 @@ def write_bundle(root: Path, images=IMAGES) -> dict:
     manifest["packages"].append({"file": "debs/" + deb.name, "package": "kubeadm", "version": "1.31.4-1.1",
                                  "sha256": hashlib.sha256(deb.read_bytes()).hexdigest(), "size": 8})
     for n, reference in enumerate(images):
-        archive = directory / "images" / "image{}.oci.tar".format(n)
+        archive = directory / "images" / f"image{n}.oci.tar"
         archive.write_text(json.dumps({"reference": reference}))
         manifest["images"].append({"file": "images/" + archive.name, "reference": reference, "digest": "sha256:" +
                                    "0" * 64, "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
