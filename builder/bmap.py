@@ -5,6 +5,9 @@ Its ranges are the image's usage map (builder.image.usage): what the image's fil
 not a hole, so a bmaptool flash over a used card is as sound as pi-image's own. bmaptool writes ranges in file
 order, so unlike `pi-image flash` it writes the partition tables first. The file checksum is computed the way
 bmaptool checks it: the SHA-256 of the whole file with the checksum's own 64 digits written as "0".
+
+A build names it after the exact file it describes, node.img.xz.bmap for node.img.xz (builder.build.bmap_name):
+bmaptool looks for IMAGE.bmap before it strips extensions, and two outputs never share one.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, values
 from .cluster import (Cluster, Node, check_writable, load_cluster, local_node_config, node_config, record_generation,
-                      record_release)
+                      record_release, same_profile)
 from .copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
 from .errors import UserError
 from .fsck import check_partition
@@ -98,6 +98,10 @@ def prepare(request: BuildRequest) -> BuildContext:
     if cluster:
         profile = _with_cluster_version(profile, cluster)
         check_writable(cluster.directory)
+        if request.bmap and not request.node:
+            raise UserError("--bmap: a profile image becomes a node only when `pi-image flash` stamps it (bmaptool "
+                            "would write a card with no identity): drop --bmap, or build one node's image with "
+                            "--node NAME")
     spec = (request.base or (cluster.node(request.node).base if cluster and request.node else None) or profile["base"]
             or (default_base(targets_of(profile["target"])) if profile["target"] else None))
     if not spec:
@@ -109,6 +113,10 @@ def prepare(request: BuildRequest) -> BuildContext:
         raise UserError(f"--in-place edits directory targets only; {base} is a disk image, which is never written: "
                         "drop --in-place (the output is a new image)")
     if profile["target"] and target.name not in targets_of(profile["target"]):
+        if UbuntuX86.name in targets_of(profile["target"]):
+            raise UserError(f"profile '{profile.name}' is for {profile['target']} but {base} is {target.name}: an x86 "
+                            "machine gets no card, a seed ISO makes its node: `pi-image seed-iso --cluster "
+                            f"{request.cluster or 'DIR'} --node {request.node or 'NAME'}`")
         raise UserError(f"profile '{profile.name}' is for {profile['target']} but {base} is {target.name}: "
                         f"pick a profile for {target.name} (see `pi-image profiles`)")
     _check_login(profile, target, request.no_login)
@@ -165,11 +173,17 @@ def _check_login(profile: Profile, target: Target, no_login: bool) -> None:
 
 
 def _profile_name(request: BuildRequest) -> str:
-    """--profile, else the profile the inventory gives the node."""
+    """The profile the inventory gives the node; --profile only where there is none, or where it names the same."""
+    if request.cluster and request.node:
+        entry = load_cluster(request.cluster).node(request.node)
+        if request.profile and not same_profile(request.profile, entry.profile):
+            raise UserError(f"--profile {request.profile}: node {entry.name!r} has profile {entry.profile} in "
+                            f"{request.cluster / 'inventory.yaml'}: drop --profile (the inventory decides), or give "
+                            f"the node that profile (`pi-image cluster remove-node` and `add-node --profile "
+                            f"{request.profile}`)")
+        return request.profile or entry.profile
     if request.profile:
         return request.profile
-    if request.cluster and request.node:
-        return load_cluster(request.cluster).node(request.node).profile
     raise UserError("pass --profile NAME (or --cluster DIR --node NAME to use the node's profile from the inventory)")
 
 
@@ -335,9 +349,14 @@ def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
 
 
 def bmap_name(output: Path) -> Path:
-    """OUTPUT's bmap: named after the raw image (node.img.zst -> node.img.bmap), as bmaptool looks for it."""
-    raw = output.name[:-len(output.suffix)] if output.suffix in COMPRESSORS else output.name
-    return output.with_name(raw + ".bmap")
+    """OUTPUT's bmap: OUTPUT's own name with .bmap added (node.img.xz -> node.img.xz.bmap), never another output's.
+
+    `bmaptool copy IMAGE DEVICE` looks for IMAGE.bmap first, then strips one extension at a time (node.img.bmap,
+    node.bmap): named after the exact file, a bmap is found before any other image's. node.img and node.img.xz are
+    different files of different builds (their ranges' checksums differ when anything in them does): with one bmap
+    for both, writing the older one would fail bmaptool's checksum. The hints name it explicitly (--bmap FILE).
+    """
+    return output.with_name(output.name + ".bmap")
 
 
 def _manifest_path(output: Path) -> Path:

@@ -15,15 +15,19 @@ import click
 
 from . import __version__
 from .errors import UserError
-from .build import MANIFEST_PATH, BuildRequest, build as run_build, prepare
-from .cluster import default_cluster_dir, load_cluster, record_release as clusters_record_release
+from .build import MANIFEST_PATH, BuildRequest, BuildResult, build as run_build, prepare
+from .fleet import Failure, Fleet, attempt, failed_summary, plan_fleet
+from .cluster import (default_cluster_dir, load_cluster, record_release as clusters_record_release,
+                      required_cluster_dir)
 from .flash import FlashRequest, flash as run_flash
 from .catalog_cli import COMMANDS as CATALOG_COMMANDS
+from .dashboard import dashboard_command
+from .fleet_status import push_inventory
 from .cluster_cli import COMMANDS as CLUSTER_COMMANDS
 from .image import open_medium
 from .inspect import inspect as inspect_target
 from .profile_keys import key_reference, key_table
-from .profiles import list_profiles, load_profile, parse_set
+from .profiles import list_profiles, parse_set
 from .progress import human_size
 from .samples import SAMPLES, make_sample
 from .seed_iso import SeedIsoRequest, seed_iso
@@ -31,7 +35,7 @@ from .steps import BuildContext
 from .summary import flash_summary, fleet_table, image_summary, next_steps
 from .users import hash_password, read_public_keys
 from .targets import detect
-from .targets.x86 import UbuntuX86
+from .values import wifi_psk
 
 
 class PiImageGroup(click.Group):
@@ -125,7 +129,9 @@ def inspect(image: Path, as_json: bool) -> None:
 def _node_options(command):
     """The options a node's build and its x86 seed share: profile values, overlays, the apt key, the login."""
     for option in reversed([
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a profile value, or one "
+                     "field of a mapping (--set wifi.ssid=HomeNet; `pi-image profiles --keys` lists them); "
+                     "repeatable."),
         click.option("--overlay", "overlays", multiple=True, type=click.Path(exists=True, file_okay=False),
                      help="Extra overlay directory rendered after the profile's (repeatable)."),
         click.option("--kube-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -136,6 +142,11 @@ def _node_options(command):
                      "(hashed here with SHA-512 crypt; never stored in clear)."),
         click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read the admin user's password from the first line of FILE (hashed like --password)."),
+        click.option("--wifi-psk", "ask_wifi_psk", is_flag=True, help="Prompt for the Wi-Fi passphrase (hidden): it "
+                     "never goes on the command line, where shell history and `ps` would keep it. The network: "
+                     "--set wifi.ssid=NAME --set wifi.country=GB (or `wifi:` in a profile)."),
+        click.option("--wifi-psk-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Read the Wi-Fi passphrase from the first line of FILE."),
         click.option("--no-login", is_flag=True, help="Build even though the admin user gets no key and no password."),
     ]):
         command = option(command)
@@ -147,7 +158,8 @@ def _node_options(command):
               help="Profile name (see `pi-image profiles`) or YAML file; default: the node's profile in the inventory.")
 @click.option("--base", "-b", help="Vendor image: a catalog name (`pi-image bases`, downloaded once and verified), "
               "an https URL[#sha256=HEX], a file (.img, .img.xz, .img.zst, .img.gz, .zip) or an L4T rootfs directory "
-              "[default: the node's base in the inventory, else the profile's].")
+              "[default: the node's base in the inventory, else the profile's]. With --all: only for the nodes whose "
+              "inventory entry and profile name none (each is listed).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Output image (.img, or .img.zst/.img.xz/.img.gz to compress); default NODE.img. With --all: a "
                    "directory.")
@@ -161,8 +173,9 @@ def _node_options(command):
 @_node_options
 @click.option("--replace-overlay", "replace_overlays", is_flag=True,
               help="Let an --overlay directory shadow the shipped overlay of the same name.")
-@click.option("--bmap", is_flag=True, help="Also write IMAGE.bmap beside the image: the ranges that matter with their "
-              "SHA-256, for `bmaptool copy` (e.g. on another machine).")
+@click.option("--bmap", is_flag=True, help="Also write IMAGE.bmap beside the image, named after that exact file "
+              "(node.img.xz.bmap): the ranges that matter with their SHA-256, for `bmaptool copy` (e.g. on another "
+              "machine). A node's image only: a profile image is written by `pi-image flash`, which stamps the node.")
 @click.option("--offline", is_flag=True, help="Carry every package and container image the node needs on the card "
               "(made once, cached): first boot needs no network but the cluster's [default: cluster.yaml's offline].")
 @click.option("--dry-run", is_flag=True, help="Print every file operation, write nothing.")
@@ -172,13 +185,15 @@ def _node_options(command):
               help="Also record the plain SHA-256 of a raw output (costs ~1 s per 1.3 GiB of image, holes included).")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every file operation that changed the image.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the plan (--dry-run) or the manifest as JSON (with --all: a list), and nothing else.")
+              help="Print the plan (--dry-run) or the manifest as JSON (with --all: a list, {node, error} for a node "
+                   "not built), and nothing else.")
 @click.pass_context
 def build(ctx: click.Context, profile: str | None, base: str | None, output: Path | None, cluster: Path | None,
           no_cluster: bool, node: str | None, all_nodes: bool, sets: tuple[str, ...], overlays: tuple[str, ...],
           kube_key: Path | None, ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None,
-          no_login: bool, replace_overlays: bool, bmap: bool, offline: bool, dry_run: bool, force: bool,
-          in_place: bool, full_sha256: bool, verbose: bool, as_json: bool) -> None:
+          ask_wifi_psk: bool, wifi_psk_file: Path | None, no_login: bool, replace_overlays: bool, bmap: bool,
+          offline: bool, dry_run: bool, force: bool, in_place: bool, full_sha256: bool, verbose: bool,
+          as_json: bool) -> None:
     """Customize a vendor image into a Kubernetes node that joins its cluster at first power-on.
 
     The base is never written: the output is a sparse copy, edited offline (no root, loop devices or mounts),
@@ -187,42 +202,102 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
     (target, node, role, cluster, address, login, Kubernetes version, output); -v adds the files it changed.
     Long steps (copy, compression, checksums) show a progress bar on stderr when it is a terminal.
 
+    With --all, every inventory node is built from its own base (the inventory's, else its profile's; --base fills
+    the others), control planes last; a node that fails does not stop the others, and the table at the end says
+    which were not built (exit 1 then).
+
     \b
     Examples:
-      pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz \
+      pi-image build --profile worker-8g --base ubuntu-22.04.5-preinstalled-server-arm64+raspi.img.xz \\
           --ssh-key ~/.ssh/id_ed25519.pub                  # with a default cluster: its worker-8g image
       pi-image flash worker-8g.img /dev/sdb                # each card becomes the next worker-8g node
       pi-image build -b ubuntu.img.xz --cluster ./homelab --node pi-worker1 -o pi-worker1.img.zst --password
       pi-image build -b ubuntu.img.xz --cluster ./homelab --all -o images/ --ssh-key ~/.ssh/id_ed25519.pub
       pi-image build -p kali-worker -b kali.img.xz --set timezone=Asia/Shanghai --no-login --dry-run
+      pi-image build -p worker-8g --set wifi.ssid=HomeNet --set wifi.country=GB --wifi-psk   # asks for it
       pi-image build --cluster ./homelab --node pi-worker1 -b ubuntu.img.xz --json | jq .output
       pi-image build --profile worker-8g --offline         # packages and images on the card: no internet needed
     """
     cluster = _cluster_dir(cluster, no_cluster)
-    settings = {**parse_set(sets), **({"offline": True} if offline else {})}
+    if all_nodes and cluster is None:
+        raise UserError("--all needs --cluster DIR (the inventory whose nodes it builds)")
+    if all_nodes and (node or profile):
+        raise click.UsageError(f"--all builds every inventory node with the profile the inventory gives it: drop "
+                               f"{'--node' if node else '--profile'}")
+    settings = {**_settings(sets, ask_wifi_psk, wifi_psk_file), **({"offline": True} if offline else {})}
     request = BuildRequest(profile, base, output, cluster, node, settings, list(overlays), kube_key,
                            force, in_place, full_sha256, read_public_keys(ssh_key_files),
                            _password_hash(ask_password, password_file), no_login, replace_overlays, bmap,
                            dry_run=dry_run)
     verbose = verbose or ctx.obj["verbose"]
-    documents, results = [], []
-    for one in _requests(request, all_nodes, output):
+    if not all_nodes:
         if dry_run:
-            plan = prepare(one)
-            documents.append(_plan_document(plan))
-            if not as_json:
+            plan = prepare(request)
+            if as_json:
+                click.echo(json.dumps(_plan_document(plan), indent=2, sort_keys=True, default=str))
+            else:
                 _print_plan(plan)
+                click.echo("# nothing was written: run the same command without --dry-run to build it")
+            return
+        result = run_build(request)
+        if as_json:
+            click.echo(json.dumps(result.manifest, indent=2, sort_keys=True, default=str))
         else:
-            results.append(run_build(one))
-            documents.append(results[-1].manifest)
+            _echo_lines(image_summary(result, verbose) + [""] + next_steps([result], cluster))
+        return
+    _build_fleet(_fleet(request, output), dry_run, verbose, as_json)
+
+
+def _build_fleet(fleet: Fleet, dry_run: bool, verbose: bool, as_json: bool) -> None:
+    """`build --all`: every member built (or planned) in turn, a failure said and passed over; the table of every
+    node, the next steps; exit 1 if any node was not built."""
+    documents: list[dict[str, Any]] = []
+    results: list[BuildResult] = []
+    failures: list[Failure] = []
+    for member in fleet.members:
+        outcome = attempt(member, prepare) if dry_run else attempt(member, run_build)
+        if isinstance(outcome, Failure):
+            failures.append(outcome)
+            documents.append({"node": member.node.name, "error": outcome.error})
+            click.echo(f"pi-image: error: {member.node.name}: {outcome.error}", err=True)
+        elif isinstance(outcome, BuildContext):  # --dry-run: the plan
+            documents.append(_plan_document(outcome))
             if not as_json:
-                _echo_lines(([""] if len(results) > 1 else []) + image_summary(results[-1], verbose))
+                _print_plan(outcome)
+        else:
+            results.append(outcome)
+            documents.append(outcome.manifest)
+            if not as_json:
+                _echo_lines(([""] if len(results) > 1 else []) + image_summary(outcome, verbose))
     if as_json:
-        click.echo(json.dumps(documents if all_nodes else documents[0], indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(documents, indent=2, sort_keys=True, default=str))
     elif dry_run:
         click.echo("# nothing was written: run the same command without --dry-run to build it")
     else:
-        _echo_lines([""] + (fleet_table(results) + [""] if len(results) > 1 else []) + next_steps(results, cluster))
+        table = fleet_table(results, failures) + [""] if len(results) > 1 or failures else []
+        _echo_lines([""] + table + (next_steps(results, fleet.directory, fleet.x86) if results else []))
+    if failures:
+        raise UserError(failed_summary(failures, len(fleet.members), fleet.directory))
+
+
+def _fleet(request: BuildRequest, output: Path | None, only: tuple[str, ...] = ()) -> Fleet:
+    """The fleet of request.cluster (only the nodes named in `only`, if any), the x86 nodes and the nodes --base
+    fills said on stderr, a line each."""
+    fleet = plan_fleet(request, output)
+    if only:
+        fleet = dataclasses.replace(fleet, x86=[n for n in fleet.x86 if n.name in only],
+                                    members=[m for m in fleet.members if m.node.name in only])
+    for node in fleet.x86:  # no card: the stock system's cloud-init sets it up from a seed
+        click.echo(f"pi-image: {node.name} is an x86 node, made with `pi-image seed-iso --cluster {request.cluster} "
+                   f"--node {node.name}`, not a card: skipped", err=True)
+    for member in fleet.members:
+        if member.filled:
+            click.echo(f"pi-image: {member.node.name}: its inventory entry and profile {member.node.profile} name no "
+                       f"base: --base {member.base} is its base", err=True)
+    if fleet.base_unused:
+        click.echo(f"pi-image: --base {request.base} is not used: every node names its own base (in the inventory "
+                   "or its profile)", err=True)
+    return fleet
 
 
 @main.command("seed-iso")
@@ -237,8 +312,9 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def seed_iso_command(profile: str | None, cluster: Path | None, node: str, output: Path | None, autoinstall: bool,
                      sets: tuple[str, ...], overlays: tuple[str, ...], kube_key: Path | None,
-                     ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None, no_login: bool,
-                     force: bool, as_json: bool) -> None:
+                     ssh_key_files: tuple[Path, ...], ask_password: bool, password_file: Path | None,
+                     ask_wifi_psk: bool, wifi_psk_file: Path | None, no_login: bool, force: bool,
+                     as_json: bool) -> None:
     """Make a cloud-init NoCloud seed (an ISO labelled CIDATA) that turns a stock Ubuntu Server amd64 into NODE.
 
     Its user-data carries the same plan as a card: the agent, its node config with the credential, sysctls,
@@ -253,11 +329,10 @@ def seed_iso_command(profile: str | None, cluster: Path | None, node: str, outpu
       pi-image seed-iso --cluster ./homelab --node x86-1 --ssh-key ~/.ssh/id_ed25519.pub
       pi-image seed-iso --cluster ./homelab --node x86-1 --autoinstall --password -o x86-1-autoinstall.iso
     """
-    directory = _cluster_dir(cluster, False)
-    if directory is None:
-        raise UserError("seed-iso needs a cluster: pass --cluster DIR (or set PI_IMAGE_CLUSTER)")
+    directory = required_cluster_dir(cluster)
     result = seed_iso(SeedIsoRequest(profile, directory, node, output, autoinstall, read_public_keys(ssh_key_files),
-                                     _password_hash(ask_password, password_file), no_login, parse_set(sets),
+                                     _password_hash(ask_password, password_file), no_login,
+                                     _settings(sets, ask_wifi_psk, wifi_psk_file),
                                      list(overlays), kube_key, force))
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "node": result.node, "role": result.role,
@@ -293,12 +368,10 @@ def bundle_command(cluster: Path | None, nodes: tuple[str, ...], base: str | Non
       pi-image bundle --cluster ./homelab                 # while online; later builds work with no network
       pi-image bundle --cluster ./homelab --node pi-master1 --json
     """
-    directory = _cluster_dir(cluster, False)
-    if directory is None:
-        raise UserError("pass --cluster DIR (a bundle is made for a cluster's nodes)")
+    directory = required_cluster_dir(cluster)
     request = BuildRequest(base=base, cluster=directory, sets={**parse_set(sets), "offline": True},
                            kube_key=kube_key, no_login=True)
-    wanted = [one for one in _requests(request, True, None) if not nodes or one.node in nodes]
+    wanted = [m.request for m in _fleet(request, None, nodes).members]
     unknown = sorted(set(nodes) - {one.node for one in wanted})
     if unknown:
         load_cluster(directory).node(unknown[0])  # names the inventory and the known nodes
@@ -364,7 +437,10 @@ def flash(image: Path, device: Path, cluster: Path | None, node: str | None, yes
       pi-image flash worker-8g.img vm-disk.img --yes              # a file: for VMs and tests
     """
     confirm = None if yes else _confirm
-    result = run_flash(FlashRequest(image, device, _cluster_dir(cluster, False), node, not no_verify, force, confirm))
+    cluster_dir = _cluster_dir(cluster, False)
+    result = run_flash(FlashRequest(image, device, cluster_dir, node, not no_verify, force, confirm))
+    # a node the flash added must be known to the master before the card asks it for a token
+    pushed = push_inventory(load_cluster(cluster_dir)) if result.added_node and cluster_dir else None
     if as_json:
         ctx = result.stamped
         click.echo(json.dumps({
@@ -372,10 +448,10 @@ def flash(image: Path, device: Path, cluster: Path | None, node: str | None, yes
             "node": ctx.node.name if ctx else (result.manifest or {}).get("node"),
             "generation": ctx.node_config["generation"] if ctx else None, "added_to_inventory": result.added_node,
             "written_bytes": result.written, "zeroed_bytes": result.zeroed, "verified_bytes": result.verified,
-            "image_bytes": result.usage.size,
+            "image_bytes": result.usage.size, "inventory": pushed,
             "seconds": round(result.seconds, 3)}, indent=2))
         return
-    _echo_lines(flash_summary(result))
+    _echo_lines(flash_summary(result) + ([pushed] if pushed else []))
 
 
 def _confirm(question: str) -> bool:
@@ -385,45 +461,48 @@ def _confirm(question: str) -> bool:
     return click.prompt("Type yes to go on", default="", show_default=False, err=True).strip().lower() == "yes"
 
 
-def _requests(request: BuildRequest, all_nodes: bool, output: Path | None) -> list[BuildRequest]:
-    """The one build asked for, or with --all one per inventory node (OUTPUT is then a directory)."""
-    if not all_nodes:
-        return [request]
-    if not request.cluster:
-        raise UserError("--all needs --cluster DIR")
-    # control planes last: their card carries the endpoint's copy of the inventory, with every node's newest card
-    nodes = sorted(load_cluster(request.cluster).nodes, key=lambda n: n.role == "control-plane")
-    if not nodes:
-        raise UserError(f"{request.cluster}/inventory.yaml has no nodes: add some with `pi-image cluster add-node`")
-    x86 = [n.name for n in nodes if load_profile(n.profile, {})["target"] == UbuntuX86.name]
-    for name in x86:  # no card: the stock system's cloud-init sets it up from a seed
-        click.echo(f"pi-image: {name} is an x86 node, made with `pi-image seed-iso --cluster {request.cluster} "
-                   f"--node {name}`, not a card: skipped", err=True)
-    return [dataclasses.replace(request, node=n.name, output=(output or Path(".")) / f"{n.name}.img")
-            for n in nodes if n.name not in x86]
-
-
 def _password_hash(ask: bool, path: Path | None) -> str | None:
     """The admin password from a prompt or a file, as a crypt hash; the plaintext goes no further."""
+    secret = _secret(ask, path, "--password", "Password for the admin user", "password")
+    if secret is None:
+        return None
+    plain, source = secret
+    if len(plain) < 8:
+        raise UserError(f"{source}: the admin password has {len(plain)} characters; it needs at least 8")
+    return hash_password(plain)
+
+
+def _settings(sets: tuple[str, ...], ask_wifi_psk: bool, wifi_psk_file: Path | None) -> dict[str, Any]:
+    """The --set values, and the Wi-Fi passphrase (from a prompt or a file, never the command line) as wifi.psk."""
+    settings = parse_set(sets)
+    secret = _secret(ask_wifi_psk, wifi_psk_file, "--wifi-psk", "Wi-Fi passphrase", "passphrase")
+    if secret is not None:
+        plain, source = secret
+        problem = wifi_psk(plain)
+        if problem:
+            raise UserError(f"{source}: {problem}")
+        settings["wifi.psk"] = plain
+    return settings
+
+
+def _secret(ask: bool, path: Path | None, option: str, prompt: str, what: str) -> tuple[str, str] | None:
+    """(the secret, where it came from) from a hidden prompt (`option`) or the first line of a file
+    (`option`-file), or None when neither was asked for."""
     if ask and path:
-        raise click.UsageError("give --password or --password-file, not both")
+        raise click.UsageError(f"give {option} or {option}-file, not both")
     if path:
-        source = f"--password-file {path}"
+        source = f"{option}-file {path}"
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"{source}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
         plain = lines[0] if lines else ""
         if not plain:
-            raise UserError(f"{source}: the file is empty (its first line is the password)")
-    elif ask:
-        source = "--password"
-        plain = click.prompt("Password for the admin user", hide_input=True, confirmation_prompt=True, err=True)
-    else:
-        return None
-    if len(plain) < 8:
-        raise UserError(f"{source}: the admin password has {len(plain)} characters; it needs at least 8")
-    return hash_password(plain)
+            raise UserError(f"{source}: the file is empty (its first line is the {what})")
+        return plain, source
+    if ask:
+        return click.prompt(prompt, hide_input=True, confirmation_prompt=True, err=True), option
+    return None
 
 
 def _plan_document(ctx: BuildContext) -> dict[str, Any]:
@@ -483,7 +562,8 @@ def _print_keys(as_json: bool) -> None:
     fields = sum("." in row["key"] for row in rows)
     click.echo(f"\n{len(rows) - fields} keys and {fields} fields of mappings. Set them in a profile of your own "
                "(`extends: worker-8g`, then `pi-image build --profile my.yaml`) or one at a time with "
-               "`pi-image build --set KEY=VALUE`.")
+               "`pi-image build --set KEY=VALUE` (a field too: --set wifi.ssid=HomeNet). Secrets never go on the "
+               "command line: the Wi-Fi passphrase comes from --wifi-psk (asked) or --wifi-psk-file FILE.")
 
 
 @main.command("demo-image")
@@ -521,5 +601,6 @@ def _echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
-for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS:  # cluster, token-server, approve, status; bases, fetch
+for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS + [dashboard_command]:  # cluster, token-server, approve, status;
+    # bases, fetch; dashboard
     main.add_command(_command)

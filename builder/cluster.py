@@ -9,7 +9,8 @@
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
     DIR/state/           the endpoint's SQLite state and audit log when it runs from this directory
-    DIR/.inventory.lock  held while a build records the generation of the card it made
+    DIR/.inventory.lock  held by every change of the directory (inventory_lock): each writer re-reads the files
+                         under it and replaces them atomically, so no change is lost and no generation goes back
 
 Node credentials are never stored: each is HMAC-SHA256(enrollment key, node name, generation), derived when an image
 is built. Every build of a node bumps its generation, so the endpoint accepts only the newest card of each node.
@@ -20,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import ipaddress
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -47,10 +51,13 @@ DEFAULT_SERVICE_SUBNET = "10.96.0.0/12"  # kubeadm's own default
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "pod_subnet", "service_subnet",
                  "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig",
-                 "offline", "registry_mirrors", "package_mirrors", "kubernetes_release"}
+                 "offline", "registry_mirrors", "package_mirrors", "kubernetes_release", "api_server_vip"}
 # cluster.yaml keys that are profile settings too: a node's profile takes the cluster's unless it sets its own
 NODE_DEFAULTS = ("offline", "registry_mirrors", "package_mirrors")
 _NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation", "base"}
+REQUIRED_KEYS = ("api_server", "endpoint", "kubernetes_version", "node_subnet", "endpoint_fingerprint")
+_URL_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # how builder/catalog.py tells a URL from a name
+_held_locks = threading.local()  # the directories whose inventory lock this thread holds (the lock is re-entrant)
 
 
 @dataclass
@@ -81,6 +88,8 @@ class Cluster:
     pod_subnet: str = DEFAULT_POD_SUBNET  # kubeadm's podSubnet = flannel's Network
     service_subnet: str = DEFAULT_SERVICE_SUBNET
     approval_mode: bool = False
+    # api_server is a virtual IP or a load balancer in front of the control planes, not a control plane's own address
+    api_server_vip: bool = False
     ca_cert: str = DEFAULT_CA_CERT
     kubeconfig: str = DEFAULT_KUBECONFIG
     nodes: list[Node] = field(default_factory=list)
@@ -126,10 +135,11 @@ class Cluster:
 def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
                  approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None,
                  pod_subnet: str = DEFAULT_POD_SUBNET, service_subnet: str = DEFAULT_SERVICE_SUBNET,
-                 offline: bool = False, registry_mirrors: dict[str, str] | None = None) -> Cluster:
+                 offline: bool = False, registry_mirrors: dict[str, str] | None = None,
+                 api_server_vip: bool = False) -> Cluster:
     """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster."""
     if (directory / "cluster.yaml").exists():
-        raise UserError(f"{directory}: already a cluster directory (cluster.yaml exists); pick another directory")
+        raise _already_a_cluster(directory)
     api_server = addresses.host_port(api_server, "--api-server")
     endpoint = addresses.host_port(endpoint, "--endpoint")
     if addresses.same_socket(api_server, endpoint):
@@ -146,12 +156,21 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{directory}: cannot create the cluster directory: {err.strerror}") from None
-    fingerprint = cluster_secrets.create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
-    cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods, services,
-                      approval_mode, offline=offline, registry_mirrors=dict(registry_mirrors or {}))
-    _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
-    save_inventory(cluster)
+    with inventory_lock(directory):
+        if (directory / "cluster.yaml").exists():  # another init won the race
+            raise _already_a_cluster(directory)
+        fingerprint = cluster_secrets.create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
+        cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods,
+                          services, approval_mode, offline=offline, registry_mirrors=dict(registry_mirrors or {}),
+                          api_server_vip=api_server_vip)
+        _write_inventory(cluster)
+        _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)  # last: it makes DIR a cluster
     return cluster
+
+
+def _already_a_cluster(directory: Path) -> UserError:
+    return UserError(f"{directory}: already a cluster directory (cluster.yaml exists); pick another directory, or "
+                     f"change its settings with `pi-image cluster set {directory} KEY=VALUE`")
 
 
 def load_cluster(directory: Path) -> Cluster:
@@ -159,37 +178,55 @@ def load_cluster(directory: Path) -> Cluster:
     path = directory / "cluster.yaml"
     settings = _read_yaml_mapping(path, "run `pi-image cluster init` first")
     _reject_unknown_keys(path, settings, _CLUSTER_KEYS, "")
-    missing = sorted({"api_server", "endpoint", "kubernetes_version", "node_subnet", "endpoint_fingerprint"}
-                     - set(settings))
+    settings = check_settings(settings, str(path))
+    nodes, retired = load_inventory(directory, settings["node_subnet"])
+    return Cluster(directory, nodes=nodes, retired=retired, **settings)
+
+
+def check_settings(settings: dict, where: str) -> dict:
+    """cluster.yaml's `settings` (known keys only) checked and normalized; a UserError naming `where` and the key.
+
+    The one check of cluster settings: load_cluster() of every file and `pi-image cluster set` of every value."""
+    settings = dict(settings)
+    missing = sorted(set(REQUIRED_KEYS) - set(settings))
     if missing:
-        raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
-    settings["kubernetes_version"] = addresses.minor(str(settings["kubernetes_version"]), f"{path}: kubernetes_version")
+        raise UserError(f"{where}: missing key(s) {', '.join(missing)}")
+    for key in ("api_server", "endpoint", "endpoint_fingerprint", "ca_cert", "kubeconfig"):
+        if key in settings and not isinstance(settings[key], str):
+            raise UserError(f"{where}: {key} must be a string, not {settings[key]!r}")
+    for key in ("api_server", "endpoint"):
+        settings[key] = addresses.host_port(settings[key], f"{where}: {key}")
+    if addresses.same_socket(settings["api_server"], settings["endpoint"]):
+        raise UserError(f"{where}: endpoint {settings['endpoint']} is the API server's own address and port: the "
+                        "token endpoint needs a port of its own (like "
+                        f"{protocol.split_host_port(settings['endpoint'])[0]}:8443)")
+    settings["kubernetes_version"] = addresses.minor(str(settings["kubernetes_version"]),
+                                                     f"{where}: kubernetes_version")
     for key, check in (("node_subnet", addresses.subnet), ("pod_subnet", addresses.pod_subnet),
                        ("service_subnet", addresses.subnet)):
         if key in settings:
-            settings[key] = check(str(settings[key]), f"{path}: {key}")
-    addresses.disjoint({key: settings.get(key, default) for key, default in (
-        ("node_subnet", None), ("pod_subnet", DEFAULT_POD_SUBNET), ("service_subnet", DEFAULT_SERVICE_SUBNET))}, str(path))
+            settings[key] = check(str(settings[key]), f"{where}: {key}")
+    addresses.disjoint({"node_subnet": settings["node_subnet"],
+                        "pod_subnet": settings.get("pod_subnet", DEFAULT_POD_SUBNET),
+                        "service_subnet": settings.get("service_subnet", DEFAULT_SERVICE_SUBNET)}, where)
     if settings.get("gateway") is not None:
-        settings["gateway"] = addresses.address_in(str(settings["gateway"]), settings["node_subnet"], f"{path}: gateway")
+        settings["gateway"] = addresses.address_in(str(settings["gateway"]), settings["node_subnet"],
+                                                   f"{where}: gateway")
     dns = settings.get("dns") or []
     if not isinstance(dns, list):
-        raise UserError(f"{path}: dns must be a list of addresses (like [192.168.6.1]), not {dns!r}")
-    settings["dns"] = [addresses.address(str(server), f"{path}: dns") for server in dns]
-    for key in ("api_server", "endpoint", "endpoint_fingerprint", "ca_cert", "kubeconfig"):
-        if key in settings and not isinstance(settings[key], str):
-            raise UserError(f"{path}: {key} must be a string, not {settings[key]!r}")
-    if not isinstance(settings.get("approval_mode", False), bool):
-        raise UserError(f"{path}: approval_mode must be true or false")
+        raise UserError(f"{where}: dns must be a list of addresses (like [192.168.6.1]), not {dns!r}")
+    settings["dns"] = [addresses.address(str(server), f"{where}: dns") for server in dns]
+    for key in ("approval_mode", "offline", "api_server_vip"):
+        if not isinstance(settings.get(key, False), bool):
+            raise UserError(f"{where}: {key} must be true or false, not {settings[key]!r}")
     for key in NODE_DEFAULTS:
         if key in settings:
-            check_value(key, settings[key], str(path))
+            check_value(key, settings[key], where)
     release = settings.get("kubernetes_release")
     if release is not None and not re.fullmatch(re.escape(settings["kubernetes_version"]) + r"\.\d{1,3}", str(release)):
-        raise UserError(f"{path}: kubernetes_release {release!r} is not a patch of kubernetes_version "
+        raise UserError(f"{where}: kubernetes_release {release!r} is not a patch of kubernetes_version "
                         f"{settings['kubernetes_version']} (like {settings['kubernetes_version']}.4)")
-    nodes, retired = load_inventory(directory, settings["node_subnet"])
-    return Cluster(directory, nodes=nodes, retired=retired, **settings)
+    return settings
 
 
 def load_inventory(directory: Path, node_subnet: str) -> tuple[list[Node], dict[str, int]]:
@@ -215,46 +252,100 @@ def load_inventory(directory: Path, node_subnet: str) -> tuple[list[Node], dict[
         generation = entry.get("generation", 0)
         if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
             raise UserError(f"{where}: generation must be a whole number, not {generation!r}")
-        fields = {k: (str(v) if v is not None else None) for k, v in entry.items() if k != "generation"}
-        nodes.append(_checked_node(Node(**fields, generation=generation), node_subnet, where))
+        text: dict[str, Any] = {k: (str(v) if v is not None else None) for k, v in entry.items()
+                                if k not in ("name", "profile", "generation")}
+        node = Node(str(entry["name"]), str(entry["profile"]), **text, generation=generation)
+        nodes.append(_checked_node(node, node_subnet, where))
     _refuse_duplicates(path, nodes)
     return nodes, retired
 
 
-def save_inventory(cluster: Cluster) -> None:
-    """Write DIR/inventory.yaml and regenerate DIR/tokend.json (a running endpoint re-reads it)."""
+@contextlib.contextmanager
+def changing(directory: Path) -> Iterator[Cluster]:
+    """The cluster as DIR holds it now, to change in the `with` block: read under the inventory lock, and written
+    back atomically when the block ends without an error (inventory.yaml and tokend.json; cluster.yaml if its
+    settings changed). Every change of a cluster directory goes through here, so none works on a stale copy."""
+    with inventory_lock(directory):
+        cluster = load_cluster(directory)
+        settings = cluster.settings()
+        yield cluster
+        if cluster.settings() != settings:
+            _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
+        _write_inventory(cluster)
+
+
+def _write_inventory(cluster: Cluster) -> None:
+    """inventory.yaml and tokend.json of `cluster`, atomically (the caller holds the inventory lock)."""
     entries = [{k: v for k, v in asdict(node).items() if v is not None} for node in cluster.nodes]
     data: dict = {"nodes": entries}
     if cluster.retired:
         data["retired"] = dict(sorted(cluster.retired.items()))
     _write_yaml(cluster.directory / "inventory.yaml", data, 0o644)
-    write_server_config(cluster)
+    _write_server_config(cluster)
 
 
 def add_node(cluster: Cluster, name: str, profile: str, role: str | None, profile_role: str,
              mac: str | None = None, address: str | None = None, base: str | None = None) -> Node:
-    """Add a node to the inventory; its role is the profile's unless `role` says the same or the profile has none."""
+    """Add a node to the inventory; its role is the profile's unless `role` says the same or the profile has none.
+
+    Applied to the inventory as it is now (re-read under the lock); `cluster` is brought up to date with it. A node
+    added again after its removal goes on from its retired generation. A `base` that is a file or directory is
+    stored as its absolute path (the inventory is used from other directories); a catalog name or URL as it is."""
     if role and role != profile_role:
         raise UserError(f"--role {role} conflicts with profile '{profile}', which builds a {profile_role} node: "
                         f"drop --role or pick a {role} profile")
-    node = _checked_node(Node(name, profile, role or profile_role, mac.lower() if mac else None, address, base=base),
-                         cluster.node_subnet, f"node {name!r}")
-    if node.address and cluster.gateway and node.address.split("/")[0] == cluster.gateway:
-        raise UserError(f"node {name!r}: {cluster.gateway} is the subnet's gateway; give the node an address of its own")
-    _refuse_duplicates(cluster.directory / "inventory.yaml", cluster.nodes + [node])
-    node.generation = cluster.retired.pop(name, 0)
-    cluster.nodes.append(node)
-    save_inventory(cluster)
+    with changing(cluster.directory) as current:
+        node = Node(name, profile, role or profile_role, mac.lower() if mac else None, address,
+                    base=_stored_base(base, name) if base else None)
+        _check_node_in(current, node, f"node {name!r}", f"add it with --address {_api_host(current)}")
+        _refuse_duplicates(current.directory / "inventory.yaml", current.nodes + [node])
+        node.generation = current.retired.pop(name, 0)
+        current.nodes.append(node)
+    _adopt(cluster, current)
     return node
 
 
 def remove_node(cluster: Cluster, name: str) -> Node:
-    """Take `name` out of the inventory: its cards can no longer ask for a token."""
-    node = cluster.node(name)
-    cluster.nodes.remove(node)
-    cluster.retired[name] = node.generation
-    save_inventory(cluster)
+    """Take `name` out of the inventory as it is now: its cards can no longer ask for a token (its generation is
+    kept as retired, so a node added again under its name goes on from there). `cluster` is brought up to date."""
+    with changing(cluster.directory) as current:
+        node = current.node(name)
+        current.nodes.remove(node)
+        current.retired[name] = node.generation
+    _adopt(cluster, current)
     return node
+
+
+def check_inventory(cluster: Cluster, where: str) -> None:
+    """Every node of `cluster` checked against its settings as they are now (after a change of them): its address
+    inside the node subnet and not the gateway, a control plane at the API server's address."""
+    for node in cluster.nodes:
+        _check_node_in(cluster, node, f"{where}: node {node.name!r}", "change the setting back, or that node's "
+                       f"entry in {cluster.directory / 'inventory.yaml'}", f"{where}: ")
+
+
+def _check_node_in(cluster: Cluster, node: Node, where: str, control_plane_fix: str, prefix: str = "") -> None:
+    _checked_node(node, cluster.node_subnet, where)
+    if node.address and cluster.gateway and node.address.split("/")[0] == cluster.gateway:
+        raise UserError(f"{where}: {cluster.gateway} is the subnet's gateway; give the node an address of its own")
+    check_control_plane_address(cluster, node, control_plane_fix, prefix)
+
+
+def _adopt(stale: Cluster, current: Cluster) -> None:
+    """Make the caller's `stale` copy the cluster as written."""
+    for item in fields(Cluster):
+        setattr(stale, item.name, getattr(current, item.name))
+
+
+def _stored_base(base: str, name: str) -> str:
+    """A node's base as the inventory keeps it: an existing file or directory as its absolute path, a URL or a name
+    as given (a catalog name: the build checks it against the catalog then); a path that does not exist is refused."""
+    if Path(base).exists():
+        return str(Path(base).resolve())
+    if _URL_RE.match(base) or os.sep not in base:
+        return base
+    raise UserError(f"node {name!r}: --base {base}: no such file or directory; give an existing image file (kept as "
+                    "its absolute path), an https URL or a catalog name (`pi-image bases` lists them)")
 
 
 def record_generation(directory: Path, name: str, built: int) -> None:
@@ -263,34 +354,22 @@ def record_generation(directory: Path, name: str, built: int) -> None:
     Under a lock on the inventory, and only forwards: if another build of the node recorded this generation or a
     newer one meanwhile, this card could never authenticate, so the build fails instead of publishing it.
     """
-    with _inventory_lock(directory):
-        cluster = load_cluster(directory)
+    with changing(directory) as cluster:
         node = cluster.node(name)
         if node.generation >= built:
             raise UserError(f"another build of node {name!r} finished first (generation {node.generation}): "
                             "this image could not join; build it again")
         node.generation = built
-        save_inventory(cluster)
 
 
 def record_release(directory: Path, release: str) -> None:
     """Record the Kubernetes patch the cluster's bundles hold (the first --offline build's), so that every later card
     holds the same one."""
-    with _inventory_lock(directory):
-        cluster = load_cluster(directory)
+    with changing(directory) as cluster:
         if cluster.kubernetes_release not in (None, release):
             raise UserError(f"{directory / 'cluster.yaml'}: the cluster's cards run Kubernetes "
                             f"{cluster.kubernetes_release}, not {release}: build again")
         cluster.kubernetes_release = release
-        _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)
-
-
-def next_generation(cluster: Cluster, name: str) -> Node:
-    """A new card of `name` is made: record the next generation and return the node as that card has it."""
-    node = cluster.node(name)
-    node.generation += 1
-    record_generation(cluster.directory, name, node.generation)
-    return node
 
 
 def next_free_node(cluster: Cluster, profile: str, base: str | None = None) -> tuple[Node, bool]:
@@ -298,7 +377,7 @@ def next_free_node(cluster: Cluster, profile: str, base: str | None = None) -> t
     named: the first inventory node of that profile (and no other base) never built yet, else a new one (added to the
     inventory, DHCP) named after its siblings (pi-worker3 after pi-worker2), or PROFILE-1. Returns the node and
     whether it was added."""
-    with _inventory_lock(cluster.directory):
+    with inventory_lock(cluster.directory):
         current = load_cluster(cluster.directory)
         siblings = [node for node in current.nodes if same_profile(node.profile, profile)]
         for node in siblings:
@@ -311,6 +390,7 @@ def next_free_node(cluster: Cluster, profile: str, base: str | None = None) -> t
         while f"{stem}{number}" in taken:
             number += 1
         node = add_node(current, f"{stem}{number}", profile, None, load_profile(profile, {})["role"])
+    _adopt(cluster, current)
     return node, True
 
 
@@ -339,6 +419,15 @@ def default_cluster_dir() -> Path | None:
     return default if (default / "cluster.yaml").is_file() else None
 
 
+def required_cluster_dir(cluster: Path | None) -> Path:
+    """--cluster, else the default cluster (default_cluster_dir()); one line naming the three ways to give one."""
+    directory = cluster or default_cluster_dir()
+    if directory is None:
+        raise UserError(f"no cluster: pass --cluster DIR, set {CLUSTER_ENV}, or create {default_cluster_location()} "
+                        "with `pi-image cluster init`")
+    return directory
+
+
 def default_cluster_location() -> Path:
     """Where `pi-image cluster init` users keep their one cluster by default."""
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "pi-image" / "cluster"
@@ -352,11 +441,30 @@ def check_writable(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def _inventory_lock(directory: Path) -> Iterator[None]:
-    descriptor = os.open(directory / ".inventory.lock", os.O_CREAT | os.O_RDWR, 0o600)
+def inventory_lock(directory: Path) -> Iterator[None]:
+    """Held by every change of DIR (see `changing`); re-entrant within a thread (next_free_node adds a node under it).
+
+    An flock on DIR/.inventory.lock: released by the kernel when its holder dies, so a killed build never wedges it.
+    """
+    held: set[str] = _held_locks.__dict__.setdefault("directories", set())
+    key = os.path.realpath(directory)
+    if key in held:
+        yield
+        return
+    try:
+        descriptor = os.open(directory / ".inventory.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        raise UserError(f"{directory / 'cluster.yaml'}: not found; run `pi-image cluster init` first") from None
+    except OSError as err:
+        raise UserError(f"{directory}: cannot lock the inventory ({err.strerror}): run as the directory's "
+                        "owner") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
     finally:
         os.close(descriptor)
 
@@ -388,7 +496,15 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin
       control_plane        {pod_subnet, service_subnet, admin_user (who gets ~/.kube/config)}
     Every cluster node also gets `cluster` {api_server, node_subnet} and `generation` (which build of the node the
     card is; the endpoint knows the current one).
+
+    A control plane of the inventory whose address is not the API server's is refused (a profile image, whose node
+    is not chosen yet, is checked when `pi-image flash` stamps one).
     """
+    if node.role == "control-plane" and any(entry.name == node.name for entry in cluster.nodes):
+        check_control_plane_address(cluster, node, f"set `address: {_api_host(cluster)}` for it in "
+                                    f"{cluster.directory / 'inventory.yaml'}, or the API server's address with "
+                                    f"`pi-image cluster set {cluster.directory} api_server=ADDRESS:PORT` while no "
+                                    "card is built")
     config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role)
     config.update(cluster={"api_server": cluster.api_server, "node_subnet": cluster.node_subnet},
                   generation=node.generation, api_server=cluster.api_server, node_subnet=cluster.node_subnet)
@@ -438,8 +554,40 @@ def card_server_config(cluster: Cluster) -> dict:
             "inventory_copy": True}
 
 
+def check_control_plane_address(cluster: Cluster, node: Node, fix: str, where: str = "") -> None:
+    """A control plane must have the API server's address (api_server in cluster.yaml): it runs the API server,
+    and every worker joins at that address, so with any other (or a DHCP one) they would dial it for ever.
+    A UserError naming both addresses and `fix`. Not checkable where api_server names a host by DNS name, nor needed
+    where it is a virtual IP or load balancer in front of the control planes (api_server_vip)."""
+    if node.role != "control-plane" or cluster.api_server_vip:
+        return
+    try:
+        api_host = ipaddress.ip_address(_api_host(cluster))
+    except ValueError:
+        return
+    what = f"{where}control plane {node.name!r}"
+    setting = f"api_server {cluster.api_server} of cluster {cluster.directory}"
+    if not node.address:
+        raise UserError(f"{what} has no fixed address but must have the API server's, {api_host} ({setting}): a "
+                        f"DHCP address cannot be promised to it; {fix}")
+    address = ipaddress.ip_interface(node.address).ip
+    if address != api_host:
+        raise UserError(f"{what} has address {address} but the API server is {api_host} ({setting}): workers would "
+                        f"dial {api_host} for ever; {fix}")
+
+
+def _api_host(cluster: Cluster) -> str:
+    return protocol.split_host_port(cluster.api_server)[0]
+
+
 def write_server_config(cluster: Cluster) -> Path:
-    """(Re)write DIR/tokend.json atomically."""
+    """(Re)write DIR/tokend.json atomically from the directory as it is now (under the inventory lock, re-read:
+    `cluster` only says which directory, so a stale copy can never take a generation back)."""
+    with inventory_lock(cluster.directory):
+        return _write_server_config(load_cluster(cluster.directory))
+
+
+def _write_server_config(cluster: Cluster) -> Path:
     path = cluster.directory / "tokend.json"
     write_private(path, json.dumps(server_config(cluster), indent=2, sort_keys=True) + "\n")
     return path

@@ -1,36 +1,44 @@
-"""Cluster commands: `cluster init|add-node`, `token-server`, `approve`, `status`. Parsing and printing only."""
+"""Cluster commands: `cluster init|add-node|remove-node|kubeconfig|sync`, `token-server`, `approve`, `status`.
+Parsing and printing only (what status shows and how the master is asked: fleet_status.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
+import sys
+import time
 from pathlib import Path
 
 import click
 
 from firstboot import protocol
-from firstboot.client import Answer, EndpointClient, EndpointUnreachable
 from firstboot.endpoint import tokend
 from firstboot.endpoint.settings import ServerSettings, SettingsError
-from firstboot.endpoint.state import NodeStore, database_path
 
-from . import addresses, cluster as clusters
+from . import cluster as clusters
+from . import fleet_status as fleet
+from .cluster_settings import set_command, show_command
 from .errors import UserError
+from .kubeconfig import merge_kubeconfig
 from .outputs import write_private
 from .profiles import check_value, load_profile
+from .targets.x86 import UbuntuX86
+from .verify import verify_command
 
 CLUSTER_OPTION = click.option(
     "--cluster", "cluster_dir", required=True, envvar="PI_IMAGE_CLUSTER", show_envvar=True,
     type=click.Path(file_okay=False, path_type=Path), help="Cluster directory made by `pi-image cluster init`.")
+DEFAULT_CLUSTER_OPTION = click.option(
+    "--cluster", "cluster_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Cluster directory made by `pi-image cluster init` [default: $PI_IMAGE_CLUSTER, else "
+         "~/.config/pi-image/cluster].")
 STATE_OPTION = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--state-dir", "--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
     help="The token endpoint's state and audit log [default: DIR/state, also where the shipped pi-image-tokend unit "
          "keeps them for /etc/pi-image/cluster on the master].")
 MASTER_ENDPOINT_OPTION = click.option("--endpoint", metavar="HOST:PORT",
                                       help="The master's token endpoint [default: cluster.yaml's].")
+LOCAL_OPTION = click.option("--local", is_flag=True, help="Use the token endpoint's state in DIR/state on this machine "
+                            "instead of asking the master [default where `pi-image token-server` serves DIR here].")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -61,6 +69,8 @@ def cluster_group() -> None:
 @click.option("--service-subnet", default=clusters.DEFAULT_SERVICE_SUBNET, show_default=True, metavar="CIDR",
               help="Services' network (kubeadm's serviceSubnet).")
 @click.option("--approval-mode", is_flag=True, help="Unknown nodes wait for `pi-image approve` instead of refusal.")
+@click.option("--api-server-vip", is_flag=True, help="--api-server is a virtual IP or load balancer in front of the "
+              "control planes, not a control plane's own address (which add-node then does not require).")
 @click.option("--offline", is_flag=True, help="Every card carries its packages and container images (`build "
               "--offline` for all the cluster's builds; later: `offline:` in cluster.yaml).")
 @click.option("--registry-mirror", "registry_mirrors", multiple=True, metavar="REGISTRY=URL",
@@ -69,7 +79,7 @@ def cluster_group() -> None:
 @JSON_OPTION
 def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
                  gateway: str | None, dns: str | None, pod_subnet: str, service_subnet: str, approval_mode: bool,
-                 offline: bool, registry_mirrors: tuple[str, ...], as_json: bool) -> None:
+                 api_server_vip: bool, offline: bool, registry_mirrors: tuple[str, ...], as_json: bool) -> None:
     """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
 
     \b
@@ -82,7 +92,7 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     mirrors = dict(_assignment(item, "--registry-mirror") for item in registry_mirrors)
     check_value("registry_mirrors", mirrors, "--registry-mirror")
     cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode,
-                                    gateway, servers, pod_subnet, service_subnet, offline, mirrors)
+                                    gateway, servers, pod_subnet, service_subnet, offline, mirrors, api_server_vip)
     summary = {"directory": str(directory), "endpoint": cluster.endpoint,
                "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
     if as_json:
@@ -117,8 +127,12 @@ def add_node_command(directory: Path, name: str, profile: str, role: str | None,
     where = f" at {node.address}" if node.address else " (DHCP)"
     click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}"
                + (f", base {node.base}" if node.base else "") + f") to {directory / 'inventory.yaml'}")
-    click.echo(f"next: pi-image build --cluster {directory} --node {node.name}" + ("" if node.base else " --base IMAGE"))
-    _hint_sync(cluster, node.name)
+    if load_profile(profile)["target"] == UbuntuX86.name:  # no card: a seed ISO for the stock system's cloud-init
+        click.echo(f"next: pi-image seed-iso --cluster {directory} --node {node.name}")
+    else:
+        click.echo(f"next: pi-image build --cluster {directory} --node {node.name}"
+                   + ("" if node.base else " --base IMAGE"))
+    click.echo(fleet.push_inventory(cluster))
 
 
 @cluster_group.command("remove-node")
@@ -136,14 +150,7 @@ def remove_node_command(directory: Path, name: str) -> None:
     cluster = clusters.load_cluster(directory)
     node = clusters.remove_node(cluster, name)
     click.echo(f"removed {node.role} {node.name} from {directory / 'inventory.yaml'}")
-    _hint_sync(cluster, node.name)
-
-
-def _hint_sync(cluster: clusters.Cluster, changed: str) -> None:
-    """Where a control plane's card carries a copy of the inventory, say how to bring it up to date."""
-    if any(node.role == "control-plane" and node.generation and node.name != changed for node in cluster.nodes):
-        click.echo(f"  if the master already runs: pi-image cluster sync {cluster.directory} (its token endpoint "
-                   "has the inventory of when its card was built)")
+    click.echo(fleet.push_inventory(cluster))
 
 
 @cluster_group.command("kubeconfig")
@@ -151,24 +158,38 @@ def _hint_sync(cluster: clusters.Cluster, changed: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write it [default: DIRECTORY/kubeconfig].")
 @MASTER_ENDPOINT_OPTION
-def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing FILE instead of merging into it.")
+def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | None, force: bool) -> None:
     """Fetch the cluster's admin kubeconfig from the master's token endpoint (pinned TLS, the admin credential).
 
-    The master's card makes it at first boot (kubeadm init); this copies it here, 0600.
+    The master's card makes it at first boot (kubeadm init); this copies it here, 0600. Into an existing FILE it is
+    merged under a context named after the cluster directory (its cluster and user too; entries of those names
+    replaced, the rest kept); --force replaces the file instead.
 
     \b
     Examples:
       pi-image cluster kubeconfig lab
-      pi-image cluster kubeconfig lab -o ~/.kube/config && kubectl get nodes
+      pi-image cluster kubeconfig lab -o ~/.kube/config && kubectl --context lab get nodes
     """
     cluster = clusters.load_cluster(directory)
     target = output or directory / "kubeconfig"
-    answer = _admin_request(cluster, endpoint, lambda client: client.admin_kubeconfig())
+    answer = fleet.admin_request(cluster, fleet.master_address(cluster, endpoint),
+                                 lambda client: client.admin_kubeconfig())
     text = answer.payload.get("kubeconfig")
     if not isinstance(text, str):
         raise UserError(f"the token endpoint gave no kubeconfig: {answer.error}")
+    name = directory.resolve().name
+    if target.exists() and not force:
+        try:
+            existing = target.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{target}: cannot read it to merge into ({err}): --force replaces it") from None
+        write_private(target, merge_kubeconfig(existing, text, name, str(target)))
+        click.echo(f"merged the admin kubeconfig of cluster {name} into {target} as context {name} (0600)")
+        click.echo(f"next: kubectl --kubeconfig {target} --context {name} get nodes")
+        return
     write_private(target, text)
-    click.echo(f"wrote the admin kubeconfig of cluster {directory.name} to {target} (0600)")
+    click.echo(f"wrote the admin kubeconfig of cluster {name} to {target} (0600)")
     click.echo(f"next: KUBECONFIG={target} kubectl get nodes")
 
 
@@ -187,24 +208,11 @@ def sync_command(directory: Path, endpoint: str | None) -> None:
     """
     cluster = clusters.load_cluster(directory)
     nodes = clusters.server_config(cluster)["nodes"]
-    answer = _admin_request(cluster, endpoint, lambda client: client.admin_sync_inventory(nodes))
-    click.echo(f"the token endpoint at {endpoint or cluster.endpoint} now knows the {answer.payload.get('nodes')} "
+    address = fleet.master_address(cluster, endpoint)
+    answer = fleet.admin_request(cluster, address, lambda client: client.admin_sync_inventory(nodes))
+    click.echo(f"the token endpoint at {address} now knows the {answer.payload.get('nodes')} "
                f"node(s) of {directory / 'inventory.yaml'}")
-    click.echo(f"next: power the new nodes on; `pi-image status --cluster {directory}` on the master shows them")
-
-
-def _admin_request(cluster: clusters.Cluster, endpoint: str | None,
-                   request: Callable[[EndpointClient], Answer]) -> Answer:
-    """One admin request to the cluster's token endpoint (or `endpoint`); a UserError unless it answers 200."""
-    address = addresses.host_port(endpoint, "--endpoint") if endpoint else cluster.endpoint
-    client = EndpointClient(address, cluster.endpoint_fingerprint, protocol.ADMIN_NAME, cluster.admin_credential())
-    try:
-        answer = request(client)
-    except EndpointUnreachable as err:
-        raise UserError(f"{err}: is the master up (its first boot takes a few minutes)? Try again later") from None
-    if answer.status != 200:
-        raise UserError(f"the token endpoint at {address} refused: {answer.error}")
-    return answer
+    click.echo(f"next: power the new nodes on; `pi-image status --cluster {directory}` shows them")
 
 
 @click.command("token-server")
@@ -251,119 +259,113 @@ def token_server_command(cluster_dir: Path, listen: str | None, ca_cert: Path | 
         raise UserError(f"cannot serve on {settings.listen}: {err.strerror or err}") from None
 
 
-@contextlib.contextmanager
-def node_store(state_dir: Path) -> Iterator[NodeStore]:
-    """The endpoint's state in `state_dir`, closed afterwards; a directory that cannot be used is a UserError."""
-    try:
-        store = NodeStore(str(state_dir))
-    except (OSError, sqlite3.Error) as err:
-        raise _unusable_state(state_dir, err) from None
-    try:
-        yield store
-    except sqlite3.Error as err:
-        raise UserError(f"{database_path(str(state_dir))}: {err}") from None
-    finally:
-        store.close()
-
-
-def recorded_nodes(state_dir: Path) -> dict[str, dict]:
-    """The endpoint's row of every node it has seen or an operator approved, by name; none (and nothing created)
-    where no endpoint or approval wrote yet."""
-    try:
-        seen = Path(database_path(str(state_dir))).exists()
-    except OSError as err:
-        raise _unusable_state(state_dir, err) from None
-    if not seen:
-        return {}
-    with node_store(state_dir) as store:
-        return {row["name"]: row for row in store.all()}
-
-
-def _unusable_state(state_dir: Path, err: Exception) -> UserError:
-    reason = getattr(err, "strerror", None) or err
-    return UserError(f"cannot use the token endpoint's state in {state_dir}: {reason}; fix its permissions (or run "
-                     "as the user the endpoint runs as), or pass --state-dir DIR")
-
-
 @click.command("approve")
 @click.argument("name")
-@CLUSTER_OPTION
+@DEFAULT_CLUSTER_OPTION
 @STATE_OPTION
+@LOCAL_OPTION
+@MASTER_ENDPOINT_OPTION
 @click.option("--replace", is_flag=True, help="Also let it replace a Ready node of the same name (a reflash).")
-def approve_command(name: str, cluster_dir: Path, state_dir: Path | None, replace: bool) -> None:
+def approve_command(name: str, cluster_dir: Path | None, state_dir: Path | None, local: bool, endpoint: str | None,
+                    replace: bool) -> None:
     """Let node NAME join: a pending unknown node, or a reflashed one replacing its Ready namesake.
 
-    NAME must be in the inventory or have asked to join (`pi-image status` shows it as pending).
+    Asks the master's token endpoint (pinned TLS, the admin credential), unless the endpoint serves from this
+    machine or --local/--state-dir says so. NAME must be in the inventory or have asked to join (`pi-image status`
+    shows it as pending).
 
     \b
     Examples:
-      pi-image approve pi-worker7 --cluster lab
+      pi-image approve pi-worker7
       pi-image approve pi-worker1 --cluster lab --replace
     """
     if not protocol.NODE_NAME_RE.match(name):
         raise UserError(f"{name!r} is not a valid node name (lower-case letters, digits and '-')")
-    cluster = clusters.load_cluster(cluster_dir)
-    state_dir = state_dir or cluster.state_dir
-    if all(node.name != name for node in cluster.nodes) and name not in recorded_nodes(state_dir):
+    cluster = clusters.load_cluster(clusters.required_cluster_dir(cluster_dir))
+    consent = " (may replace its Ready namesake once)" if replace else ""
+    here = fleet.local_state_dir(cluster, state_dir, local, endpoint)
+    if here is None:
+        state = fleet.approve(cluster, name, replace, endpoint)
+        click.echo(f"approved {name} on the master {fleet.master_address(cluster, endpoint)}{consent}; it is {state} "
+                   "there")
+        return
+    here_dir = here[0]
+    if all(node.name != name for node in cluster.nodes) and name not in fleet.recorded_nodes(here_dir):
         raise UserError(f"node {name!r} is in no inventory and has not asked to join: nothing to approve; add it "
-                        f"with `pi-image cluster add-node {cluster_dir} {name} --profile PROFILE`, or approve it "
+                        f"with `pi-image cluster add-node {cluster.directory} {name} --profile PROFILE`, or approve it "
                         "once `pi-image status` shows it pending")
-    with node_store(state_dir) as store:
+    with fleet.node_store(here_dir) as store:
         store.approve(name, replace)
-    click.echo(f"approved {name}" + (" (may replace its Ready namesake once)" if replace else ""))
+    click.echo(f"approved {name} in the local state in {here_dir}{consent}")
 
 
 @click.command("status")
-@CLUSTER_OPTION
+@DEFAULT_CLUSTER_OPTION
 @STATE_OPTION
+@LOCAL_OPTION
+@MASTER_ENDPOINT_OPTION
+@click.option("--watch", is_flag=True, help="Redraw every 2 s until Ctrl-C.")
 @JSON_OPTION
-def status_command(cluster_dir: Path, state_dir: Path | None, as_json: bool) -> None:
-    """Show every node's join state, last report and last error.
+def status_command(cluster_dir: Path | None, state_dir: Path | None, local: bool, endpoint: str | None, watch: bool,
+                   as_json: bool) -> None:
+    """Show every node's story: its phase and how long each took, address, architecture, OS, whether its card is
+    the newest, its last error and the fix.
 
-    States: not-seen, pending, approved, token-issued, joined, failed.
+    Asks the master's token endpoint (pinned TLS, the admin credential) and says so; reads the endpoint's state
+    here instead where `pi-image token-server` serves this cluster from this machine, with --local or --state-dir,
+    and before the master's card is built. A master that cannot be reached: one line, what it said last, exit 1.
+
+    \b
+    Phases: booted, local-setup, runtime-installed (bundle or network),
+      waiting-for-control-plane, token-issued, initialized (a control plane),
+      joined, ready (from the API server); pending: waiting for `pi-image approve`.
 
     \b
     Examples:
-      pi-image status --cluster lab
-      pi-image status --cluster lab --json | jq '.[] | select(.state == "failed")'
+      pi-image status
+      pi-image status --cluster lab --watch
+      pi-image status --json | jq '.[] | select(.last_error)'
     """
-    rows = node_status(cluster_dir, state_dir)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    cluster = clusters.load_cluster(clusters.required_cluster_dir(cluster_dir))
+    here = fleet.local_state_dir(cluster, state_dir, local, endpoint)
+    if not watch:
+        view, away = _fleet_view(cluster, here, endpoint)
+        if view is not None:
+            _show(view, as_json)
+        if away:
+            raise UserError(away)
         return
-    click.echo(f"{'NODE':<20} {'ROLE':<13} {'NETWORK':<18} {'STATE':<13} {'UPDATED':<20} LAST REPORT / ERROR")
-    for row in rows:
-        detail = row["last_error"] or row["last_report"] or ""
-        click.echo(f"{row['node']:<20} {row['role'] or '-':<13} {row['network'] or '-':<18} {row['state']:<13} "
-                   f"{row['updated'] or '-':<20} {detail}")
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        while True:
+            view, away = _fleet_view(cluster, here, endpoint)
+            click.echo("\x1b[H\x1b[2J" if clear else ("" if as_json else "\n"), nl=False)
+            if away:
+                click.echo(f"pi-image: {away}", err=not clear)
+            if view is not None:
+                _show(view, as_json, compact=True)
+            time.sleep(2)
+    except KeyboardInterrupt:
+        return
 
 
-def node_status(cluster_dir: Path, state_dir: Path | None = None) -> list[dict]:
-    """One dict per inventory or endpoint-known node: node, role, network (its fixed address or "dhcp", from the
-    inventory), generation, state, updated, last_report, last_error, address (where it last connected from).
+def _fleet_view(cluster: clusters.Cluster, here: tuple[Path, str] | None,
+                endpoint: str | None) -> tuple[fleet.FleetView | None, str | None]:
+    """The rows to show, and the one line to say when the master cannot be reached: what it said last is shown,
+    if it ever answered here."""
+    return fleet.select_view(cluster, here, endpoint)
 
-    Reads the state in `state_dir` (default DIR/state); before any endpoint ran, every node is "not-seen".
-    """
-    cluster = clusters.load_cluster(cluster_dir)
-    rows = recorded_nodes(state_dir or cluster.state_dir)
-    inventory = {node.name: node for node in cluster.nodes}
-    result = []
-    for name in sorted(set(rows) | set(inventory)):
-        row, node = rows.get(name, {}), inventory.get(name)
-        updated = row.get("updated_at")
-        result.append({
-            "node": name,
-            "role": node.role if node else None,
-            "network": (node.address or "dhcp") if node else None,
-            "generation": node.generation if node else None,
-            "state": row.get("state", "not-seen"),
-            "updated": datetime.datetime.fromtimestamp(updated).isoformat(timespec="seconds") if updated else None,
-            "last_report": row.get("last_report"),
-            "last_error": row.get("last_error"),
-            "address": row.get("address"),
-        })
-    return result
 
+def _show(view: fleet.FleetView, as_json: bool, compact: bool = False) -> None:
+    if as_json:
+        rows = [row.to_dict() for row in view.rows]
+        click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
+        return
+    click.echo("\n".join(fleet.status_lines(view, time.time())))
+
+
+for _command in (show_command, set_command, verify_command):  # cluster show / set / verify
+    cluster_group.add_command(_command)
 
 COMMANDS: list[click.Command] = [cluster_group, token_server_command, approve_command, status_command]
 

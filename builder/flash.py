@@ -36,7 +36,7 @@ from .image.inputs import raw_image
 from .image.partitions import TABLE_BYTES
 from .image.usage import UsageMap, usage_map
 from .progress import human_size, progress
-from .recipes import Recipe, load_recipe
+from .recipes import Recipe, load_recipe, same_base
 from .steps import BuildContext
 from .targets import detect
 
@@ -208,16 +208,27 @@ def _choose_node(cluster: Cluster, request: FlashRequest, recipe: Recipe) -> tup
     """The inventory node the card becomes: --node, else the next free node of the image's profile and base (a node
     never built yet, else a new one added to the inventory)."""
     if request.node is None:
-        return next_free_node(cluster, recipe.profile, recipe.base.get("name"))
+        return next_free_node(cluster, recipe.profile, _inventory_base(cluster, recipe))
     node = cluster.node(request.node)
     if not same_profile(node.profile, recipe.profile):
         raise UserError(f"node {node.name!r} has profile {node.profile} in {cluster.directory / 'inventory.yaml'} "
                         f"but {request.image} is a {recipe.profile} image: flash that node's profile image")
-    if node.base and node.base != recipe.base.get("name"):
+    if node.base and not same_base(node.base, recipe.base):
         raise UserError(f"node {node.name!r} is built from {node.base} ({cluster.directory / 'inventory.yaml'}) but "
                         f"{request.image} from {recipe.base.get('name') or recipe.base.get('path')}: flash an image "
                         "of that base")
     return node, False
+
+
+def _inventory_base(cluster: Cluster, recipe: Recipe) -> str | None:
+    """The image's base as the inventory spells it, for next_free_node (which compares the words): the base of the
+    first never-built node of the image's profile whose base is the image's (by name, or a file by its content),
+    else the image's catalog name or URL (None for a file)."""
+    for node in cluster.nodes:
+        if node.generation == 0 and same_profile(node.profile, recipe.profile) and node.base \
+                and same_base(node.base, recipe.base):
+            return node.base
+    return recipe.base.get("name")
 
 
 # --- writing ----------------------------------------------------------------------------------------------------

@@ -197,10 +197,7 @@ def load_profile(name: str, overrides: dict[str, Any] | None = None, dirs: list[
     for layer in reversed(layers):
         resolved.update(layer)
         explicit.update(layer)
-    for key, value in (overrides or {}).items():
-        check_value(key, value, "--set")
-        resolved[key] = value
-        explicit.add(key)
+    explicit.update(apply_overrides(resolved, overrides or {}))
     resolved["extends"] = None
     for key, spec in SCHEMA.items():  # every field of a mapping present (None when not given), for templates
         if spec.fields and isinstance(resolved[key], dict) and resolved[key]:
@@ -235,6 +232,51 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                             f"{yaml.safe_load(yaml.serialize(key_node))!r}")
         check_value(key_node.value, data[key_node.value], where)
     return data
+
+
+def apply_overrides(resolved: dict[str, Any], overrides: dict[str, Any], where: str = "--set") -> set[str]:
+    """Apply --set values to `resolved` in their order, checked; return the top-level keys they set.
+
+    A field of a mapping key (`wifi.ssid`, as `profiles --keys` lists it) changes that field only: the mapping the
+    profile gives keeps its other fields, and is checked whole (its required fields) once every value is in.
+    """
+    fielded: set[str] = set()
+    for key, value in overrides.items():
+        name, dot, field_name = key.partition(".")
+        if dot:
+            check_field(name, field_name, value, where)
+            resolved[name] = {**(resolved.get(name) or {}), field_name: value}
+            fielded.add(name)
+        else:
+            check_value(key, value, where)
+            resolved[key] = value
+    for name in fielded:
+        spec = SCHEMA[name]
+        missing = next((f for f in spec.required if resolved[name].get(f) in (None, "")), None)
+        if missing:
+            meaning = (spec.fields or {})[missing].help
+            raise UserError(f"{where}: '{name}' needs '{missing}' ({meaning}) too: add --set {name}.{missing}=VALUE")
+        check_value(name, resolved[name], where)
+    return {key.partition(".")[0] for key in overrides}
+
+
+def check_field(key: str, field_name: str, value: Any, where: str) -> None:
+    """Like check_value, for one field of the mapping key `key` (`wifi.ssid`)."""
+    if key not in SCHEMA:
+        wanted = f"{key}.{field_name}"
+        raise UserError(f"{where}: unknown key '{wanted}'{_did_you_mean(wanted, _field_keys())}")
+    spec = SCHEMA[key]
+    if not spec.fields:
+        raise UserError(f"{where}: '{key}' is not a mapping, so it has no field '{field_name}': set it whole "
+                        f"with {key}=VALUE")
+    if field_name not in spec.fields:
+        raise UserError(f"{where}: '{key}' has no setting '{field_name}'{_did_you_mean(field_name, spec.fields)} "
+                        f"(it takes {', '.join(spec.fields)})")
+    _check(spec.fields[field_name], value, f"{key}.{field_name}", where)
+
+
+def _field_keys() -> list[str]:
+    return [f"{key}.{name}" for key, spec in SCHEMA.items() for name in spec.fields or {}]
 
 
 def check_value(key: str, value: Any, where: str) -> None:
@@ -295,21 +337,59 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(x, x.__name__) for x in (t if isinstance(t, tuple) else (t,)))
 
 
+# Secret fields that must never come from the command line (shell history, `ps`), and where they come from instead.
+SECRET_OPTIONS = {"wifi.psk": "--wifi-psk (asked for, hidden) or --wifi-psk-file FILE (its first line)"}
+
+
 def parse_set(assignments: tuple[str, ...]) -> dict[str, Any]:
-    """`--set key=value` pairs; values are YAML scalars/lists (`--set ssh_authorized_keys=[...]`)."""
+    """`--set key=value` pairs; values are YAML scalars/lists/mappings (`--set ssh_authorized_keys=[...]`), a field of
+    a mapping key is `--set wifi.ssid=HomeNet`. A string setting keeps its text as typed ("1.31" stays a string).
+    A secret field (the Wi-Fi passphrase) is refused, whole or inside a mapping: see SECRET_OPTIONS."""
     out: dict[str, Any] = {}
     for item in assignments:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep:
             raise UserError(f"--set {item!r}: expected key=value")
+        _refuse_secret(key, raw)
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        if SCHEMA.get(key) and SCHEMA[key].type is str and value is not None and not isinstance(value, str):
+        spec = _spec_of(key)
+        if spec is not None and spec.type is str and value is not None and not isinstance(value, str):
             value = raw  # "1.31" must stay a string
-        out[key.strip()] = value
+        out[key] = value
     return out
+
+
+def _spec_of(key: str) -> Key | None:
+    """The schema of `key`, or of the field `wifi.ssid` names; None if there is none."""
+    name, _, field_name = key.partition(".")
+    spec = SCHEMA.get(name)
+    if spec is not None and field_name:
+        return (spec.fields or {}).get(field_name)
+    return spec
+
+
+def _refuse_secret(key: str, raw: str) -> None:
+    """A secret field given on the command line, alone (`wifi.psk=...`) or in its mapping (`wifi={..., psk: ...}`):
+    one line that names it, never its value."""
+    name, _, field_name = key.partition(".")
+    spec = SCHEMA.get(name)
+    if spec is None or not spec.fields:
+        return
+    try:
+        given = yaml.safe_load(raw) if not field_name else None
+    except yaml.YAMLError:
+        given = None
+    for secret in (f for f, inner in spec.fields.items() if inner.secret):
+        in_mapping = isinstance(given, dict) and secret in given if given is not None \
+            else not field_name and re.search(rf"\b{secret}\b[\"']?\s*:", raw) is not None
+        if field_name == secret or in_mapping:
+            what, instead = spec.fields[secret].help, SECRET_OPTIONS.get(f"{name}.{secret}", "it in a profile file")
+            raise UserError(f"--set {key}: a {what} on the command line stays in shell history and is shown by `ps`: "
+                            f"drop it from --set and pass {instead}")
 
 
 def list_profiles(dirs: list[Path] | None = None) -> list[Profile]:

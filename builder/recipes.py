@@ -1,11 +1,12 @@
 """How a cluster image was made, kept in the cluster directory so `pi-image flash` can stamp any node onto it later.
 
-    DIR/images/<id>.json   0600 in a 0700 directory: the build's options (profile, --set values, overlays, SSH keys,
-                           password hash, the apt keyring's bytes, the build time, the base's name and sha256)
+    DIR/images/<id>.json   0600 in a 0700 directory: the build's options (profile, --set values and the Wi-Fi
+                           passphrase --wifi-psk gave, overlays, SSH keys, password hash, the apt keyring's bytes,
+                           the build time, the base's name and sha256)
 
 The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is the SHA-256 of the
 recipe's canonical JSON, so the same build gives the same id, and an id says nothing about what it names (the
-recipe may hold a password hash). Stamping re-plans the build for the node from the recipe, against the image itself
+recipe may hold a password hash or a passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
 (its own edits are already there, so only what differs per node is written), which gives the node's card the files
 a per-node build of it would have: "common things early, per-node things late".
 """
@@ -20,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import resolve_base
 from .errors import UserError
+from .image.inputs import cached_sha256
 from .outputs import write_private
 
 RECIPES_DIR = "images"
@@ -83,6 +86,29 @@ def load_recipe(cluster_dir: Path, recipe_id: object, image: Path) -> Recipe:
     if recipe.id != recipe_id:
         raise UserError(f"{path}: its content does not match its name (edited?); rebuild the image")
     return recipe
+
+
+def same_base(spec: str | None, record: dict[str, Any]) -> bool:
+    """True if the base an inventory entry names (`spec`: a catalog name, a URL or a file) is the vendor image a
+    recipe was built from (`record`: its catalog name or URL when it had one, its file's name, its sha256).
+
+    The record never holds a local path (the same inputs give the same image anywhere), so a file is compared by
+    content: its SHA-256 (remembered by path, size and mtime: the build hashed it already) against the record's. A
+    name is the same base when it is the record's name, or when its verified download in the cache has that digest;
+    one that is not downloaded, or not known, is another base.
+    """
+    if not spec:
+        return False
+    if spec == record.get("name"):
+        return True
+    digest = record.get("sha256")
+    if not digest:
+        return False
+    try:
+        path = resolve_base(spec, download=False)
+    except UserError:
+        return False
+    return path.is_file() and cached_sha256(path) == digest
 
 
 def _canonical(data: dict[str, Any]) -> bytes:

@@ -13,10 +13,13 @@ Text for people only: `--json` prints the manifests instead (builder.cli), never
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from .build import BuildResult
+from .cluster import Node
 from .flash import FlashResult
+from .fleet import Failure
 from .image.inputs import DECOMPRESSORS
 from .progress import human_size
 
@@ -66,38 +69,52 @@ def image_summary(result: BuildResult, verbose: bool) -> list[str]:
     return lines
 
 
-def fleet_table(results: list[BuildResult]) -> list[str]:
-    """Which image goes on which board: node, role, address, image and size, one line each."""
+def fleet_table(results: list[BuildResult], failures: Sequence[Failure] = ()) -> list[str]:
+    """Which image goes on which board: node, role, address, base, image and size, one line each; a node that was not
+    built says so, and why, in the same table."""
     header = ("NODE", "ROLE", "ADDRESS", "BASE", "IMAGE", "SIZE")
     rows = [header] + [(r.node.name, r.node.role, _address(r.manifest.get("network"), full=False),
                         _base(r.manifest), str(r.output), _size(r.output))
                        for r in results]
+    rows += [(f.member.node.name, f.member.node.role, f.member.node.address or "DHCP", _base_spec(f.member.base),
+              "NOT BUILT", "-") for f in failures]
+    reasons = [""] * (len(results) + 1) + [f"  {f.error}" for f in failures]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [f"Built {len(results)} images:"] + [
-        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    title = (f"Built {len(results)} of {len(results) + len(failures)} images:" if failures
+             else f"Built {len(results)} images:")
+    return [title] + [
+        ("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths))).rstrip() + reason
+        for row, reason in zip(rows, reasons)]
 
 
-def next_steps(results: list[BuildResult], cluster: Path | None) -> list[str]:
-    """What the user does now: write each card, power the boards on, and (for a cluster) get the admin kubeconfig."""
+def next_steps(results: list[BuildResult], cluster: Path | None, seeded: Sequence[Node] = ()) -> list[str]:
+    """What the user does now: write each card the way its kind of image needs, power the boards on, make the x86
+    nodes' seeds, and (for a cluster) get the admin kubeconfig."""
     outputs = [r.output for r in results if r.output is not None]
     if outputs and all(o.is_dir() for o in outputs):
         lines = ["Next: flash the board from Linux_for_Tegra with NVIDIA's tools, the tree above as its rootfs "
                  "(`sudo ./flash.sh BOARD mmcblk0p1`, or an SD card image: "
                  "`sudo ./tools/jetson-disk-image-creator.sh -o sd.img -b BOARD`)."]
+    elif any(r.manifest.get("stamp_at_flash") for r in results):
+        lines = _profile_image_steps(outputs, cluster)
     else:
         image = outputs[0] if len(outputs) == 1 else Path("IMAGE")
+        bmap = results[0].bmap if len(outputs) == 1 else Path("IMAGE.bmap") if results[0].bmap else None
         which = "it to the node's" if len(outputs) == 1 else "each image to its node's"
         lines = [f"Next: write {which} SD card or USB SSD ({DEVICE} below: find it with `lsblk`; everything on it "
                  "is replaced), put it in the board and power it on:",
                  f"  pi-image flash {shlex.quote(str(image))} {DEVICE}"]
-        lines += [f"  or: {command}" for command in write_commands(image)]
+        lines += [f"  or: {command}" for command in write_commands(image, bmap)]
+    for node in seeded:
+        lines.append(f"  {node.name} is an x86 node: no card, a seed ISO for its stock Ubuntu: "
+                     f"`pi-image seed-iso --cluster {cluster} --node {node.name}`")
     if not cluster:
         return lines
     if any(result.node.role == "control-plane" for result in results):
         lines.append("  The control plane's card initializes the cluster at its first boot (kubeadm init, flannel) "
                      "and then serves join tokens: workers powered on before it wait and join by themselves.")
         lines.append(f"  Then: `pi-image cluster kubeconfig {cluster}` fetches the admin kubeconfig; "
-                     f"`pi-image status --cluster {cluster}` run on the master shows each node.")
+                     f"`pi-image status --cluster {cluster}` shows each node.")
     else:
         lines.append(f"  Workers join by themselves once the token endpoint runs: the one the control plane's card "
                      f"starts (`pi-image build --cluster {cluster} --node MASTER`), or `pi-image token-server "
@@ -105,10 +122,25 @@ def next_steps(results: list[BuildResult], cluster: Path | None) -> list[str]:
     return lines
 
 
-def write_commands(image: Path) -> list[str]:
-    """The documented ways to write `image` to a card: a compressed image through its decompressor into dd (with
-    conv=fsync: done means on the card), a raw one with bmaptool or dd."""
+def _profile_image_steps(outputs: list[Path], cluster: Path | None) -> list[str]:
+    """A profile image becomes a node only when `pi-image flash` stamps it: no other way to write it is offered
+    (bmaptool or dd would write a card with no identity, whose agent stops at first boot)."""
+    image = shlex.quote(str(outputs[0])) if len(outputs) == 1 else "IMAGE"
+    where = shlex.quote(str(cluster)) if cluster else "DIR"
+    return [f"Next: write each card with `pi-image flash`, which makes it a node ({DEVICE} below: find it with "
+            "`lsblk`; everything on it is replaced) — bmaptool or dd would write a card that is no node:",
+            f"  pi-image flash {image} {DEVICE} --cluster {where}               # the next free node of the profile",
+            f"  pi-image flash {image} {DEVICE} --cluster {where} --node NAME   # that inventory node (a reflash "
+            "rebuilds it)"]
+
+
+def write_commands(image: Path, bmap: Path | None = None) -> list[str]:
+    """The documented ways to write a node's `image` to a card besides `pi-image flash`: bmaptool with the `.bmap`
+    the build made for that exact file; else a compressed image through its decompressor into dd (conv=fsync: done
+    means on the card), a raw one with bmaptool (--nobmap: never another build's bmap it might find) or dd."""
     name = shlex.quote(str(image))
+    if bmap is not None:
+        return [f"sudo bmaptool copy --bmap {shlex.quote(str(bmap))} {name} {DEVICE}"]
     dd = "bs=4M conv=fsync status=progress"
     decompress = DECOMPRESSORS.get(image.suffix)
     if decompress:
@@ -120,6 +152,13 @@ def _base(manifest: dict) -> str:
     """The base a manifest records: its catalog name or URL, else its file's name."""
     base = manifest.get("base") or {}
     return str(base.get("name") or base.get("path") or "-")
+
+
+def _base_spec(spec: str | None) -> str:
+    """A base as a manifest would record it: a file by its name, a catalog name or URL as it is."""
+    if spec is None:
+        return "-"
+    return Path(spec).name if Path(spec).exists() else spec
 
 
 def _address(network: object, full: bool) -> str:

@@ -10,6 +10,10 @@ A join token is asked for only when kubeadm's preflight can pass (preflight.py);
 endpoint once per change of its reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
 A control-plane node never runs `kubeadm join`: built for a cluster, it runs `kubeadm init` and starts the token
 endpoint (controlplane.py).
+
+The node's story - the phases it reached and when (protocol.PHASES), its address, architecture, OS and card
+generation, the fix of its last failure - is kept in <root>/var/lib/pi-image/phases.json and sent with every join and
+report; a control plane writes it into its own endpoint's state. `pi-image status` shows it.
 """
 
 import argparse
@@ -22,7 +26,8 @@ import sys
 import time
 
 from . import joinconfig, localsetup, netinfo, preflight, protocol
-from .client import EndpointClient, EndpointUnreachable
+from .bundle import Bundle
+from .client import EndpointClient, EndpointUnreachable, NodeStory, PinMismatch, split_fix
 from .commands import CommandRunner
 from .errors import SetupFailed
 from .logsetup import log_to
@@ -36,6 +41,11 @@ CLOCK_SKEW_TOLERANCE = 300
 TOKEN_REUSE_MARGIN = 300  # a kept token is used only while it has at least this long to live
 
 _EXPIRED_TOKEN_MARKERS = ("could not find a JWS signature", "JWS signature", "token has expired", "token is expired")
+
+PHASES_FILE = "phases.json"  # in the agent's state directory
+RETRY_FIX = "the agent tries again by itself; its log: `journalctl -u pi-image-firstboot` on the node"
+GAVE_UP_FIX = ("the agent gave up: fix the cause (`journalctl -u pi-image-firstboot` on the node), then power the "
+               "board off and on, or reflash its card")
 
 
 class Backoff(object):
@@ -56,6 +66,20 @@ class Backoff(object):
         self.attempt = 0
 
 
+class _NarratedSetup(localsetup.LocalSetup):
+    """Local setup that tells the story: the local steps are done when the packages come next, and the runtime is
+    installed after them, from the card's bundle or from the network."""
+
+    def __init__(self, reached, *args):
+        localsetup.LocalSetup.__init__(self, *args)
+        self._reached = reached
+
+    def install_packages(self):
+        self._reached("local-setup")
+        localsetup.LocalSetup.install_packages(self)
+        self._reached("runtime-installed", installed_from="bundle" if Bundle(self.root).present else "network")
+
+
 class FirstBootAgent(object):
     """One node's way from a fresh image to a joined Kubernetes node."""
 
@@ -67,7 +91,11 @@ class FirstBootAgent(object):
         self.max_attempts = max_attempts
         self.time_sync_timeout = time_sync_timeout
         self.sleep = sleep
-        self.setup = localsetup.LocalSetup(paths.root, commands, config["runtime"], config["runtime_packages"], sleep)
+        self.story = NodeStory(os.path.join(paths.state_dir, PHASES_FILE), paths.root, {
+            "arch": os.uname().machine, "os": localsetup.os_pretty_name(paths.root),
+            "generation": config.get("generation")})
+        self.setup = _NarratedSetup(self._reached, paths.root, commands, config["runtime"], config["runtime_packages"],
+                                    sleep)
         self.reported_problem = None
         self.control_plane = None
         if config["role"] == "control-plane" and config.get("control_plane"):
@@ -77,7 +105,8 @@ class FirstBootAgent(object):
         self.client = None
         if config.get("endpoint"):
             self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
-                                         config["credential"], generation=config.get("generation"))
+                                         config["credential"], generation=config.get("generation"),
+                                         story=self.story.body)
 
     def run(self):
         """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
@@ -86,6 +115,7 @@ class FirstBootAgent(object):
                       "nothing is set up; write it with `pi-image flash IMAGE DEVICE`, which stamps a node onto it")
             return 1
         self.paths.discard(self.paths.join_config)  # a power cut may have left the last token behind
+        self._reached("booted")
         attempts = 0
         while True:
             attempts += 1
@@ -93,12 +123,14 @@ class FirstBootAgent(object):
                 outcome = self._attempt()
             except SetupFailed as failure:
                 log.error("%s", failure)
-                self._report_problem(str(failure))
+                self._report_problem(str(failure), failure.retry)
                 if not failure.retry:
                     return 1
                 outcome = RETRY_LATER
             except EndpointUnreachable as err:
                 log.warning("%s; retrying", err)
+                if not isinstance(err, PinMismatch):
+                    self._reached("waiting-for-control-plane")
                 outcome = RETRY_LATER
             if outcome == DONE:
                 return 0
@@ -126,10 +158,12 @@ class FirstBootAgent(object):
         if node_ip is None:
             log.warning("no address in %s and no route to the API server yet", self.config.get("node_subnet"))
             return RETRY_LATER
+        self.story.facts["node_ip"] = node_ip
         kept = self._kept_token()
         if kept is not None:
             log.info("local setup done; node-ip %s; using the join token the endpoint issued earlier (still valid)",
                      node_ip)
+            self._reached("token-issued")
             return self._join(kept, node_ip)
         log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config["endpoint"])
         answer = self.client.join(self._facts(node_ip))
@@ -139,6 +173,7 @@ class FirstBootAgent(object):
             return self._finish()
         if answer.status == 200 and state == "token-issued":
             self.backoff.reset()
+            self._reached("token-issued")
             self._keep_token(answer.payload)
             return self._join(answer.payload, node_ip)
         if answer.status == 202:
@@ -154,7 +189,9 @@ class FirstBootAgent(object):
         try:
             if not self.control_plane.initialized and not self.control_plane.initialize(self._kubelet_patches()):
                 return RETRY_LATER
+            self._reached("initialized")
             self.control_plane.finish()
+            self._reached("joined")
         except OSError as err:
             raise SetupFailed("cannot set up the control plane: {}: {}".format(
                 getattr(err, "filename", None) or "a file", err.strerror or err), retry=True)
@@ -248,6 +285,7 @@ class FirstBootAgent(object):
         self.paths.discard(self.paths.join_started)
 
     def _finish(self):
+        self._reached("joined")
         self.paths.mark_done({"node": self.config["node"], "joined": True})
         self.paths.discard(self.paths.join_started)
         self.paths.discard(self.paths.issued_token)
@@ -258,13 +296,46 @@ class FirstBootAgent(object):
             self.sleep(self.backoff.next_delay())
         return DONE
 
-    def _report_problem(self, message):
-        """Report a failure, once per change of its text (the same failure again is only logged)."""
-        if message != self.reported_problem and self._report("failed", message):
+    def _report_problem(self, message, retry=True):
+        """Report a failure and its fix, once per change of its text (the same failure again is only logged)."""
+        message = protocol.redact(message)
+        if message == self.reported_problem:
+            return
+        self.story.fix = split_fix(message)[1] or (RETRY_FIX if retry else GAVE_UP_FIX)
+        if self._report("failed", message):
             self.reported_problem = message
 
+    def _reached(self, phase, **details):
+        """Record a phase of the node's story; a control plane keeps it in its own endpoint's state at once."""
+        if self.story.reached(phase, **details) and self.control_plane is not None:
+            self._record_story()
+
+    def _record_story(self, failed=False):
+        """Best effort, as ControlPlane.record: the story (and a failure's fix) in this control plane's row of its
+        endpoint's state."""
+        from .endpoint import state as endpoint_state  # control-plane images carry the endpoint package
+
+        store = None
+        try:
+            store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
+            story, row = self.story.body(), store.get(self.config["node"]) or {}
+            changes = endpoint_state.story_fields(story, time.time(), row.get("facts"))
+            if failed:
+                changes["fix"] = endpoint_state.story_fix(story)
+            store.update(self.config["node"], **changes)
+        except Exception as err:  # noqa: BLE001 - a status line never stops the control plane
+            log.warning("could not record the node's phases in the token endpoint's state: %s", err)
+        finally:
+            if store is not None:
+                store.close()
+
     def _report(self, state, message=""):
-        """Best effort: a lost report never stops the node."""
+        """Best effort: a lost report never stops the node. A control plane records its own (its endpoint's
+        state), with the fix of a failure."""
+        if self.client is None and self.control_plane is not None:
+            self.control_plane.record(state, message)
+            self._record_story(failed=state == "failed")
+            return True
         if self.client is None:
             return False
         try:

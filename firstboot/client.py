@@ -3,17 +3,50 @@
 The endpoint's certificate is trusted only if its SHA-256 fingerprint equals the pin in node.json — no CA, no
 hostname, no validity dates (the Pi's clock may still be in 1970). The pin is checked on every connection, before a
 byte is sent on it: also when http.client reconnects by itself because the server closed the last connection.
+
+Joins and reports carry the node's story (optional, ignored by an older endpoint):
+
+    "story": {"phases": {PHASE: unix time, ...}, "sent_at": unix time (the device's clock: the endpoint corrects
+              the phases by its skew), "installed_from": "bundle" | "network", "node_ip", "arch", "os",
+              "generation" (node.json's), "fix" (with a "failed" report: what fixes that failure)}
+
+The host's admin requests: protocol.ADMIN_PATHS (nothing secret in the answers to status and approve).
 """
 
 import contextlib
 import functools
 import http.client
 import json
+import logging
+import os
+import re
 import ssl
+import time
 
 from . import protocol
+from .nodeconfig import write_private
+
+log = logging.getLogger("pi-image.agent")
 
 MAX_ANSWER_BYTES = 256 * 1024
+MAX_STATUS_BYTES = 8 * 1024 * 1024  # an admin status: a row per node, up to a few KB each
+
+BOOT_ID = "proc/sys/kernel/random/boot_id"  # below the root
+
+# Where a one-line failure says what fixes it: "...: rebuild the card", "...; see `journalctl ...`", "... (check ...)"
+_FIX_START = re.compile(r"(?:[:;]\s+|\s+\()(?=(?:rebuild|reflash|flash|build|run|check|see|add|give|pass|power|fix|"
+                        r"set|use|write|to replace|to join|wait|waiting)\b)")
+
+
+def split_fix(message):
+    """(problem, fix) of a one-line failure whose fix follows its problem, else (message, None)."""
+    match = _FIX_START.search(message or "")
+    if not match:
+        return message, None
+    fix = message[match.end():].strip().rstrip(".")
+    if match.group().strip() == "(" and fix.endswith(")"):
+        fix = fix[:-1]
+    return message[:match.start()].rstrip(), fix
 
 
 class EndpointUnreachable(Exception):
@@ -55,13 +88,81 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
                 self.host, self.port, presented, self.fingerprint))
 
 
+class NodeStory(object):
+    """The phases this node reached and when, and what it tells the endpoint about itself (client's "story").
+
+    Kept in a file (the agent's phases.json, 0600): a restart in the same boot goes on with it, a new boot starts a
+    new story. Each phase is kept with the wall clock and the monotonic clock of its moment; when sent, its time is
+    recomputed from the monotonic clock against the wall clock now, so NTP setting the clock of a Pi without RTC
+    between two phases does not make one of them last months (the endpoint then moves the times onto its own clock).
+    """
+
+    def __init__(self, path, root, facts, wall=time.time, monotonic=time.monotonic):
+        """`path`: where the phases are kept; `root`: the system's root (its boot id); `facts`: arch, os, generation
+        (node_ip is added once known, `fix` set with each failure)."""
+        self.path = path
+        self.facts = dict(facts)
+        self.fix = None
+        self._wall, self._monotonic = wall, monotonic
+        self._boot = _boot_id(root)
+        self._record = self._load()
+
+    def _load(self):
+        try:
+            with open(self.path) as handle:
+                record = json.load(handle)
+            phases = record["phases"]
+            if self._boot and record["boot"] == self._boot and all(
+                    len(times) == 2 and all(isinstance(t, (int, float)) for t in times) for times in phases.values()):
+                return record
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return {"boot": self._boot, "phases": {}}
+
+    def reached(self, phase, **details):
+        """Record `phase` (and `details`: installed_from) the first time it is reached; True if it was new."""
+        if phase in self._record["phases"]:
+            return False
+        self._record["phases"][phase] = [self._wall(), self._monotonic()]
+        self._record.update(details)
+        try:
+            write_private(self.path, json.dumps(self._record, sort_keys=True))
+        except OSError as err:  # the story is worth less than the node: it goes on without it
+            log.warning("cannot keep the phases in %s: %s", self.path, err.strerror or err)
+        return True
+
+    def body(self):
+        """The story as joins and reports carry it (see firstboot.client)."""
+        now, since_boot = self._wall(), self._monotonic()
+        story = {key: value for key, value in self.facts.items() if value is not None}
+        story.update(sent_at=now, phases={name: now - (since_boot - monotonic)
+                                          for name, (_, monotonic) in self._record["phases"].items()})
+        if self._record.get("installed_from"):
+            story["installed_from"] = self._record["installed_from"]
+        if self.fix:
+            story["fix"] = protocol.redact(self.fix)
+        return story
+
+
+def _boot_id(root):
+    """This boot's id (the kernel's, below the agent's root), '' where there is none (a sandbox)."""
+    try:
+        with open(os.path.join(root, BOOT_ID)) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 class EndpointClient(object):
     """Signed requests for one node to one endpoint; each exchange is challenge + POST on one connection."""
 
-    def __init__(self, endpoint, fingerprint, node, credential, timeout=15.0, source_address=None, generation=None):
+    def __init__(self, endpoint, fingerprint, node, credential, timeout=15.0, source_address=None, generation=None,
+                 story=None):
         """`generation`: which build of the node the credential is (node.json's), sent so that an endpoint whose
-        inventory is older than the card still knows which credential to check."""
+        inventory is older than the card still knows which credential to check. `story`: a callable giving the
+        node's story (see the module's docstring), sent with each join and report."""
         self.host, self.port = protocol.split_host_port(endpoint)
+        self.story = story
         self.generation = generation
         self.fingerprint = protocol.normalize_fingerprint(fingerprint)
         self.node = node
@@ -74,12 +175,17 @@ class EndpointClient(object):
         """Ask for a bootstrap token; `facts` are macs, arch, os, kubeadm_version, node_ip."""
         body = dict(facts)
         body["node"] = self.node
-        return self._exchange(protocol.JOIN_PATH, body)
+        return self._exchange(protocol.JOIN_PATH, self._with_story(body))
 
     def report(self, state, message=""):
         """Tell the endpoint how far the node got ('progress', 'failed', 'joined')."""
-        return self._exchange(protocol.REPORT_PATH,
-                              {"node": self.node, "state": state, "message": protocol.redact(message)})
+        return self._exchange(protocol.REPORT_PATH, self._with_story(
+            {"node": self.node, "state": state, "message": protocol.redact(message)}))
+
+    def _with_story(self, body):
+        if self.story is not None:
+            body["story"] = self.story()
+        return body
 
     def admin_kubeconfig(self):
         """The cluster's admin kubeconfig (a client made with protocol.ADMIN_NAME and the admin credential)."""
@@ -88,6 +194,15 @@ class EndpointClient(object):
     def admin_sync_inventory(self, nodes):
         """Push the inventory ({name: generation}) to the endpoint (an admin client, as for admin_kubeconfig)."""
         return self._exchange(protocol.ADMIN_INVENTORY_PATH, {"nodes": nodes})
+
+    def admin_status(self):
+        """Every node's row as the endpoint knows it (an admin client): phases, facts, last error; no secret."""
+        return self._exchange(protocol.ADMIN_STATUS_PATH, {}, MAX_STATUS_BYTES)
+
+    def admin_approve(self, node, replace=False, listed=False):
+        """Let `node` join (with `replace`: take over its Ready namesake once); `listed`: the operator's inventory
+        lists it, so the endpoint approves it even if its own copy of the inventory does not know it yet."""
+        return self._exchange(protocol.ADMIN_APPROVE_PATH, {"node": node, "replace": bool(replace), "listed": bool(listed)})
 
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
@@ -111,7 +226,7 @@ class EndpointClient(object):
         finally:
             connection.close()
 
-    def _exchange(self, path, payload):
+    def _exchange(self, path, payload, limit=MAX_ANSWER_BYTES):
         with self._connection() as connection:
             challenge = _request(connection, "GET", protocol.CHALLENGE_PATH)
             nonce = challenge.payload.get("nonce")
@@ -126,7 +241,7 @@ class EndpointClient(object):
             }
             if self.generation is not None:
                 headers[protocol.HEADER_GENERATION] = str(self.generation)
-            return _request(connection, "POST", path, body, headers)
+            return _request(connection, "POST", path, body, headers, limit)
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,11 +253,11 @@ def _pinning_tls_context():
     return protocol.require_tls12(context)
 
 
-def _request(connection, method, path, body=None, headers=None):
+def _request(connection, method, path, body=None, headers=None, limit=MAX_ANSWER_BYTES):
     connection.request(method, path, body=body, headers=headers or {})
     response = connection.getresponse()
-    raw = response.read(MAX_ANSWER_BYTES + 1)
-    if len(raw) > MAX_ANSWER_BYTES:
+    raw = response.read(limit + 1)
+    if len(raw) > limit:
         raise EndpointUnreachable("answer from the endpoint is too large")
     try:
         payload = json.loads(raw.decode("utf-8")) if raw else {}

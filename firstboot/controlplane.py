@@ -131,6 +131,7 @@ class ControlPlane(object):
         store = None
         try:
             store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
+            message = protocol.redact(message)  # kubeadm init's output may name its bootstrap token
             changes = {"last_report": "{}: {}".format(state, message)}
             if state == "failed":
                 changes.update(state=endpoint_state.FAILED, last_error=message)

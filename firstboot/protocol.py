@@ -14,6 +14,9 @@ Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fi
     POST /v1/admin/kubeconfig -> 200 {"kubeconfig": "..."}   (the cluster's admin kubeconfig, once initialized)
                                  503 {"error": "..."}        (the control plane is not initialized yet)
     POST /v1/admin/inventory  {"nodes": {name: generation}} -> 200 {"nodes": N}   (the inventory, pushed by the host)
+    POST /v1/admin/status     {} -> 200 {"nodes": [row, ...], "inventory": {name: generation}, "server_time": unix time}
+    POST /v1/admin/approve    {"node", "replace": bool, "listed": bool} -> 200 {"node", "state"}
+                                 404 a name neither known there nor `listed` (in the operator's inventory)
 
 POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
 /v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
@@ -40,13 +43,21 @@ JOIN_PATH = "/v1/join"
 REPORT_PATH = "/v1/report"
 ADMIN_KUBECONFIG_PATH = "/v1/admin/kubeconfig"
 ADMIN_INVENTORY_PATH = "/v1/admin/inventory"
-ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH, ADMIN_INVENTORY_PATH)
+ADMIN_STATUS_PATH = "/v1/admin/status"
+ADMIN_APPROVE_PATH = "/v1/admin/approve"
+ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH, ADMIN_INVENTORY_PATH, ADMIN_STATUS_PATH, ADMIN_APPROVE_PATH)
 ADMIN_NAME = "pi-image-admin"
 
 HEADER_NODE = "X-Pi-Image-Node"
 HEADER_NONCE = "X-Pi-Image-Nonce"
 HEADER_SIGNATURE = "X-Pi-Image-Signature"
 HEADER_GENERATION = "X-Pi-Image-Generation"  # which build of the node signed (optional: else the endpoint's current)
+
+# A node's story, in order: each phase is recorded once, when it is reached. A worker waits for the control plane
+# (when its endpoint does not answer yet) and gets a token; a control plane initializes the cluster instead. "ready"
+# comes from the API server (the endpoint asks), never from the node.
+PHASES = ("booted", "local-setup", "runtime-installed", "waiting-for-control-plane", "token-issued", "initialized",
+          "joined", "ready")
 
 NONCE_TTL_SECONDS = 60
 API_SERVER_PORT = 6443  # kubeadm's default, for an api_server given without one

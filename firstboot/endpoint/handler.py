@@ -1,4 +1,5 @@
-"""The endpoint's HTTP requests: GET /v1/challenge, POST /v1/join, /v1/report, /v1/admin/kubeconfig; nothing else.
+"""The endpoint's HTTP requests: GET /v1/challenge, POST /v1/join, /v1/report, /v1/admin/{kubeconfig, inventory,
+status, approve}; nothing else.
 
 Everything from the network is hostile. A request's head (request line and headers) is capped while it is read,
 bodies are capped before they are read, addresses and nodes are rate limited, and a POST is authenticated (one-time
@@ -190,13 +191,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.path in protocol.ADMIN_PATHS:
             self._authenticate_admin(body)
             self._allow_work()
-            if self.path == protocol.ADMIN_KUBECONFIG_PATH:
-                return self.server.issuer.admin_kubeconfig(self.client_address[0])
-            try:
-                nodes = json.loads(body.decode("utf-8")).get("nodes")
-            except (ValueError, AttributeError, RecursionError):
-                raise RequestRefused(400, "body must be a JSON object with 'nodes'")
-            return self.server.issuer.admin_inventory(nodes, self.client_address[0])
+            return self._admin_request(body)
         node = self.headers.get(protocol.HEADER_NODE, "")
         address = self.client_address[0]
         generation = self._authenticate(node, body)
@@ -216,8 +211,28 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             facts = {key: str(payload.get(key, ""))[:200] for key in ("arch", "os", "kubeadm_version", "node_ip")}
             facts["macs"] = [str(mac)[:32] for mac in payload.get("macs", [])[:16]] \
                 if isinstance(payload.get("macs"), list) else []
-            return self.server.issuer.join(node, generation, facts, address)
+            return self.server.issuer.join(node, generation, facts, address, payload.get("story"))
         return self.server.issuer.report(node, generation, payload, address)
+
+    def _admin_request(self, body):
+        """An authenticated operator's request, by path."""
+        issuer, address = self.server.issuer, self.client_address[0]
+        if self.path == protocol.ADMIN_KUBECONFIG_PATH:
+            return issuer.admin_kubeconfig(address)
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            payload = None
+        if not isinstance(payload, dict):
+            raise RequestRefused(400, "body must be a JSON object")
+        if self.path == protocol.ADMIN_INVENTORY_PATH:
+            return issuer.admin_inventory(payload.get("nodes"), address)
+        if self.path == protocol.ADMIN_STATUS_PATH:
+            return issuer.admin_status(address)
+        node = payload.get("node")  # protocol.ADMIN_APPROVE_PATH
+        if not isinstance(node, str) or not protocol.NODE_NAME_RE.match(node):
+            raise RequestRefused(400, "'node' must be a node name (lower-case letters, digits and '-')")
+        return issuer.admin_approve(node, payload.get("replace") is True, payload.get("listed") is True, address)
 
     def _allow_work(self):
         """An authenticated request gets `work_seconds` for its answer: the connection deadline is for what a
@@ -277,9 +292,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.headers.get(protocol.HEADER_SIGNATURE, "")):
             audit("refused-signature", protocol.ADMIN_NAME, address, "admin request")
             raise RequestRefused(401, "authentication failed")
-        if not self.server.node_limiter.allow(protocol.ADMIN_NAME):
+        if not self.server.admin_limiter.allow(protocol.ADMIN_NAME):
             raise RequestRefused(429, "too many admin requests",
-                                 headers={"Retry-After": str(self.server.node_limiter.retry_after())})
+                                 headers={"Retry-After": str(self.server.admin_limiter.retry_after())})
 
     def _signed_by(self, node, generation, nonce, body, signature):
         credential = protocol.node_credential(self.server.settings.enrollment_key, node, generation)

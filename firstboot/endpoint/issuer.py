@@ -6,6 +6,7 @@ credential gets no other token (a rebuilt image, generation + 1, joins with no m
 one audit line (never a token) and updates the node's row in the state store.
 """
 
+import logging
 import threading
 import time
 
@@ -15,12 +16,14 @@ from .audit import audit
 from .kube import ClusterError, new_bootstrap_token
 from .settings import SettingsError
 
+log = logging.getLogger("pi-image.tokend")
+
 TOKEN_LIFETIME_SECONDS = 30 * 60
 REPORT_MESSAGE_LIMIT = 2000
 
 
 class JoinIssuer(object):
-    """Answers /v1/join and /v1/report for nodes whose request was authenticated."""
+    """Answers /v1/join and /v1/report for nodes, and /v1/admin/... for the operator, once authenticated."""
 
     def __init__(self, settings, store, admin, clock=time.time):
         self.settings = settings
@@ -66,15 +69,85 @@ class JoinIssuer(object):
         audit("admin-inventory", protocol.ADMIN_NAME, address, "{} nodes".format(count))
         return 200, {"nodes": count}
 
-    def join(self, name, generation, facts, address):
-        """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`."""
+    def admin_status(self, address):
+        """(HTTP status, answer) for an authenticated operator: every node's public row (state.PUBLIC_COLUMNS), with
+        "ready" from the API server (None when kubectl cannot say) and the phases the endpoint saw itself, the
+        inventory this endpoint goes by, and its clock. Not audited: a status page asks every few seconds."""
+        readiness = self._readiness()
+        now = self._clock()
+        rows = {row["name"]: row for row in self.store.all()}
+        nodes = []
+        for name in sorted(set(rows) | set(readiness or {})):
+            row = rows.get(name) or {"name": name, "phases": {}, "facts": {}}
+            public = state.public_row(row)
+            ready = None if readiness is None else readiness.get(name) or (False, None)
+            public["phases"] = self._seen_phases(row, ready, now)
+            public["ready"] = None if ready is None else ready[0]
+            nodes.append(public)
+        log.debug("status of %d nodes for %s", len(nodes), address)
+        inventory = {name: self.settings.generation(name) for name in self.settings.known_nodes()}
+        return 200, {"nodes": nodes, "inventory": inventory, "server_time": now}
+
+    def _readiness(self):
+        try:
+            return self.admin.node_readiness()
+        except ClusterError:
+            return None
+
+    def _seen_phases(self, row, ready, now):
+        """The node's phases plus what the endpoint saw itself: the token it issued in this story (the node tells
+        only with its next report) and Ready, kept from the first time the API server says so. `ready`: (ready,
+        since), or None while the API server cannot say (the stored "ready" then stays)."""
+        phases = dict(row.get("phases") or {})
+        issued = row.get("token_issued_at")
+        if issued and "token-issued" not in phases and issued >= phases.get("booted", 0):
+            phases["token-issued"] = issued
+        if ready is not None and not ready[0]:
+            phases.pop("ready", None)
+        elif ready is not None and "ready" not in phases:
+            phases["ready"] = ready[1] or now
+            if row.get("state") is not None:
+                with self._node_lock(row["name"]):  # a report may have changed the phases since they were read
+                    kept = dict((self.store.get(row["name"]) or {}).get("phases") or {}, ready=phases["ready"])
+                    self.store.update(row["name"], phases=kept)
+        return phases
+
+    def admin_approve(self, name, replace, listed, address):
+        """(HTTP status, answer) for an authenticated operator's `pi-image approve`: `name` may join (and, with
+        `replace`, take over its Ready namesake once). A name this endpoint never heard of is approved only when the
+        operator's inventory lists it (`listed`: this endpoint's copy may be older): a typo approves nothing."""
+        with self._node_lock(name):
+            if self.store.get(name) is None and name not in self.settings.known_nodes() and not listed:
+                audit("refused-admin-approve", name, address, "unknown node")
+                return 404, {"error": "node {} is in no inventory of the master and has not asked to join: nothing to "
+                                      "approve".format(name)}
+            self.store.approve(name, replace)
+            approved = self.store.get(name)
+        audit("admin-approve", name, address, "by " + protocol.ADMIN_NAME + ("; may replace its Ready namesake once"
+                                                                             if replace else ""))
+        return 200, {"node": name, "state": approved["state"]}
+
+    def join(self, name, generation, facts, address, story=None):
+        """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`; its story
+        is kept for a node the endpoint has a row of (never a stranger's, never an older card's)."""
         with self._node_lock(name):
             try:
-                return self._join_locked(name, generation, facts, address)
+                status, answer = self._join_locked(name, generation, facts, address)
             except ClusterError as err:
                 audit("error", name, address, str(err))
                 self.store.update(name, last_error=str(err))
-                return 503, {"error": "the cluster could not be reached to issue a token; see the token server log"}
+                status, answer = 503, {"error": "the cluster could not be reached to issue a token; see the token "
+                                                "server log"}
+            if story is not None and status not in (401, 403):
+                self._keep_story(name, generation, story)
+            return status, answer
+
+    def _keep_story(self, name, generation, story):
+        row = self.store.get(name) or {}
+        changes = state.story_fields(story, self._clock(), row.get("facts"))
+        if changes:
+            changes["card_generation"] = generation
+            self.store.update(name, **changes)
 
     def _join_locked(self, name, generation, facts, address):
         if not self.is_allowed(name):
@@ -143,7 +216,8 @@ class JoinIssuer(object):
         self.admin.create_token(token, name, issued_at + TOKEN_LIFETIME_SECONDS)
         token_id = token.split(".")[0]
         self.store.update(name, state=state.TOKEN_ISSUED, token_id=token_id, token_issued_at=issued_at,
-                          generation=generation, replace_allowed=0, facts=facts, address=address, last_error=None)
+                          generation=generation, replace_allowed=0, facts=facts, address=address, last_error=None,
+                          fix=None)
         audit("token-issued", name, address, "token_id=" + token_id)
         return 200, {
             "state": state.TOKEN_ISSUED,
@@ -167,11 +241,13 @@ class JoinIssuer(object):
         message = protocol.redact(str(body.get("message", "")))[:REPORT_MESSAGE_LIMIT]
         with self._node_lock(name):
             row = self.store.get(name) or {}
-            changes = {"last_report": "{}: {}".format(report_state, message) if message else report_state}
+            changes = state.story_fields(body.get("story"), self._clock(), row.get("facts"))
+            changes.update(card_generation=generation,
+                           last_report="{}: {}".format(report_state, message) if message else report_state)
             if report_state == "failed":
-                changes.update(state=state.FAILED, last_error=message)
+                changes.update(state=state.FAILED, last_error=message, fix=state.story_fix(body.get("story")))
             elif report_state == "joined":
-                changes.update(state=state.JOINED, last_error=None, token_id=None,
+                changes.update(state=state.JOINED, last_error=None, fix=None, token_id=None,
                                joined_generation=max(generation, row.get("joined_generation") or 0))
                 if row.get("token_id"):
                     self.admin.delete_token(row["token_id"])

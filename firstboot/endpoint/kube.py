@@ -1,5 +1,6 @@
 """What the token endpoint asks of the cluster, through kubectl on the master."""
 
+import calendar
 import json
 import secrets
 import string
@@ -9,6 +10,8 @@ import time
 from ..initconfig import BOOTSTRAP_GROUP as BOOTSTRAP_TOKEN_GROUP
 
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
+READINESS_TIMEOUT = 5  # seconds one `kubectl get nodes` may take for a status answer
+READINESS_FAILURE_TTL = 30.0  # an API server that did not answer is asked again after this long, not at each status
 
 
 class ClusterError(Exception):
@@ -50,7 +53,7 @@ class ClusterAdmin(object):
     """kubectl calls with the admin kubeconfig; the cluster version is cached briefly."""
 
     def __init__(self, commands, kubeconfig, version_ttl_seconds=60.0, node_list_ttl_seconds=1.0,
-                 clock=time.monotonic):
+                 readiness_ttl_seconds=5.0, clock=time.monotonic):
         self.commands = commands
         self.kubeconfig = kubeconfig
         self._version_ttl = version_ttl_seconds
@@ -62,6 +65,10 @@ class ClusterAdmin(object):
         self._node_names = None
         self._node_names_expiry = 0.0
         self._node_names_lock = threading.Lock()
+        self._readiness_ttl = readiness_ttl_seconds
+        self._readiness = None
+        self._readiness_expiry = 0.0
+        self._readiness_lock = threading.Lock()
 
     def kubectl(self, *args, **options):
         """`kubectl --kubeconfig ADMIN ARGS...` (CommandRunner.run's options: input_text, timeout)."""
@@ -100,6 +107,20 @@ class ClusterAdmin(object):
             return False
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
+    def node_readiness(self):
+        """{name: (ready, since)} for every Node: its Ready condition and when that last changed (Unix time on the API
+        server's clock, or None); None when kubectl cannot say within READINESS_TIMEOUT. One `kubectl get nodes`,
+        kept readiness_ttl seconds (READINESS_FAILURE_TTL when it failed), serves every status asked meanwhile (a
+        page polling every 2 s, a second viewer)."""
+        with self._readiness_lock:
+            if self._clock() >= self._readiness_expiry:
+                result = self.kubectl("get", "nodes", "-o", "json", "--request-timeout={}s".format(READINESS_TIMEOUT),
+                                      timeout=READINESS_TIMEOUT + 3)
+                self._readiness = _readiness(result.stdout) if result.ok else None
+                ttl = self._readiness_ttl if self._readiness is not None else READINESS_FAILURE_TTL
+                self._readiness_expiry = self._clock() + ttl
+            return self._readiness
+
     def _listed_node_names(self):
         with self._node_names_lock:
             if self._clock() >= self._node_names_expiry:
@@ -124,3 +145,26 @@ class ClusterAdmin(object):
     def delete_token(self, token_id):
         """Best effort: a token that is already gone is fine, it expires anyway."""
         return self.kubectl("-n", "kube-system", "delete", "secret", "bootstrap-token-" + token_id).ok
+
+
+def _readiness(text):
+    """{name: (ready, since)} from `kubectl get nodes -o json`, None if it is not a node list."""
+    try:
+        items = json.loads(text)["items"]
+        found = {}
+        for item in items:
+            conditions = (item.get("status") or {}).get("conditions") or []
+            ready = [c for c in conditions if c.get("type") == "Ready"]
+            since = _unix_time(ready[0].get("lastTransitionTime")) if ready else None
+            found[item["metadata"]["name"]] = (bool(ready) and ready[0].get("status") == "True", since)
+        return found
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _unix_time(text):
+    """Unix time of an RFC 3339 UTC time as the API server writes it ('2024-12-05T01:02:03Z'), or None."""
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError):
+        return None

@@ -73,14 +73,19 @@ class ServerSettings(object):
 
     def replace_nodes(self, nodes):
         """Keep `nodes` ({name: generation}, checked) as the inventory from now on (SYNCED_INVENTORY, 0600).
+        A node both know keeps the higher generation: a push that arrives after a newer one never takes a card back.
         SettingsError where this endpoint's tokend.json is no copy (it reads the cluster directory's own)."""
         if not self._values.get("inventory_copy") or not self._synced_path:
             raise SettingsError("{} is the cluster directory's own inventory, not a card's copy: nothing to "
                                 "sync (add and remove nodes there)".format(self.path))
         generations = self._node_generations(nodes)
         with self._write_lock:
+            self._reload_if_changed()
+            stored = self._generations
+            generations = {name: max(generation, stored.get(name, generation))
+                           for name, generation in generations.items()}
             write_private(self._synced_path, json.dumps({"nodes": generations}, sort_keys=True) + "\n")
-        self._reload_if_changed()
+            self._reload_if_changed()
         return len(generations)
 
     def _reload_if_changed(self):

@@ -1,8 +1,10 @@
 """The token endpoint's durable state: one SQLite row per node, shared with `pi-image approve` and `pi-image status`.
 
 Only public facts are stored: the node's state, the *id* of its current bootstrap token (never the secret) and the
-generation it was issued to, the generation that joined (a credential joins once), what the node last reported.
-The database lives in a 0700 directory; WAL mode lets the CLI read and write while the server runs.
+generation it was issued to, the generation that joined (a credential joins once), what the node last reported and
+its story (the phases it reached and when, on the endpoint's clock; its address, architecture, OS, card generation,
+the fix of its last failure). The database lives in a 0700 directory; WAL mode lets the CLI read and write while the
+server runs. A database an older endpoint made gains the newer columns when it is opened.
 
 Where: <the directory holding tokend.json>/state (default_state_dir), for `pi-image token-server|approve|status
 --cluster DIR` (DIR/state) as for the shipped pi-image-tokend unit (/etc/pi-image/cluster/state).
@@ -13,6 +15,9 @@ import os
 import sqlite3
 import threading
 import time
+
+from .. import protocol
+from ..protocol import PHASES
 
 PENDING = "pending"
 APPROVED = "approved"
@@ -40,9 +45,20 @@ CREATE TABLE IF NOT EXISTS nodes (
 )
 """
 _COLUMNS = ("name", "state", "approved", "replace_allowed", "token_id", "token_issued_at", "generation",
-            "joined_generation", "address", "facts", "last_report", "last_error", "updated_at")
+            "joined_generation", "address", "facts", "last_report", "last_error", "updated_at", "phases", "fix",
+            "card_generation", "installed_from")
 # Columns added since the first release, with their types: a database an older endpoint made gains them on open.
-_ADDED_COLUMNS = (("generation", "INTEGER"), ("joined_generation", "INTEGER"))
+_ADDED_COLUMNS = (("generation", "INTEGER"), ("joined_generation", "INTEGER"), ("phases", "TEXT"), ("fix", "TEXT"),
+                  ("card_generation", "INTEGER"), ("installed_from", "TEXT"))
+_JSON_COLUMNS = ("facts", "phases")
+# What an operator sees of a row over the network (/v1/admin/status): never the token's id or when it was issued.
+# (last_report is not among them: a failure's repeats last_error, any other report says no more than state and phases)
+PUBLIC_COLUMNS = ("name", "state", "approved", "replace_allowed", "address", "facts", "phases", "installed_from",
+                  "card_generation", "joined_generation", "last_error", "fix", "updated_at")
+REDACTED_COLUMNS = ("last_error", "fix")  # texts that come from a failure: redacted again on the way out
+STORY_FACTS = ("node_ip", "arch", "os")
+INSTALLED_FROM = ("bundle", "network")
+FACT_LIMIT = 200
 
 
 def default_state_dir(config_path):
@@ -70,10 +86,19 @@ class NodeStore(object):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
+        self._add_missing_columns()
+
+    def _add_missing_columns(self):
+        """ALTER TABLE ADD COLUMN for each column an older endpoint's database lacks (another process opening it at
+        the same moment may add one first: that is fine)."""
         for column, kind in _ADDED_COLUMNS:
-            if column not in present:
+            if column in {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}:
+                continue
+            try:
                 self._db.execute("ALTER TABLE nodes ADD COLUMN {} {}".format(column, kind))
+            except sqlite3.OperationalError:
+                if column not in {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}:
+                    raise
 
     def close(self):
         with self._lock:
@@ -93,9 +118,10 @@ class NodeStore(object):
         return [_row_dict(row) for row in rows]
 
     def update(self, name, **fields):
-        """Create or change a node's row; `facts` may be given as a dict."""
-        if "facts" in fields and not isinstance(fields["facts"], (str, type(None))):
-            fields["facts"] = json.dumps(fields["facts"], sort_keys=True)
+        """Create or change a node's row; `facts` and `phases` may be given as dicts."""
+        for column in _JSON_COLUMNS:
+            if column in fields and not isinstance(fields[column], (str, type(None))):
+                fields[column] = json.dumps(fields[column], sort_keys=True)
         fields["updated_at"] = self._clock()
         unknown = set(fields) - set(_COLUMNS)
         if unknown:
@@ -127,7 +153,55 @@ class NodeStore(object):
         self.update(name, **changes)
 
 
+def story_fields(story, now, facts=None):
+    """The columns a node's story sets (see firstboot.client): its phases, moved onto the endpoint's clock (`now`
+    minus the device's `sent_at`: a Pi has no RTC), how its runtime came, its card's generation, and its facts
+    merged into `facts`. What does not fit (an unknown phase, a wrong type, a long text) is dropped: the story comes
+    from the network."""
+    if not isinstance(story, dict):
+        return {}
+    changes = {}
+    phases, sent_at = story.get("phases"), story.get("sent_at")
+    if isinstance(phases, dict):
+        skew = now - sent_at if _is_number(sent_at) else 0.0
+        changes["phases"] = {name: at + skew for name, at in phases.items() if name in PHASES and _is_number(at)}
+    if story.get("installed_from") in INSTALLED_FROM:
+        changes["installed_from"] = story["installed_from"]
+    generation = story.get("generation")
+    if isinstance(generation, int) and not isinstance(generation, bool) and 0 <= generation < 10 ** 9:
+        changes["card_generation"] = generation
+    merged = dict(facts or {})
+    merged.update((key, story[key][:FACT_LIMIT]) for key in STORY_FACTS if isinstance(story.get(key), str))
+    if merged != (facts or {}):
+        changes["facts"] = merged
+    return changes
+
+
+def story_fix(story):
+    """The fix a failed report's story names (capped), or None."""
+    fix = story.get("fix") if isinstance(story, dict) else None
+    return protocol.redact(fix[:FACT_LIMIT * 5]) if isinstance(fix, str) and fix else None
+
+
+def public_row(row):
+    """The part of a row anyone holding the admin credential may read over the network (its texts redacted)."""
+    public = {column: row.get(column) for column in PUBLIC_COLUMNS}
+    for column in REDACTED_COLUMNS:
+        if isinstance(public[column], str):
+            public[column] = protocol.redact(public[column])
+    return public
+
+
+def _is_number(value):
+    """A plausible Unix time or offset: a finite number (NaN and infinities fail the comparison), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e11 < value < 1e11
+
+
 def _row_dict(row):
     record = dict(zip(_COLUMNS, row))
     record["facts"] = json.loads(record["facts"]) if record["facts"] else {}
+    try:
+        record["phases"] = json.loads(record["phases"]) if record["phases"] else {}
+    except ValueError:
+        record["phases"] = {}
     return record

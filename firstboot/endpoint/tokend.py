@@ -12,6 +12,7 @@ Requests are handled in handler.py.
 """
 
 import argparse
+import fcntl
 import http.server
 import logging
 import os
@@ -41,7 +42,7 @@ class Limits(object):
     def __init__(self, nonce_ttl=protocol.NONCE_TTL_SECONDS, handshake_seconds=2.0, connection_seconds=10.0,
                  io_timeout=5.0, max_connections=256, per_address=8, address_per_minute=120, address_burst=60,
                  node_per_minute=12, node_burst=6, refusal_log_seconds=10.0, hold_refused_seconds=5.0,
-                 held_capacity=1024, work_seconds=120.0):
+                 held_capacity=1024, work_seconds=120.0, admin_per_minute=120, admin_burst=30):
         self.nonce_ttl = nonce_ttl
         self.handshake_seconds = handshake_seconds
         self.connection_seconds = connection_seconds
@@ -56,6 +57,9 @@ class Limits(object):
         self.hold_refused_seconds = hold_refused_seconds
         self.held_capacity = held_capacity
         self.work_seconds = work_seconds  # an authenticated request's answer (rate-limited per node)
+        # the operator's requests: `status --watch` and the fleet page ask every 2 s
+        self.admin_per_minute = admin_per_minute
+        self.admin_burst = admin_burst
 
 
 class TokenEndpoint(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -78,6 +82,7 @@ class TokenEndpoint(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.nonces = NonceBook(self.limits.nonce_ttl)
         self.address_limiter = RateLimiter(self.limits.address_per_minute, self.limits.address_burst)
         self.node_limiter = RateLimiter(self.limits.node_per_minute, self.limits.node_burst)
+        self.admin_limiter = RateLimiter(self.limits.admin_per_minute, self.limits.admin_burst)
         self.watchdog = ConnectionWatchdog()
         self.tls = _server_tls_context(settings)
         host, port = protocol.split_host_port(settings.listen)
@@ -177,10 +182,54 @@ def build_endpoint(settings, state_dir, limits=None, commands=None):
     return TokenEndpoint(settings, store, JoinIssuer(settings, store, admin), limits)
 
 
+SERVING_MARKER = "tokend.serving"  # in the state directory: locked (shared) while an endpoint serves from it
+
+
+def hold_serving_marker(state_dir):
+    """Lock the state directory's SERVING_MARKER for as long as this process lives (its descriptor is returned, kept
+    open): `pi-image status|approve` on this machine then read and write this state instead of asking over the
+    network. Shared, so endpoints restarting over one another never refuse to start."""
+    descriptor = os.open(os.path.join(state_dir, SERVING_MARKER), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
+    return descriptor
+
+
+def is_serving(state_dir):
+    """True while an endpoint on this machine serves from `state_dir` (one it cannot open counts as not).
+
+    The probe tries an exclusive lock of the marker, which any serving endpoint's shared lock refuses. Probes take
+    turns (an exclusive lock of the state directory itself, held for the instant of the probe: nothing is created),
+    so two at once never take each other's lock for an endpoint's."""
+    try:
+        directory = os.open(state_dir, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        try:
+            descriptor = os.open(os.path.join(state_dir, SERVING_MARKER), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(descriptor)
+    finally:
+        os.close(directory)
+
+
 def serve(settings, state_dir, limits=None, verbose=False, announce=sys.stdout):
     """Run the endpoint until interrupted; prints 'listening on URL' once the socket is bound."""
     configure_logging(state_dir, verbose)
-    endpoint = build_endpoint(settings, state_dir, fit_descriptors(limits or Limits()))
+    marker = hold_serving_marker(state_dir)
+    try:
+        endpoint = build_endpoint(settings, state_dir, fit_descriptors(limits or Limits()))
+    except BaseException:
+        os.close(marker)
+        raise
     announce.write("pi-image token endpoint listening on {}\n".format(endpoint.url))
     announce.flush()
     try:
@@ -190,6 +239,7 @@ def serve(settings, state_dir, limits=None, verbose=False, announce=sys.stdout):
     finally:
         endpoint.server_close()
         endpoint.store.close()
+        os.close(marker)
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ from builder.errors import UserError
 from firstboot import protocol
 from firstboot.client import EndpointClient
 from firstboot.endpoint.settings import ServerSettings
-from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, make_ca
+from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, built_card, make_ca
 
 TOKEND_UNIT = REPO / "firstboot" / "units" / "pi-image-tokend.service"
 
@@ -53,8 +53,7 @@ def endpoint_settings(cluster_dir):
 
 def built_credential(cluster_dir, name):
     """What `pi-image build --cluster DIR --node NAME` puts in the image: the credential of the node's next build."""
-    cluster = clusters.load_cluster(cluster_dir)
-    return clusters.node_config(cluster, clusters.next_generation(cluster, name))["credential"]
+    return clusters.node_config(*built_card(cluster_dir, name))["credential"]
 
 
 def one_line_error(result):
@@ -135,12 +134,12 @@ def test_inventory_typo_is_reported_with_file_and_suggestion(cluster_dir):
 
 def test_each_build_carries_the_pin_and_a_credential_of_its_own_generation(cluster_dir):
     cli("cluster", "add-node", cluster_dir, "pi-worker1", "--profile", "worker-8g")
-    cli("cluster", "add-node", cluster_dir, "pi-master", "--profile", "master-2g")
+    cli("cluster", "add-node", cluster_dir, "pi-master", "--profile", "master-2g", "--address", "192.168.6.10")
     key = bytes.fromhex((cluster_dir / "secrets/enrollment.key").read_text().strip())
     cluster = clusters.load_cluster(cluster_dir)
 
-    first = clusters.node_config(cluster, clusters.next_generation(cluster, "pi-worker1"), runtime="docker")
-    second = clusters.node_config(cluster, clusters.next_generation(cluster, "pi-worker1"))
+    first = clusters.node_config(*built_card(cluster_dir, "pi-worker1"), runtime="docker")
+    second = clusters.node_config(*built_card(cluster_dir, "pi-worker1"))
     master = clusters.node_config(cluster, cluster.node("pi-master"))
 
     assert first["credential"] == protocol.node_credential(key, "pi-worker1", 1)
@@ -226,7 +225,7 @@ def test_approve_and_status_on_the_master_share_the_shipped_units_state(cluster_
         server.terminate()
         server.wait(10)
 
-    status = json.loads(cli("status", "--cluster", cluster_dir, "--json").output)
+    status = json.loads(cli("status", "--cluster", cluster_dir, "--local", "--json").output)
     assert answer.status == 200
     assert [(row["node"], row["state"]) for row in status] == [("pi-worker1", "token-issued")]
 

@@ -14,7 +14,8 @@ import yaml
 from builder import cluster as clusters
 from builder.cni import flannel_manifest
 from firstboot.endpoint.state import NodeStore
-from join_fakes.harness import TOKEN_SHAPE, FakeCluster, make_ca, make_root, run_agent, start_agent, wait_for
+from join_fakes.harness import (TOKEN_SHAPE, FakeCluster, built_card, make_ca, make_root, run_agent, start_agent,
+                                wait_for)
 
 MASTER = "pi-master1"
 MASTER_IP = "192.168.6.11"
@@ -37,7 +38,7 @@ PASSWD = "root:x:{0}:{0}:root:/root:/bin/bash\nubuntu:x:{1}:{1}:Ubuntu:/home/ubu
 class ControlPlaneLab:
     """A cluster directory with one control-plane node, the stand-ins, and sandbox roots flashed with its image."""
 
-    def __init__(self, base: Path, version="1.31", kubeadm="v1.31.4", api_server="192.168.6.10:6443",
+    def __init__(self, base: Path, version="1.31", kubeadm="v1.31.4", api_server=MASTER_IP + ":6443",
                  pod_subnet=clusters.DEFAULT_POD_SUBNET, service_subnet=clusters.DEFAULT_SERVICE_SUBNET,
                  admin_user="ubuntu"):
         self.base = base
@@ -54,8 +55,7 @@ class ControlPlaneLab:
     def node_root(self):
         """A sandbox device flashed with a fresh build of the master: node.json from the real builder code, the
         cluster directory's files, the flannel manifest, and root plus the admin user in /etc/passwd."""
-        cluster = clusters.load_cluster(self.cluster.directory)
-        node = clusters.next_generation(cluster, MASTER)
+        cluster, node = built_card(self.cluster.directory, MASTER)
         root = make_root(self.base / "build-{}".format(node.generation),
                          clusters.node_config(cluster, node, admin_user=self.admin_user))
         for relative, data, mode in clusters.master_files(cluster):
@@ -110,7 +110,7 @@ def first_index(lines, prefix):
 
 
 def test_init_configuration_uses_the_subnet_address_and_the_clusters_settings_field_by_field(make_master):
-    lab = make_master(api_server="192.168.6.10:16443", pod_subnet="10.32.0.0/16", service_subnet="10.112.0.0/12")
+    lab = make_master(api_server=MASTER_IP + ":16443", pod_subnet="10.32.0.0/16", service_subnet="10.112.0.0/12")
     root = lab.node_root()
 
     result = run_agent(root, lab.fake)
@@ -131,7 +131,7 @@ def test_init_configuration_uses_the_subnet_address_and_the_clusters_settings_fi
     assert re.fullmatch(r"[a-z0-9]{6}\.<secret>", token.pop("token"))  # the stand-in redacts the secret
     assert token == {"ttl": "15m0s", "usages": ["signing", "authentication"], "groups": [BOOTSTRAP_GROUP]}
     assert cluster["kubernetesVersion"] == "v1.31.4"
-    assert cluster["controlPlaneEndpoint"] == "192.168.6.10:16443"
+    assert cluster["controlPlaneEndpoint"] == MASTER_IP + ":16443"
     assert cluster["networking"] == {"podSubnet": "10.32.0.0/16", "serviceSubnet": "10.112.0.0/12",
                                      "dnsDomain": "cluster.local"}
     assert cluster["apiServer"]["certSANs"] == [MASTER_IP, MASTER]
@@ -198,7 +198,7 @@ def test_admin_kubeconfig_is_copied_to_root_and_the_admin_user_private_to_each(m
 
     assert result.returncode == 0, result.stderr
     admin_conf = (root / "etc/kubernetes/admin.conf").read_bytes()
-    assert yaml.safe_load(admin_conf)["clusters"][0]["cluster"]["server"] == "https://192.168.6.10:6443"
+    assert yaml.safe_load(admin_conf)["clusters"][0]["cluster"]["server"] == "https://{}:6443".format(MASTER_IP)
     for home, owner in ((root / "root", ROOT_ID), (root / "home/ubuntu", ADMIN_ID)):
         config, directory = home / ".kube/config", home / ".kube"
         assert config.read_bytes() == admin_conf

@@ -107,8 +107,8 @@ def test_a_cluster_with_its_own_pod_subnet(cli, base, tmp_path):
     lab = tmp_path / "lab"
     succeeded(cli("cluster", "init", lab, "--api-server", "10.1.0.10:6443", "--endpoint", "10.1.0.10:8443",
                   "--kubernetes-version", "1.31", "--node-subnet", "10.1.0.0/24", "--pod-subnet", "10.32.0.0/16",
-                  "--service-subnet", "10.33.0.0/16"))
-    succeeded(cli("cluster", "add-node", lab, "m1", "--profile", "master-2g"))
+                  "--service-subnet", "10.33.0.0/16", "--gateway", "10.1.0.1"))
+    succeeded(cli("cluster", "add-node", lab, "m1", "--profile", "master-2g", "--address", "10.1.0.10"))
     succeeded(cli("build", "--cluster", lab, "--node", "m1", "--base", base, "-o", tmp_path / "m1.img",
                   "--kube-key", KUBE_KEY))
     root = filesystems(tmp_path / "m1.img")["root"]

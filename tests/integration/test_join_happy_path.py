@@ -166,7 +166,7 @@ def test_no_token_reaches_any_log_state_file_status_output_or_the_device(lab):
     root = lab.node_root()
     result = run_agent(root, lab.fake)
     lab.server.stop()
-    status = CliRunner().invoke(main, ["status", "--cluster", str(lab.cluster.directory), "--json"])
+    status = CliRunner().invoke(main, ["status", "--cluster", str(lab.cluster.directory), "--local", "--json"])
 
     assert result.returncode == 0
     assert lab.fake.cluster()["tokens"] == {} and len(lab.fake.created_tokens()) == 1

@@ -152,6 +152,7 @@ def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
     cluster_dir = dest / "cluster"
     pi_image("cluster", "init", str(cluster_dir), "--api-server", f"10.0.2.2:{api_port}",
              "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", version, "--node-subnet", "10.0.2.0/24",
+             "--api-server-vip",  # the host's fake API server stands in front of the control plane, as a VIP would
              *init_args)
     for node, profile in nodes:
         pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args)

@@ -144,7 +144,7 @@ class ClusterLab:
     @cached_property
     def control_plane(self) -> str:
         """The first control-plane node of the inventory."""
-        rows = json.loads(pi_image("status", "--cluster", str(self.cluster_dir), "--json").stdout)
+        rows = json.loads(pi_image("status", "--local", "--cluster", str(self.cluster_dir), "--json").stdout)
         return next(row["node"] for row in rows if row["role"] == "control-plane")
 
     def audit_decisions(self) -> list[str]:
@@ -231,7 +231,7 @@ class SystemLab(ClusterLab):
 
     def status(self) -> dict:
         """The node's entry in `pi-image status --cluster DIR --json`."""
-        rows = json.loads(pi_image("status", "--cluster", str(self.cluster_dir), "--json").stdout)
+        rows = json.loads(pi_image("status", "--local", "--cluster", str(self.cluster_dir), "--json").stdout)
         return next(row for row in rows if row["node"] == self.build.node)
 
     def _audit(self) -> list[str]:

@@ -163,7 +163,7 @@ def test_the_operator_fetches_the_admin_kubeconfig_from_the_running_master(story
 def test_the_masters_own_status_shows_both_nodes_joined(story, tmp_path):
     cluster_dir = copy_root_dir(story.lab.images[MASTER], "/etc/pi-image/cluster", tmp_path)
 
-    rows = json.loads(pi_image("status", "--cluster", str(cluster_dir), "--json").stdout)
+    rows = json.loads(pi_image("status", "--local", "--cluster", str(cluster_dir), "--json").stdout)
 
     states = {row["node"]: (row["role"], row["state"], row["last_error"]) for row in rows}
     assert states == {MASTER: ("control-plane", "joined", None), WORKER: ("worker", "joined", None)}

@@ -460,3 +460,23 @@ def test_a_non_ascii_fstab_has_its_swap_commented_out_where_there_is_no_locale_y
 
     assert proc.returncode == 0, proc.stdout
     assert fstab.read_bytes() == original.replace(b"/swap.img", localsetup.SWAP_DISABLED.encode() + b"/swap.img")
+
+
+def test_two_probes_at_once_never_take_each_other_for_a_serving_endpoint(tmp_path):
+    from firstboot.endpoint.tokend import hold_serving_marker, is_serving
+
+    os.close(hold_serving_marker(str(tmp_path)))  # an endpoint served here once: the marker is left, unlocked
+    loop = ("import sys\nfrom firstboot.endpoint.tokend import is_serving\n"
+            "print(sum(is_serving(sys.argv[1]) for _ in range(2000)))")
+    probes = [subprocess.Popen([sys.executable, "-c", loop, str(tmp_path)], cwd=str(Path(__file__).parents[2]),
+                               stdout=subprocess.PIPE, universal_newlines=True) for _ in range(2)]
+    serving_said = [int(probe.communicate(timeout=60)[0]) for probe in probes]
+    first, second = hold_serving_marker(str(tmp_path)), hold_serving_marker(str(tmp_path))  # two endpoints serve
+    try:
+        serving = [is_serving(str(tmp_path)), is_serving(str(tmp_path))]
+    finally:
+        os.close(first)
+        os.close(second)
+
+    assert serving_said == [0, 0], "no endpoint serves: neither probe may say one does"
+    assert serving == [True, True] and not is_serving(str(tmp_path))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import os
 import time
 from pathlib import Path
@@ -100,7 +101,13 @@ def test_user_data_is_the_seed_templates_cloud_config_plus_the_plan(tmp_path, la
 def test_write_files_equal_the_image_plan_of_the_same_node(tmp_path, lab, sample_image):
     """The card of the same node (worker-8g on the Ubuntu-raspi sample: same role, memory and cores) plans the same
     agent, node.json, sysctls, modules, runtime config, kube repo + keyring + pin and unit, byte for byte."""
-    card = plan(sample_image("ubuntu-raspi", "24.04"), lab, "x86-a", profile="worker-8g")
+    as_pi = tmp_path / "lab"  # the same inventory, where x86-a is a worker-8g (a build follows the inventory's profile)
+    shutil.copytree(lab, as_pi)
+    inventory = as_pi / "inventory.yaml"
+    entries = yaml.safe_load(inventory.read_text())
+    next(node for node in entries["nodes"] if node["name"] == "x86-a")["profile"] = "worker-8g"
+    inventory.write_text(yaml.safe_dump(entries))
+    card = plan(sample_image("ubuntu-raspi", "24.04"), as_pi, "x86-a")
     expected = {op.path: (op.content, f"{op.mode:04o}", "root:root") for op in card.plan.ops
                 if op.action == "write" and op.step in TARGET_INDEPENDENT_STEPS}
     files = written(cloud_config(documents(tmp_path, lab, "x86-a")))

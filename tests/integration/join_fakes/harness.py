@@ -4,6 +4,7 @@ for real agent processes, and the recording stand-ins on PATH.
 Agents and the endpoint run under Python 3.6 when it is installed (the oldest device Python), else the test Python.
 """
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -191,6 +192,15 @@ class TokenServer:
         return (self.cluster_dir / "state" / "audit.log").read_text()
 
 
+def built_card(cluster_dir: Path, name: str):
+    """What `pi-image build --cluster DIR --node NAME` does to the inventory: the node's next generation, recorded.
+    Returns the cluster as the build read it and the node as its card has it (for clusters.node_config)."""
+    cluster = clusters.load_cluster(cluster_dir)
+    node = dataclasses.replace(cluster.node(name), generation=cluster.node(name).generation + 1)
+    clusters.record_generation(cluster_dir, name, node.generation)
+    return cluster, node
+
+
 def new_cluster(base: Path, nodes=("pi-worker1",), version="1.31", approval_mode=False):
     """A cluster directory made by the real builder code, with `nodes` in the inventory."""
     cluster = clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", version,
@@ -216,8 +226,7 @@ class JoinLab:
     def node_root(self, name="pi-worker1"):
         """A sandbox device flashed with a fresh build of `name`: node.json from the real builder code, the node's
         generation bumped in the inventory as `pi-image build` does, the endpoint pointed at the running one."""
-        cluster = clusters.load_cluster(self.cluster.directory)
-        config = clusters.node_config(cluster, clusters.next_generation(cluster, name))
+        config = clusters.node_config(*built_card(self.cluster.directory, name))
         return make_root(self.base / "build-{}".format(config.get("generation", 0)), config, self.server.endpoint)
 
     def credential(self, name="pi-worker1"):
