@@ -11,12 +11,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -118,6 +123,16 @@ class ClusterLab:
                       kernel_args, memory_mib=memory_mib, rtc_base=rtc_base, hostfwd=hostfwd, only_ports=only_ports)
         self.power_ons.append(PowerOn(node, number, guest))
         return guest.start()
+
+    @staticmethod
+    @contextmanager
+    def two_guests() -> Iterator[None]:
+        """Held by a story that powers two guests on: one such story at a time across the pytest-xdist workers
+        (their parent's pid names the lock). Four TCG guests on a 2-core machine starve each other: a worker once got
+        no DHCP answer for 400 s while both two-guest stories ran."""
+        with open(Path(tempfile.gettempdir()) / f"pi-image-system-two-guests-{os.getppid()}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def watch_master_and_worker(self, master: Guest, worker: Guest, master_milestones: tuple[str, ...],
                                 worker_milestones: tuple[str, ...]) -> None:

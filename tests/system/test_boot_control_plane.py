@@ -51,17 +51,19 @@ def story(cluster_lab, tmp_path_factory, story_figures):
     powered off and the master has reported; then the admin kubeconfig fetched from the running master, the
     master released and powered off."""
     lab = cluster_lab
-    started = time.monotonic()
-    worker = lab.boot(WORKER)
-    time.sleep(MASTER_LATE)
-    port = lab.build.endpoint_port
-    # a master-2g: kubeadm init's preflight (the stand-in's too) wants 1700 MB
-    master = lab.boot(MASTER, hostfwd=(port,), memory_mib=2048, stay_while=lab.hold_url())
-    lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
-    kubeconfig = tmp_path_factory.mktemp("operator") / "admin.kubeconfig"
-    pi_image("cluster", "kubeconfig", str(lab.cluster_dir), "--endpoint", f"127.0.0.1:{port}", "-o", str(kubeconfig))
-    lab.api.release()
-    master.wait_powered_off(120)
+    with lab.two_guests():
+        started = time.monotonic()
+        worker = lab.boot(WORKER)
+        time.sleep(MASTER_LATE)
+        port = lab.build.endpoint_port
+        # a master-2g: kubeadm init's preflight (the stand-in's too) wants 1700 MB
+        master = lab.boot(MASTER, hostfwd=(port,), memory_mib=2048, stay_while=lab.hold_url())
+        lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
+        kubeconfig = tmp_path_factory.mktemp("operator") / "admin.kubeconfig"
+        pi_image("cluster", "kubeconfig", str(lab.cluster_dir), "--endpoint", f"127.0.0.1:{port}", "-o",
+                 str(kubeconfig))
+        lab.api.release()
+        master.wait_powered_off(120)
     story_figures.append({"test": __name__, "guests": 2, "master_powered_on_after": MASTER_LATE,
                           "wall_seconds": round(time.monotonic() - started, 1)})
     return Story(lab, master, worker, kubeconfig)

@@ -127,7 +127,7 @@ def test_version_skew_is_refused_with_a_clear_message_on_the_device_and_in_statu
     assert message in system_lab.guest_file("/var/lib/pi-image/firstboot.log")
     status = system_lab.status()
     assert status["state"] == "failed"
-    assert message in status["last_error"] and "kubernetes_version 1.31" in status["last_error"]
+    assert message in status["last_error"] and "kubernetes_version 1.31" in f"{status['last_error']} {status['fix']}"
     assert system_lab.tokens_issued() == []
     assert [args[0] for args in system_lab.guest_calls("kubeadm")] == ["version"]
     assert system_lab.guest_file("/var/lib/pi-image/firstboot.done") is None

@@ -42,13 +42,14 @@ def story(cluster_lab, archive, story_figures):
     lab = cluster_lab
     ports = (lab.build.api_port, lab.build.endpoint_port)
     served_before = archive.log.read_text().splitlines() if archive.log.exists() else []
-    started = time.monotonic()
-    master = lab.boot(MASTER, hostfwd=(lab.build.endpoint_port,), memory_mib=2048, stay_while=lab.hold_url(),
-                      only_ports=ports, require_images=1)
-    worker = lab.boot(WORKER, only_ports=ports, require_images=1)
-    lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
-    lab.api.release()
-    master.wait_powered_off(120)
+    with lab.two_guests():
+        started = time.monotonic()
+        master = lab.boot(MASTER, hostfwd=(lab.build.endpoint_port,), memory_mib=2048, stay_while=lab.hold_url(),
+                          only_ports=ports, require_images=1)
+        worker = lab.boot(WORKER, only_ports=ports, require_images=1)
+        lab.watch_master_and_worker(master, worker, MASTER_MILESTONES, WORKER_MILESTONES)
+        lab.api.release()
+        master.wait_powered_off(120)
     served = archive.log.read_text().splitlines()[len(served_before):] if archive.log.exists() else []
     story_figures.append({"test": __name__, "guests": 2, "offline": True,
                           "wall_seconds": round(time.monotonic() - started, 1),
