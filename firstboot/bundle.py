@@ -46,10 +46,6 @@ class Bundle(object):
     def present(self):
         return self.manifest is not None
 
-    @property
-    def release(self):
-        return self.manifest["kubernetes"] if self.present else None
-
     def package_files(self):
         """The bundle's .debs (checked), as the absolute paths apt-get install takes."""
         return [self._checked(entry) for entry in self.manifest.get("packages", [])]

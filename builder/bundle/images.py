@@ -43,8 +43,18 @@ def _versions_table() -> dict[str, Any]:
             raise UserError(f"{user}: expected `minors: {{\"1.31\": [{{from: 5, to: 9, etcd: ...}}]}}` as in "
                             f"{IMAGES_DATA}")
         for minor, entries in extra.get("minors", {}).items():
-            table["minors"][str(minor)] = list(table["minors"].get(str(minor), [])) + list(entries or [])
+            if not isinstance(entries, list) or not all(_is_range(entry) for entry in entries):
+                raise UserError(f"{user}: minors.{minor} must be a list of {{from: N, to: N, pause: ..., coredns: "
+                                f"..., etcd: ...}} (whole numbers from <= to), as in {IMAGES_DATA}")
+            table["minors"][str(minor)] = list(table["minors"].get(str(minor), [])) + entries
     return table
+
+
+def _is_range(entry: Any) -> bool:
+    """One entry of the table: a range of patch releases and the tags it sets."""
+    return (isinstance(entry, dict) and all(isinstance(entry.get(key), int) for key in ("from", "to"))
+            and entry["from"] <= entry["to"] and all(isinstance(entry.get(key, ""), str)
+                                                     for key in ("pause", "coredns", "etcd")))
 
 
 def kubeadm_versions(release: str) -> dict[str, str]:

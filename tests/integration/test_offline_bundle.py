@@ -301,3 +301,12 @@ def test_a_clusters_recorded_release_is_bundled_even_when_the_archive_offers_a_n
                *args)
     assert proc.returncode == 1 and "run Kubernetes 1.31.2, which the archive no longer offers" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_users_image_table_that_does_not_add_up_is_one_line(tmp_path, base, monkeypatch):
+    table = tmp_path / "kubeadm-images.yaml"
+    table.write_text('minors:\n  "1.31": [{to: 9, etcd: 3.5.99-0}]\n')
+    proc = PiImage(tmp_path / "cache")("build", "--profile", "worker-8g", "--base", base, "--offline", "--kube-key",
+                                       KUBE_KEY, "-o", tmp_path / "out.img", env={"PI_IMAGE_KUBEADM_IMAGES": str(table)})
+    assert proc.returncode == 1 and "minors.1.31 must be a list of" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
