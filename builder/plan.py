@@ -13,6 +13,7 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UserError
 from .image import FileStat, Filesystem, normalize
 from .image.fat import FatFilesystem
 from .targets import Target
@@ -91,21 +92,41 @@ class PlanView:
         """The target's filesystem called `fs` ("root" or "boot")."""
         return self.target.filesystem(fs)
 
-    def read_text(self, fs: str, path: str) -> str | None:
-        """Current text of `path` on `fs` (None if missing or removed)."""
-        op = self.plan.latest(fs, path)
-        if op is not None:
-            return op.content.decode() if op.action == "write" and op.content is not None else None
-        return self.filesystem(fs).read_text(path)
+    def read_text(self, fs: str, path: str, follow: bool = False) -> str | None:
+        """Current text of `path` on `fs` (None if missing or removed). A file a step reads is one it edits, so a
+        final symlink is refused unless `follow` (the text is then used on the host, never written back), and so is
+        a NUL byte, which no text file holds."""
+        data = self.read_bytes(fs, path, follow)
+        if data is None:
+            return None
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise UserError(f"{self.filesystem(fs).description}: {path} holds a NUL byte (at offset {nul}), which no "
+                            "text file does: restore the vendor's file")
+        return data.decode("utf-8", errors="replace")
 
-    def read_bytes(self, fs: str, path: str) -> bytes | None:
-        """Current bytes of `path` on `fs` (None if missing, removed, or not a regular file)."""
+    def read_bytes(self, fs: str, path: str, follow: bool = False) -> bytes | None:
+        """Current bytes of `path` on `fs` (None if missing or removed); a final symlink is refused unless
+        `follow`, and anything but a regular file is refused."""
         op = self.plan.latest(fs, path)
         if op is not None:
             return op.content if op.action == "write" else None
+        try:
+            return self.filesystem(fs).read(path, follow=follow)
+        except FileNotFoundError:
+            return None
+
+    def file_meta(self, fs: str, path: str) -> tuple[int, int, int] | None:
+        """(permissions, uid, gid) of the regular file at `path` after the plan so far (not following a final
+        link), or None if there is none there or `fs` keeps no modes (FAT)."""
+        op = self.plan.latest(fs, path)
+        if op is not None:
+            return (op.mode if op.mode is not None else 0o644, op.uid, op.gid) if op.action == "write" else None
         filesystem = self.filesystem(fs)
-        st = filesystem.stat(path)
-        return filesystem.read(path) if st is not None and st.is_file else None
+        if isinstance(filesystem, FatFilesystem):
+            return None
+        st = filesystem.lstat(path)
+        return (st.permissions, st.uid, st.gid) if st is not None and st.is_file else None
 
     def listdir(self, fs: str, path: str) -> list[str]:
         """The names in directory `path` on `fs` after the plan so far, sorted (none if it is not a directory)."""

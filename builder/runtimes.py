@@ -67,8 +67,8 @@ def runtime_source(os_id: str, version_id: str, target: str) -> RuntimeSource:
     source = SOURCES.get(key)
     if source is None:
         known = ", ".join(f"{o or 'kali'} {v}".strip() for o, v in SOURCES)
-        raise UserError(f"no known container runtime source for {os_id} {version_id} ({target}); "
-                        f"supported: {known}")
+        raise UserError(f"no known container runtime source for {os_id} {version_id or '(no VERSION_ID)'} "
+                        f"({target}, as its /etc/os-release says); supported: {known}")
     if target not in JETSON_TARGETS:
         source = RuntimeSource(tuple(p for p in source.packages if p not in GPU_PACKAGES), source.origin,
                                source.containerd, source.cgroup_v1)

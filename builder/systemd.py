@@ -64,5 +64,5 @@ def install_links(unit_text: str, unit: str, path: str) -> list[tuple[str, str]]
             elif key.strip() == "Alias":
                 links.append((f"{UNIT_DIR}/{name}", path))
     if not links:
-        raise UserError(f"{unit} has no [Install] section to enable it with")
+        raise UserError(f"{unit} ({path}) has no [Install] section to enable it with: restore the vendor's unit file")
     return links

@@ -64,7 +64,7 @@ class AptTree:
                  placeholders: dict[str, str] | None = None):
         self.root = root
         self.where = where
-        status = view.read_text("root", DPKG_STATUS)
+        status = view.read_text("root", DPKG_STATUS, follow=True)
         if not status:
             raise UserError(f"{where}: cannot read {DPKG_STATUS}, so what the image already has is unknown: "
                             "--offline needs a Debian-family image with a dpkg database")
@@ -77,7 +77,7 @@ class AptTree:
         self._copy_dir(view, TRUSTED_DIR, (".gpg", ".asc"))
         self._copy_dir(view, PREFERENCES_DIR, ("", ".pref"))
         for single in (TRUSTED, PREFERENCES):
-            data = view.read_bytes("root", single)
+            data = view.read_bytes("root", single, follow=True)
             if data is not None:
                 (root / single.lstrip("/")).write_bytes(data)
         self.config = root / "apt.conf"
@@ -98,7 +98,7 @@ class AptTree:
 
         def keyring(path: str) -> str:
             if path not in keys:
-                data = view.read_bytes("root", path)
+                data = view.read_bytes("root", path, follow=True)
                 if data is None:
                     raise UserError(f"{self.where}: an apt source names the keyring {path}, which the image lacks: "
                                     "apt could not verify that archive")
@@ -108,7 +108,7 @@ class AptTree:
             return keys[path]
 
         for path in files:
-            text = view.read_text("root", path)
+            text = view.read_text("root", path, follow=True)
             if text is None:
                 continue
             text = _SIGNED_BY_OPTION.sub(lambda m: f"signed-by={keyring(m.group(1))}", text)
@@ -120,7 +120,7 @@ class AptTree:
     def _copy_dir(self, view: PlanView, directory: str, suffixes: tuple[str, ...]) -> None:
         for name in view.listdir("root", directory):
             if Path(name).suffix in suffixes or (not Path(name).suffix and "" in suffixes):
-                data = view.read_bytes("root", f"{directory}/{name}")
+                data = view.read_bytes("root", f"{directory}/{name}", follow=True)
                 if data is not None:
                     (self.root / directory.lstrip("/") / name).write_bytes(data)
 

@@ -180,16 +180,25 @@ class Filesystem(ABC):
         """True if `path` exists (after following symlinks inside the filesystem)."""
         return self.stat(path) is not None
 
-    def read(self, path: str) -> bytes:
-        """Contents of the file at `path`, following symlinks inside the filesystem."""
-        real = self.resolve(path)
+    def read(self, path: str, follow: bool = True) -> bytes:
+        """Contents of the file at `path`, following symlinks inside the filesystem; with `follow=False` a final
+        symlink is refused (a file that is edited in place is read as it is, never through a link, which could
+        copy what the link points at into the edited file)."""
+        real = self.resolve(path, follow_last=follow)
         st = self._lstat_resolved(real)
         if st is None:
             raise FileNotFoundError(f"{self.description}: {path} does not exist")
+        if st.is_symlink:
+            target = self._readlink_resolved(real)
+            raise UserError(f"{self.description}: {path} is a symlink (to {target[:200]!r}) where the vendor ships a file "
+                            f"pi-image edits; it never reads an edited file through a link: make {path} a regular "
+                            "file in the base, or start from the vendor's image")
         if not st.is_file:
-            raise UserError(f"{self.description}: {path} is not a regular file")
+            raise UserError(f"{self.description}: {path} is not a regular file (pi-image reads or edits it): make it "
+                            "one in the base, or start from the vendor's image")
         if st.size > MAX_READ_BYTES:
-            raise UserError(f"{self.description}: {path} is {st.size} bytes, too big to be a config file")
+            raise UserError(f"{self.description}: {path} is {st.size} bytes, more than the {MAX_READ_BYTES} a file "
+                            "pi-image reads may be (no config file is this big): restore the vendor's file")
         return self._read_resolved(real)
 
     def read_text(self, path: str, default: str | None = None) -> str | None:

@@ -34,8 +34,10 @@ def plan(ctx: BuildContext) -> None:
     shadow_gid = groups(ctx.view).get("shadow", 0)
     if user not in accounts(ctx.view):
         for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day).items():
-            ctx.write(STEP, "root", path, text, mode=0o640 if "shadow" in path else 0o644,
-                      gid=shadow_gid if "shadow" in path else 0)
+            if "shadow" in path:
+                ctx.write(STEP, "root", path, text, mode=0o640, gid=shadow_gid)
+            else:
+                ctx.edit(STEP, "root", path, text)
     else:  # an existing user (Kali's kali): our password, or none — never the image's well-known one
         shadow = shadow_with_password(ctx.view, user, ctx.profile["password_hash"], day)
         if shadow is not None:

@@ -58,9 +58,18 @@ class BuildContext:
 
     def write(self, step: str, fs: str, path: str, text: str | bytes, mode: int = 0o644, uid: int = 0,
               gid: int = 0) -> None:
-        """Add a write op (text is UTF-8 encoded)."""
+        """Add a write op (text is UTF-8 encoded). A private `mode` (nothing for others: the file holds a secret)
+        never ends up wider than the file it replaces."""
         content = text.encode() if isinstance(text, str) else text
+        there = self.view.file_meta(fs, path)
+        if there is not None and not mode & 0o007:
+            mode &= there[0]
         self.plan.add(FileOp("write", fs, path, step, content=content, mode=mode, uid=uid, gid=gid))
+
+    def edit(self, step: str, fs: str, path: str, text: str | bytes) -> None:
+        """Replace the file at `path` with `text` in place: it keeps its mode and owner (a new file is 0644
+        root:root). Read it with `view.read_text`, which never reads through a link."""
+        self.write(step, fs, path, text, *(self.view.file_meta(fs, path) or (0o644, 0, 0)))
 
     def mkdir(self, step: str, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
         """Add a root-filesystem mkdir op (an existing directory gets this mode and owner)."""

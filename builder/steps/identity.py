@@ -17,7 +17,7 @@ def plan(ctx: BuildContext) -> None:
     """Hostname and hosts; the static address as a NetworkManager keyfile where NM is the stack."""
     name = ctx.node.name
     ctx.write(STEP, "root", "/etc/hostname", name + "\n")
-    ctx.write(STEP, "root", "/etc/hosts", _hosts(ctx.view.read_text("root", "/etc/hosts") or "", name))
+    ctx.edit(STEP, "root", "/etc/hosts", _hosts(ctx.view.read_text("root", "/etc/hosts") or "", name))
     network = ctx.static_network()
     if network and ctx.target.network_stack == "networkmanager":
         ctx.write(STEP, "root", f"{NM_DIR}/pi-image-{network['interface']}.nmconnection",

@@ -38,7 +38,7 @@ def plan(ctx: BuildContext) -> None:
     if not builds_locale_at_first_boot(ctx):
         return
     listed = ctx.target.locale_list
-    ctx.write(STEP, "root", listed, with_locale(ctx.view.read_text("root", listed), locale))
+    ctx.edit(STEP, "root", listed, with_locale(ctx.view.read_text("root", listed), locale))
     unit = f"{UNIT_DIR}/{LOCALE_GEN_UNIT}"  # rendered by the layers step
     for link, target in install_links(ctx.view.read_text("root", unit) or "", LOCALE_GEN_UNIT, unit):
         ctx.symlink(STEP, link, target)

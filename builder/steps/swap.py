@@ -28,9 +28,10 @@ def plan(ctx: BuildContext) -> None:
             continue
         for link in wants_links(root, unit):
             ctx.remove(STEP, link)
-        if path == f"{UNIT_DIR}/{unit}":  # L4T ships it in /etc: masking replaces it, so keep a copy to unmask
-            ctx.write(STEP, "root", f"{MASKED_COPIES}/{unit}", ctx.view.read_text("root", path) or "")
+        there = ctx.view.file_meta("root", path) if path == f"{UNIT_DIR}/{unit}" else None
+        if there is not None:  # L4T ships it in /etc: masking replaces it, so keep a copy (a link needs none) to unmask
+            ctx.write(STEP, "root", f"{MASKED_COPIES}/{unit}", ctx.view.read_text("root", path) or "", *there)
         ctx.symlink(STEP, f"{UNIT_DIR}/{unit}", "/dev/null")
     fstab = ctx.view.read_text("root", "/etc/fstab")
     if fstab is not None:
-        ctx.write(STEP, "root", "/etc/fstab", without_fstab_swap(fstab))
+        ctx.edit(STEP, "root", "/etc/fstab", without_fstab_swap(fstab))

@@ -38,5 +38,5 @@ def plan(ctx: BuildContext) -> None:
         ctx.write(STEP, "root", path, "0\n")
     state = ctx.view.read_text("root", NM_STATE)
     if state is not None and re.search(r"^WirelessEnabled\s*=\s*false\s*$", state, re.M):
-        ctx.write(STEP, "root", NM_STATE, re.sub(r"^WirelessEnabled\s*=.*$", "WirelessEnabled=true", state,
+        ctx.edit(STEP, "root", NM_STATE, re.sub(r"^WirelessEnabled\s*=.*$", "WirelessEnabled=true", state,
                                                   flags=re.M))
