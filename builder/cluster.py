@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 
 from firstboot import protocol
-from firstboot.nodeconfig import ROLES
 from firstboot.endpoint.state import default_state_dir
+from firstboot.nodeconfig import ROLES
 
 from . import addresses, cluster_secrets
 from .errors import UserError
@@ -103,7 +103,7 @@ class Cluster:
 
     @property
     def secrets_dir(self) -> Path:
-        return self.directory / "secrets"
+        return self.directory / cluster_secrets.SECRETS_DIR
 
     @property
     def state_dir(self) -> Path:
@@ -159,7 +159,7 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     with inventory_lock(directory):
         if (directory / "cluster.yaml").exists():  # another init won the race
             raise _already_a_cluster(directory)
-        fingerprint = cluster_secrets.create_secrets(directory / "secrets", protocol.split_host_port(endpoint)[0])
+        fingerprint = cluster_secrets.create_secrets(directory / cluster_secrets.SECRETS_DIR, protocol.split_host_port(endpoint)[0])
         cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods,
                           services, approval_mode, offline=offline, registry_mirrors=dict(registry_mirrors or {}),
                           api_server_vip=api_server_vip)
@@ -529,7 +529,7 @@ def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
              ("tokend.json", (json.dumps(card_server_config(cluster), indent=2, sort_keys=True) + "\n").encode(),
               0o600)]
     for name in cluster_secrets.SECRET_FILES:
-        files.append((f"secrets/{name}", (cluster.secrets_dir / name).read_bytes(), 0o600))
+        files.append((f"{cluster_secrets.SECRETS_DIR}/{name}", (cluster.secrets_dir / name).read_bytes(), 0o600))
     return files
 
 
@@ -542,8 +542,10 @@ def server_config(cluster: Cluster) -> dict:
         "api_server": cluster.api_server, "node_subnet": cluster.node_subnet,
         "kubernetes_version": cluster.kubernetes_version, "listen": f"0.0.0.0:{addresses.port(cluster.endpoint)}",
         "approval_mode": cluster.approval_mode, "nodes": {node.name: node.generation for node in cluster.nodes},
-        "enrollment_key_file": f"secrets/{cluster_secrets.ENROLLMENT_KEY}",
-        "tls_cert_file": f"secrets/{cluster_secrets.ENDPOINT_CERT}", "tls_key_file": f"secrets/{cluster_secrets.ENDPOINT_KEY}", "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
+        **{setting: f"{cluster_secrets.SECRETS_DIR}/{name}" for setting, name in (
+            ("enrollment_key_file", cluster_secrets.ENROLLMENT_KEY), ("tls_cert_file", cluster_secrets.ENDPOINT_CERT),
+            ("tls_key_file", cluster_secrets.ENDPOINT_KEY))},
+        "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
     }
 
 

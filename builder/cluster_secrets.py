@@ -18,7 +18,7 @@ from firstboot import protocol
 from .errors import UserError
 from .outputs import write_private
 
-
+SECRETS_DIR = "secrets"  # in the cluster directory
 ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT = "enrollment.key", "endpoint.key", "endpoint.crt"
 SECRET_FILES = (ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT)
 

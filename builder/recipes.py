@@ -5,8 +5,8 @@
                            the build time, the base's name and sha256)
 
 The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is the SHA-256 of the
-recipe's canonical JSON, so the same build gives the same id, and an id says nothing about what it names (the
-recipe may hold a password hash or a passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
+recipe's canonical JSON keyed with the cluster's enrollment key, so the same build gives the same id, and an id
+says nothing about what it names, not even to someone guessing (the recipe may hold a password hash or a passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
 (its own edits are already there, so only what differs per node is written), which gives the node's card the files
 a per-node build of it would have: "common things early, per-node things late".
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import resolve_base
+from .cluster_secrets import SECRETS_DIR, read_enrollment_key
 from .errors import UserError
 from .image.inputs import cached_sha256
 from .outputs import write_private
@@ -45,12 +47,13 @@ class Recipe:
     base: dict[str, Any] = field(default_factory=dict)  # {"path": name, "sha256": hex} of the vendor image
     sources: dict[str, Any] = field(default_factory=dict)  # the profile's and overlays' digests, as the manifest has
 
-    @property
-    def id(self) -> str:
-        """The recipe's name: the first 32 hex digits of the SHA-256 of its canonical JSON, with files named by their
-        content (`sources`) rather than where they are, so the same build gives the same image bytes anywhere."""
+    def id(self, key: bytes) -> str:
+        """The recipe's name: the first 32 hex digits of the HMAC-SHA256, under the cluster's key `key`, of its
+        canonical JSON, with files named by their content (`sources`) rather than where they are, so the same build
+        gives the same image bytes anywhere; keyed, so that an image's manifest is no oracle for guessing the
+        passphrase or password hash the recipe holds."""
         portable = {**asdict(self), "profile": Path(self.profile).name, "overlays": [Path(o).name for o in self.overlays]}
-        return hashlib.sha256(_canonical(portable)).hexdigest()[:32]
+        return hmac.new(key, b"pi-image recipe\0" + _canonical(portable), hashlib.sha256).hexdigest()[:32]
 
     @property
     def keyring_bytes(self) -> bytes | None:
@@ -63,10 +66,11 @@ def save_recipe(cluster_dir: Path, recipe: Recipe) -> str:
     directory = cluster_dir / RECIPES_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
-    path = directory / f"{recipe.id}.json"
+    recipe_id = recipe.id(_key(cluster_dir))
+    path = directory / f"{recipe_id}.json"
     if not path.exists():
         write_private(path, _canonical(asdict(recipe)).decode() + "\n")
-    return recipe.id
+    return recipe_id
 
 
 def load_recipe(cluster_dir: Path, recipe_id: object, image: Path) -> Recipe:
@@ -83,9 +87,14 @@ def load_recipe(cluster_dir: Path, recipe_id: object, image: Path) -> Recipe:
                         "built with, or rebuild it with this one") from None
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"{path}: not a pi-image recipe ({err}); rebuild the image") from None
-    if recipe.id != recipe_id:
+    if not hmac.compare_digest(recipe.id(_key(cluster_dir)), recipe_id):
         raise UserError(f"{path}: its content does not match its name (edited?); rebuild the image")
     return recipe
+
+
+def _key(cluster_dir: Path) -> bytes:
+    """The key recipe ids are made with: derived from the cluster's enrollment key, used for nothing else."""
+    return hmac.new(read_enrollment_key(cluster_dir / SECRETS_DIR), b"pi-image recipe ids", hashlib.sha256).digest()
 
 
 def same_base(spec: str | None, record: dict[str, Any]) -> bool:
