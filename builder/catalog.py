@@ -185,7 +185,7 @@ def _sums_hash(entry: CatalogEntry) -> str:
         assert entry.keyring
         verify_signature(sums, get_small(entry.sums_signature_url, MAX_SIGNATURE_BYTES, "signature"), entry.keyring,
                          entry.sums_url)
-    digest = sums_lookup(sums, entry.file_name)
+    digest = sums_lookup(sums, entry.file_name, entry.sums_url)
     if digest is None:
         raise UserError(f"{entry.sums_url} lists no SHA-256 for {entry.file_name}: the vendor has moved on; point "
                         f"'{entry.name}' at the current image in {user_catalog_path()} (see `pi-image bases`)")
@@ -196,7 +196,7 @@ def _beside(url: str, file_name: str) -> str:
     """For a URL outside the catalog: the hash in URL.sha256, else in the SHA256SUMS of its directory."""
     for sums_url in (url + ".sha256", url.rsplit("/", 1)[0] + "/SHA256SUMS"):
         try:
-            digest = sums_lookup(get_small(sums_url, MAX_SUMS_BYTES, "checksum file"), file_name)
+            digest = sums_lookup(get_small(sums_url, MAX_SUMS_BYTES, "checksum file"), file_name, sums_url)
         except NotFound:
             continue
         if digest:
@@ -206,15 +206,23 @@ def _beside(url: str, file_name: str) -> str:
                     f"{user_catalog_path()}")
 
 
-def sums_lookup(text: bytes, file_name: str) -> str | None:
-    """The SHA-256 that a `sha256sum`-style file (`HEX  NAME` or `HEX *NAME` lines) gives for `file_name`."""
+def sums_lookup(text: bytes, file_name: str, sums_url: str) -> str | None:
+    """The SHA-256 that a `sha256sum`-style file (`HEX  NAME` or `HEX *NAME` lines), read from `sums_url`, gives for
+    `file_name`; a UserError if it gives two different ones."""
+    found = None
     for line in text.decode("utf-8", errors="replace").splitlines():
         fields = line.strip().split(None, 1)
         if len(fields) == 2 and _HEX["sha256"].fullmatch(fields[0].lower()):
             name = fields[1].strip().lstrip("*")
             if name.removeprefix("./") == file_name:
-                return fields[0].lower()
-    return None
+                digest = fields[0].lower()
+                if found and digest != found:
+                    raise UserError(f"{sums_url} lists {file_name} twice with different SHA-256s ({found} and "
+                                    f"{digest}): refusing both, nothing was downloaded; the vendor's file is broken "
+                                    "or tampered with: try again later, or pin the SHA-256 you trust (`sha256:` in "
+                                    "a catalog entry, #sha256=HEX after a URL)")
+                found = digest
+    return found
 
 
 def verify_signature(data: bytes, signature: bytes, keyring: Path, what: str) -> None:

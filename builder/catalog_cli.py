@@ -60,6 +60,10 @@ def fetch(names: tuple[str, ...], as_json: bool) -> None:
     A URL outside the catalog is checked against URL.sha256 or the SHA256SUMS beside it, or a hash you append as
     `#sha256=HEX`.
 
+    A download slower than 32 KiB/s over a minute is abandoned, its bytes kept for the next run (set
+    PI_IMAGE_MIN_RATE=8K, say, on a slower link); one of a size the catalog does not give may reach 16 GiB
+    (PI_IMAGE_MAX_DOWNLOAD=64G, say, allows more); none takes the cache's last 1 GiB of free space.
+
     \b
     Examples:
       pi-image fetch ubuntu-24.04

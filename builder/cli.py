@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .build import MANIFEST_PATH, BuildRequest, BuildResult, build as run_build, prepare
 from .fleet import Failure, Fleet, attempt, failed_summary, plan_fleet
 from .cluster import (default_cluster_dir, load_cluster, record_release as clusters_record_release,
@@ -52,8 +52,9 @@ class PiImageGroup(click.Group):
             where = f"{err.filename}: " if err.filename else ""
             click.echo(f"pi-image: error: {where}{err.strerror or err}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("pi-image: interrupted: nothing was left behind", err=True)
+        except KeyboardInterrupt as err:  # an `Interrupted` says what it kept; elsewhere, cleanups ran
+            said = str(err) if isinstance(err, Interrupted) else "nothing was left behind"
+            click.echo(f"pi-image: interrupted: {said}", err=True)
             sys.exit(130)
 
 

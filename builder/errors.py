@@ -13,3 +13,11 @@ class UserError(Exception):
 
 class ToolError(UserError):
     """An external tool (debugfs, mtools, xz...) failed; the message carries its stderr."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM in a step that knows what it leaves behind: the message says what was kept and what to do
+    with it, and the CLI prints `pi-image: interrupted: MESSAGE` (exit 130).
+
+    A KeyboardInterrupt, not a UserError: code that carries on after a UserError (a fleet builds its other nodes)
+    must stop on an interruption all the same."""

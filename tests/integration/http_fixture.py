@@ -6,11 +6,15 @@
     server.ignore_range = True   # answer 200 with the whole file to a Range request
     server.wrong["x.img.xz"] = other_bytes         # serve other bytes (same headers otherwise)
     server.delay = 0.05          # seconds between 8 KiB chunks (a slow mirror)
+    server.trickle["x.img.xz"] = 0.1               # its body one byte at a time, 0.1 s apart (a stalling mirror)
+    server.endless.add("x.img.xz")                 # 200 with no Content-Length, then zeros until the client hangs up
+    server.validators = False    # no ETag, no Last-Modified: nothing a download can resume by
     server.log                   # (path, Range header or None, status) of every request
     server.sent                  # body bytes sent, all requests together
 
 Files are served with a strong ETag and Last-Modified; `Range: bytes=N-` gets 206 when If-Range matches (or is
-absent), as real mirrors do. A path not in `files` is a 404.
+absent), as real mirrors do. A path not in `files` is a 404. A body without Content-Length ends when the server
+closes the connection (HTTP/1.0).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class FileServer:
         self.cuts: dict[str, list[int]] = {}  # path -> [responses still to cut, body bytes before the cut]
         self.ignore_range = False
         self.delay = 0.0
+        self.trickle: dict[str, float] = {}
+        self.endless: set[str] = set()
+        self.validators = True
         self.log: list[tuple[str, str | None, int]] = []
         self.sent = 0
         self._lock = threading.Lock()
@@ -70,6 +77,12 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._record(path, range_header, 404)
                 self.send_error(404)
                 return
+            if path in server.endless:
+                self._record(path, range_header, 200)
+                self.send_response(200)
+                self.end_headers()
+                self._send_endless()
+                return
             data = server.files[path]
             etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
             start = 0
@@ -91,8 +104,9 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 status = 200
             self._record(path, range_header, status)
             self.send_header("Content-Length", str(len(data) - start))
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")
+            if server.validators:
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
             body = server.wrong.get(path, data)[start:]
@@ -101,21 +115,34 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 cut = after if times > 0 else None
                 if cut is not None:
                     server.cuts[path][0] -= 1
-            self._send(body if cut is None else body[:cut])
+            self._send(body if cut is None else body[:cut], 1 if path in server.trickle else 8192,
+                       server.trickle.get(path, server.delay))
             if cut is not None:
                 self.close_connection = True
 
-        def _send(self, body: bytes) -> None:
-            for i in range(0, len(body), 8192):
-                if server.delay:
-                    time.sleep(server.delay)
-                chunk = body[i:i + 8192]
-                try:
-                    self.wfile.write(chunk)
-                except OSError:
+        def _send(self, body: bytes, size: int = 8192, delay: float = 0.0) -> None:
+            """Send `body` in pieces of `size` bytes, `delay` seconds apart, until done or the client hangs up."""
+            for i in range(0, len(body), size):
+                if delay:
+                    time.sleep(delay)
+                if not self._write(body[i:i + size]):
                     return
-                with server._lock:
-                    server.sent += len(chunk)
+
+        def _send_endless(self) -> None:
+            chunk = bytes(64 << 10)
+            while self._write(chunk):
+                pass
+
+        def _write(self, chunk: bytes) -> bool:
+            """Send `chunk` (counted in `sent`); False once the client has hung up."""
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except OSError:
+                return False
+            with server._lock:
+                server.sent += len(chunk)
+            return True
 
         def _record(self, path: str, range_header: str | None, status: int) -> None:
             with server._lock:

@@ -7,25 +7,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import pytest
 from click.testing import CliRunner
+from http_fixture import FileServer
 
 from builder import download
-from builder.catalog_cli import COMMANDS
 from builder.catalog import resolve_base
+from builder.catalog_cli import COMMANDS
 from builder.errors import UserError
 from builder.image.inputs import raw_image
+from builder.progress import human_size
 from builder.run import run
 from builder.samples import make_sample
-from http_fixture import FileServer
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "ubuntu-24.04.5-preinstalled-server-arm64+raspi.img.xz"
@@ -104,12 +109,13 @@ def test_a_catalog_base_is_downloaded_once_checked_against_its_signed_sums_and_u
     assert path == cache / "downloads" / f"{mirror['sha256']}.img.xz"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == mirror["sha256"]
     assert cache_files(cache) == [path.name]
+    assert not list((cache / "downloads").glob("*.lock"))  # the lock goes with the process that held it
     assert path.stat().st_mtime == 1_796_083_200  # the server's Last-Modified (builds take their epoch from it)
     assert [entry[0] for entry in server.log] == ["SHA256SUMS", "SHA256SUMS.gpg", IMAGE]
     assert resolve_base("test-ubuntu", cache_dir=cache) == path  # the second time: the cache, no request at all
     assert len(server.log) == 3
     unpacked = raw_image(path, cache)
-    assert subprocess.run(["cmp", str(unpacked), str(sample[0])]).returncode == 0
+    assert subprocess.run(["cmp", str(unpacked), str(sample[0])], check=False).returncode == 0
 
 
 def test_a_download_cut_mid_stream_resumes_with_a_range_request(mirror) -> None:
@@ -136,10 +142,15 @@ def test_a_server_that_ignores_range_makes_the_download_start_over_cleanly(mirro
 def test_a_download_cut_every_time_is_never_used_and_the_next_run_resumes_it(mirror) -> None:
     server, cache, step = mirror["server"], mirror["cache"], len(mirror["data"]) // 5
     server.cut(IMAGE, after=step, times=download.ATTEMPTS)
-    with pytest.raises(UserError, match=f"was cut {download.ATTEMPTS} times.*run the same command again to resume"):
+    with pytest.raises(UserError) as caught:
         resolve_base("test-ubuntu", cache_dir=cache)
+    part = cache / "downloads" / f".{download._key(server.url(IMAGE))}.part"
+    held = human_size(step * download.ATTEMPTS)
+    assert f"was cut {download.ATTEMPTS} times ({held} arrived in all; the last cut: " in str(caught.value)
+    assert str(caught.value).endswith(f"); {held} kept in {part}: run the same command again to resume it, or "
+                                      f"`rm {part}*` to drop it")
     left = cache_files(cache)
-    assert left and all(name.startswith(".") and ".part" in name for name in left)  # nothing looks complete
+    assert left == [part.name, part.name + ".json"]  # nothing looks complete
     assert download.cached(mirror["server"].url(IMAGE), cache) is None
     with pytest.raises(UserError, match="not downloaded yet"):
         resolve_base("test-ubuntu", cache_dir=cache, download=False)
@@ -235,7 +246,7 @@ except UserError as err:
     sys.exit(f"pi-image: error: {{err}}")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pi-image: error: no room for test-ubuntu in "), proc.stderr
@@ -298,7 +309,8 @@ def test_a_url_outside_the_catalog_is_checked_against_the_sums_beside_it_or_the_
 def test_a_body_larger_than_the_catalog_says_is_refused(mirror) -> None:
     server = mirror["server"]
     server.files[IMAGE] = mirror["data"] + os.urandom(2 << 20)
-    with pytest.raises(UserError, match="the server offers .* bytes, far more than the .* expected: refusing it"):
+    with pytest.raises(UserError, match=r"the server offers 2\.\d MiB, more than the 1\.\d MiB that test-ubuntu's "
+                                        r"size in the catalog \(\d+\.\d KiB\) allows: refusing it; a wrong mirror"):
         resolve_base("test-ubuntu", cache_dir=mirror["cache"])
     assert cache_files(mirror["cache"]) == []
 
@@ -323,3 +335,168 @@ def test_fetch_then_bases_show_what_is_cached_and_the_next_step(mirror, monkeypa
     table = CliRunner().invoke(group, ["bases"]).output
     assert any(line.startswith("test-ubuntu ") and line.endswith(str(path)) for line in table.splitlines())
     assert "1 cached in" in table and "pi-image fetch NAME" in table
+
+
+# Hostile servers: every transfer is bounded in bytes, disk and time, and says what it kept.
+
+def part_of(mirror: dict) -> Path:
+    """Where the partial download of the test image goes."""
+    return mirror["cache"] / "downloads" / f".{download._key(mirror['server'].url(IMAGE))}.part"
+
+
+def kept(part: Path) -> str:
+    """How a message says that `part` is kept for the next run."""
+    return (f"{human_size(part.stat().st_size)} kept in {part}: run the same command again to resume it, or "
+            f"`rm {part}*` to drop it")
+
+
+@pytest.mark.parametrize("bound", ["catalog size", "MAX_DOWNLOAD", "PI_IMAGE_MAX_DOWNLOAD"])
+def test_an_endless_body_is_cut_off_at_its_bound_and_nothing_is_kept(mirror, monkeypatch: pytest.MonkeyPatch,
+                                                                     bound: str) -> None:
+    server, cache, size = mirror["server"], mirror["cache"], len(mirror["data"])
+    server.endless.add(IMAGE)  # no Content-Length, zeros for ever
+    monkeypatch.setattr(download, "MAX_DOWNLOAD", 3 << 20)
+    if bound == "PI_IMAGE_MAX_DOWNLOAD":
+        monkeypatch.setenv("PI_IMAGE_MAX_DOWNLOAD", "2M")
+    base = "test-ubuntu" if bound == "catalog size" else f"{server.url(IMAGE)}#sha256={mirror['sha256']}"
+    with pytest.raises(UserError) as caught:
+        resolve_base(base, cache_dir=cache)
+    said = {"catalog size": f"the {human_size(size + (1 << 20))} that test-ubuntu's size in the catalog "
+                            f"({human_size(size)}) allows: refusing it, and the partial download was removed; a wrong "
+                            "mirror, or a wrong size in the catalog?",
+            "MAX_DOWNLOAD": "the 3.0 MiB a download may reach when the catalog gives no size (PI_IMAGE_MAX_DOWNLOAD): "
+                            "refusing it, and the partial download was removed; if the file really is that large, "
+                            "set PI_IMAGE_MAX_DOWNLOAD higher (e.g. 64G) and run again",
+            "PI_IMAGE_MAX_DOWNLOAD": "the 2.0 MiB a download may reach when the catalog gives no size"}[bound]
+    assert str(caught.value).startswith(f"{server.url(IMAGE)}: the server sent more than {said}")
+    assert cache_files(cache) == [] and not list((cache / "downloads").glob(".*.lock"))
+    time.sleep(0.3)
+    sent = server.sent
+    time.sleep(0.2)
+    assert server.sent == sent < 64 << 20  # the connection was closed: the server's writes stopped
+
+
+def test_a_size_setting_that_is_not_one_is_one_line(mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PI_IMAGE_MIN_RATE", "fast")
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=mirror["cache"])
+    assert str(caught.value) == "PI_IMAGE_MIN_RATE=fast: not a number of bytes: write one like 1048576, 512K, 16G"
+
+
+@pytest.mark.parametrize("length", ["Content-Length", "no Content-Length"])
+def test_a_download_never_takes_the_last_free_space_of_the_cache(mirror, monkeypatch: pytest.MonkeyPatch,
+                                                                 length: str) -> None:
+    server, cache = mirror["server"], mirror["cache"]
+    if length == "no Content-Length":
+        server.endless.add(IMAGE)
+    statvfs, directory = os.statvfs, cache / "downloads"
+
+    def nearly_full(path: object) -> object:  # 1 GiB and 16 KiB free where the downloads go (the image: ~60 KiB)
+        if Path(str(path)) == directory:
+            return SimpleNamespace(f_bavail=(download.FREE_MARGIN + (16 << 10)) // 4096, f_frsize=4096)
+        return statvfs(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=cache)
+    what = (f"the 16.0 KiB the cache can take (the free space of {directory} less 1.0 GiB kept spare): refusing it"
+            f"{', and the partial download was removed' if length == 'no Content-Length' else ''}; free some space "
+            "(or set PI_IMAGE_CACHE to a bigger disk) and run again")
+    offer = "sent" if length == "no Content-Length" else f"offers {human_size(len(mirror['data']))},"
+    assert str(caught.value) == f"{server.url(IMAGE)}: the server {offer} more than {what}"
+    assert cache_files(cache) == []
+
+
+def test_a_trickling_server_is_abandoned_below_the_floor_rate_and_the_next_run_resumes(
+        mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, cache, part = mirror["server"], mirror["cache"], part_of(mirror)
+    monkeypatch.setattr(download, "RATE_WINDOW", 1.0)  # seconds (60 for real)
+    monkeypatch.setattr(download, "MIN_RATE", 4096)
+    server.trickle["SHA256SUMS"] = server.trickle[IMAGE] = 0.05  # 20 bytes a second, each alone
+    monkeypatch.setenv("PI_IMAGE_MIN_RATE", "2K")
+    started = time.monotonic()
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=cache)
+    floor = (r"\d+ B in the last 1 s, below the floor of {rate} \(on a link that slow, set PI_IMAGE_MIN_RATE lower, "
+             r"e\.g\. 8K; 0 turns the floor off\)")
+    assert re.fullmatch(f"{re.escape(server.url('SHA256SUMS'))}: the transfer of this checksum file was abandoned: "
+                        f"{floor.format(rate='2.0 KiB/s')}; cached bases still work: `pi-image bases`",
+                        str(caught.value)), caught.value
+    monkeypatch.delenv("PI_IMAGE_MIN_RATE")
+    del server.trickle["SHA256SUMS"]
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=cache)
+    assert time.monotonic() - started < 10  # not the ~50 min the trickle would take
+    assert re.fullmatch(f"test-ubuntu: the download from {re.escape(server.url(IMAGE))} was abandoned: "
+                        f"{floor.format(rate='4.0 KiB/s')}; {re.escape(kept(part))}", str(caught.value)), caught.value
+    assert len(server.requests_for(IMAGE)) == 1  # abandoned, not tried again
+    held = part.stat().st_size
+    assert 0 < held < 100
+    del server.trickle[IMAGE]
+    path = resolve_base("test-ubuntu", cache_dir=cache)
+    assert server.requests_for(IMAGE)[-1] == (IMAGE, f"bytes={held}-", 206)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == mirror["sha256"]
+
+
+def test_a_cut_download_says_what_arrived_even_from_a_server_it_cannot_resume_from(mirror) -> None:
+    server, cache = mirror["server"], mirror["cache"]
+    server.validators = False  # no ETag, no Last-Modified: each try starts over, and nothing is worth keeping
+    server.cut(IMAGE, after=30_000, times=download.ATTEMPTS)
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=cache)
+    message = str(caught.value)
+    assert re.fullmatch(f"test-ubuntu: the download from {re.escape(server.url(IMAGE))} was cut 3 times "
+                        rf"\({re.escape(human_size(3 * 30_000))} arrived in all; the last cut: [^;]+\); nothing was "
+                        "kept to resume from: run the same command again to start over", message), message
+    assert [range_header for _, range_header, _ in server.requests_for(IMAGE)] == [None] * 3
+    assert cache_files(cache) == []
+
+
+@pytest.mark.parametrize("second", ["another hash", "the same hash"])
+def test_a_sums_file_that_lists_the_image_twice_is_believed_only_if_it_agrees_with_itself(mirror, second: str) -> None:
+    server, cache, sha256 = mirror["server"], mirror["cache"], mirror["sha256"]
+    other = "1" * 64 if second == "another hash" else sha256.upper()
+    sums = server.files["SHA256SUMS"] + f"{other}  ./{IMAGE}\n".encode()
+    server.files["SHA256SUMS"], server.files["SHA256SUMS.gpg"] = sums, mirror["sign"](sums)
+    if second == "the same hash":
+        assert resolve_base("test-ubuntu", cache_dir=cache).name == f"{sha256}.img.xz"
+        return
+    with pytest.raises(UserError) as caught:
+        resolve_base("test-ubuntu", cache_dir=cache)
+    assert str(caught.value).startswith(f"{server.url('SHA256SUMS')} lists {IMAGE} twice with different SHA-256s "
+                                        f"({sha256} and {other}): refusing both, nothing was downloaded; ")
+    assert server.requests_for(IMAGE) == [] and cache_files(cache) == []
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_an_interrupted_download_says_exactly_what_it_kept(mirror, monkeypatch: pytest.MonkeyPatch,
+                                                           resumable: bool) -> None:
+    server, cache, part = mirror["server"], mirror["cache"], part_of(mirror)
+    server.validators = resumable
+    server.delay = 0.5  # 8 KiB every 0.5 s (each file): ~4 s for the image, stopped after its first 8 KiB
+    monkeypatch.setenv("PI_IMAGE_CACHE", str(cache))
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "fetch", "test-ubuntu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 10
+    while not (part.exists() and part.stat().st_size >= 8192) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130, stderr
+    said = kept(part) if resumable else "nothing was kept to resume from: run the same command again to start over"
+    assert stderr.splitlines() == [f"pi-image: interrupted: test-ubuntu: {said}"]
+    assert cache_files(cache) == ([part.name, part.name + ".json"] if resumable else [])
+    assert not list((cache / "downloads").glob(".*.lock"))
+    server.delay = 0
+    held = part.stat().st_size if resumable else None
+    path = resolve_base("test-ubuntu", cache_dir=cache)
+    assert server.requests_for(IMAGE)[-1][1] == (f"bytes={held}-" if resumable else None)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == mirror["sha256"]
+
+
+def test_fetch_help_states_the_bounds_download_applies() -> None:
+    text = " ".join((COMMANDS[1].help or "").split())
+    assert COMMANDS[1].name == "fetch"
+    assert f"slower than {download.MIN_RATE >> 10} KiB/s over a minute" in text and download.RATE_WINDOW == 60
+    assert f"may reach {download.MAX_DOWNLOAD >> 30} GiB" in text
+    assert f"the cache's last {download.FREE_MARGIN >> 30} GiB of free space" in text

@@ -19,6 +19,7 @@ from builder.targets.ubuntu_raspi import DPKG_STATUS
 
 UBUNTU_CDIMAGE_KEY = "843938DF228D22F7B3742BC0D94AA3F0EFE21092"
 HEX64 = "ab" * 32
+SUMS = "https://example.org/SHA256SUMS"
 
 
 @pytest.fixture(autouse=True)
@@ -231,10 +232,20 @@ def test_a_base_url_pi_image_will_not_download_is_refused_before_any_request(url
 def test_sums_files_in_every_vendor_format_are_read() -> None:
     text = (f"{HEX64}  ubuntu.img.xz\n{'cd' * 32} *kali.img.xz\n{'EF' * 32}  ./pi.img.xz\n"
             f"not a line\n{'01' * 32}  other.img.xz\n").encode()
-    assert sums_lookup(text, "ubuntu.img.xz") == HEX64
-    assert sums_lookup(text, "kali.img.xz") == "cd" * 32
-    assert sums_lookup(text, "pi.img.xz") == "ef" * 32
-    assert sums_lookup(text, "missing.img.xz") is None
+    assert sums_lookup(text, "ubuntu.img.xz", SUMS) == HEX64
+    assert sums_lookup(text, "kali.img.xz", SUMS) == "cd" * 32
+    assert sums_lookup(text, "pi.img.xz", SUMS) == "ef" * 32
+    assert sums_lookup(text, "missing.img.xz", SUMS) is None
+
+
+def test_a_sums_file_that_gives_a_file_two_hashes_is_refused_and_one_that_repeats_itself_is_not() -> None:
+    text = f"{HEX64}  ubuntu.img.xz\n{'cd' * 32}  other.img.xz\n{HEX64.upper()} *./ubuntu.img.xz\n".encode()
+    assert sums_lookup(text, "ubuntu.img.xz", SUMS) == HEX64
+    with pytest.raises(UserError) as caught:
+        sums_lookup(text + f"{'01' * 32}  ubuntu.img.xz\n".encode(), "ubuntu.img.xz", SUMS)
+    assert str(caught.value).startswith(f"{SUMS} lists ubuntu.img.xz twice with different SHA-256s ({HEX64} and "
+                                        f"{'01' * 32}): refusing both, nothing was downloaded; ")
+    assert "\n" not in str(caught.value)
 
 
 # The catalog's targets: x86 Ubuntu is told apart by dpkg's architecture, read only where it can matter.
