@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .cache_cli import cache_command
 from .errors import Interrupted, UserError
 from .build import MANIFEST_PATH, BuildRequest, BuildResult, build as run_build, prepare
 from .fleet import Failure, Fleet, attempt, failed_summary, plan_fleet
@@ -602,6 +603,6 @@ def _echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
-for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS + [dashboard_command]:  # cluster, token-server, approve, status;
-    # bases, fetch; dashboard
+for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS + [dashboard_command, cache_command]:  # cluster, token-server,
+    # approve, status; bases, fetch; dashboard; cache
     main.add_command(_command)

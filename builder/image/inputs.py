@@ -4,24 +4,42 @@ A compressed image is streamed once into a cache of raw images named by the SHA-
 sparsely (all-zero MiBs become holes) under a temporary name and renamed when complete, so an interrupted
 decompression never leaves a half image in the cache. An index keyed by (path, size, mtime) avoids re-hashing an
 unchanged download on every run. Progress is the decompressor's read position in the input (a shared file offset).
+
+What is kept (layout, locks and bounds: builder/cache.py):
+- nothing that does not start like a disk image: unpacking stops after its first HEAD_BYTES when they hold no
+  partition table (an MBR's 0x55AA, GPT's "EFI PART") and no filesystem (an ext superblock, a FAT boot sector);
+- no image pi-image made (its root holds PI_IMAGE_DIR, and so maybe a node's credential), nor one that cannot be
+  opened to tell: such a copy is private to the process that unpacked it and deleted when it ends;
+- the unpacked copies within PI_IMAGE_UNPACKED_MAX (least recently used evicted after each unpack).
+Before each unpack, what dead processes left in the cache is removed; a full disk is one line naming the
+filesystem, its free space and the fix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ToolError, UserError
+from .. import cache
 from ..copy import sha256_sparse
-from ..progress import progress
+from ..errors import ToolError, UserError
+from ..progress import human_size, progress
 from ..run import stream
+from .partitions import GPT_SIGNATURE, SECTOR
+from .superblock import EXT4_MAGIC, SUPERBLOCK_OFFSET
 
 CHUNK = 1 << 20
 DECOMPRESSORS = {".xz": ["xz", "-dc", "-T0"], ".zst": ["zstd", "-dc"], ".gz": ["gzip", "-dc"]}
+HEAD_BYTES = 4096  # what is read of an unpacked image before anything is written: its tables and superblocks
+PI_IMAGE_DIR = "/etc/pi-image"  # where pi-image writes into every image it makes (build.json, node.json)
 
 
 def default_cache_dir() -> Path:
@@ -37,25 +55,97 @@ def is_compressed(path: Path) -> bool:
 
 
 def raw_image(path: Path, cache_dir: Path | None = None) -> Path:
-    """The raw disk image for `path`: `path` itself if it is raw, else its unpacked copy in the cache."""
+    """The raw disk image for `path`: `path` itself if it is raw, else its unpacked copy in the cache (held by this
+    process until it ends: see builder/cache.py)."""
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if not os.access(path, os.R_OK):
         raise UserError(f"{path}: permission denied (cannot read it)")
     if not is_compressed(path):
         return path
-    cache = (cache_dir or default_cache_dir()) / "images"
-    digest = cached_sha256(path, cache_dir)
-    final = cache / f"{digest}.img"
-    if not final.exists():
-        tmp = cache / f".unpacking-{os.getpid()}.img"
+    root = cache_dir or default_cache_dir()
+    _private_dir(root / "images")
+    removed = cache.tidy(root)
+    _say(cache.summary([e for e in removed if e.size], "what interrupted runs left in the cache goes"))  # not locks
+    final = root / "images" / f"{cached_sha256(path, cache_dir)}.img"
+    return cache.use(final) or _unpack_into(path, final)
+
+
+def _unpack_into(path: Path, final: Path) -> Path:
+    """Unpack `path` as `final` (or privately, if pi-image made it), then keep the cache within its bound."""
+    bound = cache.unpacked_max()  # a bad setting is said before the work, not after
+    with ExitStack() as stack:
         try:
-            with open(path, "rb") as src, progress(f"{path.name}: unpacking", path.stat().st_size) as advance:
-                _write_sparse(tmp, _unpack(path, src), lambda: advance(os.lseek(src.fileno(), 0, os.SEEK_CUR)))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return final
+            unpacking = stack.enter_context(cache.unpacking(final))
+            with open(path, "rb") as src, closing(_unpack(path, src)) as chunks, \
+                    progress(f"{path.name}: unpacking", path.stat().st_size) as advance:
+                _write_sparse(unpacking.fd, _checked(path, chunks),
+                              lambda: advance(os.lseek(src.fileno(), 0, os.SEEK_CUR)))
+        except OSError as err:
+            if err.errno not in cache.NO_ROOM:
+                raise
+            raise UserError(cache.no_room(final.parent, err, f"unpack {path.name}")) from None
+        if _made_by_pi_image(unpacking.path):
+            return unpacking.keep_private()
+        kept = unpacking.keep()
+    _say(cache.summary(cache.evict(final.parent.parent, bound),
+                       f"the unpacked images passed {cache.UNPACKED_MAX_ENV}={human_size(bound)}, so the least "
+                       "recently used go", f"; what they were unpacked from stays (raise {cache.UNPACKED_MAX_ENV} "
+                       "to keep more)"))
+    return kept
+
+
+def looks_like_disk_image(head: bytes) -> bool:
+    """True if `head` (an image's first HEAD_BYTES) holds a partition table (MBR or GPT) or a filesystem pi-image
+    reads (an ext superblock, or a FAT boot sector, which ends in 0x55AA like an MBR)."""
+    mbr_or_fat = head[SECTOR - 2:SECTOR] == b"\x55\xaa"
+    gpt = head[SECTOR:SECTOR + len(GPT_SIGNATURE)] == GPT_SIGNATURE
+    magic_at = SUPERBLOCK_OFFSET + 0x38
+    ext = len(head) >= magic_at + 2 and struct.unpack_from("<H", head, magic_at)[0] == EXT4_MAGIC
+    return mbr_or_fat or gpt or ext
+
+
+def _checked(path: Path, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`chunks`, once their first HEAD_BYTES are seen to start a disk image; a UserError, reading no further, if
+    they do not."""
+    chunks = iter(chunks)
+    first: list[bytes] = []
+    for chunk in chunks:
+        first.append(chunk)
+        if sum(map(len, first)) >= HEAD_BYTES:
+            break
+    head = b"".join(first)[:HEAD_BYTES]
+    if not looks_like_disk_image(head):
+        what = "nothing" if not head else "data that is not a disk image (no partition table, no filesystem)"
+        raise UserError(f"{path} unpacks to {what}: nothing was kept; is it the image you meant? (a vendor's "
+                        ".img.xz holds a whole disk)")
+    yield from first
+    yield from chunks
+
+
+def _made_by_pi_image(raw: Path) -> bool:
+    """True if pi-image made the image `raw`: a filesystem in it holds PI_IMAGE_DIR, where a node's credential may
+    be. True too if `raw` cannot be opened as a disk image: no command can use it, and it is not kept either. A
+    filesystem pi-image cannot open is one it never wrote to."""
+    from . import DiskImage  # the image layer imports this module
+
+    try:
+        image = DiskImage(raw)
+    except UserError:
+        return True
+    for partition in image.partitions:
+        if partition.fs in ("ext4", "ext2/3"):
+            try:
+                if image.filesystem(partition).lstat(PI_IMAGE_DIR) is not None:
+                    return True
+            except UserError:
+                continue
+    return False
+
+
+def _say(line: str | None) -> None:
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
@@ -107,17 +197,20 @@ def _unpack(path: Path, src: BinaryIO) -> Iterator[bytes]:
     images = [i for i in archive.infolist() if i.filename.endswith(".img") and not i.is_dir()]
     if len(images) != 1:
         raise UserError(f"{path}: expected exactly one .img inside the zip, found {len(images)}")
-    with archive.open(images[0]) as member:
-        while chunk := member.read(CHUNK):
-            yield chunk
+    try:
+        with archive.open(images[0]) as member:
+            while chunk := member.read(CHUNK):
+                yield chunk
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise UserError(f"{path}: cannot unpack {images[0].filename} from it ({err}): download it again") from None
 
 
-def _write_sparse(dest: Path, chunks: Iterable[bytes], tick: Callable[[], None]) -> None:
-    """Write `chunks` to `dest`, leaving holes where a chunk is all zero; call `tick` after each chunk."""
+def _write_sparse(fd: int, chunks: Iterable[bytes], tick: Callable[[], None]) -> int:
+    """Write `chunks` to the open file `fd`, leaving holes where a chunk is all zero; call `tick` after each chunk;
+    return the bytes written (holes included)."""
     zero = bytes(CHUNK)
     size = 0
-    # private from its first byte: an image may hold a node's credential or a cluster's keys
-    with os.fdopen(os.open(dest, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, 0o600), "wb") as out:
+    with os.fdopen(fd, "wb", closefd=False) as out:
         for chunk in chunks:
             if chunk == zero[: len(chunk)]:
                 out.seek(len(chunk), os.SEEK_CUR)
@@ -126,8 +219,7 @@ def _write_sparse(dest: Path, chunks: Iterable[bytes], tick: Callable[[], None])
             size += len(chunk)
             tick()
         out.truncate(size)
-    if size == 0:
-        raise UserError(f"{dest}: the compressed input unpacked to nothing")
+    return size
 
 
 def _load_index(index_file: Path) -> dict[str, str]:
@@ -138,6 +230,13 @@ def _load_index(index_file: Path) -> dict[str, str]:
 
 
 def _save_index(index_file: Path, index: dict[str, str]) -> None:
+    """Save the index; on a full disk it is not saved (it only saves hashing again), and what is said is the
+    unpack's own message, if it fails too."""
     tmp = index_file.with_name(f".index-{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-    os.replace(tmp, index_file)
+    try:
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(tmp, index_file)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno not in cache.NO_ROOM:
+            raise
