@@ -104,6 +104,8 @@ def inspect(image: Path, as_json: bool) -> None:
         click.echo(f"  partition {p['number']}: {p['fs'] or '?':7} {name:14} start {p['start']:>12}  "
                    f"size {human_size(p['size'])}")
     click.echo(f"  kernel cmdline: {report['boot_cmdline']}")
+    if report["boot_cmdline_problem"]:
+        click.echo(f"  {'':15} a build refuses it: {report['boot_cmdline_problem']}")
     for key, value in report["k8s"].items():
         click.echo(f"  {key:15} {_mark(value)}")
     fb = report["firstboot"]

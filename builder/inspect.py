@@ -1,4 +1,9 @@
-"""What an image is and how far it is from a ready Kubernetes node — read only, never written."""
+"""What an image is and how far it is from a ready Kubernetes node — read only, never written.
+
+Every string in the report that comes from the image (names, versions, addresses, the kernel command line, partition
+labels) goes through `printable`: a hostile image cannot send escape sequences or NULs to the terminal, nor 10 MB of
+text. The report (and so `--json`) holds those safe forms; a value from an ordinary image is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +12,83 @@ import re
 from typing import Any
 
 from firstboot.bundle import BUNDLE_DIR, BUNDLE_MANIFEST
-from firstboot.nodeconfig import ENDPOINT_UNIT
 from firstboot.localsetup import is_fstab_swap
+from firstboot.nodeconfig import ENDPOINT_UNIT
 
-from .cmdline import has_cgroup_flags
-from .image import DiskImage, Filesystem
 from .build import MANIFEST_PATH
 from .bundle.apt import KUBE_PIN
+from .cmdline import L4T_COMMAND_LINE_SIZE, has_cgroup_flags
+from .image import DiskImage, Filesystem
 from .profiles import DATA_DIR
-from .steps.firstboot import NODE_CONFIG, UNIT as FIRSTBOOT_UNIT
+from .steps.firstboot import NODE_CONFIG
+from .steps.firstboot import UNIT as FIRSTBOOT_UNIT
 from .steps.swap import SWAP_SERVICES
 from .systemd import unit_enabled
 from .targets import Target
 
-KUBE_PIN_LINE = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)(?:\.\*|\.\d+-\*)", re.M)  # a minor, or a release
+KUBE_PIN_LINE = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)(?:\.\*|\.\d+-\*)", re.MULTILINE)  # a minor, or a release
 # What a node needs is what the build writes: read from the shipped overlay, the one definition of both.
 KERNEL_OVERLAY = DATA_DIR / "overlays" / "k8s-kernel" / "etc"
+#: how much of one value read from the image the report shows (a name, a version, an address): real ones are shorter
+SHOWN_CHARS = 120
+#: how much of the kernel command line it shows: as much as the longest any target's kernel takes
+CMDLINE_SHOWN_CHARS = L4T_COMMAND_LINE_SIZE
+#: how many items of a list read from the image it shows (name servers)
+SHOWN_ITEMS = 16
+
+
+def printable(value: str, limit: int = SHOWN_CHARS) -> str:
+    """`value`, read from an image, made safe to print: each character that is not printable (a control byte, an
+    escape sequence's ESC, an invisible or bidirectional mark) written as its Python escape (\\x1b, \\u202e), and at
+    most `limit` characters shown, then "… (N more characters)"."""
+    shown: list[str] = []
+    used = 0
+    for index, char in enumerate(value):
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        if used + len(piece) > limit:
+            return "".join(shown) + f"… ({len(value) - index} more characters)"
+        shown.append(piece)
+        used += len(piece)
+    return "".join(shown)
+
+
+def _text(value: object, limit: int = SHOWN_CHARS) -> str | None:
+    """A value from the image as `printable` text (JSON that is not a string, as JSON); None stays None."""
+    if value is None:
+        return None
+    return printable(value if isinstance(value, str) else json.dumps(value), limit)
+
+
+def _list(value: object) -> list[Any]:
+    """A JSON value that should be a list: itself, or [] when it is anything else."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """A JSON value that should be a mapping: itself, or {} when it is anything else."""
+    return value if isinstance(value, dict) else {}
 
 
 def inspect(target: Target) -> dict[str, Any]:
     """The inspection report of a detected target (see `pi-image inspect --help` for the fields)."""
     root = target.root
-    args = target.kernel_args()
+    args, problem = target.kernel_cmdline()
     medium = target.medium
     partitions = [
-        {"number": p.number, "start": p.start, "size": p.size, "fs": p.fs, "label": p.label, "name": p.name}
+        {"number": p.number, "start": p.start, "size": p.size, "fs": p.fs, "label": _text(p.label),
+         "name": _text(p.name)}
         for p in medium.partitions
     ] if isinstance(medium, DiskImage) else []
     runtime = ("containerd" if root.exists("/etc/containerd/config.toml")
                else "docker" if root.exists("/etc/docker/daemon.json") else None)
     return {
         "target": target.name,
-        "os": {"id": target.os.id, "version_id": target.os.version_id, "pretty_name": target.os.pretty_name},
+        "os": {"id": _text(target.os.id), "version_id": _text(target.os.version_id),
+               "pretty_name": _text(target.os.pretty_name)},
         "partitions": partitions,
-        "boot_cmdline": " ".join(args),
+        "boot_cmdline": printable(" ".join(args), CMDLINE_SHOWN_CHARS),
+        # what a build would refuse in the command-line file (too long, a control byte), or None
+        "boot_cmdline_problem": _text(problem),
         "k8s": {
             "cgroup_flags": has_cgroup_flags(args),
             "runtime": runtime,
@@ -71,11 +119,7 @@ def _systemd_cgroup(root: Filesystem, runtime: str | None) -> bool:
                 return True
         return False
     if runtime == "docker":
-        try:
-            config = json.loads(root.read_text("/etc/docker/daemon.json") or "{}")
-        except ValueError:
-            return False
-        return "native.cgroupdriver=systemd" in (config.get("exec-opts") or [])
+        return "native.cgroupdriver=systemd" in _list(_json(root, "/etc/docker/daemon.json").get("exec-opts"))
     return False
 
 
@@ -120,17 +164,26 @@ def _swap_disabled(root: Filesystem) -> bool:
 def _node_facts(root: Filesystem) -> dict[str, Any]:
     """Who the image becomes (node.json, 0600 in the image) and its network (the build record)."""
     config, record = _json(root, NODE_CONFIG), _json(root, MANIFEST_PATH)
-    cluster = config.get("cluster") or {}
-    return {"node": config.get("node"), "role": config.get("role"),
-            "kubernetes_version": config.get("kubernetes_version"),
-            "cluster": cluster.get("api_server") or config.get("api_server"), "endpoint": config.get("endpoint"),
+    cluster = _dict(config.get("cluster"))
+    return {"node": _text(config.get("node")), "role": _text(config.get("role")),
+            "kubernetes_version": _text(config.get("kubernetes_version")),
+            "cluster": _text(cluster.get("api_server") or config.get("api_server")),
+            "endpoint": _text(config.get("endpoint")),
             "initializes_cluster": "control_plane" in config,
             # a profile image: `pi-image flash` stamps a node onto each card; without a cluster it joins nothing
             "stamp_at_flash": bool(config.get("unstamped")), "joins": bool(config.get("endpoint")
                                                                           or "control_plane" in config),
-            "network": record.get("network", "dhcp") if record else None,
-            "kubernetes_release": record.get("kubernetes_release") if record else None,
+            "network": _network(record.get("network", "dhcp")) if record else None,
+            "kubernetes_release": _text(record.get("kubernetes_release")) if record else None,
             "offline": _bundle_facts(root)}
+
+
+def _network(value: object) -> str | dict[str, Any] | None:
+    """The build record's `network`: "dhcp", or the fixed settings (interface, address, gateway, name servers)."""
+    if not isinstance(value, dict):
+        return _text(value)
+    return {"interface": _text(value.get("interface")), "address": _text(value.get("address")),
+            "gateway": _text(value.get("gateway")), "dns": [_text(s) for s in _list(value.get("dns"))[:SHOWN_ITEMS]]}
 
 
 def _bundle_facts(root: Filesystem) -> dict[str, Any] | None:
@@ -138,15 +191,20 @@ def _bundle_facts(root: Filesystem) -> dict[str, Any] | None:
     bundle = _json(root, f"{BUNDLE_DIR}/{BUNDLE_MANIFEST}")
     if not bundle:
         return None
-    return {"kubernetes": bundle.get("kubernetes"), "platform": bundle.get("platform"),
-            "packages": len(bundle.get("packages") or []), "images": len(bundle.get("images") or []),
-            "size": sum(int(entry.get("size") or 0) for entry in (bundle.get("packages") or [])
-                        + (bundle.get("images") or []))}
+    packages, images = _list(bundle.get("packages")), _list(bundle.get("images"))
+    return {"kubernetes": _text(bundle.get("kubernetes")), "platform": _text(bundle.get("platform")),
+            "packages": len(packages), "images": len(images),
+            "size": sum(_size(entry) for entry in packages + images)}
+
+
+def _size(entry: object) -> int:
+    """The byte size a bundle.json entry records; 0 where it records none that makes sense."""
+    size = entry.get("size") if isinstance(entry, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
 
 
 def _json(root: Filesystem, path: str) -> dict[str, Any]:
     try:
-        data = json.loads(root.read_text(path) or "null")
-    except ValueError:
+        return _dict(json.loads(root.read_text(path) or "null"))
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's stack
         return {}
-    return data if isinstance(data, dict) else {}

@@ -10,9 +10,17 @@ import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..cmdline import append_cmdline_txt, append_extlinux, cmdline_txt_args, extlinux_args
+from ..cmdline import (
+    CmdlineError,
+    append_cmdline_txt,
+    append_extlinux,
+    check_cmdline_txt,
+    check_extlinux,
+    cmdline_txt_args,
+    extlinux_args,
+)
 from ..errors import UserError
-from ..image import DiskImage, DirectoryFilesystem, Filesystem
+from ..image import DirectoryFilesystem, DiskImage, Filesystem
 
 
 @dataclass(frozen=True)
@@ -133,17 +141,29 @@ class Target:
             return "root", "/boot/extlinux/extlinux.conf"
         return "boot", "/cmdline.txt"
 
-    def kernel_args(self) -> list[str]:
-        """The effective kernel command line, as a list of arguments."""
+    def kernel_cmdline(self) -> tuple[list[str], str | None]:
+        """The effective kernel command line as a list of arguments, and what makes its file unfit for the boot
+        loader (see `check_cmdline`), or None; ([], None) where pi-image edits none."""
         location = self.cmdline_location
         if location is None:
-            return []
+            return [], None
         name, path = location
         fs = self.filesystem(name)
         text = fs.read_text(path)
         if text is None:
             raise UserError(f"{fs.description}: {path} is missing")
-        return extlinux_args(text) if self.cmdline_kind == "extlinux" else cmdline_txt_args(text)
+        problem = None
+        try:
+            self.check_cmdline(text)
+        except CmdlineError as err:
+            problem = str(err)
+        args = extlinux_args(text) if self.cmdline_kind == "extlinux" else cmdline_txt_args(text)
+        return args, problem
+
+    def check_cmdline(self, text: str) -> None:
+        """Raise CmdlineError if `text`, this target's command-line file, is unfit for its boot loader: a line longer
+        than it passes on, a control character, no entry to boot."""
+        (check_extlinux if self.cmdline_kind == "extlinux" else check_cmdline_txt)(text)
 
     def with_kernel_args(self, text: str, args: list[str]) -> str:
         """The command-line file's text with `args` added where this target's boot loader reads them."""

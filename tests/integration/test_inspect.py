@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from readback import Card, tool
+
+from builder.inspect import CMDLINE_SHOWN_CHARS, SHOWN_CHARS, SHOWN_ITEMS
 
 EXPECTED = {
     # (target, release, variant): (target, os id, version_id, boot file or None, partitions)
@@ -22,7 +26,7 @@ EXPECTED = {
 
 
 def pi_image(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, check=False)
 
 
 def sha256(path: Path) -> str:
@@ -86,7 +90,8 @@ def test_inspect_reads_a_compressed_image_through_the_cache(sample_image, tmp_pa
     subprocess.run(["zstd", "-q", "-o", str(compressed), str(image)], check=True)
     env_cache = tmp_path / "cache"
     result = subprocess.run([sys.executable, "-m", "builder", "inspect", "--json", str(compressed)],
-                            capture_output=True, text=True, env={**__import__("os").environ, "PI_IMAGE_CACHE": str(env_cache)})
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "PI_IMAGE_CACHE": str(env_cache)})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["target"] == "kali-raspi"
     cached = list((env_cache / "images").glob("*.img"))
@@ -98,3 +103,82 @@ def test_inspect_human_table_names_target_and_partitions(sample_image):
     result = pi_image("inspect", str(sample_image("ubuntu-raspi", "22.04")))
     assert result.returncode == 0
     assert "ubuntu-raspi" in result.stdout and "system-boot" in result.stdout and "writable" in result.stdout
+
+
+# --- a hostile image: nothing from it reaches the terminal raw, nor at length -----------------------------------
+
+# a terminal title, clear screen, NUL, DEL, CSI (a C1 control), a bidi override, and how inspect shows them
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x00\x7f\x9b\u202e"
+ESCAPED = r"\x1b]0;owned\x07\x1b[2J\x00\x7f\x9b\u202e"
+LONG = 100_000
+
+
+def hostile_tree(tree: Path) -> None:
+    """An L4T rootfs whose every file inspect reads says something hostile: escape sequences, NULs, 100 KB values,
+    JSON of the wrong shape or too deep (where inspect once met a KeyError, AttributeError or RecursionError)."""
+    def put(path: str, text: str) -> None:
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(text)
+
+    put("etc/os-release", f'ID=ubuntu\nVERSION_ID="18.04{ESCAPES}"\nPRETTY_NAME="{ESCAPES}{"P" * LONG}"\n')
+    put("boot/extlinux/extlinux.conf", "DEFAULT primary\nLABEL primary\n  LINUX /boot/Image\n"
+        f"  APPEND ${{cbootargs}} root=/dev/mmcblk0p1 {ESCAPES} {'c' * 50_000}\n")
+    put("etc/pi-image/node.json", json.dumps({
+        "node": f"evil{ESCAPES}", "role": "r" * LONG, "kubernetes_version": ["1.31", {"x": ESCAPES}],
+        "cluster": "not a mapping", "api_server": f"{ESCAPES}10.0.0.1:6443", "endpoint": ESCAPES}))
+    put("etc/pi-image/build.json", json.dumps({
+        "network": {"address": f"{ESCAPES}10.0.0.2/24", "dns": [ESCAPES] * 1000},  # no gateway, no interface
+        "kubernetes_release": f"1.31.{ESCAPES}"}))
+    put("var/lib/pi-image/bundle/bundle.json", json.dumps({
+        "kubernetes": ESCAPES, "platform": "p" * LONG, "packages": 7,
+        "images": [{"size": "huge"}, {"size": [1]}, "not a mapping", {"size": 5}, {"size": True}]}))
+    put("etc/docker/daemon.json", "[" * LONG + "]" * LONG)  # a list, and nested deeper than Python's stack
+
+
+def assert_safe_to_print(text: str) -> None:
+    """Only printable characters and newlines, and no line longer than the longest a value may be shown."""
+    bad = next((c for c in text if not (c.isprintable() or c == "\n")), None)
+    assert bad is None, f"{bad!r} printed raw"
+    longest = max(len(line) for line in text.splitlines())
+    assert longest <= CMDLINE_SHOWN_CHARS + 100, longest
+
+
+def test_inspect_of_a_hostile_tree_prints_no_raw_control_byte_and_caps_each_value(sample_copy):
+    tree = sample_copy("l4t-rootfs")
+    hostile_tree(tree)
+    human = pi_image("inspect", str(tree))
+    assert human.returncode == 0 and not human.stderr, human.stderr[-3000:]
+    assert_safe_to_print(human.stdout)
+    pretty = ESCAPED + "P" * (SHOWN_CHARS - len(ESCAPED)) + f"… ({LONG - SHOWN_CHARS + len(ESCAPED)} more characters)"
+    assert f"{tree}: l4t-rootfs — {pretty}\n" in human.stdout
+    assert len(human.stdout) < 10_000
+    raw = pi_image("inspect", "--json", str(tree))
+    assert raw.returncode == 0 and raw.stdout.isascii(), raw.stderr[-3000:]
+    assert_safe_to_print(raw.stdout)
+    report = json.loads(raw.stdout)
+    assert report["os"]["pretty_name"].startswith(ESCAPED) and len(report["os"]["pretty_name"]) < 200
+    assert report["boot_cmdline"].endswith(" more characters)") and "\\x1b" in report["boot_cmdline"]
+    assert report["boot_cmdline_problem"].startswith("it holds the control character '\\x1b' at byte ")
+    fb = report["firstboot"]
+    assert fb["node"] == "evil" + ESCAPED and fb["cluster"] == ESCAPED + "10.0.0.1:6443"
+    assert fb["network"]["gateway"] is None and len(fb["network"]["dns"]) == SHOWN_ITEMS
+    assert fb["offline"]["packages"] == 0 and fb["offline"]["images"] == 5 and fb["offline"]["size"] == 5
+    assert report["k8s"]["systemd_cgroup"] is False
+
+
+def test_inspect_of_a_hostile_card_escapes_its_cmdline_txt_and_labels(sample_copy):
+    image = sample_copy("ubuntu-raspi", "22.04")
+    card = Card(image)
+    source = image.parent / "cmdline.txt"
+    source.write_bytes(f"root=LABEL=writable {ESCAPES} {'c' * 20_000}\n".encode())
+    tool("mcopy", "-o", "-i", card.boot.spec, source, "::/cmdline.txt")
+    root = next(p for p in card.table["partitions"] if p["type"] == "83")
+    # raw bytes: ESC, BEL and one that is not UTF-8
+    subprocess.run([b"tune2fs", b"-L", b"\x1b[2J\x07\xff", f"{image}?offset={root['start'] * 512}".encode()],
+                   capture_output=True, check=True)
+    human = pi_image("inspect", str(image))
+    assert human.returncode == 0, human.stderr[-3000:]
+    assert_safe_to_print(human.stdout)
+    assert "\\x1b[2J\\x07\ufffd" in human.stdout and "more characters)" in human.stdout
+    report = json.loads(pi_image("inspect", "--json", str(image)).stdout)
+    assert report["boot_cmdline_problem"].startswith("its line is 20")  # over the firmware's limit, then the ESC
