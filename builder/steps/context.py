@@ -115,7 +115,9 @@ class BuildContext:
     def template_context(self) -> dict[str, Any]:
         """Values overlays can use: every profile key plus facts about the node and the target."""
         # public values only: meta-data is world-readable, and a short hash of a passphrase could be guessed offline
-        seed = json.dumps([self.profile.public_values(), self.node.__dict__], sort_keys=True, default=str).encode()
+        # and not where the cluster directory is: the same inputs give the same bytes wherever they are
+        identity = {key: value for key, value in self.node.__dict__.items() if key != "cluster"}
+        seed = json.dumps([self.profile.public_values(), identity], sort_keys=True, default=str).encode()
         return {
             **self.profile.values,
             "node": self.node.name, "hostname": self.node.name, "role": self.node.role,
