@@ -18,6 +18,7 @@ from firstboot.nodeconfig import ENDPOINT_UNIT
 from .build import MANIFEST_PATH
 from .bundle.apt import KUBE_PIN
 from .cmdline import L4T_COMMAND_LINE_SIZE, has_cgroup_flags
+from .errors import SHOWN_CHARS, printable
 from .image import DiskImage, Filesystem
 from .profiles import DATA_DIR
 from .steps.firstboot import NODE_CONFIG
@@ -30,26 +31,10 @@ KUBE_PIN_LINE = re.compile(r"^Pin:\s*version\s+(\d+\.\d+)(?:\.\*|\.\d+-\*)", re.
 # What a node needs is what the build writes: read from the shipped overlay, the one definition of both.
 KERNEL_OVERLAY = DATA_DIR / "overlays" / "k8s-kernel" / "etc"
 #: how much of one value read from the image the report shows (a name, a version, an address): real ones are shorter
-SHOWN_CHARS = 120
 #: how much of the kernel command line it shows: as much as the longest any target's kernel takes
 CMDLINE_SHOWN_CHARS = L4T_COMMAND_LINE_SIZE
 #: how many items of a list read from the image it shows (name servers)
 SHOWN_ITEMS = 16
-
-
-def printable(value: str, limit: int = SHOWN_CHARS) -> str:
-    """`value`, read from an image, made safe to print: each character that is not printable (a control byte, an
-    escape sequence's ESC, an invisible or bidirectional mark) written as its Python escape (\\x1b, \\u202e), and at
-    most `limit` characters shown, then "… (N more characters)"."""
-    shown: list[str] = []
-    used = 0
-    for index, char in enumerate(value):
-        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        if used + len(piece) > limit:
-            return "".join(shown) + f"… ({len(value) - index} more characters)"
-        shown.append(piece)
-        used += len(piece)
-    return "".join(shown)
 
 
 def _text(value: object, limit: int = SHOWN_CHARS) -> str | None:
@@ -83,8 +68,8 @@ def inspect(target: Target) -> dict[str, Any]:
                else "docker" if root.exists("/etc/docker/daemon.json") else None)
     return {
         "target": target.name,
-        "os": {"id": _text(target.os.id), "version_id": _text(target.os.version_id),
-               "pretty_name": _text(target.os.pretty_name)},
+        "os": {"id": target.os.id, "version_id": target.os.version_id,  # made safe by OsRelease.parse
+               "pretty_name": target.os.pretty_name},
         "partitions": partitions,
         "boot_cmdline": printable(" ".join(args), CMDLINE_SHOWN_CHARS),
         # what a build would refuse in the command-line file (too long, a control byte), or None

@@ -237,9 +237,9 @@ def wifi_ssid(value: object) -> str | None:
 
 
 def kernel_argument(value: object) -> str | None:
-    if re.fullmatch(r"[^\s\"']+", str(value)):
+    if re.fullmatch(r"[\x21\x23-\x26\x28-\x7e]+", str(value)):  # printable ASCII but space and quotes
         return None
-    return f"{value!r} is not one kernel argument (no spaces or quotes)"
+    return f"{_short(value)} is not one kernel argument (printable ASCII, no spaces or quotes)"
 
 
 def _short(value: object) -> str:

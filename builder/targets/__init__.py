@@ -22,7 +22,7 @@ TARGET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t.name for t in TARGETS))
 # Names a profile's `target` may also give: a family of targets sharing the hardware it describes.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {"raspberry-pi": ("ubuntu-raspi", "raspios", "kali-raspi")}
 
-__all__ = ["TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "Target", "OsRelease", "detect", "targets_of"]
+__all__ = ["TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "OsRelease", "Target", "detect", "targets_of"]
 
 
 def targets_of(name: str) -> tuple[str, ...]:
@@ -47,7 +47,7 @@ def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
         raise UserError(advice)
     where = root.description
     supported = ", ".join(TARGET_NAMES)
-    raise UserError(f"{where} holds {os_release.pretty_name!r} (ID={os_release.id}"
+    raise UserError(f"{where} holds '{os_release.pretty_name}' (ID={os_release.id}"
                     f"{', boot partition found' if boot else ', no FAT boot partition'}), "
                     f"which pi-image does not support (supported: {supported})")
 

@@ -6,6 +6,7 @@ the instance binds it to the opened root and boot filesystems. Build steps ask t
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -19,8 +20,10 @@ from ..cmdline import (
     cmdline_txt_args,
     extlinux_args,
 )
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..image import DirectoryFilesystem, DiskImage, Filesystem
+
+_OS_IDENT = re.compile(r"[a-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,17 @@ class OsRelease:
             except ValueError:
                 parts = [raw.strip("\"'")]
             values[key] = parts[0] if parts else ""
+        # identifiers are [a-z0-9._-] (os-release(5)): anything else from a hostile image counts as absent
+        def ident(key: str) -> str | None:
+            value = values.get(key, "").lower()
+            return value if _OS_IDENT.fullmatch(value) else None
+
         return cls(
-            id=values.get("ID", "linux").lower(),
-            version_id=values.get("VERSION_ID") or None,
-            pretty_name=values.get("PRETTY_NAME") or values.get("NAME") or "Linux",
-            id_like=tuple(values.get("ID_LIKE", "").lower().split()),
-            version_codename=values.get("VERSION_CODENAME") or None,
+            id=ident("ID") or "linux",
+            version_id=ident("VERSION_ID"),
+            pretty_name=printable(values.get("PRETTY_NAME") or values.get("NAME") or "Linux"),
+            id_like=tuple(word for word in values.get("ID_LIKE", "").lower().split() if _OS_IDENT.fullmatch(word)),
+            version_codename=ident("VERSION_CODENAME"),
         )
 
 
