@@ -1,6 +1,6 @@
 """The token endpoint under attack from one address while a genuine node at another address is served and joins.
 
-    python bench/attack_bench.py [--seconds 20] [--idle 600] [--flood 20]
+    python bench/attack_bench.py [--seconds 20] [--idle 600] [--flood 20] [--smoke]
 
 The real endpoint runs as its own process (`python -m firstboot.endpoint`, under FIRSTBOOT_PYTHON / python3.6 when
 there is one) with the join tests' kubeadm/kubectl stand-ins. Two attacker processes:
@@ -15,6 +15,9 @@ no attack: that is the floor. Attackers, agent and server share this machine's C
 
 Goals: >= 90 % of the genuine tries served and the join done within 5 s under attack; the server's peak memory (RSS)
 under 100 MB; audit log and state grow by < 1 MB per minute of attack and stay under their cap.
+
+--smoke: 1 s of tries, 10 idle sockets, 2 floods, no goal judged (a join that fails still fails it): the suite runs
+it so that the script cannot rot.
 """
 
 import argparse
@@ -26,10 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
-from firstboot.client import EndpointClient  # noqa: E402
-from firstboot.endpoint.audit import AUDIT_LOG_BACKUPS, AUDIT_LOG_BYTES  # noqa: E402
-from join_fakes.attackers import Attack, cpu_seconds, genuine_tries, peak_rss_mb  # noqa: E402
-from join_fakes.harness import FIRSTBOOT_PYTHON, JoinLab, run_agent  # noqa: E402
+from _common import add_smoke_arg
+from join_fakes.attackers import Attack, cpu_seconds, genuine_tries, peak_rss_mb
+from join_fakes.harness import FIRSTBOOT_PYTHON, JoinLab, run_agent
+
+from firstboot.client import EndpointClient
+from firstboot.endpoint.audit import AUDIT_LOG_BACKUPS, AUDIT_LOG_BYTES
 
 GENUINE = "127.0.0.2"
 FACTS = {"arch": "aarch64", "os": "Ubuntu 22.04", "kubeadm_version": "v1.31.4", "macs": [], "node_ip": "192.168.6.16"}
@@ -68,7 +73,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0, help="genuine tries during the attack (seconds)")
     parser.add_argument("--idle", type=int, default=600, help="idle sockets the attacker holds")
     parser.add_argument("--flood", type=int, default=20, help="connections sending huge headers")
+    add_smoke_arg(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.idle, args.flood = 1.0, 10, 2
     with tempfile.TemporaryDirectory() as temporary:
         base = Path(temporary)
         quiet = one_lab(base, "quiet")
@@ -84,7 +92,7 @@ def main():
                             flood_connections=args.flood).start()
             started, cpu_before = time.monotonic(), cpu_seconds(lab.server.process.pid)
             try:
-                time.sleep(2)  # the flood is in full swing
+                time.sleep(min(2.0, args.seconds))  # the flood is in full swing
                 attacked = measure(lab, args.seconds)
                 rss = peak_rss_mb(lab.server.process.pid)
                 attacker_cpu = sum(cpu_seconds(process.pid) for process in attack.processes)
@@ -97,28 +105,28 @@ def main():
         finally:
             lab.server.stop()
 
-    print("token endpoint under attack: server and agent on {}; attack {:.0f} s; genuine node at {}".format(
-        Path(FIRSTBOOT_PYTHON).name, minutes * 60, GENUINE))
-    print("attack: {} idle sockets held ({} connections opened, {:.0f}/s); {} header floods ({} TLS connections "
-          "opened); the attackers used {:.2f} cores, the server {:.2f}".format(
-              args.idle, counts["idle"]["opened"], counts["idle"]["opened"] / (minutes * 60), args.flood,
-              counts["headers"]["opened"], attacker_cpu / (minutes * 60), server_cores))
-    print("{:<10} {:>14} {:>11} {:>8} {:>13} {:>12}".format("", "tries served", "slowest ms", "token s",
-                                                           "agent join s", "peak RSS MB"))
+    print(f"token endpoint under attack: server and agent on {Path(FIRSTBOOT_PYTHON).name}; attack {minutes * 60:.0f} "
+          f"s; genuine node at {GENUINE}")
+    print(f"attack: {args.idle} idle sockets held ({counts['idle']['opened']} connections opened, "
+          f"{counts['idle']['opened'] / (minutes * 60):.0f}/s); {args.flood} header floods "
+          f"({counts['headers']['opened']} TLS connections opened); the attackers used "
+          f"{attacker_cpu / (minutes * 60):.2f} cores, the server {server_cores:.2f}")
+    print(f"{'':<10} {'tries served':>14} {'slowest ms':>11} {'token s':>8} {'agent join s':>13} {'peak RSS MB':>12}")
     for label, (answered, tries, slowest, token_s, join_s, ok), peak in (("quiet", floor, floor_rss),
                                                                            ("attacked", attacked, rss)):
-        print("{:<10} {:>8}/{:<5} {:>11.0f} {:>8.2f} {:>13} {:>12.1f}".format(
-            label, answered, tries, 1000 * slowest, token_s, "{:.2f}".format(join_s) if ok else "FAILED", peak))
-    print("audit log + state grew by {:.1f} KB in {:.2f} min ({:.1f} KB/min); audit.log is {:.1f} KB "
-          "(cap {} x {} KB)".format(growth / 1024, minutes, growth / 1024 / minutes, audit_bytes / 1024,
-                                    1 + AUDIT_LOG_BACKUPS, AUDIT_LOG_BYTES // 1024))
+        joined = f"{join_s:.2f}" if ok else "FAILED"
+        print(f"{label:<10} {answered:>8}/{tries:<5} {1000 * slowest:>11.0f} {token_s:>8.2f} {joined:>13} {peak:>12.1f}")
+    print(f"audit log + state grew by {growth / 1024:.1f} KB in {minutes:.2f} min ({growth / 1024 / minutes:.1f} KB/min); "
+          f"audit.log is {audit_bytes / 1024:.1f} KB (cap {1 + AUDIT_LOG_BACKUPS} x {AUDIT_LOG_BYTES // 1024} KB)")
     answered, tries, _, _, join_s, ok = attacked
     if ok and floor[5]:
-        print("under attack / quiet: token {:.2f}x, agent join {:.2f}x (the quiet run is the floor: stand-ins and this "
-              "machine's load)".format(attacked[3] / floor[3], join_s / floor[4]))
+        print(f"under attack / quiet: token {attacked[3] / floor[3]:.2f}x, agent join {join_s / floor[4]:.2f}x (the "
+              "quiet run is the floor: stand-ins and this machine's load)")
     goal = answered >= 0.9 * tries and ok and join_s < 5 and rss < 100 and growth < minutes * 1024 * 1024
-    print("goal (>= 90% served, join < 5 s, RSS < 100 MB, < 1 MB/min of log and state): {}".format(
-        "met" if goal else "NOT met"))
+    print("goal (>= 90% served, join < 5 s, RSS < 100 MB, < 1 MB/min of log and state): "
+          f"{'met' if goal else 'NOT met'}")
+    if args.smoke:
+        return 0 if ok and floor[5] else 1
     return 0 if goal else 1
 
 

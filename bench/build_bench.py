@@ -1,7 +1,8 @@
 """Build cost: `pi-image build` of one node from a cached raw 4 GiB Ubuntu-layout base holding ~1 GiB of data, against
 the floor of `cp --sparse=always` of the same file in the same run; then a fleet of per-node images from one inventory.
 
-    python bench/build_bench.py [--runs 5] [--nodes 20] [--data-mib 1024] [--workdir DIR] [--keep]
+    python bench/build_bench.py [--runs 5] [--nodes 20] [--size-gib 4] [--data-mib 1024] [--workdir DIR] [--keep]
+                                [--smoke]
 
 Phases (medians of --runs, builds and copies interleaved so that both see the same page cache and disk):
   floor       cp --sparse=always BASE OUT (what any tool must pay to make a new image file); and the same followed
@@ -9,87 +10,87 @@ Phases (medians of --runs, builds and copies interleaved so that both see the sa
   build       pi-image build --profile worker-8g --base BASE --output OUT (manifest: the output's 4 MiB-chunk digest)
   build+sha   the same with --sha256 (the plain SHA-256 of the raw output too)
   breakdown   one build under cProfile: where the time goes (copy, plan, edits, fsck, checksum, start-up)
-  fleet       pi-image build --cluster DIR --all for --nodes inventory nodes: total time and bytes on disk (du),
+  fleet       pi-image build --cluster DIR --all for --nodes inventory nodes: total time and bytes on disk,
               against --nodes copies with cp (the floor again)
+Every build logs in with the tests' SSH key and trusts their stand-in apt key (tests/data), so it runs offline.
 Goal (issue 3): build / floor <= 1.3x. The base is made once and kept in --workdir (its SHA-256 is cached by
 pi-image after the first, untimed, build, as for a user who builds several nodes from one download).
+
+--smoke: a 512 MiB base holding 8 MiB, one run, a fleet of 2: the suite runs it so that the script cannot rot.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import json
+import importlib
+import inspect
+import operator
 import os
 import pstats
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-from builder.cluster import add_node, init_cluster  # noqa: E402
-from builder.samples import make_sample  # noqa: E402
+from _common import (
+    KUBE_KEY,
+    SSH_KEY,
+    add_smoke_arg,
+    add_workdir_args,
+    median_line,
+    on_disk,
+    pi_image,
+    pi_image_env,
+    workdir,
+    worker_cluster,
+    write_into_root,
+)
 
-KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"
-BASE_SIZE = 4 << 30
-CHUNK = 64 << 20
-PHASES = {  # function (file suffix, name) -> label, for the breakdown
-    ("builder/build.py", "prepare"): "plan (profile, detect, steps)",
-    ("builder/copy.py", "sparse_copy"): "sparse copy of the base",
-    ("builder/targets/__init__.py", "detect"): "detect; debugfs fsyncs the copy",
-    ("builder/plan.py", "apply"): "apply the plan (debugfs/mtools)",
-    ("builder/image/__init__.py", "commit"): "commit the batched edits",
-    ("builder/fsck.py", "check_partition"): "fsck of touched filesystems",
-    ("builder/build.py", "_manifest"): "manifest (base hash lookup)",
-    ("builder/copy.py", "sha256_sparse"): "SHA-256 of the output (--sha256)",
-    ("builder/copy.py", "chunk_digest"): "chunk digest of the output",
+from builder.samples import make_sample
+
+GIB = 1 << 30
+BLOB = 128 << 20  # the base's data is written as files of this size
+PHASES = {  # (module, function) -> label, for the breakdown
+    ("builder.build", "prepare"): "plan (profile, detect, steps)",
+    ("builder.copy", "sparse_copy"): "sparse copy of the base",
+    ("builder.targets", "detect"): "detect; debugfs fsyncs the copy",
+    ("builder.plan", "apply"): "apply the plan (debugfs/mtools)",
+    ("builder.image", "DiskImage.commit"): "commit the batched edits",
+    ("builder.fsck", "check_partition"): "fsck of touched filesystems",
+    ("builder.image.inputs", "cached_sha256"): "manifest (base hash lookup)",
+    ("builder.copy", "sha256_sparse"): "SHA-256 of the output (--sha256)",
+    ("builder.copy", "chunk_digest"): "chunk digest of the output",
 }
+TOOLS = ("builder.run", "run")  # every external tool a build runs
 
 
-def make_base(path: Path, data_mib: int) -> Path:
-    """A raw 4 GiB Ubuntu-layout image whose ext4 holds `data_mib` MiB of random files (written with debugfs)."""
+def make_base(path: Path, size: int, data_mib: int) -> Path:
+    """A raw Ubuntu-layout image of `size` bytes whose ext4 holds `data_mib` MiB of random files."""
     if path.exists():
         return path
     tmp = path.with_name(path.name + ".tmp")
-    make_sample("ubuntu-raspi", tmp, size=BASE_SIZE)
-    table = json.loads(subprocess.run(["sfdisk", "--json", tmp], capture_output=True, check=True).stdout)
-    offset = next(p["start"] for p in table["partitiontable"]["partitions"] if p["type"] == "83") * 512
-    with tempfile.TemporaryDirectory(prefix="pi-image-bench-data-") as scratch:
-        commands = ["mkdir /var/lib/bench"]
-        left, n = data_mib << 20, 0
-        while left > 0:
-            size = min(left, 128 << 20)
-            host = Path(scratch) / f"blob{n}"
-            with open(host, "wb") as f:
-                for _ in range(0, size, CHUNK):
-                    f.write(os.urandom(min(CHUNK, size)))
-            commands.append(f"write {host} /var/lib/bench/blob{n}")
-            left, n = left - size, n + 1
-        script = Path(scratch) / "script"
-        script.write_text("\n".join(commands) + "\n")
-        subprocess.run(["debugfs", "-w", "-f", script, f"{tmp}?offset={offset}"], check=True, capture_output=True)
-    check = subprocess.run(["e2fsck", "-fn", f"{tmp}?offset={offset}"], capture_output=True, text=True)
-    if check.returncode != 0:
-        raise SystemExit(f"the bench base is not clean: {check.stdout}")
+    make_sample("ubuntu-raspi", tmp, size=size)
+    scratch = path.with_name(path.name + ".data")
+    scratch.mkdir(exist_ok=True)
+    total = data_mib << 20
+    blobs = [scratch / f"blob{n}" for n in range(-(-total // BLOB))]
+    for n, blob in enumerate(blobs):
+        blob.write_bytes(os.urandom(min(BLOB, total - n * BLOB)))
+    write_into_root(tmp, blobs)
+    shutil.rmtree(scratch)
     os.replace(tmp, path)
     return path
 
 
-def pi_image(*args: str | Path, cache: Path) -> float:
+def timed(work: Path, *args: str | Path) -> float:
     """Seconds one `pi-image` command takes (it must succeed)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PI_IMAGE_CACHE": str(cache)}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "builder", *map(str, args)], capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"pi-image {' '.join(map(str, args))} failed: {proc.stderr}")
-    return elapsed
+    return pi_image(work, *args)[0]
 
 
 def cp(base: Path, out: Path, durable: bool = False) -> float:
@@ -102,7 +103,8 @@ def cp(base: Path, out: Path, durable: bool = False) -> float:
 
 
 def build_args(base: Path, out: Path, *extra: str) -> list[str | Path]:
-    return ["build", "--profile", "worker-8g", "--base", base, "--output", out, "--kube-key", KUBE_KEY, *extra]
+    return ["build", "--profile", "worker-8g", "--base", base, "--output", out, "--kube-key", KUBE_KEY, "--ssh-key",
+            SSH_KEY, *extra]
 
 
 def fresh(path: Path) -> Path:
@@ -111,26 +113,16 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def on_disk(path: Path) -> int:
-    return int(subprocess.run(["du", "-s", "-B1", path], capture_output=True, check=True, text=True).stdout.split()[0])
-
-
-def median_line(label: str, times: list[float], floor: float | None = None) -> str:
-    med = statistics.median(times)
-    ratio = f"  = {med / floor:.2f}x the floor" if floor else ""
-    return f"  {label:24} median {med:6.2f} s  (min {min(times):.2f}, max {max(times):.2f}, n={len(times)}){ratio}"
-
-
-def single_node(base: Path, work: Path, cache: Path, runs: int) -> None:
+def single_node(base: Path, work: Path, runs: int) -> None:
     out = work / "node.img"
-    first = pi_image(*build_args(base, fresh(out)), cache=cache)
-    print(f"  first build (hashes the 4 GiB base once, then cached): {first:.2f} s")
+    first = timed(work, *build_args(base, fresh(out)))
+    print(f"  first build (hashes the {base.stat().st_size / GIB:g} GiB base once, then cached): {first:.2f} s")
     floor, durable, build, with_sha = [], [], [], []
     for _ in range(runs):
         floor.append(cp(base, fresh(out)))
         durable.append(cp(base, fresh(out), durable=True))
-        build.append(pi_image(*build_args(base, fresh(out)), cache=cache))
-        with_sha.append(pi_image(*build_args(base, fresh(out), "--sha256"), cache=cache))
+        build.append(timed(work, *build_args(base, fresh(out))))
+        with_sha.append(timed(work, *build_args(base, fresh(out), "--sha256")))
     fresh(out)
     f = statistics.median(floor)
     d = statistics.median(durable)
@@ -138,17 +130,27 @@ def single_node(base: Path, work: Path, cache: Path, runs: int) -> None:
     print(median_line("cp + sync (fsync)", durable, f))
     print(median_line("build", build, f) + f", {statistics.median(build) / d:.2f}x cp+sync")
     print(median_line("build --sha256", with_sha, f) + f", {statistics.median(with_sha) / d:.2f}x cp+sync")
-    startup = [pi_image("--version", cache=cache) for _ in range(3)]
+    startup = [timed(work, "--version") for _ in range(min(3, runs))]
     print(f"  of which CLI start-up (`pi-image --version`): median {statistics.median(startup):.2f} s")
 
 
-def breakdown(base: Path, work: Path, cache: Path) -> None:
+def code_key(module: str, name: str) -> tuple[str, int, str]:
+    """cProfile's key of the function `name` of `module`; a phase function that moved stops the bench, naming it."""
+    try:
+        function = operator.attrgetter(name)(importlib.import_module(module))
+    except (ImportError, AttributeError):
+        sys.exit(f"build_bench: {module}.{name} is gone: point PHASES at where that phase is done now")
+    code = inspect.unwrap(function).__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def breakdown(base: Path, work: Path) -> None:
     """One in-process build under cProfile; cumulative time of each phase function."""
     from click.testing import CliRunner
 
     from builder.cli import main as cli
 
-    os.environ["PI_IMAGE_CACHE"] = str(cache)
+    os.environ.update(pi_image_env(work))
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
@@ -157,32 +159,29 @@ def breakdown(base: Path, work: Path, cache: Path) -> None:
     total = time.perf_counter() - start
     fresh(work / "node.img")
     if result.exit_code != 0:
-        raise SystemExit(f"profiled build failed: {result.output}")
+        sys.exit(f"profiled build failed: {result.output}")
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     print(f"  profiled build (in-process, no start-up): {total:.2f} s")
-    for (suffix, name), label in PHASES.items():
-        cumulative = sum(v[3] for (file, _, func), v in stats.items() if file.endswith(suffix) and func == name)
+    for (module, name), label in PHASES.items():
+        cumulative = stats.get(code_key(module, name), (0, 0, 0, 0.0))[3]
         print(f"    {label:34} {cumulative:6.2f} s  {100 * cumulative / total:5.1f}%")
-    tools = sum(v[3] for (file, _, func), v in stats.items() if file.endswith("builder/run.py") and func == "run")
-    calls = sum(v[1] for (file, _, func), v in stats.items() if file.endswith("builder/run.py") and func == "run")
+    _, calls, _, tools, _ = stats.get(code_key(*TOOLS), (0, 0, 0, 0.0, {}))
     print(f"    {'(external tools, all phases)':34} {tools:6.2f} s  {100 * tools / total:5.1f}%  ({calls} runs)")
 
 
-def fleet(base: Path, work: Path, cache: Path, nodes: int) -> None:
+def fleet(base: Path, work: Path, nodes: int) -> None:
     cluster = work / "lab"
     shutil.rmtree(cluster, ignore_errors=True)
-    lab = init_cluster(cluster, "192.168.6.10:6443", "192.168.6.10:8443", "1.31", "192.168.6.0/24")
-    for i in range(1, nodes + 1):
-        add_node(lab, f"pi-worker{i}", "worker-8g", address=f"192.168.6.{20 + i}")
+    worker_cluster(work, cluster, nodes)
     for label, extra in (("--all", ()), ("--all --sha256", ("--sha256",))):
         out = work / "fleet"
         shutil.rmtree(out, ignore_errors=True)
-        elapsed = pi_image("build", "--cluster", cluster, "--all", "--base", base, "--output", out,
-                           "--kube-key", KUBE_KEY, *extra, cache=cache)
+        elapsed = timed(work, "build", "--cluster", cluster, "--all", "--base", base, "--output", out, "--kube-key",
+                        KUBE_KEY, "--ssh-key", SSH_KEY, *extra)
         images = sorted(out.glob("*.img"))
         apparent = sum(p.stat().st_size for p in images)
         print(f"  {label:24} {len(images)} images in {elapsed:6.2f} s ({elapsed / len(images):.2f} s each); "
-              f"du {on_disk(out) / 2**30:.2f} GiB on disk for {apparent / 2**30:.0f} GiB apparent")
+              f"{on_disk(out.iterdir()) / GIB:.2f} GiB on disk for {apparent / GIB:g} GiB apparent")
         shutil.rmtree(out)
     copies = work / "copies"
     copies.mkdir(exist_ok=True)
@@ -190,7 +189,8 @@ def fleet(base: Path, work: Path, cache: Path, nodes: int) -> None:
     for i in range(1, nodes + 1):
         cp(base, copies / f"pi-worker{i}.img")
     elapsed = time.perf_counter() - start
-    print(f"  {'floor: cp x ' + str(nodes):24} {nodes} images in {elapsed:6.2f} s; du {on_disk(copies) / 2**30:.2f} GiB")
+    print(f"  {'floor: cp x ' + str(nodes):24} {nodes} images in {elapsed:6.2f} s; "
+          f"{on_disk(copies.iterdir()) / GIB:.2f} GiB on disk")
     shutil.rmtree(copies)
 
 
@@ -198,27 +198,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--size-gib", type=float, default=4, help="the base's size (a whole number of MiB)")
     parser.add_argument("--data-mib", type=int, default=1024, help="random data written into the base's ext4")
-    parser.add_argument("--workdir", type=Path, help="where the base is kept between runs (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp workdir (and its base) afterwards")
+    add_workdir_args(parser, "the base")
+    add_smoke_arg(parser)
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="pi-image-build-bench-", dir="/var/tmp"))
-    work.mkdir(parents=True, exist_ok=True)
-    cache = work / "cache"
-    try:
+    if args.smoke:
+        args.runs, args.nodes, args.size_gib, args.data_mib = 1, 2, 0.5, 8
+    with workdir(args, "pi-image-build-bench-") as work:
         start = time.perf_counter()
-        base = make_base(work / f"ubuntu-4g-{args.data_mib}m.img", args.data_mib)
-        print(f"base {base}: {base.stat().st_size / 2**30:.0f} GiB apparent, {on_disk(base) / 2**30:.2f} GiB on disk "
+        base = make_base(work / f"ubuntu-{args.size_gib:g}g-{args.data_mib}m.img", round(args.size_gib * 1024) << 20,
+                         args.data_mib)
+        print(f"base {base}: {base.stat().st_size / GIB:g} GiB apparent, {on_disk([base]) / GIB:.2f} GiB on disk "
               f"(ready in {time.perf_counter() - start:.1f} s); {os.cpu_count()} CPUs")
         print("one node:")
-        single_node(base, work, cache, args.runs)
+        single_node(base, work, args.runs)
         print("breakdown:")
-        breakdown(base, work, cache)
+        breakdown(base, work)
         print(f"fleet of {args.nodes} nodes from one inventory:")
-        fleet(base, work, cache, args.nodes)
-    finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        fleet(base, work, args.nodes)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 the cache) and unpacked into the sparse raw-image cache, against the floor of `xz -dc -T0 FILE > /dev/null` of the
 same file in the same run.
 
-    python bench/download.py [--runs 5] [--data-mib 512] [--workdir DIR] [--keep]
+    python bench/download.py [--runs 5] [--size-gib 4] [--data-mib 512] [--workdir DIR] [--keep] [--smoke]
 
-The image: a 4 GiB Ubuntu-layout sample whose ext4 holds --data-mib MiB of this machine's own /usr files (real,
+The image: a --size-gib Ubuntu-layout sample whose ext4 holds --data-mib MiB of this machine's own /usr files (real,
 compressible content, written with debugfs), compressed with `xz -T2 -2 --block-size=32MiB`, so that it has several
 blocks and xz decompresses it on every core (the level changes how long the image takes to make, ~3 min for 512 MiB
 on 2 CPUs, far more than how fast it unpacks). It is made once and kept in --workdir.
@@ -15,49 +15,48 @@ Phases (medians of --runs, interleaved so that both see the same page cache):
              CACHE/images/SHA.img
   total      download + unpack, the ratio to the floor
 Goal (issue 18): total <= 1.15x the floor.
+
+--smoke: a 512 MiB image holding 8 MiB, one run: the suite runs it so that the script cannot rot.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
-from builder.catalog import resolve_base  # noqa: E402
-from builder.image.inputs import raw_image  # noqa: E402
-from builder.samples import make_sample  # noqa: E402
-from http_fixture import FileServer  # noqa: E402
+from _common import (
+    add_smoke_arg,
+    add_workdir_args,
+    median_line,
+    workdir,
+    write_into_root,
+)
+from http_fixture import FileServer
 
-BASE_SIZE = 4 << 30
+from builder.catalog import resolve_base
+from builder.image.inputs import raw_image
+from builder.samples import make_sample
+
 SOURCES = ("/usr/lib", "/usr/share", "/usr/bin")
 
 
-def make_image(work: Path, data_mib: int) -> Path:
+def make_image(work: Path, size: int, data_mib: int) -> Path:
     """The compressed bench image (kept in `work` between runs)."""
-    final = work / f"ubuntu-4g-{data_mib}m.img.xz"
+    final = work / f"ubuntu-{size / 2**30:g}g-{data_mib}m.img.xz"
     if final.exists():
         return final
-    raw = make_sample("ubuntu-raspi", work / "bench.img", size=BASE_SIZE)
-    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, check=True).stdout)
-    offset = next(p["start"] for p in table["partitiontable"]["partitions"] if p["type"] == "83") * 512
-    with tempfile.TemporaryDirectory(prefix="pi-image-bench-", dir=work) as scratch:
-        commands, left = ["mkdir /var/lib/bench"], data_mib << 20
-        for n, source in enumerate(_files(left)):
-            commands.append(f"write {source} /var/lib/bench/f{n}")
-        script = Path(scratch) / "script"
-        script.write_text("\n".join(commands) + "\n")
-        subprocess.run(["debugfs", "-w", "-f", script, f"{raw}?offset={offset}"], check=True, capture_output=True)
+    raw = make_sample("ubuntu-raspi", work / "bench.img", size=size)
+    write_into_root(raw, _files(data_mib << 20))
     subprocess.run(["xz", "-T2", "-2", "--block-size=32MiB", "-f", raw], check=True)
     os.replace(raw.with_name(raw.name + ".xz"), final)
     return final
@@ -65,7 +64,8 @@ def make_image(work: Path, data_mib: int) -> Path:
 
 def _files(budget: int) -> list[str]:
     """Regular files from SOURCES, up to `budget` bytes in all (names debugfs can take: no spaces)."""
-    chosen, total = [], 0
+    chosen: list[str] = []
+    total = 0
     for root in SOURCES:
         for directory, _, names in os.walk(root):
             for name in names:
@@ -88,33 +88,32 @@ def floor(image: Path) -> float:
 
 
 def download_and_unpack(url: str, cache: Path) -> tuple[float, float]:
-    """Seconds to fetch `url` into the empty `cache`, then to unpack it there."""
-    shutil.rmtree(cache, ignore_errors=True)
+    """Seconds to fetch `url` into `cache` (a new directory: pi-image holds what it unpacked until the process ends,
+    so a cache emptied in place would be answered from that), then to unpack it there; `cache` is removed after."""
     start = time.perf_counter()
     path = resolve_base(url, cache_dir=cache)
     fetched = time.perf_counter()
-    raw_image(path, cache)
-    return fetched - start, time.perf_counter() - fetched
-
-
-def line(label: str, times: list[float], base: float | None = None) -> str:
-    med = statistics.median(times)
-    ratio = f"  = {med / base:.2f}x the floor" if base else ""
-    return f"  {label:34} median {med:6.2f} s  (min {min(times):.2f}, max {max(times):.2f}, n={len(times)}){ratio}"
+    raw = raw_image(path, cache)
+    unpacked = time.perf_counter()
+    if raw == path or not raw.is_file():
+        sys.exit(f"download: raw_image gave {raw} for {path}, not an unpacked image in {cache}")
+    shutil.rmtree(cache)
+    return fetched - start, unpacked - fetched
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size-gib", type=float, default=4, help="the image's raw size (a whole number of MiB)")
     parser.add_argument("--data-mib", type=int, default=512, help="MiB of /usr files written into the image's ext4")
-    parser.add_argument("--workdir", type=Path, help="where the image is kept between runs (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp workdir (and its image) afterwards")
+    add_workdir_args(parser, "the image")
+    add_smoke_arg(parser)
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="pi-image-download-bench-", dir="/var/tmp"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    if args.smoke:
+        args.runs, args.size_gib, args.data_mib = 1, 0.5, 8
+    with workdir(args, "pi-image-download-bench-") as work:
         start = time.perf_counter()
-        image = make_image(work, args.data_mib)
+        image = make_image(work, round(args.size_gib * 1024) << 20, args.data_mib)
         blocks = subprocess.run(["xz", "--robot", "--list", image], capture_output=True, text=True, check=True)
         totals = next(f for f in (row.split("\t") for row in blocks.stdout.splitlines()) if f[0] == "totals")
         print(f"image {image.name}: {int(totals[3]) / 2**20:.0f} MiB compressed, {int(totals[4]) / 2**30:.1f} GiB "
@@ -125,24 +124,20 @@ def main() -> None:
         del data
         try:
             floors, downloads, unpacks, totals_ = [], [], [], []
-            download_and_unpack(url, work / "cache")  # warm-up: page cache, imports
-            for _ in range(args.runs):
+            download_and_unpack(url, work / "cache-warm-up")  # page cache, imports
+            for n in range(args.runs):
                 floors.append(floor(image))
-                fetch, unpack = download_and_unpack(url, work / "cache")
+                fetch, unpack = download_and_unpack(url, work / f"cache-{n}")
                 downloads.append(fetch)
                 unpacks.append(unpack)
                 totals_.append(fetch + unpack)
         finally:
             server.close()
-            shutil.rmtree(work / "cache", ignore_errors=True)
         f = statistics.median(floors)
-        print(line("floor: xz -dc -T0 > /dev/null", floors))
-        print(line("download (GET, SHA-256, rename)", downloads, f))
-        print(line("unpack (raw_image)", unpacks, f))
-        print(line("download + unpack", totals_, f) + "   (goal <= 1.15x)")
-    finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        print(median_line("floor: xz -dc -T0 > /dev/null", floors, width=34))
+        print(median_line("download (GET, SHA-256, rename)", downloads, f, width=34))
+        print(median_line("unpack (raw_image)", unpacks, f, width=34))
+        print(median_line("download + unpack", totals_, f, width=34) + "   (goal <= 1.15x)")
 
 
 if __name__ == "__main__":

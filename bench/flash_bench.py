@@ -2,6 +2,7 @@
 `bmaptool copy` in the same run; then a fleet: one profile image + N stamping flashes against N per-node builds.
 
     python bench/flash_bench.py [--size-gib 4] [--used-gib 1] [--runs 3] [--nodes 3] [--workdir DIR] [--keep]
+                                [--smoke]
 
 Phases:
   image   the ubuntu-raspi 22.04 sample (make_sample: sfdisk, mkfs.vfat + mtools, mkfs.ext4 -d; MBR, p1 FAT32
@@ -36,6 +37,9 @@ scratch copies its partition-table reader makes (2 MiB each time it reads a tabl
 
 Goals (issue 17): pi-image bytes written ~= the image's used bytes (builder.image.usage: usage_map().mapped_bytes());
 time <= bmaptool copy's and <= 0.35x dd's, verification included.
+
+Everything is written to regular files (the card too): no root, no loop device.
+--smoke: a 512 MiB image holding 32 MiB, one run, a fleet of 1: the suite runs it so that the script cannot rot.
 """
 
 from __future__ import annotations
@@ -57,18 +61,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
-from builder.errors import UserError  # noqa: E402
-from builder.fsck import check_partition  # noqa: E402
-from builder.image import DiskImage  # noqa: E402
-from builder.image.usage import usage_map  # noqa: E402
-from builder.samples import make_sample  # noqa: E402
+from _common import (
+    KUBE_KEY,
+    SSH_KEY,
+    add_smoke_arg,
+    add_workdir_args,
+    on_disk,
+    pi_image_env,
+    workdir,
+    worker_cluster,
+)
 
-KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"
-SSH_KEY = REPO / "tests" / "data" / "test-admin.pub"
-EPOCH = "1700000000"
+from builder.errors import UserError
+from builder.fsck import check_partition
+from builder.image import DiskImage
+from builder.image.usage import usage_map
+from builder.samples import make_sample
+
 MIB, GIB = 1 << 20, 1 << 30
 DD, BMAPTOOL, PI, PI_NO_VERIFY = "dd bs=4M conv=fsync", "bmaptool copy", "pi-image flash", "pi-image flash --no-verify"
 PATTERN = 4 * MIB  # the card's fill: one random block repeated
@@ -99,7 +110,7 @@ BOOT_TREE = [
 
 def tool(*command: str | Path) -> str:
     """Run a setup command (it must succeed); its stderr."""
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, command))[:200]} failed: {result.stdout}{result.stderr}")
     return result.stderr
@@ -117,8 +128,7 @@ def write_tree(root: Path, spec: list[tuple[str, str, int, int, float]], budget:
             rel = Path(directory, f"d{bucket:03}" if bucket else "", f"f{n:05}{suffix}")
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             with open(root / rel, "wb") as f:
-                for start in range(0, size, 64 * MIB):
-                    f.write(os.urandom(min(64 * MIB, size - start)))
+                f.writelines(os.urandom(min(64 * MIB, size - start)) for start in range(0, size, 64 * MIB))
             files.append(rel)
             left, n = left - size, n + 1
     return files
@@ -192,8 +202,7 @@ def make_card(path: Path, size: int) -> Path:
     block = os.urandom(PATTERN)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        for start in range(0, size, PATTERN):
-            f.write(block[:size - start])
+        f.writelines(block[:size - start] for start in range(0, size, PATTERN))
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
@@ -240,15 +249,9 @@ def measure(command: list[str | Path], env: dict[str, str] | None = None) -> Run
     return run
 
 
-def pi_image_env(cache: Path) -> dict[str, str]:
-    """The environment of every pi-image run: this checkout, a private cache, fixed timestamps, no default cluster."""
-    env = {k: v for k, v in os.environ.items() if k != "PI_IMAGE_CLUSTER"}
-    return {**env, "PYTHONPATH": str(REPO), "PI_IMAGE_CACHE": str(cache), "SOURCE_DATE_EPOCH": EPOCH}
-
-
-def pi_image(*args: str | Path, cache: Path) -> Run:
-    """Run `pi-image ARGS` (it must succeed), measured."""
-    return measure([sys.executable, "-m", "builder", *args], pi_image_env(cache))
+def pi_image(work: Path, *args: str | Path) -> Run:
+    """Run `pi-image ARGS` (it must succeed) in the bench's own world (_common.pi_image_env), measured."""
+    return measure([sys.executable, "-m", "builder", *args], pi_image_env(work))
 
 
 def bmap_mapped(bmap: Path) -> int:
@@ -259,7 +262,7 @@ def bmap_mapped(bmap: Path) -> int:
 
 def dd_says(run: Run) -> int:
     """The bytes dd reports it copied."""
-    match = re.search(r"^(\d+) bytes", run.stderr, re.M)
+    match = re.search(r"^(\d+) bytes", run.stderr, re.MULTILINE)
     return int(match.group(1)) if match else -1
 
 
@@ -273,7 +276,7 @@ def median(runs: list[Run], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
 
-def flash_phase(image: Path, card: Path, work: Path, cache: Path, runs: int) -> None:
+def flash_phase(image: Path, card: Path, work: Path, runs: int) -> None:
     """Flash `image` onto `card` with each tool `runs` times; print the table and the ratios to the goals."""
     size = image.stat().st_size
     start = time.perf_counter()
@@ -287,12 +290,12 @@ def flash_phase(image: Path, card: Path, work: Path, cache: Path, runs: int) -> 
     create = measure(["bmaptool", "create", image, "-o", bmap])
     print(f"  bmaptool create: {create.seconds:.2f} s (not counted below); bmap maps "
           f"{bmap_mapped(bmap) / MIB:.1f} MiB")
-    flash = [sys.executable, "-m", "builder", "flash", image, card, "--yes", "--json"]
+    flash: list[str | Path] = [sys.executable, "-m", "builder", "flash", image, card, "--yes", "--json"]
     tools: dict[str, tuple[list[str | Path], Callable[[Run], int], dict[str, str] | None]] = {
         DD: (["dd", f"if={image}", f"of={card}", "bs=4M", "conv=fsync,notrunc"], dd_says, None),
         BMAPTOOL: (["bmaptool", "copy", "--bmap", bmap, image, card], lambda _: bmap_mapped(bmap), None),
-        PI: (flash, pi_says, pi_image_env(cache)),
-        PI_NO_VERIFY: ([*flash, "--no-verify"], pi_says, pi_image_env(cache)),
+        PI: (flash, pi_says, pi_image_env(work)),
+        PI_NO_VERIFY: ([*flash, "--no-verify"], pi_says, pi_image_env(work)),
     }
     names = list(tools)
     results: dict[str, list[Run]] = {name: [] for name in names}
@@ -327,41 +330,31 @@ def flash_phase(image: Path, card: Path, work: Path, cache: Path, runs: int) -> 
 
 # --- the fleet --------------------------------------------------------------------------------------------------------
 
-def on_disk(paths: list[Path]) -> int:
-    """Bytes the files take on disk (st_blocks * 512)."""
-    return sum(p.stat().st_blocks * 512 for p in paths)
-
-
-def fleet_phase(work: Path, cache: Path, nodes: int) -> None:
+def fleet_phase(work: Path, nodes: int) -> None:
     """The fleet figures (see the module docstring); everything it makes is removed afterwards."""
     fleet = work / "fleet"
     shutil.rmtree(fleet, ignore_errors=True)
     fleet.mkdir()
     base = make_sample("ubuntu-raspi", fleet / "base.img")
     lab = fleet / "lab"
-    pi_image("cluster", "init", lab, "--api-server", "192.168.6.10:6443", "--endpoint", "192.168.6.10:8443",
-             "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--gateway", "192.168.6.1",
-             cache=cache)
-    for i in range(1, nodes + 1):
-        pi_image("cluster", "add-node", lab, f"pi-worker{i}", "--profile", "worker-8g", "--address",
-                 f"192.168.6.2{i}", cache=cache)
+    worker_cluster(work, lab, nodes)
     keys = ("--base", base, "--kube-key", KUBE_KEY, "--ssh-key", SSH_KEY)
-    warm = pi_image("build", "--profile", "worker-8g", *keys, "-o", fleet / "warm.img", cache=cache)
+    warm = pi_image(work, "build", "--profile", "worker-8g", *keys, "-o", fleet / "warm.img")
     (fleet / "warm.img").unlink()
     print(f"  base {base.name}: {base.stat().st_size / GIB:g} GiB apparent, {on_disk([base]) / MIB:.1f} MiB on disk; "
           f"untimed warm-up build (hashes the base once, then cached): {warm.seconds:.2f} s")
 
     profile_img = fleet / "worker-8g.img"
-    profile = [pi_image("build", "--cluster", lab, "--profile", "worker-8g", *keys, "-o", profile_img, cache=cache)]
+    profile = [pi_image(work, "build", "--cluster", lab, "--profile", "worker-8g", *keys, "-o", profile_img)]
     cards = [fleet / f"card{i}.img" for i in range(1, nodes + 1)]
     for i, card in enumerate(cards, 1):
-        profile.append(pi_image("flash", profile_img, card, "--yes", "--json", "--cluster", lab, "--node",
-                                f"pi-worker{i}", cache=cache))
+        profile.append(pi_image(work, "flash", profile_img, card, "--yes", "--json", "--cluster", lab, "--node",
+                                f"pi-worker{i}"))
     node_imgs = [fleet / f"node{i}.img" for i in range(1, nodes + 1)]
-    builds = [pi_image("build", "--cluster", lab, "--node", f"pi-worker{i}", *keys, "-o", img, cache=cache)
+    builds = [pi_image(work, "build", "--cluster", lab, "--node", f"pi-worker{i}", *keys, "-o", img)
               for i, img in enumerate(node_imgs, 1)]
     node_cards = [fleet / f"node-card{i}.img" for i in range(1, nodes + 1)]
-    flashes = [pi_image("flash", img, card, "--yes", "--json", cache=cache) for img, card in zip(node_imgs, node_cards)]
+    flashes = [pi_image(work, "flash", img, card, "--yes", "--json") for img, card in zip(node_imgs, node_cards)]
 
     def line(label: str, rs: list[Run], kept: list[Path], what: str) -> float:
         seconds = sum(r.seconds for r in rs)
@@ -386,29 +379,24 @@ def main() -> None:
     parser.add_argument("--used-gib", type=float, default=1, help="random file data in the image's filesystems")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, help="where the image and card are kept between runs "
-                        "(default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp workdir (and its image) afterwards")
+    add_workdir_args(parser, "the image and the card")
+    add_smoke_arg(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.size_gib, args.used_gib, args.runs, args.nodes = 0.5, 1 / 32, 1, 1
     size, used = round(args.size_gib * 1024) * MIB, round(args.used_gib * GIB)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="pi-image-flash-bench-", dir="/var/tmp"))
-    work.mkdir(parents=True, exist_ok=True)
-    cache = work / "cache"
     began = time.perf_counter()
-    try:
+    with workdir(args, "pi-image-flash-bench-") as work:
         print(f"image ({os.cpu_count()} CPUs):")
         image = make_image(work / f"ubuntu-{args.size_gib:g}g-{args.used_gib:g}g.img", size, used)
         card = make_card(work / f"card-{args.size_gib:g}g.img", size)
         print(f"  {image}: {size / GIB:g} GiB apparent, {on_disk([image]) / MIB:.1f} MiB on disk; card {card} "
               f"written in full (ready after {time.perf_counter() - began:.1f} s)")
         print("flash to a card file:")
-        flash_phase(image, card, work, cache, args.runs)
+        flash_phase(image, card, work, args.runs)
         print(f"fleet of {args.nodes} nodes:")
-        fleet_phase(work, cache, args.nodes)
+        fleet_phase(work, args.nodes)
         print(f"total {time.perf_counter() - began:.1f} s")
-    finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

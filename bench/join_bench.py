@@ -1,7 +1,7 @@
 """Token endpoint throughput and latency: 100 concurrent agents against one server, an instant stand-in kubectl.
 
     python bench/join_bench.py [--agents 100] [--rounds 5] [--rate 200] [--seconds 5] [--processes 4]
-                               [--python python3.6]
+                               [--python python3.6] [--smoke]
 
 The server is a separate process (`python -m firstboot.endpoint`) running the real endpoint; its kubectl is a
 /bin/sh stand-in that answers at once, so what is measured is the server's own overhead — but every join is the real
@@ -27,27 +27,34 @@ Two ceilings are printed: the CPUs (server + tools + agents per join, all on thi
 interpreter, whose Python code runs under one lock, so about one core serves it however many there are. Run on a quiet
 machine: the "other"/"stolen" columns and the host-speed loop show when it was not (on a shared VM the same loop takes
 up to twice as long while the host is busy, and CPU times per join inflate with it).
+
+--smoke: 4 agents in 2 processes, 5 rounds, 20 joins/s for 1 s, no goal judged (a failed exchange still fails it):
+the suite runs it so that the script cannot rot.
 """
 
 import argparse
+import functools
+import math
 import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
-from builder import cluster as clusters  # noqa: E402
-from firstboot import protocol  # noqa: E402
-from firstboot.client import EndpointClient  # noqa: E402
-from firstboot.endpoint.settings import ServerSettings  # noqa: E402
-from join_fakes.harness import make_ca  # noqa: E402
+from _common import add_smoke_arg
+from join_fakes.harness import make_ca
+
+from builder import cluster as clusters
+from firstboot import protocol
+from firstboot.client import EndpointClient
+from firstboot.endpoint.settings import ServerSettings
 
 INSTANT_KUBECTL = """#!/bin/sh
 case "$3 $4" in
@@ -64,24 +71,28 @@ FACTS = {"arch": "aarch64", "os": "Ubuntu 22.04", "kubeadm_version": "v1.31.4", 
 
 def percentile(values, fraction):
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def per_second(ms):
+    """How many a second at `ms` milliseconds each (a few exchanges can take less CPU than one clock tick)."""
+    return 1000 / ms if ms else math.inf
 
 
 def node_name(index):
-    return "bench-{}".format(index)
+    return f"bench-{index}"
 
 
 def source_address(index):
     """A loopback address of its own for node `index` (all of 127/8 is local on Linux)."""
-    return "127.{}.{}.{}".format(1 + index // 62500, (index // 250) % 250, 2 + index % 250)
+    return f"127.{1 + index // 62500}.{(index // 250) % 250}.{2 + index % 250}"
 
 
 def prepare(base, node_count):
-    """Cluster dir with every node in the inventory, a test CA and the instant kubectl stand-in."""
-    cluster = clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", "1.31",
-                                    "192.168.6.0/24")
-    cluster.nodes.extend(clusters.Node(node_name(index), "worker-8g") for index in range(node_count))
-    clusters.save_inventory(cluster)
+    """Cluster dir with every node in the inventory (written once), a test CA and the instant kubectl stand-in."""
+    clusters.init_cluster(base / "cluster", "192.168.6.10:6443", "127.0.0.1:8443", "1.31", "192.168.6.0/24")
+    with clusters.changing(base / "cluster") as cluster:
+        cluster.nodes.extend(clusters.Node(node_name(index), "worker-8g") for index in range(node_count))
     bin_dir = base / "bin"
     bin_dir.mkdir()
     (bin_dir / "kubectl").write_text(INSTANT_KUBECTL)
@@ -101,7 +112,7 @@ def start_server(base, cluster, bin_dir, python):
     argv = [python, "-m", "firstboot.endpoint", "--config", str(cluster.directory / "tokend.json"), "--state-dir",
             str(base / "state"), "--listen", "127.0.0.1:0", "--ca-cert", str(base / "ca.crt"), "--kubeconfig",
             str(base / "admin.conf")]
-    env = dict(os.environ, PATH="{}:/usr/bin:/bin".format(bin_dir))
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin")
     server = subprocess.Popen(argv, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     port = re.search(r":(\d+)\s*$", server.stdout.readline().decode()).group(1)
     return server, "127.0.0.1:" + port
@@ -124,46 +135,42 @@ def one_exchange(endpoint, fingerprint, kind, index, credential):
     return None if answer.status == 200 else ("report", answer.status, answer.payload.get("error"))
 
 
+def run_plan(endpoint, fingerprint, credentials, start_at, plan):
+    """One agent: its exchanges in turn from `start_at`; [(latency s, end time, failure or None)] for each."""
+    mine = []
+    while time.monotonic() < start_at:
+        time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
+    for kind, index, offset in plan:
+        if offset is not None:  # open loop: wait for this join's slot, and count from it
+            delay = start_at + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        begun = time.monotonic()
+        try:
+            failure = one_exchange(endpoint, fingerprint, kind, index, credentials[index])
+        except Exception as err:  # noqa: BLE001 (a bench counts every failure)
+            failure = (kind, type(err).__name__, str(err))
+        ended = time.monotonic()
+        mine.append((ended - (begun if offset is None else start_at + offset), ended, failure))
+    return mine
+
+
 def agent_process(connection, endpoint, fingerprint, credentials):
-    """Serve phases sent by the parent: (start_at, {agent: [(kind, node index, scheduled offset or None)]})."""
+    """Serve phases sent by the parent: (start_at, {agent: [(kind, node index, scheduled offset or None)]}), each
+    agent a thread."""
     while True:
         command = connection.recv()
         if command is None:
             return
         start_at, plans = command
-        results = []
-        lock = threading.Lock()
-
-        def agent(plan):
-            mine = []
-            while time.monotonic() < start_at:
-                time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
-            for kind, index, offset in plan:
-                if offset is not None:  # open loop: wait for this join's slot, and count from it
-                    scheduled = start_at + offset
-                    delay = scheduled - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                begun = time.monotonic()
-                try:
-                    failure = one_exchange(endpoint, fingerprint, kind, index, credentials[index])
-                except Exception as err:  # noqa: BLE001 - a bench counts every failure
-                    failure = (kind, type(err).__name__, str(err))
-                ended = time.monotonic()
-                mine.append((ended - (begun if offset is None else start_at + offset), ended, failure))
-            with lock:
-                results.extend(mine)
-
         cpu_before = time.process_time()
-        threads = [threading.Thread(target=agent, args=(plan,)) for plan in plans.values()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+            runs = pool.map(functools.partial(run_plan, endpoint, fingerprint, credentials, start_at), plans.values())
+            results = [result for run in runs for result in run]
         connection.send((results, time.process_time() - cpu_before))
 
 
-class AgentFleet(object):
+class AgentFleet:
     """`agents` agents spread over `processes` processes, each agent a thread."""
 
     def __init__(self, processes, agents, endpoint, fingerprint, credentials):
@@ -210,7 +217,7 @@ class AgentFleet(object):
 
 def server_cpu_seconds(pid):
     """(user + system CPU of the server process, of the kubectl processes it ran and waited for)."""
-    with open("/proc/{}/stat".format(pid)) as handle:
+    with open(f"/proc/{pid}/stat") as handle:
         fields = [int(value) for value in handle.read().rsplit(")", 1)[1].split()[11:15]]
     return (fields[0] + fields[1]) / os.sysconf("SC_CLK_TCK"), (fields[2] + fields[3]) / os.sysconf("SC_CLK_TCK")
 
@@ -242,7 +249,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the open-loop phase")
     parser.add_argument("--processes", type=int, default=4, help="agent processes (agents are threads in them)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the server (e.g. python3.6)")
+    add_smoke_arg(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.rounds, args.rate, args.seconds, args.processes = 4, 5, 20.0, 1.0, 2
     agents, rounds = args.agents, args.rounds
     closed = {agent: [agent * rounds + r for r in range(rounds)] for agent in range(agents)}
     open_count = int(args.rate * args.seconds)
@@ -268,7 +278,7 @@ def main():
                                                           for a in closed}),
                     ("report  challenge + POST /v1/report", {a: [("report", i, None) for i in closed[a]]
                                                              for a in closed}),
-                    ("join    at {:.0f}/s offered (open loop)".format(args.rate), open_plans)):
+                    (f"join    at {args.rate:.0f}/s offered (open loop)", open_plans)):
                 phases.append((label,) + fleet.run(plans, server.pid))
             references.append(reference_loop_ms())
         finally:
@@ -276,21 +286,22 @@ def main():
             server.terminate()
             server.wait(10)
 
-    print("token endpoint: {} agents in {} processes; server on {}; {} CPUs shared by server and agents".format(
-        agents, args.processes, os.path.basename(args.python), os.cpu_count()))
-    print("host speed: a fixed pure-Python loop took {:.0f} ms before the run, {:.0f} ms after it (lower: faster)"
-          .format(*references))
-    print("{:<39} {:>7} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6} {:>6}".format(
-        "phase", "done/s", "p50 ms", "p99 ms", "server CPU", "agents CPU", "busy", "other", "stolen"))
+    cpus = os.cpu_count()
+    print(f"token endpoint: {agents} agents in {args.processes} processes; server on {os.path.basename(args.python)}; "
+          f"{cpus} CPUs shared by server and agents")
+    print(f"host speed: a fixed pure-Python loop took {references[0]:.0f} ms before the run, {references[1]:.0f} ms "
+          "after it (lower: faster)")
+    print(f"{'phase':<39} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'server CPU':>11} {'agents CPU':>11} {'busy':>6} "
+          f"{'other':>6} {'stolen':>6}")
     failures, others = [], []
     for label, latencies, failed, wall, (server_own, server_tools), agent_cpu, (busy, stolen) in phases:
         server_cpu = server_own + server_tools
         count = len(latencies)
         failures.extend(failed)
-        others.append(max(0.0, 100 * (busy - (server_cpu + agent_cpu) / (wall * os.cpu_count()))) + 100 * stolen)
-        print("{:<39} {:7.1f} {:8.1f} {:8.1f} {:11.2f} {:11.2f} {:5.0f}% {:5.0f}% {:5.0f}%".format(
-            label, count / wall, 1000 * percentile(latencies, 0.5), 1000 * percentile(latencies, 0.99),
-            1000 * server_cpu / count, 1000 * agent_cpu / count, 100 * busy, others[-1], 100 * stolen))
+        others.append(max(0.0, 100 * (busy - (server_cpu + agent_cpu) / (wall * cpus))) + 100 * stolen)
+        print(f"{label:<39} {count / wall:7.1f} {1000 * percentile(latencies, 0.5):8.1f} "
+              f"{1000 * percentile(latencies, 0.99):8.1f} {1000 * server_cpu / count:11.2f} "
+              f"{1000 * agent_cpu / count:11.2f} {100 * busy:5.0f}% {others[-1]:5.0f}% {100 * stolen:5.0f}%")
     print("(CPU: ms per exchange, the server's including the kubectl it ran; busy: share of all CPUs in use;"
           "\n other: share used by neither the server nor the agents - other processes, interrupts;"
           "\n stolen: share the hypervisor gave to other guests)")
@@ -298,19 +309,18 @@ def main():
     count, wall, (server_own, server_tools), agent_cpu = len(join[1]), join[3], join[4], join[5]
     server_ms, tools_ms, agent_ms = (1000 * value / count for value in (server_own, server_tools, agent_cpu))
     capacity = count / wall
-    print("join vs floor: {:.2f}x the time per exchange".format(wall / count / (floor[3] / len(floor[1]))))
-    print("join ceilings: {:.0f}/s for {} CPUs shared with these agents ({:.2f} + {:.2f} ms server + tools, {:.2f} ms "
-          "agents);\n  {:.0f}/s for the server's interpreter on one core ({:.2f} ms; its Python code holds one lock, "
-          "and it ran at {:.2f} cores in the join phase)".format(
-              os.cpu_count() * 1000 / (server_ms + tools_ms + agent_ms), os.cpu_count(), server_ms, tools_ms,
-              agent_ms, 1000 / server_ms, server_ms, server_own / wall))
+    print(f"join vs floor: {wall / count / (floor[3] / len(floor[1])):.2f}x the time per exchange")
+    print(f"join ceilings: {cpus * per_second(server_ms + tools_ms + agent_ms):.0f}/s for {cpus} CPUs "
+          f"shared with these agents ({server_ms:.2f} + {tools_ms:.2f} ms server + tools, {agent_ms:.2f} ms agents);"
+          f"\n  {per_second(server_ms):.0f}/s for the server's interpreter on one core ({server_ms:.2f} ms; its Python "
+          f"code holds one lock, and it ran at {server_own / wall:.2f} cores in the join phase)")
     paced_rate, paced_p99 = len(paced[1]) / paced[3], percentile(paced[1], 0.99)
     goal = capacity >= 200 and paced_rate >= 0.95 * args.rate and paced_p99 < 0.250 and not failures
-    print("goal (join capacity >= 200/s; at {:.0f}/s offered: p99 < 250 ms; no failures): {}; failures: {}".format(
-        args.rate, "met" if goal else "NOT met", len(failures)))
+    print(f"goal (join capacity >= 200/s; at {args.rate:.0f}/s offered: p99 < 250 ms; no failures): "
+          f"{'met' if goal else 'NOT met'}; failures: {len(failures)}")
     if max(others) > 10:
-        print("warning: up to {:.0f}% of the CPU time went to other work or other guests during a phase: these "
-              "figures understate the endpoint; run again on a quiet machine".format(max(others)))
+        print(f"warning: up to {max(others):.0f}% of the CPU time went to other work or other guests during a phase: "
+              "these figures understate the endpoint; run again on a quiet machine")
     for failure in failures[:5]:
         print("failure:", failure)
     return 0 if not failures else 1

@@ -21,75 +21,59 @@ real ones weigh; the registry's images are small (one busybox layer each), so im
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
 
+from _common import SSH_KEY, add_smoke_arg, pi_image
 from offline_world import offline_args, offline_base, start_archive, start_registry
-from readback import TEST_SSH_KEY
 
 from builder.samples import make_sample
 
 MIB = 1 << 20
 
 
-def pi_image(cache: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-    """Seconds and result of `pi-image ARGS` with its own cache (a failure stops the bench with its message)."""
-    env = {**os.environ, "PI_IMAGE_CACHE": str(cache), "SOURCE_DATE_EPOCH": "1700000000",
-           "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env,
-                          check=False)
-    elapsed = time.monotonic() - started
-    if proc.returncode:
-        sys.exit(f"offline_bench: pi-image {' '.join(args[:3])} failed: {proc.stderr.strip()}")
-    return elapsed, proc
-
-
-def cluster(work: Path, cache: Path, registry) -> Path:
+def cluster(work: Path, registry) -> Path:
     directory = work / "lab"
-    pi_image(cache, "cluster", "init", str(directory), "--api-server", "192.168.6.11:6443", "--endpoint",
+    pi_image(work, "cluster", "init", str(directory), "--api-server", "192.168.6.11:6443", "--endpoint",
              "192.168.6.11:8443", "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--gateway",
              "192.168.6.1", "--registry-mirror", f"registry.k8s.io={registry.url}",
              "--registry-mirror", f"ghcr.io={registry.url}")
-    pi_image(cache, "cluster", "add-node", str(directory), "pi-master1", "--profile", "master-2g", "--address",
+    pi_image(work, "cluster", "add-node", str(directory), "pi-master1", "--profile", "master-2g", "--address",
              "192.168.6.11")
-    pi_image(cache, "cluster", "add-node", str(directory), "pi-worker1", "--profile", "worker-8g")
+    pi_image(work, "cluster", "add-node", str(directory), "pi-worker1", "--profile", "worker-8g")
     return directory
 
 
-def bundles(work: Path, base: Path, archive, registry) -> tuple[Path, Path, list[str]]:
-    """Cold and warm `pi-image bundle`; the cache, the cluster and the build options for what follows."""
-    cache = work / "cache"
-    directory = cluster(work, cache, registry)
+def bundles(work: Path, base: Path, archive, registry) -> list[str]:
+    """Cold and warm `pi-image bundle` (into the cache WORK/cache, which the builds then use)."""
+    directory = cluster(work, registry)
     options = [arg for arg in offline_args(archive, registry) if arg != "--offline"][:-2]
     lines = []
     for phase in ("cold", "warm"):
-        seconds, proc = pi_image(cache, "bundle", "--cluster", str(directory), "--base", str(base), "--json",
+        seconds, proc = pi_image(work, "bundle", "--cluster", str(directory), "--base", str(base), "--json",
                                  *options)
         for row in json.loads(proc.stdout):
             lines.append(f"bundle {phase:4}  {row['node']:11} {seconds:6.2f} s (both roles)  "
                          f"{row['size'] / MIB:7.1f} MiB  {row['packages']} packages  {row['images']} images")
-    return cache, directory, lines
+    return lines
 
 
-def builds(work: Path, cache: Path, base: Path, archive, registry, runs: int) -> list[str]:
+def builds(work: Path, base: Path, archive, registry, runs: int) -> list[str]:
     """Median seconds of a worker build without --offline and with it from the warm cache, alternated."""
-    common = ["build", "--profile", "worker-8g", "--base", str(base), "--ssh-key", str(TEST_SSH_KEY), "--force"]
+    common = ["build", "--profile", "worker-8g", "--base", str(base), "--ssh-key", str(SSH_KEY), "--force"]
     online = ["--kube-key", str(archive.key.armored),
               "--set", f"kube_repo_url=http://127.0.0.1:{archive.port}/kube/v{{version}}/"]
     times: dict[str, list[float]] = {"network install": [], "--offline": []}
     for run in range(runs):
         for name in (("network install", "--offline") if run % 2 == 0 else ("--offline", "network install")):
             extra = offline_args(archive, registry) if name == "--offline" else online
-            seconds, _ = pi_image(cache, *common, "-o", str(work / f"{name[-7:].strip('-')}.img"), *extra)
+            seconds, _ = pi_image(work, *common, "-o", str(work / f"{name[-7:].strip('-')}.img"), *extra)
             times[name].append(seconds)
     plain, offline = (statistics.median(times[name]) for name in ("network install", "--offline"))
     spread = {name: f"{min(values):.2f}-{max(values):.2f}" for name, values in times.items()}
@@ -120,7 +104,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--padding-mib", type=int, default=40)
     parser.add_argument("--boot", action="store_true", help="also boot the system test's stories (root, minutes)")
-    parser.add_argument("--smoke", action="store_true", help="tiny and quick: the suite's check that this runs")
+    add_smoke_arg(parser)
     args = parser.parse_args()
     runs, padding = (1, 0) if args.smoke else (args.runs, args.padding_mib * MIB)
     with tempfile.TemporaryDirectory(prefix="offline-bench-") as tmp:
@@ -129,8 +113,8 @@ def main() -> None:
         registry = start_registry(work / "registry")
         try:
             base = offline_base(make_sample("ubuntu-raspi", work / "sample"), work, archive)
-            cache, _, lines = bundles(work, base, archive, registry)
-            lines += builds(work, cache, base, archive, registry, runs)
+            lines = bundles(work, base, archive, registry)
+            lines += builds(work, base, archive, registry, runs)
         finally:
             registry.stop()
             archive.stop()

@@ -111,7 +111,7 @@ def use(final: Path) -> Path | None:
     """The unpacked image `final` (images/SHA.img), held by this process until it ends and marked as used now; or
     this process's private copy of it; None if the cache has neither."""
     held = _HELD.get(final)
-    if held is not None:
+    if held is not None and held.path.exists():  # not if someone emptied the cache under a long `build --all`
         return held.path
     fd = claim(final, os.O_RDONLY, fcntl.LOCK_SH)
     if fd is None:
