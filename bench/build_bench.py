@@ -58,14 +58,14 @@ GIB = 1 << 30
 BLOB = 128 << 20  # the base's data is written as files of this size
 PHASES = {  # (module, function) -> label, for the breakdown
     ("builder.build", "prepare"): "plan (profile, detect, steps)",
-    ("builder.copy", "sparse_copy"): "sparse copy of the base",
+    ("builder.image.copy", "sparse_copy"): "sparse copy of the base",
     ("builder.targets", "detect"): "detect; debugfs fsyncs the copy",
     ("builder.plan", "apply"): "apply the plan (debugfs/mtools)",
     ("builder.image", "DiskImage.commit"): "commit the batched edits",
-    ("builder.fsck", "check_partition"): "fsck of touched filesystems",
+    ("builder.image.fsck", "check_partition"): "fsck of touched filesystems",
     ("builder.image.inputs", "cached_sha256"): "manifest (base hash lookup)",
-    ("builder.copy", "sha256_sparse"): "SHA-256 of the output (--sha256)",
-    ("builder.copy", "chunk_digest"): "chunk digest of the output",
+    ("builder.image.copy", "sha256_sparse"): "SHA-256 of the output (--sha256)",
+    ("builder.image.copy", "chunk_digest"): "chunk digest of the output",
 }
 TOOLS = ("builder.run", "run")  # every external tool a build runs
 

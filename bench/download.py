@@ -43,7 +43,7 @@ from _common import (
 )
 from http_fixture import FileServer
 
-from builder.catalog import resolve_base
+from builder.bases.catalog import resolve_base
 from builder.image.inputs import raw_image
 from builder.samples import make_sample
 

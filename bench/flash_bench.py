@@ -75,8 +75,8 @@ from _common import (
 )
 
 from builder.errors import UserError
-from builder.fsck import check_partition
 from builder.image import DiskImage
+from builder.image.fsck import check_partition
 from builder.image.usage import usage_map
 from builder.samples import make_sample
 

@@ -1,6 +1,6 @@
 """The cache under `default_cache_dir()` (builder/image/inputs.py): what it holds, who uses what, and what may go.
 
-    CACHE/downloads/SHA.img.xz          verified downloads (builder/download.py), named by their SHA-256
+    CACHE/downloads/SHA.img.xz          verified downloads (builder/bases/download.py), named by their SHA-256
     CACHE/downloads/by-url/KEY.json     URL -> download, with the name it was fetched as (a catalog name)
     CACHE/downloads/.KEY.part(.json)    a download not finished yet: the next fetch of its URL resumes it
     CACHE/downloads/.KEY.lock           flock'd while a process fetches KEY (KEY: a hash of the URL)
@@ -10,7 +10,7 @@
     CACHE/images/.private-PID-SHA.img   an unpacked pi-image output (it may hold a node's credential): for process
                                         PID only, deleted when it ends, never cached
     CACHE/bundles/                      offline bundles (builder/bundle): listed here, never removed here
-    CACHE/keys/                         the Kubernetes apt keys (builder/kubekey.py)
+    CACHE/keys/                         the Kubernetes apt keys (builder/bases/kubekey.py)
 
 Who uses what is said with flock(2): a process holds a shared lock on every unpacked image it makes or uses until
 it ends; a fetch holds its URL's `.lock` exclusively. Whatever is removed is first locked exclusively without

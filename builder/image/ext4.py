@@ -25,9 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .debugfs import InodeFacts, Listed, debugfs, ncheck_names, parse_stat, quote, split_listings, text
+from .debugfs import (
+    InodeFacts,
+    Listed,
+    debugfs,
+    ncheck_names,
+    parse_stat,
+    quote,
+    split_listings,
+    text,
+)
 from .fs import FileStat, Filesystem
-from .superblock import INCOMPAT_EA_INODE, INCOMPAT_RECOVER, STATE_ERRORS, read_superblock
+from .superblock import (
+    INCOMPAT_EA_INODE,
+    INCOMPAT_RECOVER,
+    STATE_ERRORS,
+    read_superblock,
+)
 
 XATTR_BLOCK_MAGIC = 0xEA020000
 ROOT = Listed(2, FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0))

@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..copy import CHUNK, copy_range, extents
 from ..errors import ToolError, UserError
 from ..run import run, summarize
+from .copy import CHUNK, copy_range, extents
 from .partitions import SECTOR, Partition, read_partitions
 from .superblock import INCOMPAT_RECOVER, STATE_ERRORS, STATE_VALID, read_superblock
 

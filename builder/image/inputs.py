@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import cache
-from ..copy import sha256_sparse
 from ..errors import ToolError, UserError
 from ..progress import human_size, progress
 from ..run import stream
+from .copy import sha256_sparse
 from .partitions import GPT_SIGNATURE, SECTOR
 from .superblock import EXT4_MAGIC, SUPERBLOCK_OFFSET
 

@@ -28,9 +28,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..copy import extents
 from ..errors import ToolError
 from ..run import stream
+from .copy import extents
 from .partitions import GPT_SIGNATURE, SECTOR, TABLE_BYTES, Partition, read_partitions
 from .superblock import INCOMPAT_RECOVER, STATE_ERRORS, STATE_VALID, read_superblock
 

@@ -9,7 +9,7 @@ Where each layout comes from:
   trixie sample is the cloud-init generation (pi-gen's stage2/04-cloud-init: cloud-init and its NoCloud config in
   the rootfs, a stock seed on bootfs), the one Raspberry Pi Imager 2 customizes in its "cloudinit-rpi" format.
 - Ubuntu Server amd64 (not in CATALOG: there is no x86 image to build, its node gets a seed ISO): the reference
-  tree `UBUNTU_X86_TREES` that builder/seed_iso.py plans against, and the cloud image's disk (`ubuntu_x86_disk`: GPT,
+  tree `UBUNTU_X86_TREES` that builder/build/seed_iso.py plans against, and the cloud image's disk (`ubuntu_x86_disk`: GPT,
   p14 BIOS boot at sector 2048, p15 ESP `UEFI` at 10240 (106 MiB), p1 ext4 `cloudimg-rootfs` after it) for the
   detection that sends such a disk to `pi-image seed-iso`.
 - Jetson Nano sd-blob (`jetson-disk-image-creator.sh`): `sgdisk -n N:0:+SIZE` for each partition of
@@ -19,7 +19,17 @@ Where each layout comes from:
 
 from __future__ import annotations
 
-from .spec import LINUX_FS_GUID, MIB, SECTOR, Ext4, Layout, Partition, Sample, Tree, Vfat
+from .spec import (
+    LINUX_FS_GUID,
+    MIB,
+    SECTOR,
+    Ext4,
+    Layout,
+    Partition,
+    Sample,
+    Tree,
+    Vfat,
+)
 
 GIB = 1024 * MIB * SECTOR
 DEFAULT_SIZE = 2 * GIB  # apparent size; the files are sparse and hold a few MiB

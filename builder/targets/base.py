@@ -11,7 +11,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..cmdline import (
+from ..errors import UserError, printable
+from ..image import DirectoryFilesystem, DiskImage, Filesystem
+from .cmdline import (
     CmdlineError,
     append_cmdline_txt,
     append_extlinux,
@@ -20,8 +22,6 @@ from ..cmdline import (
     cmdline_txt_args,
     extlinux_args,
 )
-from ..errors import UserError, printable
-from ..image import DirectoryFilesystem, DiskImage, Filesystem
 
 _OS_IDENT = re.compile(r"[a-z0-9._-]{1,64}")
 

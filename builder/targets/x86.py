@@ -1,7 +1,7 @@
 """Ubuntu Server 22.04/24.04 on x86-64 (amd64): a PC, a laptop or a VM, with no image for pi-image to edit.
 
 Its node gets the same plan as a card, delivered as a cloud-init NoCloud seed (`pi-image seed-iso`,
-builder/seed_iso.py) that a stock Ubuntu reads at first boot: the amd64 cloud image, or the live server installer
+builder/build/seed_iso.py) that a stock Ubuntu reads at first boot: the amd64 cloud image, or the live server installer
 (`--autoinstall`). The plan is made against a reference tree of a stock install (builder/samples/data/ubuntu-x86),
 which is what this target is bound to; a real x86 disk given to `pi-image build` is refused with that advice.
 

@@ -11,7 +11,7 @@ about), `{profile}` (`{tmp}/my.yaml`) and `{lab}` (`{tmp}/lab`, a copy of a clus
 `pending=` marks a case whose contract is not implemented yet (issue 12/13): it is neither skipped nor xfailed —
 it fails until the code does what it says, and the note is printed with the failure.
 
-The profile-type family is generated from builder.profiles.SCHEMA: a new key is fed every wrong type automatically.
+The profile-type family is generated from builder.config.profiles.SCHEMA: a new key is fed every wrong type automatically.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.profiles import SCHEMA
+from builder.config.profiles import SCHEMA
 
 Setup = Callable[["object"], None]  # takes the test's Workspace
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.bmap import mapped_ranges_blocks, write_bmap
-from builder.fsck import check_partition
 from builder.image import DiskImage
+from builder.image.bmap import mapped_ranges_blocks, write_bmap
+from builder.image.fsck import check_partition
 from builder.image.usage import BLOCK_SIZE, usage_map
 from builder.run import run
 from builder.samples import make_sample

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from readback import KUBE_KEY, PiImage, entries, filesystems, fingerprint, succeeded
 
-pytest.importorskip("builder.cluster_cli", reason="`pi-image cluster` (builder/cluster_cli.py) is not there yet")
+pytest.importorskip("builder.cli.cluster", reason="`pi-image cluster` (builder/cli/cluster.py) is not there yet")
 
 NODES = {  # name: (add-node arguments, role)
     "pi-master1": (["--profile", "master-2g", "--address", "192.168.6.10"], "control-plane"),

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from readback import KUBE_KEY, TEST_PROFILES, PiImage, entries, fingerprint, succeeded
 
 SMALL_FS_RUNNER = r"""

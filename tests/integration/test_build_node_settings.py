@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from readback import KUBE_KEY, REPO, TEST_SSH_KEY, filesystems, succeeded
 
 from builder import cluster as clusters
-from builder.runtimes import runtime_packages
+from builder.config.runtimes import runtime_packages
 from builder.errors import UserError
 
 GATEWAY, DNS = "192.168.6.1", "192.168.6.2"

@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from builder.profiles import SCHEMA
 from readback import KUBE_KEY, PiImage, filesystems, sha256_of, succeeded, tool
 from test_build_cluster import make_cluster
+
+from builder.config.profiles import SCHEMA
 
 NODES = {
     "pi-master1": ["--profile", "master-2g", "--address", "192.168.6.10"],

@@ -24,9 +24,21 @@ except ModuleNotFoundError:  # Python 3.10
 
 import pytest
 import yaml
-
-from readback import (KUBE_KEY, REPO, TEST_PROFILES, TEST_SSH_KEY, PiImage, Reader, entries, filesystems, fingerprint,
-                      same_bytes, sha256_of, succeeded, tool)
+from readback import (
+    KUBE_KEY,
+    REPO,
+    TEST_PROFILES,
+    TEST_SSH_KEY,
+    PiImage,
+    Reader,
+    entries,
+    filesystems,
+    fingerprint,
+    same_bytes,
+    sha256_of,
+    succeeded,
+    tool,
+)
 
 FLAGS = ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"]
 SSH_KEY = TEST_SSH_KEY.read_text().strip()  # the key PiImage builds with

@@ -29,8 +29,8 @@ from click.testing import CliRunner
 from readback import REPO, PiImage
 
 from builder import cache
-from builder.cache_cli import cache_command
 from builder.cli import PiImageGroup
+from builder.cli.cache import cache_command
 from builder.errors import UserError
 from builder.image import DiskImage, inputs
 from builder.image.inputs import raw_image

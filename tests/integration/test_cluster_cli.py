@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, built_card, make_ca
 
 from builder import cluster as clusters
 from builder.cli import main as pi_image
@@ -22,7 +23,6 @@ from builder.errors import UserError
 from firstboot import protocol
 from firstboot.client import EndpointClient
 from firstboot.endpoint.settings import ServerSettings
-from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, built_card, make_ca
 
 TOKEND_UNIT = REPO / "firstboot" / "units" / "pi-image-tokend.service"
 

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from builder import cluster as clusters
 from builder.cli import PiImageGroup
-from builder.cluster_cli import add_node_command, init_command, remove_node_command
-from builder.cluster_settings import set_command, show_command
+from builder.cli.cluster import add_node_command, init_command, remove_node_command
+from builder.cluster.settings import set_command, show_command
 from builder.errors import UserError
 
 API, ENDPOINT = "192.168.6.10:6443", "192.168.6.10:8443"

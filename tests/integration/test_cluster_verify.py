@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from builder import cluster as clusters
 from builder.cli import PiImageGroup
-from builder.verify import verify, verify_command
+from builder.cluster.verify import verify, verify_command
 
 INVENTORY = [  # name, profile, role, address
     ("pi-master1", "master-2g", "control-plane", "192.168.6.10"),

@@ -10,12 +10,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from join_fakes.harness import (
+    TOKEN_SHAPE,
+    FakeCluster,
+    built_card,
+    make_ca,
+    make_root,
+    run_agent,
+    start_agent,
+    wait_for,
+)
 
 from builder import cluster as clusters
-from builder.cni import flannel_manifest
+from builder.plan.cni import flannel_manifest
 from firstboot.endpoint.state import NodeStore
-from join_fakes.harness import (TOKEN_SHAPE, FakeCluster, built_card, make_ca, make_root, run_agent, start_agent,
-                                wait_for)
 
 MASTER = "pi-master1"
 MASTER_IP = "192.168.6.11"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, make_ca
+from readback import KUBE_KEY, PiImage, filesystems, succeeded
+from test_build_cluster import make_cluster
 
 from builder import cluster as clusters
 from firstboot import protocol
 from firstboot.client import EndpointClient
-from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, make_ca
-from readback import KUBE_KEY, PiImage, filesystems, succeeded
-from test_build_cluster import make_cluster
 
 MASTER_FILES = {  # path: mode
     "/etc/pi-image/cluster/cluster.yaml": 0o644, "/etc/pi-image/cluster/inventory.yaml": 0o644,

@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-
-from builder.dashboard import CONTROL_PLANE_PHASES, WORKER_PHASES, DashboardServer, parse_listen
-from builder.errors import UserError
 from readback import PiImage, succeeded
+
+from builder.cli.dashboard import (
+    CONTROL_PLANE_PHASES,
+    WORKER_PHASES,
+    DashboardServer,
+    parse_listen,
+)
+from builder.errors import UserError
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
@@ -35,7 +40,7 @@ ROW_KEYS = {"node", "role", "address", "arch", "os", "generation", "card_generat
 
 
 class ScriptedFleet:
-    """A stand-in for `builder.fleet.fleet_status`: nodes at chosen phases. `advance(name)` moves one node on;
+    """A stand-in for `builder.build.fleet.fleet_status`: nodes at chosen phases. `advance(name)` moves one node on;
     `moving` names a node that moves on after each answer; `unreachable` makes the next answers a UserError."""
 
     def __init__(self) -> None:
@@ -299,7 +304,7 @@ def test_the_server_answers_only_the_page_its_files_and_the_rows(page):
 # --- the command -----------------------------------------------------------------------------------------------
 
 # `pi-image` with the dashboard command, whether or not the CLI registers it yet
-WITH_DASHBOARD = ("from builder.cli import main; from builder.dashboard import dashboard_command; "
+WITH_DASHBOARD = ("from builder.cli import main; from builder.cli.dashboard import dashboard_command; "
                   "main.commands.setdefault('dashboard', dashboard_command); main(prog_name='pi-image')")
 
 
@@ -373,7 +378,7 @@ def test_the_command_prints_its_url_serves_the_page_and_stops_on_ctrl_c(cli, hom
 
 
 def test_rows_a_provider_gives_with_a_line_show_under_that_banner():
-    from builder.dashboard import FleetFeed
+    from builder.cli.dashboard import FleetFeed
 
     away = "the master 192.168.6.11:8443 cannot be reached (No route to host): showing what it said 2m ago"
     feed = FleetFeed(lambda: ([{"node": "pi-worker1", "phase": "joined", "source": "cache"}], away), "homelab", 0.0)
@@ -386,7 +391,7 @@ def test_rows_a_provider_gives_with_a_line_show_under_that_banner():
 
 def test_the_commands_rows_are_what_status_shows_local_state_before_any_master_card(tmp_path):
     from builder import cluster as clusters
-    from builder.dashboard import _fleet_rows
+    from builder.cli.dashboard import _fleet_rows
 
     lab = clusters.init_cluster(tmp_path / "lab", "192.168.6.10:6443", "192.168.6.10:8443", "1.31", "192.168.6.0/24")
     clusters.add_node(lab, "pi-master1", "master-2g", None, "control-plane", address="192.168.6.10")

@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 from http_fixture import FileServer
 
-from builder import download
-from builder.catalog import resolve_base
-from builder.catalog_cli import COMMANDS
+from builder.bases import download
+from builder.bases.catalog import resolve_base
+from builder.cli.bases import COMMANDS
 from builder.errors import UserError
 from builder.image.inputs import raw_image
 from builder.progress import human_size
@@ -236,7 +236,7 @@ def test_a_full_disk_during_the_download_is_one_line_and_leaves_no_partial_file(
     script = f"""
 import resource, sys
 from pathlib import Path
-from builder.catalog import resolve_base
+from builder.bases.catalog import resolve_base
 from builder.errors import UserError
 limit = {len(mirror['data']) // 2}  # bytes a nearly full disk still takes
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -259,7 +259,7 @@ def test_two_builds_at_once_share_one_download(mirror) -> None:
     server.delay = 2.0 / (len(mirror["data"]) // 8192 + 1)  # ~2 s for the image: the second starts meanwhile
     script = f"""
 from pathlib import Path
-from builder.catalog import resolve_base
+from builder.bases.catalog import resolve_base
 print(resolve_base("test-ubuntu", cache_dir=Path({str(mirror['cache'])!r})))
 """
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -9,11 +9,17 @@ import ssl
 import stat
 import time
 
-from firstboot.client import EndpointClient
-from firstboot.endpoint.audit import AUDIT_LOG_BACKUPS, RefusalLog, audit, configure_logging
 from join_fakes.attackers import Attack, genuine_tries, peak_rss_mb
 from join_fakes.fixtures import lab  # noqa: F401 - pytest fixture
 from join_fakes.harness import FIRSTBOOT_PYTHON, run_agent, wait_for
+
+from firstboot.client import EndpointClient
+from firstboot.endpoint.audit import (
+    AUDIT_LOG_BACKUPS,
+    RefusalLog,
+    audit,
+    configure_logging,
+)
 
 GENUINE = "127.0.0.2"  # any 127/8 address is this machine's on Linux: a node at an address of its own
 

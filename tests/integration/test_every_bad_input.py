@@ -6,7 +6,7 @@
 - nothing left behind: the case's directory (outputs, *.tmp, OUTPUT.json, the cluster directory, the working
   directory) is exactly what it was, and the base sample's bytes are unchanged.
 
-The table is in bad_inputs_table.py (the profile-type family generated from builder.profiles.SCHEMA). Families:
+The table is in bad_inputs_table.py (the profile-type family generated from builder.config.profiles.SCHEMA). Families:
 `-k profile-type`, `-k profile-value`, `-k profile-file`, `-k cli-output`, `-k cli-`, `-k cluster-`, `-k control`.
 Cases marked `pending=` there test behaviour issue 12/13 asks for and fail until it exists (never skipped).
 """
@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from builder import cluster as clusters
-
 from bad_inputs_table import ACCEPT, CASES, EITHER, VALID_KEY, Case
 from readback import EPOCH, KUBE_KEY, REPO, fingerprint
+
+from builder import cluster as clusters
 
 PLACES = ("tmp", "out", "base", "l4t", "key", "sshkey", "profile", "lab")
 PLACE_RE = re.compile(r"\{(" + "|".join(PLACES) + r")\}")

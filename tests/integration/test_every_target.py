@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from readback import KUBE_KEY, TEST_SSH_KEY, Reader, filesystems, succeeded, tool
 
-from builder.profiles import list_profiles
+from builder.config.profiles import list_profiles
 from builder.samples import SAMPLES
 from builder.targets import targets_of
 

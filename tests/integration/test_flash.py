@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from builder.errors import UserError
-from builder.flash import _chunks, _compare
-from builder.image.usage import usage_map
 from readback import KUBE_KEY, Card, PiImage, filesystems, same_bytes, succeeded, tool
 from test_build_cluster import make_cluster
+
+from builder.cards.flash import _chunks, _compare
+from builder.errors import UserError
+from builder.image.usage import usage_map
 
 NODES = {"pi-master1": ["--profile", "master-2g", "--address", "192.168.6.10"],
          "pi-worker1": ["--profile", "worker-8g", "--address", "192.168.6.21"]}
@@ -280,7 +280,8 @@ def test_a_node_image_is_written_as_built_even_with_a_default_cluster(cli, lab, 
 
 
 def test_declining_writes_nothing_and_adds_no_node(lab, profile_image, tmp_path):
-    from builder.flash import FlashRequest, flash as run_flash
+    from builder.cards.flash import FlashRequest
+    from builder.cards.flash import flash as run_flash
 
     card = random_card(tmp_path / "card.img", 4 << 20)
     before, inventory = card.read_bytes(), (lab / "inventory.yaml").read_text()

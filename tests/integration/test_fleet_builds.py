@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from readback import KUBE_KEY, PiImage, entries, filesystems, succeeded, tool
 from test_build_cluster import make_cluster
 from test_flash import fsck_all, random_card

@@ -16,19 +16,29 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import (
+    FIRSTBOOT_PYTHON,
+    REPO,
+    TOKEN_SHAPE,
+    FakeCluster,
+    built_card,
+    make_ca,
+    make_root,
+    run_agent,
+    start_agent,
+    wait_for,
+)
+from join_fakes.wrappers import FAKE_TOOL
 
 from builder import cluster as clusters
 from builder.cli import main as pi_image
+from builder.cluster.status import fleet_status
 from builder.errors import UserError
-from builder.fleet_status import fleet_status
 from firstboot import protocol
 from firstboot.client import EndpointClient
-from firstboot.protocol import PHASES
 from firstboot.endpoint.state import NodeStore
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import (FIRSTBOOT_PYTHON, REPO, TOKEN_SHAPE, FakeCluster, built_card, make_ca, make_root,
-                                run_agent, start_agent, wait_for)
-from join_fakes.wrappers import FAKE_TOOL
+from firstboot.protocol import PHASES
 
 ROW_KEYS = {"node", "role", "address", "arch", "os", "generation", "card_generation", "newest_card", "phase", "phases",
             "last_error", "fix", "updated", "source"}
@@ -408,7 +418,7 @@ def test_an_older_inventory_pushed_last_never_takes_a_card_back(master):
 def test_the_inventory_is_read_and_pushed_under_its_lock(master, monkeypatch):
     import fcntl
 
-    from builder import fleet_status as fleet
+    from builder.cluster import status as fleet
 
     held, real = [], fleet.admin_request
 

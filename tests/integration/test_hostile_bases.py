@@ -23,7 +23,7 @@ import builder.image.fs as image_fs
 from builder.build import BuildRequest, prepare
 from builder.errors import UserError
 from builder.image.fs import Filesystem
-from builder.users import read_public_keys
+from builder.plan.users import read_public_keys
 
 SAMPLES = {  # sample -> a profile for it (settings that make every step read what it can)
     ("ubuntu-raspi", "24.04"): "worker-8g",

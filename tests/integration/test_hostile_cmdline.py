@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from readback import KUBE_KEY, Card, PiImage, tool
 
-from builder.cmdline import MAX_APPEND_BYTES, MAX_CMDLINE_TXT_BYTES
-from builder.profiles import load_profile
-from builder.steps import wifi
+from builder.config.profiles import load_profile
+from builder.plan.steps import wifi
+from builder.targets.cmdline import MAX_APPEND_BYTES, MAX_CMDLINE_TXT_BYTES
 
 EXTLINUX = """TIMEOUT 30
 DEFAULT primary

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from readback import KUBE_KEY, MTOOLS_ENV, succeeded, tool
 
 from builder.errors import UserError
 from builder.image import DiskImage, Filesystem
-from readback import KUBE_KEY, MTOOLS_ENV, succeeded, tool
 
 CAFE = os.fsdecode(b"caf\xe9")  # how pi-image names the bytes b"caf\xe9" (Latin-1, not UTF-8)
 LABEL = b"system_u:object_r:etc_t:s0\0"

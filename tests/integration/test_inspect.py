@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from readback import Card, tool
 
-from builder.inspect import CMDLINE_SHOWN_CHARS, SHOWN_CHARS, SHOWN_ITEMS
+from builder.build.inspect import CMDLINE_SHOWN_CHARS, SHOWN_CHARS, SHOWN_ITEMS
 
 EXPECTED = {
     # (target, release, variant): (target, os id, version_id, boot file or None, partitions)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from join_fakes.harness import REPO
 
 from builder import cluster as clusters
 from builder.errors import UserError
-from join_fakes.harness import REPO
 
 ADDED = [f"new{i:02}" for i in range(1, 21)]  # 20 `cluster add-node`
 REMOVED = [f"old{i:02}" for i in range(1, 11)]  # 10 `cluster remove-node`, each of a node built twice

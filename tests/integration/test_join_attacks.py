@@ -8,11 +8,11 @@ import threading
 import time
 
 import pytest
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import make_server_certificate, run_agent, wait_for
 
 from firstboot import protocol
 from firstboot.client import EndpointClient, PinMismatch
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import make_server_certificate, run_agent, wait_for
 
 FACTS = {"arch": "aarch64", "os": "Ubuntu", "kubeadm_version": "v1.31.4", "macs": [], "node_ip": "192.168.6.15"}
 

@@ -6,11 +6,11 @@ import socket
 import time
 
 from click.testing import CliRunner
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import files_containing_tokens, run_agent, start_agent, wait_for
 
 from builder.cli import main as pi_image
 from firstboot.client import EndpointClient
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import files_containing_tokens, run_agent, start_agent, wait_for
 
 FACTS = {"arch": "aarch64", "os": "Ubuntu", "kubeadm_version": "v1.31.4", "macs": [], "node_ip": "192.168.6.15"}
 
@@ -163,8 +163,9 @@ def test_ready_namesake_is_only_replaced_after_approve_replace(lab):
 
 
 def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_lab, tmp_path):
-    from builder.cluster import local_node_config
     from join_fakes.harness import make_root
+
+    from builder.cluster import local_node_config
 
     world = make_lab(approval_mode=True)
     world.server.start()

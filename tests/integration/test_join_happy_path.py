@@ -9,10 +9,15 @@ import stat
 
 import pytest
 import yaml
+from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.harness import (
+    KERNEL_SWITCHES,
+    TOKEN_SHAPE,
+    files_containing_tokens,
+    run_agent,
+)
 
 from firstboot.client import EndpointClient
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
-from join_fakes.harness import KERNEL_SWITCHES, TOKEN_SHAPE, files_containing_tokens, run_agent
 
 
 def test_worker_joins_with_its_cluster_subnet_address_and_its_token_is_retired(lab):
@@ -91,8 +96,9 @@ def test_missing_kube_packages_are_installed_before_joining(lab):
 
 
 def test_image_built_without_a_cluster_only_does_local_setup(lab, tmp_path):
-    from builder.cluster import local_node_config
     from join_fakes.harness import make_root
+
+    from builder.cluster import local_node_config
 
     root = make_root(tmp_path, local_node_config("lonely-pi", "1.31"))
 
@@ -124,9 +130,10 @@ def test_answers_leave_whole_in_one_write_and_the_connection_stays_open(lab):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files other owners needs root")
 def test_owners_a_non_root_build_could_not_set_are_applied_at_first_boot(lab, tmp_path):
+    from join_fakes.harness import make_root
+
     from builder.cluster import local_node_config
     from builder.image.tree import DirectoryFilesystem
-    from join_fakes.harness import make_root
 
     root = make_root(tmp_path, local_node_config("jetson", "1.31"))
     tree = DirectoryFilesystem(root, writable=True)

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from readback import KUBE_KEY, REPO, succeeded
 
 AGENT = "pi-image-firstboot.service"

@@ -10,11 +10,11 @@ import hashlib
 import subprocess
 
 import pytest
-
-from builder.samples import make_sample
 from http_fixture import FileServer
 from readback import KUBE_KEY, PiImage, filesystems, succeeded
 from test_build_cluster import make_cluster
+
+from builder.samples import make_sample
 
 BASES = {  # catalog name: (sample target, profile of its node, node)
     "test-ubuntu": ("ubuntu-raspi", "worker-8g", "ub1"),

@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from readback import EPOCH, KUBE_KEY, REPO, succeeded
 
 PACKAGES = ("builder", "firstboot")

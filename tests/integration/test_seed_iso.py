@@ -19,12 +19,17 @@ from pathlib import Path
 import pycdlib
 import pytest
 import yaml
+from readback import KUBE_KEY, TEST_SSH_KEY, PiImage, succeeded, tool
 
+from builder.build.seed_iso import (
+    MAX_USER_DATA,
+    SeedIsoRequest,
+    SeedIsoResult,
+    seed_iso,
+)
 from builder.errors import UserError
 from builder.samples.catalog import ubuntu_x86_disk
 from builder.samples.disk import build_image
-from builder.seed_iso import MAX_USER_DATA, SeedIsoRequest, SeedIsoResult, seed_iso
-from readback import KUBE_KEY, TEST_SSH_KEY, PiImage, succeeded, tool
 
 NAMES = ["meta-data", "network-config", "user-data"]
 ISO_NAMES = ["META_DAT.;1", "NETWORK_.;1", "USER_DAT.;1"]

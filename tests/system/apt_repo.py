@@ -25,8 +25,9 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from builder.run import run
 from rootfs import cache_dir
+
+from builder.run import run
 
 SUITE = "bookworm"
 ARCH = "amd64"

@@ -144,7 +144,6 @@ def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
     cluster: a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube repository the test archive.
     `init_args`, `add_args` (each node) and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
     from join_fakes.harness import make_ca
-
     from lab import NODE, ClusterBuild, free_port, pi_image
 
     nodes = nodes or ((NODE, "worker-8g"),)

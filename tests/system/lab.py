@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from join_fakes.harness import FakeCluster
-
 from apt_repo import kube_release
-from builder.run import run
 from fake_api import FakeApiServer
+from join_fakes.harness import FakeCluster
 from qemu_guest import BootFiles, Guest
 from ubuntu_layout import read_root_file
+
+from builder.run import run
 
 NODE = "pi-worker1"
 GUEST_TIMEOUT = 480  # seconds of uptime after which the guest's monitor reports and powers off by itself

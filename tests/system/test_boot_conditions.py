@@ -11,7 +11,6 @@ import re
 import time
 
 import pytest
-
 from lab import BOOT_TIMEOUT
 from ntp import SntpServer
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from apt_repo import kube_release
 from lab import ClusterLab, pi_image
 from qemu_guest import Guest

@@ -12,7 +12,6 @@ import re
 import time
 
 import pytest
-
 from lab import BOOT_TIMEOUT, NODE
 
 pytestmark = pytest.mark.system

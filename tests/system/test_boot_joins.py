@@ -7,7 +7,6 @@ in order: they share the guest (conftest.SHARED_GUEST_MODULES keeps them in one 
 import json
 
 import pytest
-
 from lab import BOOT_TIMEOUT, NODE
 from ubuntu_layout import read_root_file
 

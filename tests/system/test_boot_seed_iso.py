@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 from join_fakes.harness import make_ca
-
-from builder.run import run
-from builder.seed_iso import SeedIsoRequest, seed_iso
-from lab import BOOT_TIMEOUT, GUEST_TIMEOUT, ClusterBuild, PowerOn, SystemLab, free_port, pi_image
+from lab import (
+    BOOT_TIMEOUT,
+    GUEST_TIMEOUT,
+    ClusterBuild,
+    PowerOn,
+    SystemLab,
+    free_port,
+    pi_image,
+)
 from qemu_guest import Guest
 from ubuntu_layout import partition_offsets
+
+from builder.build.seed_iso import SeedIsoRequest, seed_iso
+from builder.run import run
 
 pytestmark = pytest.mark.system
 NODE = "x86-worker1"

@@ -9,7 +9,6 @@ offers 1.31, and its kubeadm gets a v1beta3 JoinConfiguration (the schema 1.30 r
 """
 
 import pytest
-
 from lab import BOOT_TIMEOUT
 
 pytestmark = pytest.mark.system

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.catalog import (SHIPPED_CATALOG, SHIPPED_KEYRINGS, TARGETS, default_base, load_catalog, resolve_base,
-                             sums_lookup)
+from builder.bases.catalog import (
+    SHIPPED_CATALOG,
+    SHIPPED_KEYRINGS,
+    TARGETS,
+    default_base,
+    load_catalog,
+    resolve_base,
+    sums_lookup,
+)
 from builder.errors import UserError
 from builder.image import DirectoryFilesystem
 from builder.targets import TARGET_GROUPS, detect, x86

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from builder.cmdline import (
+from builder.targets.cmdline import (
     MAX_APPEND_BYTES,
     MAX_CMDLINE_TXT_BYTES,
     MAX_EXTLINUX_BYTES,

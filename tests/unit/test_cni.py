@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.cni import (
+from builder.plan.cni import (
     FLANNEL_MANIFEST,
     FLANNEL_VERSION,
     flannel_manifest,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.devices import Device, check_target, open_target
+from builder.cards.devices import Device, check_target, open_target
 from builder.errors import UserError
 from builder.run import run
 

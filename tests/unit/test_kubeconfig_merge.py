@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
+from builder.cluster.kubeconfig import merge_kubeconfig
 from builder.errors import UserError
-from builder.kubeconfig import merge_kubeconfig
 
 FETCHED = """apiVersion: v1
 kind: Config

@@ -2,7 +2,7 @@
 
 import pytest
 
-from builder import kubelet
+from builder.plan import kubelet
 
 MIB = 1024
 

@@ -3,8 +3,8 @@ capped, so nothing from it reaches a template, a message or a terminal raw (issu
 
 from __future__ import annotations
 
+from builder.config.values import kernel_argument
 from builder.targets.base import OsRelease
-from builder.values import kernel_argument
 
 
 def test_identifiers_that_os_release_5_forbids_count_as_absent() -> None:

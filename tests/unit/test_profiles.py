@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.config.profiles import list_profiles, load_profile, parse_set
 from builder.errors import UserError
-from builder.profiles import list_profiles, load_profile, parse_set
 
 SEED_MACHINES = {"worker-8g", "worker-4g", "master-2g", "kali-worker", "jetson-gpu"}
 

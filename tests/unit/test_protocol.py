@@ -14,8 +14,17 @@ from cryptography.x509.oid import NameOID
 
 from firstboot import joinconfig, protocol
 from firstboot.endpoint import discovery
-from firstboot.endpoint.guards import ConnectionSlots, NonceBook, RateLimiter, TooManyNonces
-from firstboot.endpoint.kube import ClusterAdmin, bootstrap_token_secret, new_bootstrap_token
+from firstboot.endpoint.guards import (
+    ConnectionSlots,
+    NonceBook,
+    RateLimiter,
+    TooManyNonces,
+)
+from firstboot.endpoint.kube import (
+    ClusterAdmin,
+    bootstrap_token_secret,
+    new_bootstrap_token,
+)
 from firstboot.endpoint.settings import ServerSettings, SettingsError
 
 

@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from builder.cluster_secrets import ENROLLMENT_KEY, SECRETS_DIR
-from builder.recipes import Recipe, load_recipe, save_recipe
+from builder.build.recipes import Recipe, load_recipe, save_recipe
+from builder.cluster.secrets import ENROLLMENT_KEY, SECRETS_DIR
 
 
 def _cluster(tmp_path: Path, name: str, key: str) -> Path:

@@ -7,21 +7,25 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from builder import seed_iso
-from builder.build import BuildRequest, prepare
+from builder.build import BuildRequest, prepare, seed_iso
+from builder.build.seed_iso import (
+    MAX_USER_DATA,
+    cloud_config_text,
+    seed_documents,
+    write_iso,
+)
 from builder.cluster import add_node, init_cluster
 from builder.errors import UserError
 from builder.samples.catalog import UBUNTU_X86_RELEASES, UBUNTU_X86_TREES
 from builder.samples.tree import stage_tree
-from builder.seed_iso import MAX_USER_DATA, cloud_config_text, seed_documents, write_iso
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE_KEY = REPO / "tests" / "data" / "test-Release.key"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.config.profile_keys import key_reference
+from builder.config.profiles import load_profile, parse_set
 from builder.errors import UserError
-from builder.profile_keys import key_reference
-from builder.profiles import load_profile, parse_set
 
 
 def test_every_field_profiles_keys_lists_but_the_secret_one_can_be_set_alone():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.copy import copy_range, extents
 from builder.errors import ToolError, UserError
-from builder.fsck import check_partition
 from builder.image import DiskImage, Partition
+from builder.image.copy import copy_range, extents
+from builder.image.fsck import check_partition
 from builder.image.usage import BLOCK_SIZE, MERGE_GAP, UsageMap, usage_map
 from builder.run import run
 from builder.samples import make_sample

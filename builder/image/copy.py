@@ -1,0 +1,134 @@
+"""Fast, sparse copies and digests of big image files.
+
+A copy is a reflink (FICLONE: instant, shares blocks) where the filesystem allows, else the data extents only
+(SEEK_DATA/SEEK_HOLE), moved in the kernel with copy_file_range, or read and written when the kernel cannot copy
+between the two filesystems: holes stay holes either way.
+
+Digests read data extents only. `sha256_sparse` is the plain SHA-256 of the whole file (holes fed as zeros from
+memory: no disk reads, but CPU for every byte). `chunk_digest` is a SHA-256 over the SHA-256s of each 4 MiB chunk,
+with all-zero chunks (holes) taken from one precomputed digest: its cost follows the data, not the image size.
+
+Each long function reports how far it got (bytes of the file, holes included) to an `Advance` (builder.progress).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import UserError
+from ..progress import Advance, no_progress
+
+FICLONE = 0x40049409
+CHUNK = 4 << 20
+ZEROS = bytes(CHUNK)
+ZERO_CHUNK_DIGEST = hashlib.sha256(ZEROS).digest()
+KERNEL_CANNOT_COPY = (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each data extent of the open file `fd` of `size` bytes (a block device is all data)."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # only a hole remains
+                return
+            if err.errno == errno.EINVAL and pos == 0:  # no holes to ask about here (a block device)
+                yield 0, size
+                return
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, min(end, size)
+        pos = end
+
+
+def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress) -> None:
+    """Copy `src` to the new file `dst`, keeping holes (a reflink where the filesystem can)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass  # not a reflink-capable filesystem (or not the same one): copy the data extents
+        size = os.fstat(fin.fileno()).st_size
+        _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst, advance)
+
+
+def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:
+    """Copy `length` bytes of `src` from `offset` into the new file `dst` (holes kept)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        _copy_extents(fin.fileno(), fout.fileno(), offset, length, dst)
+
+
+def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path, advance: Advance = no_progress) -> None:
+    """Copy the data extents of `fin`'s [offset, offset+length) to `fout` at [0, length)."""
+    try:
+        for start, end in extents(fin, offset + length):
+            start, end = max(start, offset), min(end, offset + length)
+            while start < end:
+                n = _copy_chunk(fin, fout, start, end - start, start - offset)
+                if n == 0:
+                    raise UserError(f"{dst}: the source shrank while being copied")
+                start += n
+                advance(start - offset)
+        os.ftruncate(fout, length)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device of {dst.parent} while writing {dst.name}") from None
+        raise
+
+
+def _copy_chunk(fin: int, fout: int, src_pos: int, count: int, dst_pos: int) -> int:
+    """Copy up to `count` bytes in the kernel if it can, else through a buffer; return bytes copied."""
+    try:
+        return os.copy_file_range(fin, fout, count, src_pos, dst_pos)
+    except OSError as err:
+        if err.errno not in KERNEL_CANNOT_COPY:
+            raise
+    data = os.pread(fin, min(count, CHUNK), src_pos)
+    return os.pwrite(fout, data, dst_pos)
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes `path` really occupies (holes excluded)."""
+    return os.stat(path).st_blocks * 512
+
+
+def _chunks(path: Path, advance: Advance) -> Iterator[bytes | None]:
+    """The file as CHUNK-sized pieces; None for a piece that lies entirely in a hole (all zeros, not read)."""
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        data = list(extents(fd, size))
+        for pos in range(0, size, CHUNK):
+            end = min(pos + CHUNK, size)
+            if not any(s < end and e > pos for s, e in data):
+                yield None if end - pos == CHUNK else bytes(end - pos)
+            else:
+                chunk = os.pread(fd, end - pos, pos)
+                if len(chunk) != end - pos:
+                    raise UserError(f"{path}: file shrank while being hashed")
+                yield chunk
+            advance(end)
+
+
+def sha256_sparse(path: Path, advance: Advance = no_progress) -> str:
+    """SHA-256 of the whole file, reading only its data extents."""
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, advance):
+        digest.update(ZEROS if chunk is None else chunk)
+    return digest.hexdigest()
+
+
+def chunk_digest(path: Path, advance: Advance = no_progress) -> str:
+    """SHA-256 over the SHA-256 of each 4 MiB chunk (see the module docstring); holes cost nothing."""
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, advance):
+        digest.update(ZERO_CHUNK_DIGEST if chunk is None else hashlib.sha256(chunk).digest())
+    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""--offline: the node's packages and container images on its card (builder/bundle), so first boot needs no network
+but the cluster's. The apt pin moves to the exact release the bundle holds; node.json says which."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from firstboot.bundle import BUNDLE_DIR, BUNDLE_MANIFEST, EMPTY_SOURCES
+
+from ...errors import UserError
+from ..bundle.images import manifest_images
+from ..bundle.make import BundleRequest, make_bundle
+from ..cni import FLANNEL_MANIFEST
+from ..overlays import render_overlay
+from ..users import owner_ids
+from .context import BuildContext
+from .layers import overlays
+
+STEP = "bundle"
+KUBE_REPO_OVERLAY = "kube-repo"  # the apt source and the pin: rendered again with the release the bundle holds
+
+
+def plan(ctx: BuildContext) -> None:
+    """Make (or take from the cache) the node's bundle and write it under BUNDLE_DIR."""
+    if not ctx.profile["offline"]:
+        return
+    if ctx.profile["runtime"] != "containerd":
+        raise UserError(f"--offline imports the node's images into containerd, and this node runs "
+                        f"{ctx.profile['runtime']}: use runtime: containerd, or build without --offline")
+    if not ctx.target.carries_bundle:
+        _say(f"{ctx.node.name}: a {ctx.target.name} node is set up from a seed ISO, which cannot carry the offline "
+             "bundle: it installs its packages and pulls its images from the network (registry_mirrors apply)")
+        return
+    if not ctx.fetch:
+        _say("--dry-run: the build would bundle the node's packages and images under " + BUNDLE_DIR)
+        return
+    request = BundleRequest(
+        minor=ctx.profile["kubernetes_version"], release=ctx.kubernetes_release,
+        runtime_packages=tuple(ctx.node_config.get("runtime_packages", ())),
+        control_plane=ctx.node.role == "control-plane",
+        manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())),
+        extra_images=tuple(ctx.profile["extra_images"]), registry_mirrors=dict(ctx.profile["registry_mirrors"]),
+        package_mirrors=dict(ctx.profile["package_mirrors"]),
+        source_placeholders=dict(ctx.target.apt_source_placeholders))
+    bundle = make_bundle(ctx.view, request, ctx.base_name or str(ctx.base), log=_say)
+    for name, path in sorted(bundle.files.items()):
+        ctx.write(STEP, "root", f"{BUNDLE_DIR}/{name}", path.read_bytes())
+    ctx.write(STEP, "root", f"{BUNDLE_DIR}/{BUNDLE_MANIFEST}", json.dumps(bundle.manifest, indent=2) + "\n")
+    ctx.mkdir(STEP, f"{BUNDLE_DIR}/{EMPTY_SOURCES}")
+    ctx.write(STEP, "root", f"{BUNDLE_DIR}/{EMPTY_SOURCES}/sources.list", "# empty: apt installs the bundle's files\n")
+    ctx.bundle = bundle
+    ctx.node_config["kubernetes_release"] = bundle.release
+    if ctx.kubernetes_release != bundle.release:
+        ctx.kubernetes_release = bundle.release
+        users, groups = owner_ids(ctx.view)
+        overlay = next(overlay for overlay in overlays(ctx) if overlay.name == KUBE_REPO_OVERLAY)
+        render_overlay(overlay, ctx.template_context(), ctx.plan, ctx.view, users, groups)
+
+
+def _say(line: str) -> None:
+    print(f"pi-image: {line}", file=sys.stderr)
