@@ -286,8 +286,8 @@ def _refuse_in_use(disk: str, prefix: str, sysfs: Path, proc: Path, dev: Path) -
             raise UserError(f"{prefix}{dev / name} is mounted at {mount.point}: unmount it first "
                             f"(`umount {dev / name}`)")
     for swap in _swaps(proc):
-        used = _swap_names(swap, sysfs, dev)
-        for name in (name for name in names if name in used):
+        swapped = _swap_names(swap, sysfs, dev)
+        for name in (name for name in names if name in swapped):
             raise UserError(f"{prefix}{dev / name} is in use as swap: turn it off first (`swapoff {swap}`)")
     for name in names:
         holders = sorted(path.name for path in (sysfs / "class" / "block" / name / "holders").glob("*"))

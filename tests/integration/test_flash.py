@@ -20,7 +20,7 @@ import yaml
 from readback import KUBE_KEY, Card, PiImage, filesystems, same_bytes, succeeded, tool
 from test_build_cluster import make_cluster
 
-from builder.cards.flash import _chunks, _compare
+from builder.cards.writer import chunks, compare
 from builder.errors import UserError
 from builder.image.usage import usage_map
 
@@ -139,7 +139,7 @@ def test_verification_names_the_first_byte_that_differs(sample_image, tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with open(image, "rb") as source, open(card, "rb") as written, \
             pytest.raises(UserError, match=f"differs from the image at byte {bad} "):
-        _compare(source.fileno(), written.fileno(), card, list(_chunks(usage.ranges)))
+        compare(source.fileno(), written.fileno(), card, list(chunks(usage.ranges)))
 
 
 def assert_no_table_left(cli: PiImage, card: Path) -> None:
