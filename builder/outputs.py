@@ -3,7 +3,8 @@
 Everything is made under a temporary name beside the output (`.NAME.pi-image-PID.tmp...`), fsync'd, then renamed
 into place, the image and its OUTPUT.json together; a directory output is swapped in with one atomic exchange.
 A build killed with -9 cannot clean up after itself, so every build first removes the temporaries of builds whose
-process is gone.
+process is gone. A small file (a record, a key, an index, a cluster's settings) is written the same way by
+`write_atomic`, the one write-then-rename of pi-image.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def create_private(path: Path) -> BinaryIO:
 def check_image_output(output: Path, force: bool) -> None:
     """Refuse an output that is a directory, an archive format pi-image cannot write, or exists without --force."""
     if output.suffix in REFUSED_SUFFIXES:
-        raise UserError(f"{output}: pi-image writes raw images (.img) or compressed ones ({', '.join('.img' + s for s in COMPRESSORS)}),"
+        compressed = ", ".join(".img" + suffix for suffix in COMPRESSORS)
+        raise UserError(f"{output}: pi-image writes raw images (.img) or compressed ones ({compressed}),"
                         f" not {output.suffix}: pick one of those names")
     if output.is_dir():
         raise UserError(f"{output} is a directory: name the image file, like {output / 'node.img'}")
@@ -71,7 +73,7 @@ def _check_directory(directory: Path) -> None:
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete `.NAME.pi-image-PID.tmp*` files and trees left in `directory` by builds whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(directory.iterdir())
     except OSError:
@@ -142,14 +144,29 @@ def swap_in_tree(new: Path, output: Path) -> None:
     shutil.rmtree(new)  # `new` now holds the old tree
 
 
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Put `data` (text as UTF-8) at `path` complete or not at all, never readable beyond `mode` on the way.
+
+    It is written under a name of this process's own beside `path` (`.NAME.pi-image-PID.tmp-RANDOM`: created new,
+    never a file planted under that name in a shared directory nor a link's target), fsync'd, renamed over `path`,
+    and the rename made durable (fsync of the directory). On a failure the temporary is removed and the OSError
+    raised: what to say about it (a full disk, a read-only directory) is the caller's.
+    """
+    temporary = path.with_name(f".{path.name}.pi-image-{os.getpid()}.tmp-{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)  # the umask may have taken bits `mode` gives
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write `text` to `path` atomically (temp, fsync, rename), never readable beyond `mode` on the way."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # a new file of our own, never one planted under that name (a shared directory) nor a link's target
-    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY, mode)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+    """`write_atomic` under its former name, for callers not switched yet."""
+    write_atomic(path, text, mode)

@@ -29,13 +29,13 @@ from .. import DATA_DIR
 from ..errors import UserError
 from ..image.inputs import default_cache_dir
 from ..run import run, summarize
-from ..targets import TARGET_NAMES
+from ..targets import TARGETS as TARGET_CLASSES
 from . import download as downloads
 from .download import Fetched, NotFound, get_small, url_problem
 
 SHIPPED_CATALOG = DATA_DIR / "catalog.yaml"
 SHIPPED_KEYRINGS = DATA_DIR / "keyrings"
-TARGETS = tuple(name for name in TARGET_NAMES if name != "l4t-rootfs")  # a download is a disk image, not a tree
+TARGETS = tuple(dict.fromkeys(t.name for t in TARGET_CLASSES if t.in_catalog))  # what a catalog entry may hold
 KEYS = ("description", "target", "url", "size", "sha256", "md5", "sums_url", "sums_signature_url", "keyring",
         "file_name", "default")
 MAX_SUMS_BYTES = 1 << 20  # a SHA256SUMS of a whole release directory is a few KiB
@@ -51,7 +51,7 @@ class CatalogEntry:
 
     name: str
     description: str
-    target: str  # the pi-image target its image holds (ubuntu-raspi, raspios, kali-raspi, jetson-sd)
+    target: str  # the pi-image target its image holds (one of TARGETS)
     url: str
     size: int | None = None  # bytes of the download: progress, and a bound on what the server may send
     sha256: str | None = None  # pinned
@@ -253,7 +253,7 @@ def _read(path: Path, *, shipped: bool) -> list[tuple[str, Path, dict[str, int],
         raise UserError(f"{path}: cannot read this catalog: {getattr(err, 'strerror', None) or err}") from None
     if data is None and not shipped:
         return []
-    if (not isinstance(data, dict) or set(data) != {"bases"} or len(node.value) != 1
+    if (node is None or not isinstance(data, dict) or set(data) != {"bases"} or len(node.value) != 1
             or not isinstance(data["bases"], dict)):
         raise UserError(f"{path}:1: a catalog is one mapping `bases:` of NAME: {{url: ..., ...}}")
     entries: list[tuple[str, Path, dict[str, int], dict[str, Any]]] = []
@@ -294,8 +294,9 @@ def _entry(name: str, path: Path, lines: dict[str, int], fields: dict[str, Any])
         raise bad("target", f"'{fields['target']}' is not one of {', '.join(TARGETS)}")
     for key in ("url", "sums_url", "sums_signature_url"):
         value = fields.get(key)
-        if value is not None and (not isinstance(value, str) or url_problem(value)):
-            raise bad(key, f"{value!r}: " + (url_problem(value) if isinstance(value, str) else "not a URL"))
+        problem = url_problem(value) if isinstance(value, str) else "not a URL"
+        if value is not None and problem:
+            raise bad(key, f"{value!r}: {problem}")
         if value and path == SHIPPED_CATALOG and not value.startswith("https://"):
             raise bad(key, "shipped catalog URLs are https")
     size = fields.get("size")

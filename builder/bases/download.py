@@ -22,7 +22,8 @@ Every transfer is bounded; a bound that is hit ends the download with one line n
             average over the last RATE_WINDOW (60 s) falls below MIN_RATE (32 KiB/s; PI_IMAGE_MIN_RATE, e.g. 8K,
             lowers it, 0 turns it off) is abandoned, its partial file kept to resume. A download of N bytes thus
             ends within about RATE_WINDOW + N / MIN_RATE, whatever the server does once its headers have come.
-            Checksum files and signatures (`get_small`) have the same floor, and their own byte limits.
+            Checksum files, signatures and the Kubernetes apt key (`get_small`) have the same floor and
+            redirect policy, and their own byte limits.
 
 A download's mtime is the server's Last-Modified: a build's default SOURCE_DATE_EPOCH (the base's mtime) is then the
 vendor's date, the same on every machine, not the day it was fetched.
@@ -51,7 +52,7 @@ from urllib.parse import urljoin, urlsplit
 from .. import __version__
 from ..errors import Interrupted, UserError
 from ..image.inputs import remember_sha256
-from ..outputs import fsync_directory, fsync_file, write_private
+from ..outputs import fsync_directory, fsync_file, write_atomic
 from ..progress import human_size, progress
 
 CHUNK = 1 << 20
@@ -93,7 +94,16 @@ class Fetched:
     downloaded: bool  # False: it was in the cache already
 
 
-class NotFound(UserError):
+class Failed(UserError):
+    """A request that got no usable answer, or a small file (`get_small`) that did not arrive whole: the one-line
+    message, and `reason`, what went wrong in a few words without advice (for a caller that gives its own)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotFound(Failed):
     """The server says the file is not there (HTTP 404 or 410)."""
 
 
@@ -190,17 +200,21 @@ def fetch(request: Request, cache_dir: Path, sums: Callable[[], str | None] | No
 
 
 def get_small(url: str, limit: int, what: str) -> bytes:
-    """A small file (a checksum file, a signature) whole, or a UserError (a cut transfer too: a part of a sums file
-    is never read as the whole); NotFound if the server has none."""
+    """A small file (a checksum file, a signature, an apt key) whole, at most `limit` bytes, through the same
+    redirect policy and floor rate as a download; else Failed (a cut transfer too: a part of a sums file is never
+    read as the whole), NotFound if the server has none."""
     with _open(url, {}) as response:
         try:
             data = b"".join(_body(response, limit + 1))
         except _TooSlow as slow:
-            raise UserError(f"{url}: the transfer of this {what} was abandoned: {slow}; {HINT}") from None
+            raise Failed(f"{url}: the transfer of this {what} was abandoned: {slow}; {HINT}",
+                         f"the transfer was abandoned: {slow}") from None
         except _transfer_errors() as err:
-            raise UserError(f"{url}: the transfer of this {what} was cut ({_reason(err)}): try again; {HINT}") from None
+            raise Failed(f"{url}: the transfer of this {what} was cut ({_reason(err)}): try again; {HINT}",
+                         f"the transfer was cut: {_reason(err)}") from None
     if len(data) > limit:
-        raise UserError(f"{url}: this {what} is larger than {limit} bytes, which no real one is: refusing it")
+        raise Failed(f"{url}: this {what} is larger than {limit} bytes, which no real one is: refusing it",
+                     f"larger than {limit} bytes, which no real {what} is")
     return data
 
 
@@ -345,32 +359,37 @@ def _open(url: str, headers: dict[str, str]) -> Iterator[Any]:
         for _ in range(MAX_REDIRECTS + 1):
             problem = url_problem(url)
             if problem:
-                raise UserError(f"{url}: {problem}")
+                raise Failed(f"{url}: {problem}", f"{url}: {problem}")
             host = urlsplit(url).hostname
             try:
                 response = session.get(url, headers=headers, stream=True, allow_redirects=False,
                                        timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
             except requests.exceptions.SSLError as err:
-                raise UserError(f"cannot reach {host} securely ({_reason(err)}); {HINT}") from None
+                reason = f"cannot reach {host} securely ({_reason(err)})"
+                raise Failed(f"{reason}; {HINT}", reason) from None
             except requests.exceptions.ConnectTimeout:
-                raise UserError(f"cannot reach {host}: no answer within {CONNECT_TIMEOUT} s; {HINT}") from None
+                reason = f"cannot reach {host}: no answer within {CONNECT_TIMEOUT} s"
+                raise Failed(f"{reason}; {HINT}", reason) from None
             except requests.exceptions.ReadTimeout:
-                raise UserError(f"{host} accepted the connection but did not answer within {READ_TIMEOUT} s: try "
-                                f"again later; {HINT}") from None
+                reason = f"{host} accepted the connection but did not answer within {READ_TIMEOUT} s"
+                raise Failed(f"{reason}: try again later; {HINT}", reason) from None
             except requests.RequestException as err:
-                raise UserError(f"cannot reach {host}: {_reason(err)}; {HINT}") from None
+                reason = f"cannot reach {host}: {_reason(err)}"
+                raise Failed(f"{reason}; {HINT}", reason) from None
             if not response.is_redirect:
                 break
             url = urljoin(url, response.headers["Location"])
             response.close()
         else:
-            raise UserError(f"{url}: more than {MAX_REDIRECTS} redirects: refusing to follow them")
+            raise Failed(f"{url}: more than {MAX_REDIRECTS} redirects: refusing to follow them",
+                         f"more than {MAX_REDIRECTS} redirects")
         with response:
+            status = f"HTTP {response.status_code} {response.reason}"
             if response.status_code in (404, 410):
-                raise NotFound(f"{url}: HTTP {response.status_code} {response.reason} (the vendor may have moved "
-                               "it: see `pi-image bases`, or override the entry in your catalog)")
+                raise NotFound(f"{url}: {status} (the vendor may have moved it: see `pi-image bases`, or override the "
+                               "entry in your catalog)", status)
             if response.status_code >= 400 and response.status_code != 416:
-                raise UserError(f"{url}: HTTP {response.status_code} {response.reason}")
+                raise Failed(f"{url}: {status}", status)
             yield response
 
 
@@ -528,7 +547,7 @@ def _discard(part: Path, state: Path) -> None:
 
 def _write_record(path: Path, data: dict[str, Any]) -> None:
     """Write the JSON record `data` to `path` atomically (ASCII: non-ASCII escaped), readable like the cache."""
-    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o644)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def _key(url: str) -> str:

@@ -1,4 +1,5 @@
-"""The pkgs.k8s.io apt signing key: from a file the user gives, or downloaded once per minor and cached.
+"""The pkgs.k8s.io apt signing key: from a file the user gives, or downloaded once per minor (through the bounded
+download client, builder/bases/download.py: https redirects only, MAX_KEY_BYTES, the floor rate) and cached.
 
 apt's `signed-by=` wants a binary OpenPGP keyring; the Release.key is ASCII-armored, so it is dearmored here
 (base64 body between the armor lines, without the CRC line) — no gpg needed.
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..image.inputs import default_cache_dir
+from ..outputs import write_atomic
+from .download import Failed, get_small
 
 KEY_URL = "https://pkgs.k8s.io/core:/stable:/v{minor}/deb/Release.key"
-MAX_KEY_BYTES = 1 << 20
+MAX_KEY_BYTES = 1 << 20  # a Release.key is a few KiB
 
 
 def dearmor(data: bytes, source: str) -> bytes:
@@ -50,17 +53,12 @@ def kube_keyring(minor: str, key_file: Path | None, cache_dir: Path | None = Non
     if not download:
         return None
     url = KEY_URL.format(minor=minor)
-    import requests  # only needed for this download: keep it off every other command's start-up
-
     try:
-        response = requests.get(url, timeout=30)
-        response.raise_for_status()
-    except requests.RequestException as err:
-        raise UserError(f"cannot download the Kubernetes {minor} apt key from {url} ({type(err).__name__}): "
+        armored = get_small(url, MAX_KEY_BYTES, "apt key")
+    except Failed as err:
+        raise UserError(f"cannot download the Kubernetes {minor} apt key from {url} ({err.reason}): "
                         f"download it elsewhere and pass --kube-key FILE") from None
-    keyring = dearmor(response.content[:MAX_KEY_BYTES], url)
+    keyring = dearmor(armored, url)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_bytes(keyring)
-    tmp.replace(cached)
+    write_atomic(cached, keyring, 0o644)
     return keyring

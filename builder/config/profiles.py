@@ -20,6 +20,7 @@ from firstboot.nodeconfig import ROLES
 from .. import DATA_DIR
 from ..errors import UserError
 from ..targets import TARGET_GROUPS, TARGET_NAMES
+from ..targets.cmdline import DEFAULT_CGROUP_FLAGS
 from . import values
 from .runtimes import RUNTIMES
 
@@ -81,8 +82,7 @@ SCHEMA: dict[str, Key] = {
                                      "or 3 (2.x only)", (2, 3)),
     "default_runtime": Key(str, None, "default runtime for pods: docker default-runtime / containerd "
                            "default_runtime_name (Jetson: nvidia)", ("runc", "nvidia")),
-    "cgroup_flags": Key(list, ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1", "swapaccount=1"],
-                        "kernel arguments appended to the command line",
+    "cgroup_flags": Key(list, list(DEFAULT_CGROUP_FLAGS), "kernel arguments appended to the command line",
                         items=Key(str, None, "a kernel argument", check=values.kernel_argument)),
     "swap": Key(str, "off", "swap on the node (kubelet refuses swap by default)", ("off",)),
     "overlays": Key(list, [], "overlays (shipped, or from --overlay) rendered into the image, in order",
@@ -306,19 +306,20 @@ def _check(spec: Key, value: Any, name: str, where: str) -> None:
     problem = spec.check(value) if spec.check else None
     if problem:
         raise UserError(f"{where}: '{name}': {problem}")
+    container: Any = value  # a list or a dict, as spec.type says (checked above)
     if spec.items is not None:
-        for index, item in enumerate(value):
+        for index, item in enumerate(container):
             if item is None:
                 raise UserError(f"{where}: '{name}[{index}]' is empty")
             _check(spec.items, item, f"{name}[{index}]", where)
     if spec.fields is not None:
-        for field_name, field_value in value.items():
+        for field_name, field_value in container.items():
             if field_name not in spec.fields:
-                raise UserError(f"{where}: '{name}' has no setting {field_name!r}{_did_you_mean(field_name, spec.fields)}"
-                                f" (it takes {', '.join(spec.fields)})")
+                raise UserError(f"{where}: '{name}' has no setting {field_name!r}"
+                                f"{_did_you_mean(field_name, spec.fields)} (it takes {', '.join(spec.fields)})")
             _check(spec.fields[field_name], field_value, f"{name}.{field_name}", where)
         for field_name in spec.required:
-            if value.get(field_name) in (None, ""):
+            if container.get(field_name) in (None, ""):
                 raise UserError(f"{where}: '{name}' needs '{field_name}' ({spec.fields[field_name].help})")
 
 

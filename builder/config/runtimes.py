@@ -23,11 +23,12 @@ one version per pocket, so the table holds for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from firstboot.runtime import RUNTIMES as DEVICE_RUNTIMES
 
 from ..errors import UserError
+from ..targets import TARGETS, target_class
 
 RUNTIMES = tuple(sorted(DEVICE_RUNTIMES))  # the device agent's table is the one list of runtimes
 
@@ -52,9 +53,9 @@ SOURCES: dict[tuple[str, str], RuntimeSource] = {
     ("debian", "13"): RuntimeSource(("containerd",), "Debian trixie", (1, 7, 24)),
     ("kali", ""): RuntimeSource(("containerd",), "Kali rolling", (1, 7, 24)),
 }
-# On non-Jetson targets the nvidia package is not wanted even on Ubuntu 18.04.
-GPU_PACKAGES = ("nvidia-container-runtime",)
-JETSON_TARGETS = ("jetson-sd", "l4t-rootfs")
+# A GPU's runtime in the table above is installed only on a target whose GPU it is (`Target.gpu_packages`): not on
+# another board that runs the same release.
+GPU_PACKAGES = frozenset(package for target in TARGETS for package in target.gpu_packages)
 CRI_V1_FROM = (1, 6, 0)
 CGROUP_V1_REFUSED_FROM = (1, 35)
 
@@ -69,17 +70,15 @@ def runtime_source(os_id: str, version_id: str, target: str) -> RuntimeSource:
         known = ", ".join(f"{o or 'kali'} {v}".strip() for o, v in SOURCES)
         raise UserError(f"no known container runtime source for {os_id} {version_id or '(no VERSION_ID)'} "
                         f"({target}, as its /etc/os-release says); supported: {known}")
-    if target not in JETSON_TARGETS:
-        source = RuntimeSource(tuple(p for p in source.packages if p not in GPU_PACKAGES), source.origin,
-                               source.containerd, source.cgroup_v1)
-    return source
+    ours = _gpu_packages(target)
+    return replace(source, packages=tuple(p for p in source.packages if p not in GPU_PACKAGES or p in ours))
 
 
 def runtime_packages(runtime: str, cri_dockerd: bool, kubernetes: str, os_id: str, version_id: str,
                      target: str, config_version: int = 2, default_runtime: str | None = None) -> list[str]:
     """What first boot must install for `runtime` on this OS, or a UserError for a combination that cannot work."""
     minor = tuple(int(x) for x in kubernetes.split("."))
-    if default_runtime == "nvidia" and target not in JETSON_TARGETS:
+    if default_runtime == "nvidia" and not _gpu_packages(target):
         raise UserError(f"default_runtime: nvidia needs NVIDIA's container runtime, which only Jetson images have "
                         f"({target} has none): drop default_runtime")
     if runtime == "docker":
@@ -101,6 +100,12 @@ def runtime_packages(runtime: str, cri_dockerd: bool, kubernetes: str, os_id: st
         raise UserError(f"{os_id} {version_id} runs cgroup v1, which the kubelet refuses from Kubernetes 1.35: "
                         f"pin this node's cluster to 1.34 or older")
     return list(source.packages)
+
+
+def _gpu_packages(target: str) -> tuple[str, ...]:
+    """The GPU runtime packages of the target called `target` (none for a name no target has)."""
+    cls = target_class(target)
+    return cls.gpu_packages if cls else ()
 
 
 def _dotted(version: tuple[int, ...]) -> str:

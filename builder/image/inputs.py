@@ -23,13 +23,14 @@ import struct
 import sys
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import cache
 from ..errors import ToolError, UserError
+from ..outputs import write_atomic
 from ..progress import human_size, progress
 from ..run import stream
 from .copy import sha256_sparse
@@ -181,7 +182,7 @@ def _private_dir(directory: Path) -> Path:
     return directory
 
 
-def _unpack(path: Path, src: BinaryIO) -> Iterator[bytes]:
+def _unpack(path: Path, src: BinaryIO) -> Generator[bytes, None, None]:
     """Decompressed bytes of `path`, read from the open file `src`."""
     if path.suffix != ".zip":
         try:
@@ -232,11 +233,8 @@ def _load_index(index_file: Path) -> dict[str, str]:
 def _save_index(index_file: Path, index: dict[str, str]) -> None:
     """Save the index; on a full disk it is not saved (it only saves hashing again), and what is said is the
     unpack's own message, if it fails too."""
-    tmp = index_file.with_name(f".index-{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, index_file)
+        write_atomic(index_file, json.dumps(index, indent=1, sort_keys=True), 0o644)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         if err.errno not in cache.NO_ROOM:
             raise

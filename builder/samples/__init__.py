@@ -17,8 +17,6 @@ from .tree import chown_tree, clear, stage_tree
 # (target, release) -> one-line description, for `pi-image demo-image --list` and for tests.
 SAMPLES: dict[tuple[str, str], str] = {key: sample.description for key, sample in CATALOG.items()}
 
-VARIANTS = ("standard", "alt")
-
 
 def make_sample(target: str, dest: Path, *, release: str | None = None, size: int | None = None,
                 variant: str = "standard") -> Path:

@@ -21,13 +21,22 @@ TARGET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t.name for t in TARGETS))
 
 # Names a profile's `target` may also give: a family of targets sharing the hardware it describes.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {"raspberry-pi": ("ubuntu-raspi", "raspios", "kali-raspi")}
+# The target a demo image imitates when none is named: the board and OS pi-image is first made for.
+DEFAULT_TARGET = UbuntuRaspi.name
 
-__all__ = ["TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "OsRelease", "Target", "detect", "targets_of"]
+__all__ = ["DEFAULT_TARGET", "TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "OsRelease", "Target", "detect",
+           "target_class", "targets_of"]
 
 
 def targets_of(name: str) -> tuple[str, ...]:
     """The targets a profile's `target` stands for: a group's members, else the one target it names."""
     return TARGET_GROUPS.get(name, (name,))
+
+
+def target_class(name: str) -> type[Target] | None:
+    """The first target class called `name`, or None. Both Raspberry Pi OS generations are called `raspios`: ask a
+    name only for a fact they share (`gpu_packages`, `in_catalog`), and a detected target for the others."""
+    return next((cls for cls in TARGETS if cls.name == name), None)
 
 
 def detect(medium: DiskImage | DirectoryFilesystem) -> Target:

@@ -24,6 +24,9 @@ from .cmdline import (
 )
 
 _OS_IDENT = re.compile(r"[a-z0-9._-]{1,64}")
+# The groups of a Debian-family system an admin user is added to where pi-image makes that user itself (those the
+# image lacks are skipped).
+DEBIAN_ADMIN_GROUPS = ("adm", "sudo", "video", "audio", "plugdev", "netdev", "dialout", "gpio", "i2c", "render")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,6 @@ class OsRelease:
     version_id: str | None
     pretty_name: str
     id_like: tuple[str, ...] = ()
-    version_codename: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> OsRelease:
@@ -59,7 +61,6 @@ class OsRelease:
             version_id=ident("VERSION_ID"),
             pretty_name=printable(values.get("PRETTY_NAME") or values.get("NAME") or "Linux"),
             id_like=tuple(word for word in values.get("ID_LIKE", "").lower().split() if _OS_IDENT.fullmatch(word)),
-            version_codename=ident("VERSION_CODENAME"),
         )
 
 
@@ -97,7 +98,8 @@ class Target:
     default_user: ClassVar[str]
     #: overlays this OS needs, rendered after the runtime's and before the profile's
     os_overlays: ClassVar[tuple[str, ...]] = ()
-    #: groups the cloud-init seed gives the admin user
+    #: groups the admin user gets: from the cloud-init seed ("cloud-init"), or from pi-image where it makes the user
+    #: itself ("offline"; a group the image lacks is skipped)
     admin_groups: ClassVar[tuple[str, ...]] = ()
     #: the image's own cloud-init config sets a keyboard, so the seed must say the profile's
     seed_sets_keyboard: ClassVar[bool] = False
@@ -111,6 +113,12 @@ class Target:
     default_boot_mount: ClassVar[str | None] = None
     #: an --offline bundle (packages, images) can be written onto this target's root filesystem
     carries_bundle: ClassVar[bool] = True
+    #: a vendor's download (a disk image) can hold this target, so a base catalog entry may name it (not so for a
+    #: directory tree)
+    in_catalog: ClassVar[bool] = True
+    #: the packages of the GPU's container runtime, which only this target's vendor repository carries: installed
+    #: with the container runtime, and what lets a profile make it the default (`default_runtime: nvidia`)
+    gpu_packages: ClassVar[tuple[str, ...]] = ()
     #: placeholders in the image's apt sources that its own first boot fills in, and their value for its board
     #: (the build host resolves an --offline bundle against those sources before that boot)
     apt_source_placeholders: ClassVar[dict[str, str]] = {}

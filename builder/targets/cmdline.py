@@ -15,7 +15,11 @@ import re
 
 from ..errors import UserError
 
+#: what the kubelet needs on the command line of a board kernel that ships the memory cgroup controller off (the
+#: Raspberry Pi's): what `inspect` looks for
 CGROUP_FLAGS = ("cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1")
+#: what a profile's `cgroup_flags` appends by default: those, and swap accounting
+DEFAULT_CGROUP_FLAGS = (*CGROUP_FLAGS, "swapaccount=1")
 
 # --- Raspberry Pi: the firmware (start*.elf) builds the kernel's command line as its own arguments followed by the
 # first line of cmdline.txt (raspberrypi/documentation, configuration/kernel-command-line-config.adoc: "Put all

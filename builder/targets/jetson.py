@@ -7,7 +7,7 @@ No user exists and oem-config would wait on a screen, so pi-image creates the ad
 from __future__ import annotations
 
 from ..image import DirectoryFilesystem, DiskImage
-from .base import Probe, Target
+from .base import DEBIAN_ADMIN_GROUPS, Probe, Target
 
 
 class JetsonSd(Target):
@@ -18,7 +18,9 @@ class JetsonSd(Target):
     first_boot = "offline"
     default_user = "jetson"  # no OS default: the one pi-image creates (as l4t_create_default_user.sh would)
     os_overlays = ("networkmanager-wifi",)
+    admin_groups = DEBIAN_ADMIN_GROUPS
     swap_services = ("nvzramconfig.service",)
+    gpu_packages = ("nvidia-container-runtime",)  # NVIDIA's L4T repository; its runtime is named `nvidia`
     # nvidia-l4t-apt-source.list ships `repo.download.nvidia.com/jetson/<SOC> r32.x main`, filled in by L4T's first
     # boot; the Jetson Nano (the SD image's board and the jetson-* profiles') is a t210
     apt_source_placeholders = {"<SOC>": "t210"}
@@ -31,6 +33,7 @@ class JetsonSd(Target):
 class L4tRootfs(JetsonSd):
     name = "l4t-rootfs"
     description = "NVIDIA L4T Linux_for_Tegra/rootfs directory (before flash.sh)"
+    in_catalog = False  # a directory tree, made by NVIDIA's BSP tarball, never a download pi-image fetches
 
     @classmethod
     def matches(cls, probe: Probe) -> bool:

@@ -5,7 +5,7 @@ Its `kali` user exists in the image; its kubelet needs systemd-resolved, which K
 
 from __future__ import annotations
 
-from .base import Probe, Target
+from .base import DEBIAN_ADMIN_GROUPS, Probe, Target
 
 
 class KaliRaspi(Target):
@@ -16,6 +16,7 @@ class KaliRaspi(Target):
     first_boot = "offline"
     default_user = "kali"
     os_overlays = ("networkmanager-wifi",)
+    admin_groups = DEBIAN_ADMIN_GROUPS  # for a login other than `kali`, which pi-image adds itself
     enabled_units = ("systemd-resolved.service",)
     default_boot_mount = "/boot"
 

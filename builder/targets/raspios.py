@@ -13,6 +13,8 @@ country is set, as Imager's customization undoes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import yaml
 
 from ..image import Filesystem
@@ -36,7 +38,7 @@ class RaspiOS(Target):
     network_stack = "networkmanager"
     first_boot = "userconf"
     default_user = "pi"  # pi-gen's first user, renamed by userconf.txt (or made by cloud-init)
-    os_overlays = ("networkmanager-wifi",)
+    os_overlays: ClassVar[tuple[str, ...]] = ("networkmanager-wifi",)  # (the cloud-init generation has others)
     swap_services = ("dphys-swapfile.service",)
     wifi_rfkill_states = WIFI_RFKILL
     default_boot_mount = "/boot/firmware"
