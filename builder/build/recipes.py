@@ -4,9 +4,10 @@
                            passphrase --wifi-psk gave, overlays, SSH keys, password hash, the apt keyring's bytes,
                            the build time, the base's name and sha256)
 
-The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is the SHA-256 of the
-recipe's canonical JSON keyed with the cluster's enrollment key, so the same build gives the same id, and an id
-says nothing about what it names, not even to someone guessing (the recipe may hold a password hash or a passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
+The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is an HMAC-SHA256 of
+the recipe's canonical JSON under a key derived from the cluster's enrollment key, so the same build gives the same id, and an id
+says nothing about what it names, not even to someone guessing (the recipe may hold a password hash or a
+passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
 (its own edits are already there, so only what differs per node is written), which gives the node's card the files
 a per-node build of it would have: "common things early, per-node things late".
 """
@@ -26,7 +27,7 @@ from ..bases.catalog import resolve_base
 from ..cluster.secrets import SECRETS_DIR, read_enrollment_key
 from ..errors import UserError
 from ..image.inputs import cached_sha256
-from ..outputs import write_private
+from ..outputs import write_atomic
 
 RECIPES_DIR = "images"
 
@@ -52,7 +53,8 @@ class Recipe:
         canonical JSON, with files named by their content (`sources`) rather than where they are, so the same build
         gives the same image bytes anywhere; keyed, so that an image's manifest is no oracle for guessing the
         passphrase or password hash the recipe holds."""
-        portable = {**asdict(self), "profile": Path(self.profile).name, "overlays": [Path(o).name for o in self.overlays]}
+        portable = {**asdict(self), "profile": Path(self.profile).name,
+                    "overlays": [Path(o).name for o in self.overlays]}
         return hmac.new(key, b"pi-image recipe\0" + _canonical(portable), hashlib.sha256).hexdigest()[:32]
 
     @property
@@ -69,7 +71,7 @@ def save_recipe(cluster_dir: Path, recipe: Recipe) -> str:
     recipe_id = recipe.id(_key(cluster_dir))
     path = directory / f"{recipe_id}.json"
     if not path.exists():
-        write_private(path, _canonical(asdict(recipe)).decode() + "\n")
+        write_atomic(path, _canonical(asdict(recipe)).decode() + "\n")
     return recipe_id
 
 

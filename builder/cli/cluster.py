@@ -21,7 +21,7 @@ from ..cluster.settings import set_command, show_command
 from ..cluster.verify import verify_command
 from ..config.profiles import check_value, load_profile
 from ..errors import UserError
-from ..outputs import write_private
+from ..outputs import write_atomic
 from ..targets.x86 import UbuntuX86
 
 CLUSTER_OPTION = click.option(
@@ -184,11 +184,11 @@ def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | Non
             existing = target.read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"{target}: cannot read it to merge into ({err}): --force replaces it") from None
-        write_private(target, merge_kubeconfig(existing, text, name, str(target)))
+        write_atomic(target, merge_kubeconfig(existing, text, name, str(target)))
         click.echo(f"merged the admin kubeconfig of cluster {name} into {target} as context {name} (0600)")
         click.echo(f"next: kubectl --kubeconfig {target} --context {name} get nodes")
         return
-    write_private(target, text)
+    write_atomic(target, text)
     click.echo(f"wrote the admin kubeconfig of cluster {name} to {target} (0600)")
     click.echo(f"next: KUBECONFIG={target} kubectl get nodes")
 
@@ -219,7 +219,8 @@ def sync_command(directory: Path, endpoint: str | None) -> None:
 @CLUSTER_OPTION
 @click.option("--listen", metavar="ADDR:PORT", help="Address to serve on [default: 0.0.0.0:<endpoint port>].")
 @click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"Cluster CA certificate for the discovery hash [default: cluster.yaml, {clusters.DEFAULT_CA_CERT}].")
+              help="Cluster CA certificate for the discovery hash "
+                   f"[default: cluster.yaml, {clusters.DEFAULT_CA_CERT}].")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Admin kubeconfig for kubeadm/kubectl [default: cluster.yaml, {clusters.DEFAULT_KUBECONFIG}].")
 @STATE_OPTION

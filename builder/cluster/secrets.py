@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from firstboot import protocol
 
 from ..errors import UserError
-from ..outputs import write_private
+from ..outputs import write_atomic
 
 SECRETS_DIR = "secrets"  # in the cluster directory
 ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT = "enrollment.key", "endpoint.key", "endpoint.crt"
@@ -41,10 +41,10 @@ def create_secrets(secrets_dir: Path, endpoint_host: str) -> str:
         .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_private(secrets_dir / ENROLLMENT_KEY, secrets.token_hex(32) + "\n")
-    write_private(secrets_dir / ENDPOINT_KEY, key.private_bytes(
+    write_atomic(secrets_dir / ENROLLMENT_KEY, secrets.token_hex(32) + "\n")
+    write_atomic(secrets_dir / ENDPOINT_KEY, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    write_private(secrets_dir / ENDPOINT_CERT, certificate.public_bytes(serialization.Encoding.PEM).decode())
+    write_atomic(secrets_dir / ENDPOINT_CERT, certificate.public_bytes(serialization.Encoding.PEM).decode())
     return protocol.certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
 
 

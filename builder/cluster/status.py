@@ -33,7 +33,7 @@ from firstboot.protocol import PHASES
 
 from ..config import addresses
 from ..errors import UserError
-from ..outputs import write_private
+from ..outputs import write_atomic
 from . import Cluster, Node, inventory_lock, load_cluster, server_config
 
 CACHE_NAME = "last-status.json"  # in the cluster's state directory
@@ -238,7 +238,8 @@ def _unusable_state(state_dir: Path, err: Exception) -> UserError:
 def _view(cluster: Cluster, answer: dict, origin: str, fetched_at: float, source: str) -> FleetView:
     records = {str(record["name"]): record for record in answer.get("nodes") or [] if isinstance(record, dict)}
     inventory = {node.name: node for node in cluster.nodes}
-    rows = [_row(name, records.get(name), inventory.get(name), source) for name in sorted(set(records) | set(inventory))]
+    rows = [_row(name, records.get(name), inventory.get(name), source)
+            for name in sorted(set(records) | set(inventory))]
     return FleetView(rows, origin, fetched_at, _drift(cluster, answer.get("inventory")))
 
 
@@ -292,7 +293,7 @@ def _keep(cluster: Cluster, record: dict) -> None:
     """Best effort: the master's answer, for when it cannot be reached (a directory we cannot write keeps none)."""
     try:
         cluster.state_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private(cluster.state_dir / CACHE_NAME, json.dumps(record, sort_keys=True) + "\n")
+        write_atomic(cluster.state_dir / CACHE_NAME, json.dumps(record, sort_keys=True) + "\n")
     except OSError:
         pass
 
@@ -393,7 +394,7 @@ def status_lines(view: FleetView, now: float) -> list[str]:
               for row in view.rows]
     widths = [max(len(cells[column]) for cells in table) for column in range(len(table[0]))]
     for index, cells in enumerate(table):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
         row = view.rows[index - 1] if index else None
         if row and row.phases:
             lines.append("    " + story_text(row.phases, row.installed_from))

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs import create_private, publish, temporary
+from ..outputs import write_atomic
 from ..progress import Advance, human_size, no_progress
 from .usage import BLOCK_SIZE, UsageMap
 
@@ -106,16 +106,10 @@ def _header(size: int, blocks: int, mapped: int) -> str:
 
 
 def _write_atomically(dest: Path, text: str, mode: int) -> None:
-    """`text` at `dest`, complete or not at all (temporary, fsync, rename)."""
-    tmp = temporary(dest)
+    """`text` at `dest`, complete or not at all (outputs.write_atomic); a failure is one line."""
     try:
-        tmp.unlink(missing_ok=True)
-        with create_private(tmp) as out:
-            out.write(text.encode())
-        os.chmod(tmp, mode)
-        publish([(tmp, dest)])
+        write_atomic(dest, text, mode)
     except OSError as err:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise UserError(f"cannot write {dest}: " + ("no space left on its device" if full else err.strerror)) from None
-    finally:
-        tmp.unlink(missing_ok=True)  # left only by a failure: once published it has its final name
+        why = "no space left on its device" if full else err.strerror or str(err)
+        raise UserError(f"cannot write {dest}: {why}") from None
