@@ -165,8 +165,3 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
-
-
-def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """`write_atomic` under its former name, for callers not switched yet."""
-    write_atomic(path, text, mode)

@@ -93,24 +93,24 @@ class FirstBootAgent(object):
         self.sleep = sleep
         self.story = NodeStory(os.path.join(paths.state_dir, PHASES_FILE), paths.root, {
             "arch": os.uname().machine, "os": localsetup.os_pretty_name(paths.root),
-            "generation": config.get("generation")})
-        self.setup = _NarratedSetup(self._reached, paths.root, commands, config["runtime"], config["runtime_packages"],
+            "generation": config.generation})
+        self.setup = _NarratedSetup(self._reached, paths.root, commands, config.runtime, config.runtime_packages,
                                     sleep)
         self.reported_problem = None
         self.control_plane = None
-        if config["role"] == "control-plane" and config.get("control_plane"):
+        if config.role == "control-plane" and config.control_plane is not None:
             from .controlplane import ControlPlane  # with the endpoint package, on control-plane images only
 
             self.control_plane = ControlPlane(config, paths, commands, self.setup, sleep)
         self.client = None
-        if config.get("endpoint"):
-            self.client = EndpointClient(config["endpoint"], config["endpoint_fingerprint"], config["node"],
-                                         config["credential"], generation=config.get("generation"),
+        if config.endpoint:
+            self.client = EndpointClient(config.endpoint, config.endpoint_fingerprint, config.node,
+                                         config.credential, generation=config.generation,
                                          story=self.story.body)
 
     def run(self):
         """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
-        if self.config.get("unstamped"):
+        if self.config.unstamped:
             log.error("this card was written from a profile image without a node identity (no name, no credential): "
                       "nothing is set up; write it with `pi-image flash IMAGE DEVICE`, which stamps a node onto it")
             return 1
@@ -150,13 +150,14 @@ class FirstBootAgent(object):
                               retry=True)
         if self.control_plane is not None:
             return self._initialize_control_plane()
-        if self.config["role"] == "control-plane" or self.client is None:
+        if self.config.role == "control-plane" or self.client is None:
             return self._done_without_join()
-        node_ip = netinfo.choose_node_ip(self.commands, self.config.get("node_subnet"),
-                                         protocol.split_host_port(self.config.get("api_server", ""), protocol.API_SERVER_PORT)[0]
-                                         if self.config.get("api_server") else None)
+        api_server = self.config.api_server
+        node_ip = netinfo.choose_node_ip(self.commands, self.config.node_subnet,
+                                         protocol.split_host_port(api_server, protocol.API_SERVER_PORT)[0]
+                                         if api_server else None)
         if node_ip is None:
-            log.warning("no address in %s and no route to the API server yet", self.config.get("node_subnet"))
+            log.warning("no address in %s and no route to the API server yet", self.config.node_subnet)
             return RETRY_LATER
         self.story.facts["node_ip"] = node_ip
         kept = self._kept_token()
@@ -165,7 +166,7 @@ class FirstBootAgent(object):
                      node_ip)
             self._reached("token-issued")
             return self._join(kept, node_ip)
-        log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config["endpoint"])
+        log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config.endpoint)
         answer = self.client.join(self._facts(node_ip))
         state = answer.payload.get("state")
         if answer.status == 200 and state == "joined":
@@ -194,14 +195,14 @@ class FirstBootAgent(object):
             self._reached("joined")
         except OSError as err:
             raise SetupFailed("cannot set up the control plane: {}: {}".format(
-                getattr(err, "filename", None) or "a file", err.strerror or err), retry=True)
-        self.paths.mark_done({"node": self.config["node"], "initialized": True})
-        log.info("control plane %s is set up", self.config["node"])
+                getattr(err, "filename", None) or "a file", err.strerror or err), retry=True) from err
+        self.paths.mark_done({"node": self.config.node, "initialized": True})
+        log.info("control plane %s is set up", self.config.node)
         return DONE
 
     def _done_without_join(self):
-        self.paths.mark_done({"node": self.config["node"], "joined": False})
-        if self.config["role"] == "control-plane":
+        self.paths.mark_done({"node": self.config.node, "joined": False})
+        if self.config.role == "control-plane":
             log.info("local setup done; this is a control-plane node built without a cluster: it never runs "
                      "kubeadm join, and kubeadm init is the operator's step (build it with --cluster to have it "
                      "initialize the cluster by itself)")
@@ -241,7 +242,7 @@ class FirstBootAgent(object):
             log.info("a previous join was interrupted; resetting kubeadm state first")
             self._kubeadm_reset()
         text = joinconfig.render(issued["kubernetes_version"], issued["api_server"], issued["token"],
-                                 issued["ca_cert_hashes"], self.config["node"], node_ip, self.config["runtime"],
+                                 issued["ca_cert_hashes"], self.config.node, node_ip, self.config.runtime,
                                  self._kubelet_patches())
         self.paths.write_private(self.paths.join_config, text)
         self.paths.write_private(self.paths.join_started, "")
@@ -267,7 +268,7 @@ class FirstBootAgent(object):
     def _kubelet_patches(self):
         """The kubeadm patch directory with this node's kubelet settings (sized to the board; another resolv.conf
         where kubeadm's choice does not exist), or None when it has none."""
-        settings = dict(self.config.get("kubelet") or {})
+        settings = dict(self.config.kubelet)
         resolv_conf = self.setup.kubelet_resolv_conf()
         if resolv_conf is not None:
             log.info("no systemd-resolved on this node: the kubelet reads %s", resolv_conf)
@@ -281,15 +282,15 @@ class FirstBootAgent(object):
         return self.paths.kubeadm_patches
 
     def _kubeadm_reset(self):
-        kubeadm_reset(self.commands, self.config["runtime"])
+        kubeadm_reset(self.commands, self.config.runtime)
         self.paths.discard(self.paths.join_started)
 
     def _finish(self):
         self._reached("joined")
-        self.paths.mark_done({"node": self.config["node"], "joined": True})
+        self.paths.mark_done({"node": self.config.node, "joined": True})
         self.paths.discard(self.paths.join_started)
         self.paths.discard(self.paths.issued_token)
-        log.info("node %s joined the cluster", self.config["node"])
+        log.info("node %s joined the cluster", self.config.node)
         for _ in range(5):
             if self._report("joined"):
                 break
@@ -318,11 +319,11 @@ class FirstBootAgent(object):
         store = None
         try:
             store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
-            story, row = self.story.body(), store.get(self.config["node"]) or {}
+            story, row = self.story.body(), store.get(self.config.node) or {}
             changes = endpoint_state.story_fields(story, time.time(), row.get("facts"))
             if failed:
                 changes["fix"] = endpoint_state.story_fix(story)
-            store.update(self.config["node"], **changes)
+            store.update(self.config.node, **changes)
         except Exception as err:  # noqa: BLE001 - a status line never stops the control plane
             log.warning("could not record the node's phases in the token endpoint's state: %s", err)
         finally:

@@ -9,8 +9,9 @@
                    applied; the token endpoint's unit started; the node Ready, waited for within a bounded time.
                    Every step is safe to run again, so a reboot in the middle resumes.
 
-Imported only on control-plane images, which carry the endpoint package. Each outcome is logged and kept in the token endpoint's state (its row for this node), where `pi-image status
---cluster /etc/pi-image/cluster` on the master shows it.
+Imported only on control-plane images, which carry the endpoint package. Each outcome is logged and kept in the
+token endpoint's state (its row for this node), where `pi-image status --cluster /etc/pi-image/cluster` on the
+master shows it.
 """
 
 import json
@@ -42,7 +43,7 @@ class ControlPlane(object):
     def __init__(self, config, paths, commands, setup, sleep=time.sleep, clock=time.monotonic,
                  ready_timeout=READY_TIMEOUT):
         self.config = config
-        self.settings = config["control_plane"]
+        self.settings = config.control_plane
         self.paths = paths
         self.commands = commands
         self.setup = setup
@@ -61,16 +62,16 @@ class ControlPlane(object):
         `patches`: the kubeadm patch directory for the kubelet, if it needs one. SetupFailed (no retry) after
         MAX_INIT_ATTEMPTS failed inits in this boot.
         """
-        node = self.config["node"]
-        built_at = self.config.get("built_at")
-        if isinstance(built_at, (int, float)) and time.time() < built_at:
+        node = self.config.node
+        built_at = self.config.built_at
+        if built_at is not None and time.time() < built_at:
             log.warning("the clock (%s) is before this image was built: kubeadm init waits for the time to be set, "
                         "or its certificates would be dated wrong", time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
             return False
-        api_host = protocol.split_host_port(self.config["api_server"], protocol.API_SERVER_PORT)[0]
-        node_ip = netinfo.choose_node_ip(self.commands, self.config["node_subnet"], api_host)
+        api_host = protocol.split_host_port(self.config.api_server, protocol.API_SERVER_PORT)[0]
+        node_ip = netinfo.choose_node_ip(self.commands, self.config.node_subnet, api_host)
         if node_ip is None:
-            log.warning("no address in %s yet: kubeadm init waits for the network", self.config["node_subnet"])
+            log.warning("no address in %s yet: kubeadm init waits for the network", self.config.node_subnet)
             return False
         failures, last_error = self._failures_this_boot()
         if failures >= MAX_INIT_ATTEMPTS:
@@ -80,8 +81,8 @@ class ControlPlane(object):
             self._reset()
         version = self._kubeadm_version()
         token = new_bootstrap_token()
-        text = initconfig.render(version, self.config["api_server"], token, node, node_ip, self.config["runtime"],
-                                 self.settings["pod_subnet"], self.settings["service_subnet"], patches)
+        text = initconfig.render(version, self.config.api_server, token, node, node_ip, self.config.runtime,
+                                 self.settings.pod_subnet, self.settings.service_subnet, patches)
         self.paths.write_private(self.paths.init_config, text)
         self.paths.write_private(self.paths.init_started, "")
         log.info("running kubeadm init (advertise address %s, Kubernetes %s)", node_ip, version)
@@ -137,7 +138,7 @@ class ControlPlane(object):
                 changes.update(state=endpoint_state.FAILED, last_error=message)
             elif state == "joined":
                 changes.update(state=endpoint_state.JOINED, last_error=None)
-            store.update(self.config["node"], **changes)
+            store.update(self.config.node, **changes)
         except Exception as err:  # noqa: BLE001 - a status line never stops the control plane
             log.warning("could not record %r in the token endpoint's state: %s", state, err)
         finally:
@@ -148,13 +149,13 @@ class ControlPlane(object):
         """The installed kubeadm's version, which must be the image's Kubernetes minor."""
         version = self.setup.kubeadm_version()
         try:
-            same = protocol.minor_version(version) == protocol.minor_version(self.config["kubernetes_version"])
+            same = protocol.minor_version(version) == protocol.minor_version(self.config.kubernetes_version)
         except ValueError:
             raise SetupFailed("kubeadm cannot tell its version (`kubeadm version -o short` printed {!r})".format(
-                version), retry=True)
+                version), retry=True) from None
         if not same:
             raise SetupFailed("kubeadm is {} but this image was built for Kubernetes {}: rebuild the image".format(
-                version, self.config["kubernetes_version"]), retry=False)
+                version, self.config.kubernetes_version), retry=False)
         return version
 
     def _admin(self):
@@ -177,7 +178,7 @@ class ControlPlane(object):
         `mkdir -p $HOME/.kube; cp -i /etc/kubernetes/admin.conf $HOME/.kube/config`."""
         with open(self.paths.admin_kubeconfig, "rb") as handle:
             data = handle.read()
-        users = ["root"] + [u for u in [self.settings.get("admin_user")] if u and u != "root"]
+        users = ["root"] + [u for u in [self.settings.admin_user] if u and u != "root"]
         accounts = _passwd(os.path.join(self.paths.root, "etc/passwd"))
         for user in users:
             if user not in accounts:
@@ -192,7 +193,7 @@ class ControlPlane(object):
         for attempt in range(1, CNI_ATTEMPTS + 1):
             result = self._admin().kubectl("apply", "-f", self.paths.cni_manifest, timeout=120)
             if result.ok:
-                log.info("applied the pod network (flannel, %s)", self.settings["pod_subnet"])
+                log.info("applied the pod network (flannel, %s)", self.settings.pod_subnet)
                 return
             log.warning("kubectl apply of the pod network failed (attempt %d of %d): %s", attempt, CNI_ATTEMPTS,
                         result.summary())
@@ -202,7 +203,7 @@ class ControlPlane(object):
 
     def _wait_ready(self):
         """True once this node is Ready, False after ready_timeout (logged either way: not Ready is no failure)."""
-        node = self.config["node"]
+        node = self.config.node
         deadline = self.clock() + self.ready_timeout
         while True:
             try:
@@ -221,7 +222,7 @@ class ControlPlane(object):
 
     def _reset(self):
         """`kubeadm reset -f`: what a failed or interrupted init left is undone (init-started stays if not)."""
-        result = kubeadm_reset(self.commands, self.config["runtime"])
+        result = kubeadm_reset(self.commands, self.config.runtime)
         if result.ok:
             self.paths.discard(self.paths.init_started)
         else:

@@ -1,18 +1,23 @@
 """The agent's inputs and state on the device: /etc/pi-image/node.json and /var/lib/pi-image/.
 
-node.json (written by the build, mode 0600, root:root) — the keys are defined by builder.cluster.node_config():
+node.json (written by the build, mode 0600, root:root) is a NodeConfig: the build assembles one
+(builder/cluster/__init__.py node_config(), builder/build/__init__.py prepare()) and writes its to_json() with sorted
+keys; the agent reads it back with load_node_config(), which checks it (NodeConfig.from_json()). Its keys:
 
-    node, role, kubernetes_version, runtime                    always (local setup)
-    runtime_packages                                           apt packages that provide the runtime when it is
-                                                               missing (may be empty or absent: nothing to install)
-    built_at                                                   the build's time (Unix): the device's clock is
-                                                               wrong while it is before it
-    kubelet                                                    KubeletConfiguration fields sized to the board
-                                                               (builder/kubelet.py; absent: the kubelet's defaults)
-    endpoint, endpoint_fingerprint, credential,                a worker built for a cluster
-    api_server, node_subnet
-    api_server, node_subnet, control_plane {pod_subnet,         a control-plane node built for a cluster: it runs
-      service_subnet, admin_user}                              `kubeadm init` (controlplane.py)
+    node, role, kubernetes_version, runtime    always (local setup); role: worker | control-plane
+    runtime_packages     apt packages that provide the runtime when it is missing (empty: nothing to install)
+    built_at             the build's time (Unix): the device's clock is wrong while it is before it
+    kubelet              KubeletConfiguration fields sized to the board (builder/plan/kubelet.py; absent: the
+                         kubelet's defaults)
+    kubernetes_release   the exact patch an --offline card's bundle holds
+    api_server, node_subnet, cluster {api_server, node_subnet}    every image built for a cluster (`cluster`
+                         repeats the two, for `pi-image inspect`)
+    generation           which build of the node the card is (the endpoint accepts the newest only); a node's image
+    endpoint, endpoint_fingerprint, credential    a worker of a cluster: where and how it asks for its join token
+    control_plane {pod_subnet, service_subnet, admin_user}    a control plane of a cluster: it runs `kubeadm init`
+                         (controlplane.py) and never joins
+    unstamped            true on a cluster's profile image, which has no node yet: `pi-image flash` stamps one onto
+                         each card; the agent refuses to go on without one
 
 The agent's state (AgentPaths): firstboot.done (the unit's condition), join-started (a join was under way),
 issued-token.json (a join token still valid, 0600, deleted once joined), kubeadm-patches/, firstboot.log; on a
@@ -22,12 +27,10 @@ token endpoint's unit).
 
 import json
 import os
+from typing import Any, Dict, Optional, Sequence, TypeVar
 
 from .runtime import RUNTIMES
 
-LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
-CLUSTER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
-CONTROL_PLANE_KEYS = ("api_server", "node_subnet")
 ROLES = ("worker", "control-plane")
 
 # Where a control-plane image keeps what the build put there for it (paths below the root; the builder imports them):
@@ -36,44 +39,172 @@ CNI_MANIFEST = "usr/lib/pi-image/cni/kube-flannel.yml"
 ENDPOINT_UNIT = "pi-image-tokend.service"
 INITIALIZED = "var/lib/pi-image/control-plane.initialized"  # ConditionPathExists of ENDPOINT_UNIT
 
+_LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
+_WORKER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
+_CONTROL_PLANE_KEYS = ("api_server", "node_subnet")
+_TEXT_KEYS = _LOCAL_KEYS + _WORKER_KEYS + ("role", "kubernetes_release")
+
+R = TypeVar("R", bound="_Record")
+
 
 class ConfigError(Exception):
     """node.json is missing or malformed; the message names the file and the key."""
 
 
-def load_node_config(path):
-    """node.json as a dict, checked: local keys always, cluster keys all or none."""
+class _Record(object):
+    """A record whose fields are its __slots__: equal when they are, copied with changes by replace()."""
+
+    __slots__: Sequence[str] = ()
+
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with `changes` (as dataclasses.replace)."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        unknown = sorted(set(changes) - set(values))
+        if unknown:
+            raise TypeError("{} has no field(s) {}".format(type(self).__name__, ", ".join(unknown)))
+        values.update(changes)
+        return type(self)(**values)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, name) == getattr(other, name)
+                                                 for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable fields (kubelet): never a dict key
+
+    def __repr__(self) -> str:
+        return "{}({})".format(type(self).__name__, ", ".join("{}={!r}".format(name, getattr(self, name))
+                                                             for name in self.__slots__))
+
+
+class ControlPlaneSettings(_Record):
+    """node.json's control_plane: what `kubeadm init` needs beyond the node's own keys (controlplane.py)."""
+
+    __slots__ = ("pod_subnet", "service_subnet", "admin_user")
+
+    def __init__(self, *, pod_subnet: str, service_subnet: str, admin_user: Optional[str]) -> None:
+        self.pod_subnet = pod_subnet  # kubeadm's podSubnet = flannel's Network
+        self.service_subnet = service_subnet
+        self.admin_user = admin_user  # who gets ~/.kube/config besides root (null: root only)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"pod_subnet": self.pod_subnet, "service_subnet": self.service_subnet, "admin_user": self.admin_user}
+
+
+class NodeConfig(_Record):
+    """node.json, typed: one node's identity and what its first boot needs (the keys: see the module docstring).
+
+    A field that is None (False for unstamped, empty for kubelet) is a key node.json does not have."""
+
+    __slots__ = ("node", "role", "kubernetes_version", "runtime", "runtime_packages", "built_at", "kubelet",
+                 "kubernetes_release", "api_server", "node_subnet", "generation", "endpoint", "endpoint_fingerprint",
+                 "credential", "control_plane", "unstamped")
+
+    def __init__(self, *, node: str, kubernetes_version: str, runtime: str, role: str = "worker",
+                 runtime_packages: Sequence[str] = (), built_at: Optional[float] = None,
+                 kubelet: Optional[Dict[str, Any]] = None, kubernetes_release: Optional[str] = None,
+                 api_server: Optional[str] = None, node_subnet: Optional[str] = None,
+                 generation: Optional[int] = None, endpoint: Optional[str] = None,
+                 endpoint_fingerprint: Optional[str] = None, credential: Optional[str] = None,
+                 control_plane: Optional[ControlPlaneSettings] = None, unstamped: bool = False) -> None:
+        self.node = node  # the hostname and Kubernetes node name
+        self.role = role
+        self.kubernetes_version = kubernetes_version  # "1.31": the pinned minor
+        self.runtime = runtime  # containerd | docker: picks kubeadm's CRI socket (runtime.py)
+        self.runtime_packages = tuple(runtime_packages)
+        self.built_at = built_at
+        self.kubelet = dict(kubelet or {})
+        self.kubernetes_release = kubernetes_release
+        self.api_server = api_server  # "HOST:6443"; a worker routes to it to find its node-ip if none in the subnet
+        self.node_subnet = node_subnet  # CIDR: the node-ip is this node's address inside it
+        self.generation = generation
+        self.endpoint = endpoint  # "HOST:PORT" of the token endpoint
+        self.endpoint_fingerprint = endpoint_fingerprint  # "sha256:<hex>": the only certificate the agent talks to
+        self.credential = credential  # hex HMAC-SHA256(enrollment key, node name, generation): the node's secret
+        self.control_plane = control_plane
+        self.unstamped = unstamped
+
+    def to_json(self) -> Dict[str, Any]:
+        """node.json's object (the build writes it with sorted keys)."""
+        data: Dict[str, Any] = {"node": self.node, "role": self.role, "kubernetes_version": self.kubernetes_version,
+                                "runtime": self.runtime, "runtime_packages": list(self.runtime_packages)}
+        for key in ("built_at", "kubernetes_release", "api_server", "node_subnet", "generation", "endpoint",
+                    "endpoint_fingerprint", "credential"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.kubelet:
+            data["kubelet"] = dict(self.kubelet)
+        if self.api_server is not None:
+            data["cluster"] = {"api_server": self.api_server, "node_subnet": self.node_subnet}
+        if self.control_plane is not None:
+            data["control_plane"] = self.control_plane.to_json()
+        if self.unstamped:
+            data["unstamped"] = True
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "node.json") -> "NodeConfig":
+        """node.json's object checked: the local keys always, a worker's cluster keys all or none, a control
+        plane's settings whole; a ConfigError naming `where` and the key. Keys it does not know are ignored."""
+        if not isinstance(data, dict):
+            raise ConfigError("{}: expected a JSON object".format(where))
+        missing = [key for key in _LOCAL_KEYS if not data.get(key)]
+        if data.get("endpoint"):
+            missing += [key for key in _WORKER_KEYS if not data.get(key)]
+        control_plane = data.get("control_plane")
+        if control_plane is not None:
+            if not isinstance(control_plane, dict):
+                raise ConfigError("{}: control_plane must be an object".format(where))
+            missing += [key for key in _CONTROL_PLANE_KEYS if not data.get(key)]
+            missing += ["control_plane." + key for key in ("pod_subnet", "service_subnet")
+                        if not control_plane.get(key)]
+        if missing:
+            raise ConfigError("{}: missing key(s) {}".format(where, ", ".join(dict.fromkeys(missing))))
+        for key in _TEXT_KEYS:
+            _check(where, key, data.get(key), str, "a string")
+        for key in ("pod_subnet", "service_subnet", "admin_user"):
+            _check(where, "control_plane." + key, (control_plane or {}).get(key), str, "a string")
+        _check(where, "generation", data.get("generation"), int, "a whole number")
+        _check(where, "built_at", data.get("built_at"), (int, float), "a Unix time")
+        if data["runtime"] not in RUNTIMES:
+            raise ConfigError("{}: runtime must be one of {}, not {!r}".format(where, ", ".join(sorted(RUNTIMES)),
+                                                                             data["runtime"]))
+        role = data.get("role", "worker")
+        if role not in ROLES:
+            raise ConfigError("{}: role must be one of {}, not {!r}".format(where, ", ".join(ROLES), role))
+        kubelet = data.get("kubelet", {})
+        if not isinstance(kubelet, dict):
+            raise ConfigError("{}: kubelet must be an object of KubeletConfiguration fields".format(where))
+        packages = data.get("runtime_packages", [])
+        if not isinstance(packages, list) or not all(isinstance(name, str) and name for name in packages):
+            raise ConfigError("{}: runtime_packages must be a list of package names".format(where))
+        return cls(
+            node=data["node"], role=role, kubernetes_version=data["kubernetes_version"], runtime=data["runtime"],
+            runtime_packages=packages, built_at=data.get("built_at"), kubelet=kubelet,
+            kubernetes_release=data.get("kubernetes_release"), api_server=data.get("api_server"),
+            node_subnet=data.get("node_subnet"), generation=data.get("generation"), endpoint=data.get("endpoint"),
+            endpoint_fingerprint=data.get("endpoint_fingerprint"), credential=data.get("credential"),
+            control_plane=None if control_plane is None else ControlPlaneSettings(
+                pod_subnet=control_plane["pod_subnet"], service_subnet=control_plane["service_subnet"],
+                admin_user=control_plane.get("admin_user")),
+            unstamped=bool(data.get("unstamped")))
+
+
+def _check(where: str, key: str, value: object, kind: Any, what: str) -> None:
+    """A ConfigError unless `value` is None or of `kind` (never a bool: true is no number)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        raise ConfigError("{}: {} must be {}, not {!r}".format(where, key, what, value))
+
+
+def load_node_config(path: str) -> NodeConfig:
+    """node.json at `path`, read and checked (NodeConfig.from_json)."""
     try:
         with open(path) as handle:
-            config = json.load(handle)
+            data = json.load(handle)
     except OSError as err:
-        raise ConfigError("{}: cannot read: {}".format(path, err.strerror))
+        raise ConfigError("{}: cannot read: {}".format(path, err.strerror)) from None
     except ValueError as err:
-        raise ConfigError("{}: not valid JSON: {}".format(path, err))
-    if not isinstance(config, dict):
-        raise ConfigError("{}: expected a JSON object".format(path))
-    missing = [key for key in LOCAL_KEYS if not config.get(key)]
-    if config.get("endpoint"):
-        missing += [key for key in CLUSTER_KEYS if not config.get(key)]
-    if config.get("control_plane") is not None:
-        if not isinstance(config["control_plane"], dict):
-            raise ConfigError("{}: control_plane must be an object".format(path))
-        missing += [key for key in CONTROL_PLANE_KEYS if not config.get(key)]
-        missing += ["control_plane." + key for key in ("pod_subnet", "service_subnet")
-                    if not config["control_plane"].get(key)]
-    if missing:
-        raise ConfigError("{}: missing key(s) {}".format(path, ", ".join(missing)))
-    if config["runtime"] not in RUNTIMES:
-        raise ConfigError("{}: runtime must be one of {}, not {!r}".format(path, ", ".join(sorted(RUNTIMES)),
-                                                                         config["runtime"]))
-    if config.setdefault("role", "worker") not in ROLES:
-        raise ConfigError("{}: role must be one of {}, not {!r}".format(path, ", ".join(ROLES), config["role"]))
-    if not isinstance(config.setdefault("kubelet", {}), dict):
-        raise ConfigError("{}: kubelet must be an object of KubeletConfiguration fields".format(path))
-    packages = config.setdefault("runtime_packages", [])
-    if not isinstance(packages, list) or not all(isinstance(name, str) and name for name in packages):
-        raise ConfigError("{}: runtime_packages must be a list of package names".format(path))
-    return config
+        raise ConfigError("{}: not valid JSON: {}".format(path, err)) from None
+    return NodeConfig.from_json(data, path)
 
 
 def write_private(path, text):

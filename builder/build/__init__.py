@@ -2,6 +2,8 @@
 
     base (never written) --plan--> ops --sparse copy--> temp output --apply+verify+fsck--> rename to OUTPUT
 
+A cluster build has one step more, before the edits are applied: it saves its recipe (how the image was made) in the
+cluster directory, and the manifest names it, so that `pi-image flash` can stamp a node onto the image later.
 Anything that fails, or an interruption, removes the temporary output: either a complete, checked image appears
 at OUTPUT, or nothing does.
 """
@@ -17,6 +19,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from firstboot.nodeconfig import NodeConfig
 
 from .. import __version__
 from ..bases.catalog import default_base, resolve_base
@@ -69,7 +73,17 @@ MANIFEST_PATH = "/etc/pi-image/build.json"
 ROOM_MARGIN = 256 << 20  # free space an offline node keeps for its first boot (logs, containerd's unpacked layers)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class Stamp:
+    """What an image's own build used, when `pi-image flash` stamps a node onto it (from its recipe,
+    builder.build.recipes): with the same apt keyring and base record (and time: BuildRequest.epoch) the card gets
+    the bytes a build of that node would have."""
+
+    keyring: bytes | None
+    base: dict[str, Any]
+
+
+@dataclass(kw_only=True)
 class BuildRequest:
     """What the user asked for (the CLI's options)."""
 
@@ -90,13 +104,11 @@ class BuildRequest:
     replace_overlays: bool = False  # --overlay directories may shadow shipped overlays of the same name
     bmap: bool = False  # also write OUTPUT.bmap (bmaptool's format: the ranges that matter, with SHA-256s)
     dry_run: bool = False  # plan only: nothing is downloaded (base, apt key), nothing written
-    # set when `pi-image flash` stamps a node onto an image (builder.build.recipes): what the image's own build used
-    keyring: bytes | None = None
-    epoch: int | None = None
-    base_record: dict[str, Any] | None = None
+    epoch: int | None = None  # the build's time (every date written); default SOURCE_DATE_EPOCH, else the base's mtime
+    stamp: Stamp | None = None  # set when `pi-image flash` stamps a node onto an image (request_from_recipe)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildResult:
     """What a build did (or, for a dry run, would do)."""
 
@@ -140,22 +152,23 @@ def prepare(request: BuildRequest) -> BuildContext:
                         f"pick a profile for {target.name} (see `pi-image profiles`)")
     _check_login(profile, target, request.no_login)
     node, config = _node(request, profile, cluster, profile["user"] or target.default_user)
-    config["runtime_packages"] = runtime_packages(
-        profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
-        target.os.version_id or "", target.name, profile["containerd_config_version"], profile["default_runtime"])
-    sizing = kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"])
-    if sizing:
-        config["kubelet"] = sizing
-    keyring = request.keyring or kube_keyring(profile["kubernetes_version"], request.kube_key,
-                                              download=not request.dry_run)
-    # a floor for the device's clock (a Pi has no RTC)
-    config["built_at"] = request.epoch if request.epoch is not None else _epoch(base)
-    from_cluster = {"subnets": (cluster.service_subnet, cluster.pod_subnet),
-                    "kubernetes_release": cluster.kubernetes_release,
-                    "cluster_files": tuple(master_files(cluster)) if "control_plane" in config else ()} if cluster else {}
-    ctx = BuildContext(target, profile, node, config, keyring, list(request.overlays), epoch=config["built_at"],
-                       replace_overlays=request.replace_overlays, base=base, base_name=str(spec),
-                       fetch=not request.dry_run, **from_cluster)
+    epoch = request.epoch if request.epoch is not None else _epoch(base)
+    config = config.replace(
+        runtime_packages=runtime_packages(
+            profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
+            target.os.version_id or "", target.name, profile["containerd_config_version"],
+            profile["default_runtime"]),
+        kubelet=kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"]),
+        built_at=epoch)  # a floor for the device's clock (a Pi has no RTC)
+    keyring = (request.stamp.keyring if request.stamp else None) or kube_keyring(
+        profile["kubernetes_version"], request.kube_key, download=not request.dry_run)
+    ctx = BuildContext(target=target, profile=profile, node=node, node_config=config, kube_keyring=keyring,
+                       overlays=list(request.overlays), epoch=epoch, replace_overlays=request.replace_overlays,
+                       base=base, base_name=str(spec), fetch=not request.dry_run)
+    if cluster:
+        ctx.subnets = (cluster.service_subnet, cluster.pod_subnet)
+        ctx.kubernetes_release = cluster.kubernetes_release
+        ctx.cluster_files = tuple(master_files(cluster)) if config.control_plane is not None else ()
     make_plan(ctx)
     return ctx
 
@@ -210,43 +223,44 @@ def _profile_name(request: BuildRequest) -> str:
 
 
 def _node(request: BuildRequest, profile: Profile, cluster: Cluster | None,
-          admin_user: str | None) -> tuple[NodeIdentity, dict[str, Any]]:
-    """The node's identity and its firstboot config, from the inventory (--cluster --node) or the profile;
-    `admin_user` gets the cluster's kubeconfig on a control plane.
+          admin_user: str | None) -> tuple[NodeIdentity, NodeConfig]:
+    """The node's identity and who its firstboot config says it is, from the inventory (--cluster --node) or the
+    profile; `admin_user` gets the cluster's kubeconfig on a control plane. prepare() adds the build's facts.
 
     A cluster build's config carries the node's NEXT generation: the inventory records it once the image is made.
     """
     if cluster and not request.node:
         return _profile_image_node(profile, cluster, admin_user)
-    if cluster:
+    if cluster and request.node:
         entry = cluster.node(request.node)
         if entry.role != profile["role"]:
             raise UserError(f"node {entry.name!r} is a {entry.role} in {cluster.directory / 'inventory.yaml'} but "
                             f"profile '{profile.name}' builds a {profile['role']}: use the node's own profile "
                             f"({entry.profile})")
         entry = dataclasses.replace(entry, generation=entry.generation + 1)
-        node = NodeIdentity(entry.name, entry.role, entry.address, entry.mac, cluster.node_subnet, cluster.gateway,
-                            tuple(cluster.dns), str(cluster.directory))
+        node = NodeIdentity(name=entry.name, role=entry.role, address=entry.address, mac=entry.mac,
+                            subnet=cluster.node_subnet, gateway=cluster.gateway, dns=tuple(cluster.dns),
+                            cluster=str(cluster.directory))
         return node, node_config(cluster, entry, profile["runtime"], admin_user)
     name = request.node or profile["hostname"] or profile.name
     problem = values.hostname(name)
     if problem:
         raise UserError(f"--node: {problem}" if request.node else f"profile '{profile.name}': the node name is the "
                         f"profile's name when it sets no hostname: {problem}; set hostname in it or pass --node NAME")
-    node = NodeIdentity(name, profile["role"])
+    node = NodeIdentity(name=name, role=profile["role"])
     return node, local_node_config(name, profile["kubernetes_version"], profile["runtime"], profile["role"])
 
 
-def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | None) -> tuple[NodeIdentity, dict[str, Any]]:
+def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | None) -> tuple[NodeIdentity, NodeConfig]:
     """A cluster image without a node: everything of the profile and the cluster, but no identity and no credential.
     `pi-image flash` stamps a node onto each card written from it; booted as it is, its agent refuses to go on."""
     name = profile["hostname"] or profile.name
-    entry = Node(name, profile.name, profile["role"])
-    config = {key: value for key, value in node_config(cluster, entry, profile["runtime"], admin_user).items()
-              if key not in ("credential", "endpoint", "endpoint_fingerprint", "control_plane", "generation")}
-    config["unstamped"] = True
-    node = NodeIdentity(name, profile["role"], None, None, cluster.node_subnet, cluster.gateway, tuple(cluster.dns),
-                        str(cluster.directory))
+    entry = Node(name, profile.name, role=profile["role"])
+    config = node_config(cluster, entry, profile["runtime"], admin_user).replace(
+        credential=None, endpoint=None, endpoint_fingerprint=None, control_plane=None, generation=None,
+        unstamped=True)
+    node = NodeIdentity(name=name, role=profile["role"], subnet=cluster.node_subnet, gateway=cluster.gateway,
+                        dns=tuple(cluster.dns), cluster=str(cluster.directory))
     return node, config
 
 
@@ -257,6 +271,7 @@ def build(request: BuildRequest) -> BuildResult:
         raise UserError(f"{ctx.base} is an x86 Ubuntu root: its node is made by the stock system's cloud-init from a "
                         f"seed ISO, not by editing a tree: use `{SEED_ISO_COMMAND}`")
     base_path = ctx.base
+    assert base_path is not None  # prepare() resolved it
     output = request.output or Path(f"{ctx.node.name}.img")
     remove_stale_temporaries(output.parent)
     if isinstance(ctx.target.medium, DirectoryFilesystem):
@@ -283,9 +298,11 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             sparse_copy(raw_base, tmp, advance)
         _make_room(ctx, tmp)
         image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
-        manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
+        base_record = _base_record(request, ctx)
+        recipe = _save_recipe(request, ctx, base_record)
+        manifest = build_manifest(ctx, base_record, recipe)
         changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
-        if bmap_tmp is not None:
+        if bmap_path is not None and bmap_tmp is not None:
             usage = usage_map(tmp)
             with progress(f"{bmap_path.name}: range checksums", usage.mapped_bytes()) as advance:
                 write_bmap(tmp, usage, bmap_tmp, advance)
@@ -301,7 +318,8 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         for leftover in (tmp, tmp.with_name(tmp.name + output.suffix), manifest_tmp, bmap_tmp):
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
-    return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, output, manifest, bmap_path)
+    return BuildResult(target=ctx.target, profile=ctx.profile, node=ctx.node, ops=ctx.plan.ops, changed=changed,
+                       output=output, manifest=manifest, bmap=bmap_path)
 
 
 def _make_room(ctx: BuildContext, image: Path) -> None:
@@ -346,7 +364,9 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
         if not request.in_place:
             run(["cp", "-a", "--reflink=auto", str(base), str(dest)])  # keeps owners, modes, links, holes
         target = detect(DirectoryFilesystem(dest, writable=True))
-        manifest = build_manifest(ctx, _base_record(request, ctx), _recipe_id(request, ctx))
+        base_record = _base_record(request, ctx)
+        recipe = _save_recipe(request, ctx, base_record)
+        manifest = build_manifest(ctx, base_record, recipe)
         changed = apply(Plan(ctx.plan.ops + [manifest_op(manifest)]), target)
         target.root.commit()
         _write_json(manifest_tmp, manifest)
@@ -358,7 +378,8 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
         manifest_tmp.unlink(missing_ok=True)
         if not request.in_place and dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
-    return BuildResult(ctx.target, ctx.profile, ctx.node, ctx.plan.ops, changed, final, manifest)
+    return BuildResult(target=ctx.target, profile=ctx.profile, node=ctx.node, ops=ctx.plan.ops, changed=changed,
+                       output=final, manifest=manifest)
 
 
 def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
@@ -367,7 +388,8 @@ def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
     if request.cluster and ctx.bundle is not None and load_cluster(request.cluster).kubernetes_release is None:
         record_release(request.cluster, ctx.bundle.release)  # every later card of the cluster holds this release
     if request.cluster and request.node:
-        record_generation(request.cluster, ctx.node.name, ctx.node_config["generation"])
+        assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one (_node)
+        record_generation(request.cluster, ctx.node.name, ctx.node_config.generation)
 
 
 def bmap_name(output: Path) -> Path:
@@ -388,7 +410,7 @@ def _manifest_path(output: Path) -> Path:
 def _image_mode(ctx: BuildContext) -> int:
     """0600 when the image holds a secret (a node credential: anyone who reads it could join as that node; a
     control plane's cluster secrets; a password hash, a Wi-Fi passphrase), else 0644."""
-    holds_cluster_secret = "credential" in ctx.node_config or "control_plane" in ctx.node_config
+    holds_cluster_secret = ctx.node_config.credential is not None or ctx.node_config.control_plane is not None
     return 0o600 if holds_cluster_secret or ctx.profile.secret_values() else 0o644
 
 
@@ -442,24 +464,27 @@ def _base_record(request: BuildRequest, ctx: BuildContext) -> dict[str, Any]:
     (never a local path: the same inputs give the same bytes wherever they are), and its sha256; a stamped card's
     are its image's."""
     assert ctx.base is not None
-    if request.base_record:
-        return request.base_record
+    if request.stamp and request.stamp.base:
+        return request.stamp.base
     named = {"name": ctx.base_name} if ctx.base_name and not Path(ctx.base_name).exists() else {}
     return {"path": ctx.base.name, **named, "sha256": _input_sha256(ctx.base)}
 
 
-def _recipe_id(request: BuildRequest, ctx: BuildContext) -> str | None:
-    """A cluster build stores how it was made in the cluster directory, so a node can be stamped onto its image at
-    flash time (builder.build.recipes); the image's manifest names it."""
+def _save_recipe(request: BuildRequest, ctx: BuildContext, base: dict[str, Any]) -> str | None:
+    """A cluster build's own step: store how the image was made in the cluster directory (builder.build.recipes), so
+    that `pi-image flash` can stamp a node onto it later; the id names it in the image's manifest. None for a build
+    without a cluster. The file is named by its content: the same build saves it once."""
     if not request.cluster:
         return None
     profile = request.profile or ctx.profile.name
     if Path(profile).is_file():
         profile = str(Path(profile).resolve())
-    keyring = base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None
-    recipe = Recipe(profile, dict(request.sets), tuple(str(Path(o).resolve()) for o in request.overlays),
-                    request.replace_overlays, tuple(request.ssh_keys), request.password_hash, request.no_login,
-                    keyring, ctx.epoch, _base_record(request, ctx), _sources(ctx))
+    recipe = Recipe(profile=profile, sets=dict(request.sets),
+                    overlays=tuple(str(Path(o).resolve()) for o in request.overlays),
+                    replace_overlays=request.replace_overlays, ssh_keys=tuple(request.ssh_keys),
+                    password_hash=request.password_hash, no_login=request.no_login,
+                    keyring=base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None,
+                    epoch=ctx.epoch, base=base, sources=_sources(ctx))
     return save_recipe(request.cluster, recipe)
 
 
@@ -468,8 +493,8 @@ def request_from_recipe(recipe: Recipe, image: Path, cluster: Path, node: str) -
     return BuildRequest(profile=recipe.profile, base=str(image), cluster=cluster, node=node, sets=dict(recipe.sets),
                         overlays=list(recipe.overlays), ssh_keys=list(recipe.ssh_keys),
                         password_hash=recipe.password_hash, no_login=recipe.no_login,
-                        replace_overlays=recipe.replace_overlays, keyring=recipe.keyring_bytes, epoch=recipe.epoch,
-                        base_record=recipe.base)
+                        replace_overlays=recipe.replace_overlays, epoch=recipe.epoch,
+                        stamp=Stamp(keyring=recipe.keyring_bytes, base=recipe.base))
 
 
 def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) -> dict[str, Any]:
@@ -478,7 +503,7 @@ def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) 
     secrets = tuple(ctx.profile.secret_values())
     return {
         "recipe": recipe,
-        "stamp_at_flash": bool(ctx.node_config.get("unstamped")),
+        "stamp_at_flash": ctx.node_config.unstamped,
         "pi_image_version": __version__,
         "target": ctx.target.name,
         "node": ctx.node.name,

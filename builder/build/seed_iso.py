@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import struct_time
 from typing import Any, BinaryIO
 
 import pycdlib
@@ -63,7 +64,7 @@ PLAN_KEYS = ("write_files", "bootcmd", "runcmd")
 _WANTS_LINK = re.compile(rf"^{re.escape(UNIT_DIR)}/[^/]+\.(?:wants|requires)/(?P<unit>[^/]+)$")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeedIsoRequest:
     """What the user asked for (the CLI's options)."""
 
@@ -81,7 +82,7 @@ class SeedIsoRequest:
     force: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeedIsoResult:
     """What seed_iso() wrote."""
 
@@ -112,13 +113,14 @@ def seed_iso(request: SeedIsoRequest) -> SeedIsoResult:
     try:
         with create_private(tmp) as handle:
             write_iso(documents, handle, ctx.epoch)
-        record_generation(request.cluster, ctx.node.name, ctx.node_config["generation"])
+        assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one
+        record_generation(request.cluster, ctx.node.name, ctx.node_config.generation)
         publish([(tmp, output)])
     finally:
         tmp.unlink(missing_ok=True)
     files = [op.path for op in final_ops(ctx.plan) if op.action == "write"]
-    return SeedIsoResult(output, ctx.node.name, ctx.node.role, files, output.stat().st_size,
-                         len(documents["user-data"]))
+    return SeedIsoResult(output=output, node=ctx.node.name, role=ctx.node.role, files=files,
+                         size=output.stat().st_size, user_data_bytes=len(documents["user-data"]))
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -330,7 +332,7 @@ class _FixedClock:
     def time(self) -> float:
         return self.epoch
 
-    def localtime(self, seconds: float | None = None) -> time.struct_time:
+    def localtime(self, seconds: float | None = None) -> struct_time:
         return time.gmtime(self.epoch if seconds is None else seconds)
 
     def __getattr__(self, name: str) -> Any:

@@ -55,7 +55,7 @@ class Stamp:
         disk = DiskImage(card.path, writable=True, fake_time=self.ctx.epoch, partitions_from=card.image)
         apply_checked(disk, self.ctx.plan.ops + [manifest_op(self.manifest)])
         card.sync()  # the stamp is on the card before the inventory counts it
-        record_generation(self.cluster.directory, self.ctx.node.name, self.ctx.node_config["generation"])
+        record_generation(self.cluster.directory, self.ctx.node.name, self.ctx.node_config.generation)
 
 
 def image_manifest(image: DiskImage) -> dict[str, Any] | None:

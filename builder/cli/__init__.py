@@ -39,7 +39,7 @@ from ..plan.steps import BuildContext
 from ..plan.users import hash_password, read_public_keys
 from ..progress import human_size
 from ..samples import SAMPLES, make_sample
-from ..targets import detect
+from ..targets import DEFAULT_TARGET, detect
 from .bases import COMMANDS as CATALOG_COMMANDS
 from .cache import cache_command
 from .cluster import COMMANDS as CLUSTER_COMMANDS
@@ -237,10 +237,11 @@ def build(ctx: click.Context, profile: str | None, base: str | None, output: Pat
         raise click.UsageError(f"--all builds every inventory node with the profile the inventory gives it: drop "
                                f"{'--node' if node else '--profile'}")
     settings = {**_settings(sets, ask_wifi_psk, wifi_psk_file), **({"offline": True} if offline else {})}
-    request = BuildRequest(profile, base, output, cluster, node, settings, list(overlays), kube_key,
-                           force, in_place, full_sha256, read_public_keys(ssh_key_files),
-                           _password_hash(ask_password, password_file), no_login, replace_overlays, bmap,
-                           dry_run=dry_run)
+    request = BuildRequest(profile=profile, base=base, output=output, cluster=cluster, node=node, sets=settings,
+                           overlays=list(overlays), kube_key=kube_key, force=force, in_place=in_place,
+                           sha256=full_sha256, ssh_keys=read_public_keys(ssh_key_files),
+                           password_hash=_password_hash(ask_password, password_file), no_login=no_login,
+                           replace_overlays=replace_overlays, bmap=bmap, dry_run=dry_run)
     verbose = verbose or ctx.obj["verbose"]
     if not all_nodes:
         if dry_run:
@@ -342,10 +343,11 @@ def seed_iso_command(profile: str | None, cluster: Path | None, node: str, outpu
       pi-image seed-iso --cluster ./homelab --node x86-1 --autoinstall --password -o x86-1-autoinstall.iso
     """
     directory = required_cluster_dir(cluster)
-    result = seed_iso(SeedIsoRequest(profile, directory, node, output, autoinstall, read_public_keys(ssh_key_files),
-                                     _password_hash(ask_password, password_file), no_login,
-                                     _settings(sets, ask_wifi_psk, wifi_psk_file),
-                                     list(overlays), kube_key, force))
+    result = seed_iso(SeedIsoRequest(profile=profile, cluster=directory, node=node, output=output,
+                                     autoinstall=autoinstall, ssh_keys=read_public_keys(ssh_key_files),
+                                     password_hash=_password_hash(ask_password, password_file), no_login=no_login,
+                                     sets=_settings(sets, ask_wifi_psk, wifi_psk_file), overlays=list(overlays),
+                                     kube_key=kube_key, force=force))
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "node": result.node, "role": result.role,
                                "size": result.size, "user_data_bytes": result.user_data_bytes,
@@ -458,7 +460,7 @@ def flash(image: Path, device: Path, cluster: Path | None, node: str | None, yes
         click.echo(json.dumps({
             "device": str(result.device.path), "image": str(image), "previous": result.previous,
             "node": ctx.node.name if ctx else (result.manifest or {}).get("node"),
-            "generation": ctx.node_config["generation"] if ctx else None, "added_to_inventory": result.added_node,
+            "generation": ctx.node_config.generation if ctx else None, "added_to_inventory": result.added_node,
             "written_bytes": result.written, "zeroed_bytes": result.zeroed, "verified_bytes": result.verified,
             "image_bytes": result.usage.size, "inventory": pushed,
             "seconds": round(result.seconds, 3)}, indent=2))
@@ -580,7 +582,7 @@ def _print_keys(as_json: bool) -> None:
 
 @main.command("demo-image")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--target", "target_name", default="ubuntu-raspi", show_default=True,
+@click.option("--target", "target_name", default=DEFAULT_TARGET, show_default=True,
               type=click.Choice(sorted({t for t, _ in SAMPLES})), help="Which layout to imitate.")
 @click.option("--release", help="Release of that target (default: its newest supported sample).")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")

@@ -204,7 +204,7 @@ def flash_summary(result: FlashResult) -> list[str]:
     if ctx is not None:
         added = " (added to the inventory)" if result.added_node else ""
         node = (f"{ctx.node.name}: {ctx.node.role}, profile {ctx.profile.name}, generation "
-                f"{ctx.node_config['generation']}{added}; {_address(manifest.get('network'), full=True)}")
+                f"{ctx.node_config.generation}{added}; {_address(manifest.get('network'), full=True)}")
     elif manifest.get("node"):
         node = f"{manifest['node']} (as built)"
     else:

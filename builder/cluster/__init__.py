@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,14 @@ import yaml
 
 from firstboot import protocol
 from firstboot.endpoint.state import default_state_dir
-from firstboot.nodeconfig import ROLES
+from firstboot.nodeconfig import ROLES, ControlPlaneSettings, NodeConfig
 
 from ..config import addresses
 from ..config.addresses import DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET
 from ..config.profiles import check_value, load_profile
 from ..config.runtimes import RUNTIMES
 from ..errors import UserError
-from ..outputs import write_private
+from ..outputs import write_atomic
 from . import secrets as cluster_secrets
 
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
@@ -66,6 +66,7 @@ class Node:
 
     name: str
     profile: str
+    _: KW_ONLY
     role: str = "worker"
     mac: str | None = None
     address: str | None = None  # A.B.C.D or A.B.C.D/NN, inside the node subnet
@@ -73,7 +74,7 @@ class Node:
     base: str | None = None  # its vendor image (catalog name, URL or file), where it differs from its profile's
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Cluster:
     """A loaded cluster directory."""
 
@@ -121,7 +122,8 @@ class Cluster:
 
     def credential(self, node: Node) -> str:
         """The node's credential (hex) for its current generation, derived from the enrollment key."""
-        return protocol.node_credential(cluster_secrets.read_enrollment_key(self.secrets_dir), node.name, node.generation)
+        key = cluster_secrets.read_enrollment_key(self.secrets_dir)
+        return protocol.node_credential(key, node.name, node.generation)
 
     def admin_credential(self) -> str:
         """The operator's credential for the endpoint's /v1/admin/ requests (never a node's)."""
@@ -159,10 +161,12 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
     with inventory_lock(directory):
         if (directory / "cluster.yaml").exists():  # another init won the race
             raise _already_a_cluster(directory)
-        fingerprint = cluster_secrets.create_secrets(directory / cluster_secrets.SECRETS_DIR, protocol.split_host_port(endpoint)[0])
-        cluster = Cluster(directory, api_server, endpoint, version, subnet, fingerprint, gateway, servers, pods,
-                          services, approval_mode, offline=offline, registry_mirrors=dict(registry_mirrors or {}),
-                          api_server_vip=api_server_vip)
+        fingerprint = cluster_secrets.create_secrets(directory / cluster_secrets.SECRETS_DIR,
+                                                     protocol.split_host_port(endpoint)[0])
+        cluster = Cluster(directory=directory, api_server=api_server, endpoint=endpoint, kubernetes_version=version,
+                          node_subnet=subnet, endpoint_fingerprint=fingerprint, gateway=gateway, dns=servers,
+                          pod_subnet=pods, service_subnet=services, approval_mode=approval_mode, offline=offline,
+                          registry_mirrors=dict(registry_mirrors or {}), api_server_vip=api_server_vip)
         _write_inventory(cluster)
         _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)  # last: it makes DIR a cluster
     return cluster
@@ -180,7 +184,7 @@ def load_cluster(directory: Path) -> Cluster:
     _reject_unknown_keys(path, settings, _CLUSTER_KEYS, "")
     settings = check_settings(settings, str(path))
     nodes, retired = load_inventory(directory, settings["node_subnet"])
-    return Cluster(directory, nodes=nodes, retired=retired, **settings)
+    return Cluster(directory=directory, nodes=nodes, retired=retired, **settings)
 
 
 def check_settings(settings: dict, where: str) -> dict:
@@ -295,7 +299,7 @@ def add_node(cluster: Cluster, name: str, profile: str, role: str | None, profil
         raise UserError(f"--role {role} conflicts with profile '{profile}', which builds a {profile_role} node: "
                         f"drop --role or pick a {role} profile")
     with changing(cluster.directory) as current:
-        node = Node(name, profile, role or profile_role, mac.lower() if mac else None, address,
+        node = Node(name, profile, role=role or profile_role, mac=mac.lower() if mac else None, address=address,
                     base=_stored_base(base, name) if base else None)
         _check_node_in(current, node, f"node {name!r}", f"add it with --address {_api_host(current)}")
         _refuse_duplicates(current.directory / "inventory.yaml", current.nodes + [node])
@@ -470,32 +474,26 @@ def inventory_lock(directory: Path) -> Iterator[None]:
 
 
 def local_node_config(node_name: str, kubernetes_version: str, runtime: str = "containerd",
-                      role: str = "worker") -> dict:
+                      role: str = "worker") -> NodeConfig:
     """node.json for an image built without a cluster: the agent only does local setup, then marks itself done.
 
-    Keys: node (Kubernetes node name), role (worker | control-plane), kubernetes_version ("1.31", the pinned minor),
-    runtime (containerd | docker: picks kubeadm's CRI socket). The build adds runtime_packages (builder.config.runtimes).
-    """
+    node (Kubernetes node name), role (worker | control-plane), kubernetes_version ("1.31", the pinned minor),
+    runtime (containerd | docker: picks kubeadm's CRI socket). The build adds runtime_packages
+    (builder.config.runtimes), kubelet and built_at (builder.build.prepare)."""
     if runtime not in RUNTIMES:
         raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-    return {"node": node_name, "role": role, "kubernetes_version": addresses.minor(kubernetes_version, "kubernetes_version"),
-            "runtime": runtime}
+    return NodeConfig(node=node_name, role=role, runtime=runtime,
+                      kubernetes_version=addresses.minor(kubernetes_version, "kubernetes_version"))
 
 
-def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin_user: str | None = None) -> dict:
-    """node.json for `node`'s image (written 0600 root:root at /etc/pi-image/node.json).
+def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin_user: str | None = None) -> NodeConfig:
+    """node.json for `node`'s image (written 0600 root:root at /etc/pi-image/node.json; its keys: firstboot.nodeconfig).
 
-    The local keys of local_node_config(), plus for workers:
-      endpoint             "HOST:PORT" of the token endpoint
-      endpoint_fingerprint "sha256:<hex>" — the only certificate the agent will talk to
-      credential           hex HMAC-SHA256(enrollment key, node name, generation): the node's secret
-      api_server           "HOST:6443" (the agent routes to it to find its node-ip if no subnet address)
-      node_subnet          CIDR: the node-ip is this node's address inside it
-    and for control-plane nodes, which run `kubeadm init` themselves and never join (so get no credential):
-      api_server, node_subnet as above (controlPlaneEndpoint; the advertise address is the node's in the subnet)
-      control_plane        {pod_subnet, service_subnet, admin_user (who gets ~/.kube/config)}
-    Every cluster node also gets `cluster` {api_server, node_subnet} and `generation` (which build of the node the
-    card is; the endpoint knows the current one).
+    The keys of local_node_config(), plus api_server and node_subnet of the cluster and the node's `generation` (which
+    build of the node the card is; the endpoint knows the current one); for a worker the token endpoint it asks for a
+    join token and its credential (HMAC-SHA256(enrollment key, node name, generation)); for a control plane, which
+    runs `kubeadm init` itself and never joins (so gets no credential), the pod and service subnets and `admin_user`
+    (who gets ~/.kube/config).
 
     A control plane of the inventory whose address is not the API server's is refused (a profile image, whose node
     is not chosen yet, is checked when `pi-image flash` stamps one).
@@ -505,16 +503,13 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin
                                     f"{cluster.directory / 'inventory.yaml'}, or the API server's address with "
                                     f"`pi-image cluster set {cluster.directory} api_server=ADDRESS:PORT` while no "
                                     "card is built")
-    config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role)
-    config.update(cluster={"api_server": cluster.api_server, "node_subnet": cluster.node_subnet},
-                  generation=node.generation, api_server=cluster.api_server, node_subnet=cluster.node_subnet)
+    config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role).replace(
+        api_server=cluster.api_server, node_subnet=cluster.node_subnet, generation=node.generation)
     if node.role == "worker":
-        config.update(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
-                      credential=cluster.credential(node))
-    else:
-        config["control_plane"] = {"pod_subnet": cluster.pod_subnet, "service_subnet": cluster.service_subnet,
-                                   "admin_user": admin_user}
-    return config
+        return config.replace(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
+                              credential=cluster.credential(node))
+    return config.replace(control_plane=ControlPlaneSettings(
+        pod_subnet=cluster.pod_subnet, service_subnet=cluster.service_subnet, admin_user=admin_user))
 
 
 def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
@@ -591,12 +586,12 @@ def write_server_config(cluster: Cluster) -> Path:
 
 def _write_server_config(cluster: Cluster) -> Path:
     path = cluster.directory / "tokend.json"
-    write_private(path, json.dumps(server_config(cluster), indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(server_config(cluster), indent=2, sort_keys=True) + "\n")
     return path
 
 
 def _write_yaml(path: Path, data: dict, mode: int) -> None:
-    write_private(path, _yaml_text(data).decode(), mode)
+    write_atomic(path, _yaml_text(data).decode(), mode)
 
 
 def _yaml_text(data: dict) -> bytes:
@@ -650,7 +645,8 @@ def _refuse_duplicates(path: Path, nodes: list[Node]) -> None:
         for node in nodes:
             value = value_of(node)
             if value and value in seen:
-                raise UserError(f"{path}: {what} {value} already belongs to node {seen[value]!r}; every node needs its own"
+                raise UserError(f"{path}: {what} {value} already belongs to node {seen[value]!r}; every node needs "
+                                "its own"
                                 + (" (remove it first with `pi-image cluster remove-node`)" if what == "name" else ""))
             if value:
                 seen[value] = node.name

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import UserError
 from ..image import FileStat, Filesystem, normalize
 from ..image.fat import FatFilesystem
+from ..image.fs import MAX_SYMLINK_HOPS
 from ..targets import Target
 
 FILESYSTEMS = ("root", "boot")
@@ -64,6 +65,11 @@ class Plan:
     """Ordered file operations, plus the latest state of every path they touch."""
 
     ops: list[FileOp] = field(default_factory=list)
+    # an index of `ops` (kept up to date as they are appended): (fs, path) -> the positions of its ops, and the
+    # directories some op creates by writing below them
+    _positions: dict[tuple[str, str], list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _parents: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False, compare=False)
+    _indexed: int = field(default=0, init=False, repr=False, compare=False)
 
     def add(self, op: FileOp) -> None:
         """Append `op` (paths normalized, `..` refused)."""
@@ -73,16 +79,47 @@ class Plan:
 
     def latest(self, fs: str, path: str) -> FileOp | None:
         """The last op on (`fs`, `path`), if the plan touches it."""
-        path = normalize(path)
-        return next((op for op in reversed(self.ops) if op.fs == fs and op.path == path), None)
+        positions = self._index()[0].get((fs, normalize(path)))
+        return self.ops[positions[-1]] if positions else None
+
+    def before(self, fs: str, path: str, op: FileOp) -> FileOp | None:
+        """The op on (`fs`, `path`) that came before `op` (itself one of the path's ops), if any."""
+        positions = self._index()[0].get((fs, normalize(path)), [])
+        at = next(index for index, position in enumerate(positions) if self.ops[position] is op)
+        return self.ops[positions[at - 1]] if at else None
+
+    def creates_below(self, fs: str, directory: str) -> bool:
+        """True if some op makes an entry below `directory` on `fs` (applying it creates the directory)."""
+        return (fs, normalize(directory)) in self._index()[1]
 
     def describe(self, secrets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Every op as JSON-friendly data, in order (no hash of content holding one of `secrets`)."""
         return [op.describe(secrets) for op in self.ops]
 
+    def _index(self) -> tuple[dict[tuple[str, str], list[int]], set[tuple[str, str]]]:
+        """The index, brought up to date with ops appended since (rebuilt if ops were taken away)."""
+        if self._indexed > len(self.ops):
+            self._positions, self._parents, self._indexed = {}, set(), 0
+        for position in range(self._indexed, len(self.ops)):
+            op = self.ops[position]
+            self._positions.setdefault((op.fs, op.path), []).append(position)
+            parent = posixpath.dirname(op.path)
+            while op.action != "remove" and parent != "/" and (op.fs, parent) not in self._parents:
+                self._parents.add((op.fs, parent))
+                parent = posixpath.dirname(parent)
+        self._indexed = len(self.ops)
+        return self._positions, self._parents
+
 
 class PlanView:
-    """Read a target's files as the plan has changed them so far (for steps that edit existing files)."""
+    """Read a target's files as the plan has changed them so far (how steps read the image: never directly).
+
+    Each path answers from the plan's latest op on it, else from the target's filesystem; a directory that some op
+    writes below exists. Symlinks are resolved as the booted system would, through both the links the plan makes
+    and the image's own, inside the filesystem's root (one that climbs out is refused). The calls are
+    `Filesystem`'s with the filesystem's name ("root" or "boot") first; `tree(fs)` gives one filesystem's view with
+    exactly `Filesystem`'s signatures. `read_bytes` and `read_text` never read through a final symlink unless asked.
+    """
 
     def __init__(self, target: Target, plan: Plan):
         self.target = target
@@ -91,6 +128,10 @@ class PlanView:
     def filesystem(self, fs: str) -> Filesystem:
         """The target's filesystem called `fs` ("root" or "boot")."""
         return self.target.filesystem(fs)
+
+    def tree(self, fs: str) -> TreeView:
+        """Filesystem `fs` as the plan has changed it so far, read with `Filesystem`'s calls (lstat, stat, ...)."""
+        return TreeView(self, fs)
 
     def read_text(self, fs: str, path: str, follow: bool = False) -> str | None:
         """Current text of `path` on `fs` (None if missing or removed). A file a step reads is one it edits, so a
@@ -108,41 +149,171 @@ class PlanView:
     def read_bytes(self, fs: str, path: str, follow: bool = False) -> bytes | None:
         """Current bytes of `path` on `fs` (None if missing or removed); a final symlink is refused unless
         `follow`, and anything but a regular file is refused."""
-        op = self.plan.latest(fs, path)
-        if op is not None:
-            return op.content if op.action == "write" else None
-        try:
-            return self.filesystem(fs).read(path, follow=follow)
-        except FileNotFoundError:
+        real = self._resolve(fs, path, follow)
+        op = self.plan.latest(fs, real)
+        description = self.filesystem(fs).description
+        if op is None:
+            try:
+                return self.filesystem(fs).read(real, follow=follow)
+            except FileNotFoundError:
+                if not self.plan.creates_below(fs, real):
+                    return None
+                raise UserError(f"{description}: {path} is a directory the build makes, where pi-image reads or "
+                                "edits a file: ship a regular file there") from None
+        if op.action == "write":
+            return op.content
+        if op.action == "remove":
             return None
+        st = self._op_entry(fs, real, op)
+        if st is not None and st.is_symlink:
+            raise UserError(f"{description}: {path} is a symlink (to {self._link_target(fs, real)[:200]!r}) after the "
+                            f"build's {op.step} step, where a later step edits a file; pi-image never edits a file "
+                            "through a link: ship a regular file there")
+        raise UserError(f"{description}: {path} is not a regular file after the build's {op.step} step (pi-image "
+                        "reads or edits it): ship a regular file there")
 
     def file_meta(self, fs: str, path: str) -> tuple[int, int, int] | None:
         """(permissions, uid, gid) of the regular file at `path` after the plan so far (not following a final
         link), or None if there is none there or `fs` keeps no modes (FAT)."""
-        op = self.plan.latest(fs, path)
+        real = self._resolve(fs, path, follow_last=False)
+        op = self.plan.latest(fs, real)
         if op is not None:
             return (op.mode if op.mode is not None else 0o644, op.uid, op.gid) if op.action == "write" else None
         filesystem = self.filesystem(fs)
         if isinstance(filesystem, FatFilesystem):
             return None
-        st = filesystem.lstat(path)
+        st = filesystem.lstat(real)
         return (st.permissions, st.uid, st.gid) if st is not None and st.is_file else None
+
+    def lstat(self, fs: str, path: str) -> FileStat | None:
+        """Stat `path` on `fs` after the plan so far, not following a final symlink; None if there is nothing."""
+        return self._entry(fs, self._resolve(fs, path, follow_last=False))
+
+    def stat(self, fs: str, path: str) -> FileStat | None:
+        """Stat `path` on `fs` after the plan so far, following symlinks; None if it (or a link's target) is
+        missing."""
+        return self._entry(fs, self._resolve(fs, path))
+
+    def exists(self, fs: str, path: str) -> bool:
+        """True if `path` exists on `fs` after the plan so far (a link counts, wherever it points)."""
+        return self.lstat(fs, path) is not None
+
+    def readlink(self, fs: str, path: str) -> str:
+        """Target of the symlink at `path` on `fs` after the plan so far (the link itself is not followed)."""
+        real = self._resolve(fs, path, follow_last=False)
+        st = self._entry(fs, real)
+        if st is None or not st.is_symlink:
+            raise UserError(f"{self.filesystem(fs).description}: {path} is not a symlink")
+        return self._link_target(fs, real)
 
     def listdir(self, fs: str, path: str) -> list[str]:
         """The names in directory `path` on `fs` after the plan so far, sorted (none if it is not a directory)."""
-        directory = normalize(path)
+        directory = self._resolve(fs, path)
+        st = self._entry(fs, directory)
+        if st is None or not st.is_dir:
+            return []
         names = set(self.filesystem(fs).listdir(directory))
+        prefix = directory.rstrip("/") + "/"
         for op in self.plan.ops:
-            if op.fs == fs and posixpath.dirname(op.path) == directory:
-                (names.discard if op.action == "remove" else names.add)(posixpath.basename(op.path))
+            if op.fs != fs or not op.path.startswith(prefix):
+                continue
+            name, below, _ = op.path[len(prefix):].partition("/")
+            if below:
+                if op.action != "remove":  # a write further down creates the directory
+                    names.add(name)
+            else:
+                (names.discard if op.action == "remove" else names.add)(name)
         return sorted(names)
 
-    def exists(self, fs: str, path: str) -> bool:
-        """True if `path` exists on `fs` after the plan so far."""
-        op = self.plan.latest(fs, path)
-        if op is not None:
-            return op.action != "remove"
-        return self.filesystem(fs).lstat(path) is not None
+    def _entry(self, fs: str, real: str) -> FileStat | None:
+        """What is at the resolved path `real` after the plan so far (a final link not followed)."""
+        op = self.plan.latest(fs, real)
+        if op is None:
+            st = self.filesystem(fs).lstat(real)
+            if st is None and self.plan.creates_below(fs, real):
+                return FileStat(statmod.S_IFDIR | 0o755, 0, 0, 0)
+            return st
+        return self._op_entry(fs, real, op)
+
+    def _op_entry(self, fs: str, real: str, op: FileOp) -> FileStat | None:
+        """What `op` leaves at `real` (a mkdir leaves a link or a directory that was there in place)."""
+        if op.action == "write":
+            return FileStat(statmod.S_IFREG | (op.mode if op.mode is not None else 0o644), op.uid, op.gid,
+                            len(op.content or b""))
+        if op.action == "symlink":
+            return FileStat(statmod.S_IFLNK | 0o777, op.uid, op.gid, len(op.target or ""))
+        if op.action == "remove":
+            return None
+        earlier = self.plan.before(fs, real, op)
+        there = self._op_entry(fs, real, earlier) if earlier else self.filesystem(fs).lstat(real)
+        if there is not None and (there.is_symlink or (there.is_dir and op.mode is None)):
+            return there  # mkdir follows a link, and keeps an existing directory's mode unless it names one
+        return FileStat(statmod.S_IFDIR | (op.mode if op.mode is not None else 0o755), op.uid, op.gid, 0)
+
+    def _link_target(self, fs: str, real: str) -> str:
+        """The target of the link at the resolved path `real` (the plan's, else the image's)."""
+        op = self.plan.latest(fs, real)
+        if op is not None and op.action == "symlink" and op.target is not None:
+            return op.target
+        return self.filesystem(fs).readlink(real)
+
+    def _resolve(self, fs: str, path: str, follow_last: bool = True) -> str:
+        """`path` with its symlinks resolved through the plan and the image (the last one only if `follow_last`),
+        inside the filesystem's root, as `Filesystem.resolve` does for the image alone."""
+        pending = [part for part in normalize(path).split("/") if part]
+        last = pending.pop() if pending and not follow_last else None
+        resolved: list[str] = []
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                if not resolved:
+                    raise UserError(f"{self.filesystem(fs).description}: a symlink in {path} points outside the "
+                                    "filesystem root")
+                resolved.pop()
+                continue
+            candidate = "/" + "/".join([*resolved, name])
+            st = self._entry(fs, candidate)
+            if st is None or not st.is_symlink:
+                resolved.append(name)
+                continue
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise UserError(f"{self.filesystem(fs).description}: too many levels of symlinks resolving {path}")
+            target = self._link_target(fs, candidate)
+            if not target or "\x00" in target:
+                raise UserError(f"{self.filesystem(fs).description}: {candidate} is an empty or invalid symlink")
+            if target.startswith("/"):
+                resolved = []
+            pending = [part for part in target.split("/") if part] + pending
+        return "/" + "/".join([*resolved, *([last] if last else [])])
+
+
+class TreeView:
+    """One filesystem of a `PlanView`, read with `Filesystem`'s own calls (for code that reads either, like the
+    systemd unit helpers)."""
+
+    def __init__(self, view: PlanView, fs: str):
+        self.view = view
+        self.fs = fs
+
+    def lstat(self, path: str) -> FileStat | None:
+        """See `PlanView.lstat`."""
+        return self.view.lstat(self.fs, path)
+
+    def stat(self, path: str) -> FileStat | None:
+        """See `PlanView.stat`."""
+        return self.view.stat(self.fs, path)
+
+    def listdir(self, path: str) -> list[str]:
+        """See `PlanView.listdir`."""
+        return self.view.listdir(self.fs, path)
+
+    def readlink(self, path: str) -> str:
+        """See `PlanView.readlink`."""
+        return self.view.readlink(self.fs, path)
 
 
 def apply(plan: Plan, target: Target) -> list[FileOp]:

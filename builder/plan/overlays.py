@@ -6,9 +6,10 @@
       etc/sysctl.d/k8s.conf          # copied as is
       etc/apt/preferences.d/kubernetes.j2   # rendered with jinja2 (StrictUndefined), ".j2" dropped
 
-Files default to 0644 root:root; directories are created as needed (0755 root) unless the manifest lists them. `merge: json` deep-merges a rendered JSON object into the
-file already in the image (how Jetson's nvidia runtime survives in daemon.json). Symlinks in an overlay become
-symlinks in the image; one that climbs out of the image root, or any path with `..`, is refused.
+Files default to 0644 root:root; directories are created as needed (0755 root) unless the manifest lists them.
+`merge: json` deep-merges a rendered JSON object into the file already in the image (how Jetson's nvidia runtime
+survives in daemon.json). Symlinks in an overlay become symlinks in the image; one that climbs out of the image root,
+or any path with `..`, is refused.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def resolve_overlays(names: list[str], extra_dirs: list[str], replace: bool = Fa
                             "replace it: rename the directory, or pass --replace-overlay if that is what you want")
         extras[path.name] = path
     ordered = list(dict.fromkeys(list(names) + list(extras)))
+    shipped = _shipped()
     found = []
     for name in ordered:
-        path = extras.get(name) or _shipped().get(name)
-        if path is None:
-            known = ", ".join(sorted(set(_shipped()) | set(extras)))
+        where = extras.get(name) or shipped.get(name)
+        if where is None:
+            known = ", ".join(sorted(set(shipped) | set(extras)))
             raise UserError(f"unknown overlay '{name}' in the profile's overlays (known: {known}; "
                             "add your own with --overlay DIR)")
-        found.append(load_overlay(path))
+        found.append(load_overlay(where))
     return found
 
 
@@ -99,10 +101,12 @@ def load_overlay(path: Path) -> Overlay:
             raise UserError(f"{manifest_path}: file {rel!r} must be a relative path inside the overlay")
         if spec is not None and not isinstance(spec, dict):
             raise UserError(f"{manifest_path}: '{rel}' must map to {{mode, owner, merge}}, not {spec!r}")
-        if set(spec or {}) - FILE_KEYS:
-            raise UserError(f"{manifest_path}: '{rel}': unknown key(s) {', '.join(sorted(map(str, set(spec) - FILE_KEYS)))}")
-        if (spec or {}).get("merge") not in (None, "json"):
-            raise UserError(f"{manifest_path}: '{rel}': merge must be 'json', not {spec['merge']!r}")
+        unknown_keys = set(spec or {}) - FILE_KEYS
+        if unknown_keys:
+            raise UserError(f"{manifest_path}: '{rel}': unknown key(s) {', '.join(sorted(map(str, unknown_keys)))}")
+        merge = (spec or {}).get("merge")
+        if merge not in (None, "json"):
+            raise UserError(f"{manifest_path}: '{rel}': merge must be 'json', not {merge!r}")
     fs = manifest.get("filesystem", "root")
     if fs not in ("root", "boot"):
         raise UserError(f"{manifest_path}: filesystem must be 'root' or 'boot', not {fs!r}")
@@ -185,7 +189,8 @@ def _merge_json(existing: str | None, rendered: bytes, template: Path) -> bytes:
     try:
         theirs = json.loads(existing) if existing and existing.strip() else {}
     except ValueError:
-        raise UserError(f"the image's {template.name.removesuffix('.j2')} is not valid JSON: fix or remove it") from None
+        name = template.name.removesuffix(".j2")
+        raise UserError(f"the image's {name} is not valid JSON: fix or remove it") from None
     return (json.dumps(_deep_merge(theirs, ours), indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -1,26 +1,49 @@
-"""Reading systemd unit state from an offline root filesystem: enabled = a wants link, masked = a link to /dev/null."""
+"""Reading systemd unit state from an offline root filesystem: enabled = a wants link, masked = a link to /dev/null.
+
+The readers take a `UnitTree`: the image's own `Filesystem` (what `pi-image inspect` reads), or a build's view of it
+as planned so far (`PlanView.tree("root")`), so that a unit an earlier step or an overlay adds counts.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..errors import UserError
-from ..image import Filesystem
+from ..image import FileStat
+from . import PlanView
 
 UNIT_DIR = "/etc/systemd/system"
 
 
-def unit_masked(root: Filesystem, unit: str) -> bool:
+class UnitTree(Protocol):
+    """What reading unit state needs of a root filesystem (a `Filesystem` or a `TreeView` has it)."""
+
+    def lstat(self, path: str) -> FileStat | None:
+        """Stat without following a final symlink; None if missing."""
+
+    def stat(self, path: str) -> FileStat | None:
+        """Stat following symlinks; None if missing."""
+
+    def listdir(self, path: str) -> list[str]:
+        """The names in a directory ([] if it is none)."""
+
+    def readlink(self, path: str) -> str:
+        """The target of a symlink."""
+
+
+def unit_masked(root: UnitTree, unit: str) -> bool:
     """True if `unit` is masked (/etc/systemd/system/UNIT -> /dev/null)."""
     st = root.lstat(f"{UNIT_DIR}/{unit}")
     return st is not None and st.is_symlink and root.readlink(f"{UNIT_DIR}/{unit}") == "/dev/null"
 
 
-def wants_links(root: Filesystem, unit: str) -> list[str]:
+def wants_links(root: UnitTree, unit: str) -> list[str]:
     """Paths of every `*.wants/UNIT` link under /etc/systemd/system (how `systemctl enable` records it)."""
     return [f"{UNIT_DIR}/{d}/{unit}" for d in root.listdir(UNIT_DIR)
             if d.endswith((".wants", ".requires")) and root.lstat(f"{UNIT_DIR}/{d}/{unit}") is not None]
 
 
-def unit_enabled(root: Filesystem, unit: str) -> bool:
+def unit_enabled(root: UnitTree, unit: str) -> bool:
     """True if `unit` would start at boot: wanted by some target and not masked."""
     return bool(wants_links(root, unit)) and not unit_masked(root, unit)
 
@@ -28,7 +51,7 @@ def unit_enabled(root: Filesystem, unit: str) -> bool:
 UNIT_PATHS = (UNIT_DIR, "/usr/lib/systemd/system", "/lib/systemd/system")
 
 
-def unit_file(root: Filesystem, unit: str) -> str | None:
+def unit_file(root: UnitTree, unit: str) -> str | None:
     """Where `unit`'s file is in the image (first of /etc, /usr/lib, /lib systemd dirs), or None."""
     for directory in UNIT_PATHS:
         st = root.stat(f"{directory}/{unit}")
@@ -37,12 +60,13 @@ def unit_file(root: Filesystem, unit: str) -> str | None:
     return None
 
 
-def enable_links(root: Filesystem, unit: str) -> list[tuple[str, str]]:
-    """The (link, target) symlinks `systemctl enable UNIT` would create for a unit installed in the image."""
-    path = unit_file(root, unit)
+def enable_links(view: PlanView, unit: str) -> list[tuple[str, str]]:
+    """The (link, target) symlinks `systemctl enable UNIT` would create for a unit in the image as planned so far
+    (the unit file is read through a link, as systemd does: its text is parsed here, never written back)."""
+    path = unit_file(view.tree("root"), unit)
     if path is None:
-        raise UserError(f"{root.description}: {unit} is not installed in the image")
-    return install_links(root.read_text(path) or "", unit, path)
+        raise UserError(f"{view.filesystem('root').description}: {unit} is not installed in the image")
+    return install_links(view.read_text("root", path, follow=True) or "", unit, path)
 
 
 def install_links(unit_text: str, unit: str, path: str) -> list[tuple[str, str]]:

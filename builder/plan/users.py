@@ -11,9 +11,6 @@ from ..errors import UserError
 from ..run import run
 from . import PlanView
 
-# Groups an admin user of a Debian-family system gets (those missing in the image are skipped).
-ADMIN_GROUPS = ("adm", "sudo", "video", "audio", "plugdev", "netdev", "dialout", "gpio", "i2c", "render")
-
 
 @dataclass(frozen=True)
 class Account:
@@ -23,7 +20,6 @@ class Account:
     uid: int
     gid: int
     home: str
-    shell: str
 
 
 def _table(view: PlanView, path: str) -> list[list[str]]:
@@ -33,7 +29,7 @@ def _table(view: PlanView, path: str) -> list[list[str]]:
 
 def accounts(view: PlanView) -> dict[str, Account]:
     """Users of the image by name."""
-    return {f[0]: Account(f[0], int(f[2]), int(f[3]), f[5], f[6]) for f in _table(view, "/etc/passwd")
+    return {f[0]: Account(f[0], int(f[2]), int(f[3]), f[5]) for f in _table(view, "/etc/passwd")
             if len(f) >= 7 and f[2].isdigit() and f[3].isdigit()}
 
 
@@ -55,7 +51,7 @@ def hash_password(plain: str) -> str:
 
 def read_public_keys(paths: Iterable[Path]) -> list[str]:
     """The key lines of SSH public key files (.pub or authorized_keys format; comments and blank lines skipped)."""
-    keys = []
+    keys: list[str] = []
     for path in paths:
         if path.suffix != ".pub" and path.with_name(path.name + ".pub").is_file():
             raise UserError(f"--ssh-key {path}: this looks like a PRIVATE key; pass {path}.pub")
@@ -92,8 +88,10 @@ def shadow_with_password(view: PlanView, name: str, password_hash: str | None, d
     return None
 
 
-def add_user_lines(view: PlanView, name: str, password_hash: str | None, day: int) -> dict[str, str]:
-    """New texts of passwd, shadow, group (and gshadow) with `name` added as an admin user (uid >= 1000)."""
+def add_user_lines(view: PlanView, name: str, password_hash: str | None, day: int,
+                   admin_groups: tuple[str, ...]) -> dict[str, str]:
+    """New texts of passwd, shadow, group (and gshadow) with `name` added as an admin user (uid >= 1000), a member
+    of each of `admin_groups` the image has."""
     users, gids = accounts(view), groups(view)
     uid = next(i for i in range(1000, 60000) if i not in {a.uid for a in users.values()} and i not in gids.values())
     files = {}
@@ -104,7 +102,7 @@ def add_user_lines(view: PlanView, name: str, password_hash: str | None, day: in
     group_lines = []
     for line in (view.read_text("root", "/etc/group") or "").splitlines():
         fields = line.split(":")
-        if len(fields) == 4 and fields[0] in ADMIN_GROUPS:
+        if len(fields) == 4 and fields[0] in admin_groups:
             members = [m for m in fields[3].split(",") if m]
             fields[3] = ",".join(members + [name])
         group_lines.append(":".join(fields))

@@ -53,7 +53,7 @@ def endpoint_settings(cluster_dir):
 
 def built_credential(cluster_dir, name):
     """What `pi-image build --cluster DIR --node NAME` puts in the image: the credential of the node's next build."""
-    return clusters.node_config(*built_card(cluster_dir, name))["credential"]
+    return clusters.node_config(*built_card(cluster_dir, name)).credential
 
 
 def one_line_error(result):
@@ -142,12 +142,12 @@ def test_each_build_carries_the_pin_and_a_credential_of_its_own_generation(clust
     second = clusters.node_config(*built_card(cluster_dir, "pi-worker1"))
     master = clusters.node_config(cluster, cluster.node("pi-master"))
 
-    assert first["credential"] == protocol.node_credential(key, "pi-worker1", 1)
-    assert second["credential"] == protocol.node_credential(key, "pi-worker1", 2) != first["credential"]
+    assert first.credential == protocol.node_credential(key, "pi-worker1", 1)
+    assert second.credential == protocol.node_credential(key, "pi-worker1", 2) != first.credential
     assert endpoint_settings(cluster_dir).generation("pi-worker1") == 2, "the endpoint accepts the newest build only"
-    assert first["endpoint"] == "192.168.6.10:8443" and first["runtime"] == "docker"
-    assert first["endpoint_fingerprint"] == cluster.endpoint_fingerprint
-    assert "credential" not in master and master["role"] == "control-plane"
+    assert first.endpoint == "192.168.6.10:8443" and first.runtime == "docker"
+    assert first.endpoint_fingerprint == cluster.endpoint_fingerprint
+    assert master.credential is None and master.role == "control-plane"
     with pytest.raises(UserError, match="no node named 'pi-ghost'"):
         cluster.node("pi-ghost")
 

@@ -201,9 +201,10 @@ def test_a_stale_admin_credential_is_one_clear_line(joined):
 def test_approve_over_the_network_lets_a_pending_node_join(make_lab, tmp_path):
     world = make_lab(approval_mode=True)
     world.server.start()
-    config = dict(clusters.local_node_config("pi-stranger", "1.31"), endpoint=world.server.endpoint,
-                  endpoint_fingerprint=world.cluster.endpoint_fingerprint, credential=world.credential("pi-stranger"),
-                  api_server=world.cluster.api_server, node_subnet=world.cluster.node_subnet)
+    config = clusters.local_node_config("pi-stranger", "1.31").replace(
+        endpoint=world.server.endpoint, endpoint_fingerprint=world.cluster.endpoint_fingerprint,
+        credential=world.credential("pi-stranger"), api_server=world.cluster.api_server,
+        node_subnet=world.cluster.node_subnet)
     agent = start_agent(make_root(tmp_path, config), world.fake)
     workstation = workstation_copy(world.cluster.directory, tmp_path)
     wait_for(lambda: (world.state("pi-stranger") or {}).get("state") == "pending")

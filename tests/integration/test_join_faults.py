@@ -169,9 +169,10 @@ def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_lab, t
 
     world = make_lab(approval_mode=True)
     world.server.start()
-    config = dict(local_node_config("pi-stranger", "1.31"), endpoint=world.server.endpoint,
-                  endpoint_fingerprint=world.cluster.endpoint_fingerprint, credential=world.credential("pi-stranger"),
-                  api_server=world.cluster.api_server, node_subnet=world.cluster.node_subnet)
+    config = local_node_config("pi-stranger", "1.31").replace(
+        endpoint=world.server.endpoint, endpoint_fingerprint=world.cluster.endpoint_fingerprint,
+        credential=world.credential("pi-stranger"), api_server=world.cluster.api_server,
+        node_subnet=world.cluster.node_subnet)
     agent = start_agent(make_root(tmp_path, config), world.fake)
     wait_for(lambda: (world.state("pi-stranger") or {}).get("state") == "pending")
     assert world.fake.created_tokens() == []

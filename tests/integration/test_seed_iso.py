@@ -173,8 +173,10 @@ def test_the_autoinstall_seed_passes_cloud_init_and_the_installers_schema(lab, t
     for document in ("user-data", "installed"):
         check = tool("cloud-init", "schema", "--config-file", tmp_path / document, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
-    tool("/usr/bin/python3", "-c", "import json, sys, jsonschema; jsonschema.validate(json.loads(sys.argv[1]), "
-         "json.loads(sys.argv[2]))", json.dumps(autoinstall), json.dumps(AUTOINSTALL_SCHEMA))
+    (tmp_path / "autoinstall.json").write_text(json.dumps(autoinstall))  # files: an argument holds 128 KiB at most
+    (tmp_path / "schema.json").write_text(json.dumps(AUTOINSTALL_SCHEMA))
+    tool("/usr/bin/python3", "-c", "import json, sys, jsonschema; jsonschema.validate(*(json.load(open(path)) "
+         "for path in sys.argv[1:]))", tmp_path / "autoinstall.json", tmp_path / "schema.json")
     assert autoinstall["identity"]["username"] == "ubuntu" and autoinstall["storage"]["swap"] == {"size": 0}
     assert "network-config" in files and autoinstall["network"] == yaml.safe_load(files["network-config"])
 

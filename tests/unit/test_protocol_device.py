@@ -19,7 +19,7 @@ from firstboot.agent import Backoff, FirstBootAgent
 from firstboot.client import Answer
 from firstboot.commands import CommandResult, CommandRunner
 from firstboot.errors import SetupFailed
-from firstboot.nodeconfig import AgentPaths, ConfigError, load_node_config
+from firstboot.nodeconfig import AgentPaths, ConfigError, NodeConfig, load_node_config
 from firstboot.packages import Apt
 from firstboot.runtime import RUNTIMES, RuntimeCheck
 
@@ -150,7 +150,7 @@ def test_node_config_without_a_cluster_needs_only_local_keys(tmp_path):
     path = tmp_path / "node.json"
     path.write_text(json.dumps({"node": "pi", "kubernetes_version": "1.31", "runtime": "containerd"}))
 
-    assert load_node_config(str(path))["node"] == "pi"
+    assert load_node_config(str(path)).node == "pi"
 
 
 def test_node_config_with_an_endpoint_but_no_credential_names_the_missing_keys(tmp_path):
@@ -368,7 +368,8 @@ class FakeEndpoint:
 
 def _agent(tmp_path, commands, role="worker"):
     config = {"node": "pi", "role": role, "kubernetes_version": "1.31", "runtime": "containerd",
-              "runtime_packages": ["containerd"], "node_subnet": "10.0.2.0/24", "endpoint": "10.0.0.1:8443",
+              "runtime_packages": ["containerd"], "node_subnet": "10.0.2.0/24", "api_server": "10.0.0.1:6443",
+              "endpoint": "10.0.0.1:8443",
               "endpoint_fingerprint": "sha256:" + "00" * 32, "credential": "00" * 32}
     for relative, text in {"proc/sys/net/bridge/bridge-nf-call-iptables": "1", "proc/sys/net/ipv4/ip_forward": "1",
                            "proc/swaps": "Filename\n", "sys/fs/cgroup/cgroup.controllers": "memory\n"}.items():
@@ -376,8 +377,8 @@ def _agent(tmp_path, commands, role="worker"):
         (tmp_path / relative).write_text(text)
     paths = AgentPaths(str(tmp_path))
     paths.ensure_state_dir()
-    agent = FirstBootAgent(config, paths, commands, Backoff(1.0, 8.0, random.Random(1)), max_attempts=4,
-                           sleep=lambda seconds: None)
+    agent = FirstBootAgent(NodeConfig.from_json(config), paths, commands, Backoff(1.0, 8.0, random.Random(1)),
+                           max_attempts=4, sleep=lambda seconds: None)
     agent.client = FakeEndpoint()
     return agent
 

@@ -19,6 +19,7 @@ from .context import BuildContext
 
 STEP = "accounts"
 OEM_TARGET = "nv-oem-config.target"
+DEFAULT_TARGET = "/etc/systemd/system/default.target"
 
 
 def plan(ctx: BuildContext) -> None:
@@ -33,7 +34,7 @@ def plan(ctx: BuildContext) -> None:
     day = max(1, ctx.epoch // 86400)  # never 0: that forces a password change key-only SSH cannot complete
     shadow_gid = groups(ctx.view).get("shadow", 0)
     if user not in accounts(ctx.view):
-        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day).items():
+        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day, ctx.target.admin_groups).items():
             if "shadow" in path:
                 ctx.write(STEP, "root", path, text, mode=0o640, gid=shadow_gid)
             else:
@@ -47,10 +48,9 @@ def plan(ctx: BuildContext) -> None:
     if keys:
         ctx.mkdir(STEP, f"{account.home}/.ssh", 0o700, account.uid, account.gid)
         ctx.write(STEP, "root", f"{account.home}/.ssh/authorized_keys", keys, 0o600, account.uid, account.gid)
-    default = ctx.target.root.lstat("/etc/systemd/system/default.target")
-    if default is not None and default.is_symlink and \
-            ctx.target.root.readlink("/etc/systemd/system/default.target").endswith(OEM_TARGET):
-        ctx.symlink(STEP, "/etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target")
+    default = ctx.view.lstat("root", DEFAULT_TARGET)
+    if default is not None and default.is_symlink and ctx.view.readlink("root", DEFAULT_TARGET).endswith(OEM_TARGET):
+        ctx.symlink(STEP, DEFAULT_TARGET, "/lib/systemd/system/multi-user.target")
 
 
 def _userconf(ctx: BuildContext, user: str, keys: str) -> None:

@@ -37,7 +37,7 @@ def plan(ctx: BuildContext) -> None:
         return
     request = BundleRequest(
         minor=ctx.profile["kubernetes_version"], release=ctx.kubernetes_release,
-        runtime_packages=tuple(ctx.node_config.get("runtime_packages", ())),
+        runtime_packages=ctx.node_config.runtime_packages,
         control_plane=ctx.node.role == "control-plane",
         manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())),
         extra_images=tuple(ctx.profile["extra_images"]), registry_mirrors=dict(ctx.profile["registry_mirrors"]),
@@ -50,7 +50,7 @@ def plan(ctx: BuildContext) -> None:
     ctx.mkdir(STEP, f"{BUNDLE_DIR}/{EMPTY_SOURCES}")
     ctx.write(STEP, "root", f"{BUNDLE_DIR}/{EMPTY_SOURCES}/sources.list", "# empty: apt installs the bundle's files\n")
     ctx.bundle = bundle
-    ctx.node_config["kubernetes_release"] = bundle.release
+    ctx.node_config = ctx.node_config.replace(kubernetes_release=bundle.release)
     if ctx.kubernetes_release != bundle.release:
         ctx.kubernetes_release = bundle.release
         users, groups = owner_ids(ctx.view)

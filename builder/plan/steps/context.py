@@ -7,7 +7,9 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from firstboot.nodeconfig import NodeConfig
 
 from ...config.addresses import DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET
 from ...config.profiles import Profile
@@ -17,7 +19,17 @@ from .. import FileOp, Plan, PlanView
 from ..bundle.images import pause_image
 
 
-@dataclass(frozen=True)
+class StaticNetwork(TypedDict):
+    """The cluster interface's fixed settings (BuildContext.static_network()): a plain dict, as templates see it
+    (`static_network.address` in the cloud-init seed's network-config) and the manifest records it."""
+
+    interface: str  # eth0 unless the profile names another
+    address: str  # CIDR: 192.168.6.15/24
+    gateway: str
+    dns: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeIdentity:
     """Who this image becomes: its hostname (= Kubernetes node name) and optional fixed address."""
 
@@ -31,14 +43,14 @@ class NodeIdentity:
     cluster: str | None = None  # the cluster directory's name, for reports
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildContext:
     """Inputs of a build, shared by all steps."""
 
     target: Target
     profile: Profile
     node: NodeIdentity
-    node_config: dict[str, Any]
+    node_config: NodeConfig  # node.json
     kube_keyring: bytes | None = None
     overlays: list[str] = field(default_factory=list)  # extra overlay dirs from --overlay
     epoch: int = 0  # the build's time (SOURCE_DATE_EPOCH or the base's mtime): dates written into the image
@@ -85,7 +97,7 @@ class BuildContext:
         """Add a root-filesystem remove op."""
         self.plan.add(FileOp("remove", "root", path, step))
 
-    def static_network(self) -> dict[str, object] | None:
+    def static_network(self) -> StaticNetwork | None:
         """The cluster interface's fixed settings, or None for DHCP: address from the inventory (else the profile's
         `network.address`), gateway and name servers from the profile's `network`, else the cluster's. A fixed
         address needs a gateway (else apt and the endpoint are unreachable for ever); name servers default to it."""
@@ -97,16 +109,18 @@ class BuildContext:
         try:
             iface = ipaddress.ip_interface(address if "/" in str(address) else f"{address}/{prefix}")
         except ValueError:
-            raise UserError(f"node {self.node.name}: address {address!r} is not an IP address (CIDR like 192.168.6.15/24)")
+            raise UserError(f"node {self.node.name}: address {address!r} is not an IP address (CIDR like "
+                            "192.168.6.15/24)") from None
         gateway = network.get("gateway") or self.node.gateway
         if not gateway:
             fix = (f"set the node subnet's gateway: add `gateway: A.B.C.D` to {self.node.cluster}/cluster.yaml "
-                   "(or `pi-image cluster init --gateway`)" if self.node.cluster else "set network.gateway in the profile")
+                   "(or `pi-image cluster init --gateway`)" if self.node.cluster
+                   else "set network.gateway in the profile")
             raise UserError(f"node {self.node.name} has the fixed address {iface} but no gateway is known, so it "
                             f"could reach nothing beyond its subnet: {fix}")
         dns = [str(d) for d in network.get("dns") or self.node.dns or [gateway]]
-        return {"interface": network.get("interface") or "eth0", "address": str(iface), "gateway": str(gateway),
-                "dns": dns}
+        return StaticNetwork(interface=network.get("interface") or "eth0", address=str(iface), gateway=str(gateway),
+                             dns=dns)
 
     def template_context(self) -> dict[str, Any]:
         """Values overlays can use: every profile key plus facts about the node and the target."""

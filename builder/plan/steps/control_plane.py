@@ -18,7 +18,8 @@ STEP = "control-plane"
 
 def plan(ctx: BuildContext) -> None:
     """Everything a cluster's control plane needs beyond a worker's image (nothing for other nodes)."""
-    if not ctx.cluster_files or "control_plane" not in ctx.node_config:
+    settings = ctx.node_config.control_plane
+    if not ctx.cluster_files or settings is None:
         return
     for source in sorted((SOURCE / "endpoint").glob("*.py")):
         ctx.write(STEP, "root", f"{AGENT_DIR}/endpoint/{source.name}", source.read_bytes())
@@ -30,4 +31,4 @@ def plan(ctx: BuildContext) -> None:
     ctx.mkdir(STEP, f"/{CLUSTER_DIR}/secrets", mode=0o700)
     for name, content, mode in ctx.cluster_files:
         ctx.write(STEP, "root", f"/{CLUSTER_DIR}/{name}", content, mode=mode)
-    ctx.write(STEP, "root", f"/{CNI_MANIFEST}", flannel_manifest(ctx.node_config["control_plane"]["pod_subnet"]))
+    ctx.write(STEP, "root", f"/{CNI_MANIFEST}", flannel_manifest(settings.pod_subnet))

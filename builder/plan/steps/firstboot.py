@@ -25,5 +25,5 @@ def plan(ctx: BuildContext) -> None:
     ctx.write(STEP, "root", f"{UNIT_DIR}/{UNIT}", unit_text)
     for link, target in install_links(unit_text, UNIT, f"{UNIT_DIR}/{UNIT}"):
         ctx.symlink(STEP, link, target)
-    config = json.dumps(ctx.node_config, indent=2, sort_keys=True) + "\n"
+    config = json.dumps(ctx.node_config.to_json(), indent=2, sort_keys=True) + "\n"
     ctx.write(STEP, "root", NODE_CONFIG, config, mode=0o600)

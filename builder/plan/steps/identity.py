@@ -7,7 +7,7 @@ hostname, so first boot does not undo them.
 
 from __future__ import annotations
 
-from .context import BuildContext
+from .context import BuildContext, StaticNetwork
 
 STEP = "identity"
 NM_DIR = "/etc/NetworkManager/system-connections"
@@ -32,9 +32,9 @@ def _hosts(text: str, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _nm_ethernet(net: dict[str, object]) -> str:
+def _nm_ethernet(net: StaticNetwork) -> str:
     gateway = f",{net['gateway']}" if net["gateway"] else ""
-    dns = "".join(f"{d};" for d in net["dns"])  # type: ignore[union-attr]
+    dns = "".join(f"{d};" for d in net["dns"])
     return (f"[connection]\nid=pi-image-{net['interface']}\ntype=ethernet\ninterface-name={net['interface']}\n"
             f"autoconnect=true\n\n[ipv4]\nmethod=manual\naddress1={net['address']}{gateway}\n"
             + (f"dns={dns}\n" if dns else "") + "\n[ipv6]\nmethod=auto\n")

@@ -15,9 +15,10 @@ STEP = "services"
 
 
 def plan(ctx: BuildContext) -> None:
-    """Enable (as `systemctl enable` would: WantedBy/Alias links) the units this target needs and has."""
+    """Enable (as `systemctl enable` would: WantedBy/Alias links) the units this target needs and has, in the
+    image as planned so far: a unit an overlay adds counts."""
     for unit in ctx.target.enabled_units:
-        if unit_file(ctx.target.root, unit) is None:
+        if unit_file(ctx.view.tree("root"), unit) is None:
             continue
-        for link, target in enable_links(ctx.target.root, unit):
+        for link, target in enable_links(ctx.view, unit):
             ctx.symlink(STEP, link, target)

@@ -21,16 +21,19 @@ MASKED_COPIES = "/etc/pi-image/masked"
 
 def plan(ctx: BuildContext) -> None:
     """Mask each swap service present in the image and drop its wants links; disable fstab swap entries."""
-    root = ctx.target.root
+    root = ctx.view.tree("root")
     for unit in ctx.target.swap_services:
         path = unit_file(root, unit)
-        if path is None and not wants_links(root, unit):
+        links = wants_links(root, unit)
+        if path is None and not links:
             continue
-        for link in wants_links(root, unit):
+        for link in links:
             ctx.remove(STEP, link)
-        there = ctx.view.file_meta("root", path) if path == f"{UNIT_DIR}/{unit}" else None
-        if there is not None:  # L4T ships it in /etc: masking replaces it, so keep a copy (a link needs none) to unmask
-            ctx.write(STEP, "root", f"{MASKED_COPIES}/{unit}", ctx.view.read_text("root", path) or "", *there)
+        unmasked = f"{UNIT_DIR}/{unit}"
+        # L4T ships it in /etc: masking replaces the file, so a copy is kept to unmask it (a link needs none)
+        there = ctx.view.file_meta("root", unmasked) if path == unmasked else None
+        if there is not None:
+            ctx.write(STEP, "root", f"{MASKED_COPIES}/{unit}", ctx.view.read_text("root", unmasked) or "", *there)
         ctx.symlink(STEP, f"{UNIT_DIR}/{unit}", "/dev/null")
     fstab = ctx.view.read_text("root", "/etc/fstab")
     if fstab is not None:

@@ -31,9 +31,7 @@ def plan(ctx: BuildContext) -> None:
     """Unblock the Wi-Fi radio where the OS blocks it until a country is set."""
     if not ctx.profile["wifi"] or not ctx.target.wifi_rfkill_states:
         return
-    root = ctx.target.root
-    saved = [f"{RFKILL_DIR}/{name}" for name in (root.listdir(RFKILL_DIR) if root.stat(RFKILL_DIR) else [])
-             if name.endswith(":wlan")]
+    saved = [f"{RFKILL_DIR}/{name}" for name in ctx.view.listdir("root", RFKILL_DIR) if name.endswith(":wlan")]
     for path in dict.fromkeys([*ctx.target.wifi_rfkill_states, *saved]):
         ctx.write(STEP, "root", path, "0\n")
     state = ctx.view.read_text("root", NM_STATE)

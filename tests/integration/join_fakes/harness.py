@@ -26,6 +26,7 @@ from builder import cluster as clusters
 from firstboot import protocol
 from firstboot.endpoint.settings import ServerSettings
 from firstboot.endpoint.state import NodeStore
+from firstboot.nodeconfig import NodeConfig
 
 from .wrappers import TOOLS, write_wrapper
 
@@ -227,7 +228,7 @@ class JoinLab:
         """A sandbox device flashed with a fresh build of `name`: node.json from the real builder code, the node's
         generation bumped in the inventory as `pi-image build` does, the endpoint pointed at the running one."""
         config = clusters.node_config(*built_card(self.cluster.directory, name))
-        return make_root(self.base / "build-{}".format(config.get("generation", 0)), config, self.server.endpoint)
+        return make_root(self.base / "build-{}".format(config.generation), config, self.server.endpoint)
 
     def credential(self, name="pi-worker1"):
         """The credential the endpoint accepts from `name` now (its current generation's)."""
@@ -247,13 +248,14 @@ KERNEL_SWITCHES = ("net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-c
 CONTAINERD_SOCKET = "var/run/containerd/containerd.sock"
 
 
-def make_root(base: Path, node_config: dict, endpoint=None):
+def make_root(base: Path, node_config: NodeConfig, endpoint=None):
     """A sandbox device tree: node.json (0600), the build's sysctl and module lists, /proc/sys switches at 0 (the
     agent writes 1), cgroup v2 with memory, no swap, one NIC, Ubuntu os-release, and containerd's socket (a socket
     inode only: the fake ctr/containerd answer for the daemon)."""
-    root = base / ("root-" + node_config["node"])
+    root = base / ("root-" + node_config.node)
     files = {
-        "etc/pi-image/node.json": json.dumps(dict(node_config, **({"endpoint": endpoint} if endpoint else {}))),
+        "etc/pi-image/node.json": json.dumps((node_config.replace(endpoint=endpoint) if endpoint else node_config)
+                                             .to_json()),
         "etc/sysctl.d/k8s.conf": (KERNEL_OVERLAY / "sysctl.d" / "k8s.conf").read_text(),
         "etc/modules-load.d/k8s.conf": (KERNEL_OVERLAY / "modules-load.d" / "k8s.conf").read_text(),
         "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
