@@ -25,7 +25,8 @@ PACKAGES = {
     "resize2fs": "e2fsprogs",
     "mdir": "mtools", "mcopy": "mtools", "mtype": "mtools", "mmd": "mtools", "mdel": "mtools", "mattrib": "mtools",
     "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "sfdisk": "fdisk",
-    "bmaptool": "bmap-tools", "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "blkid": "util-linux", "cp": "coreutils", "openssl": "openssl",
+    "bmaptool": "bmap-tools", "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "blkid": "util-linux",
+    "cp": "coreutils", "openssl": "openssl",
     "skopeo": "skopeo", "apt-get": "apt", "apt-cache": "apt",
 }
 

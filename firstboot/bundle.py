@@ -40,7 +40,7 @@ class Bundle(object):
         except FileNotFoundError:
             return
         except (OSError, ValueError) as err:
-            raise SetupFailed("{} cannot be read ({}): rebuild the card".format(path, err), retry=False)
+            raise SetupFailed("{} cannot be read ({}): rebuild the card".format(path, err), retry=False) from None
 
     @property
     def present(self):
@@ -108,7 +108,7 @@ class Bundle(object):
                     sha.update(chunk)
         except OSError as err:
             raise SetupFailed("the bundle's {} cannot be read ({}): rebuild the card".format(
-                entry["file"], err.strerror or err), retry=False)
+                entry["file"], err.strerror or err), retry=False) from None
         if sha.hexdigest() != entry.get("sha256"):
             raise SetupFailed("the bundle's {} does not match its SHA-256 in {}: the card is damaged; rebuild or "
                               "reflash it".format(entry["file"], BUNDLE_MANIFEST), retry=False)

@@ -202,7 +202,8 @@ class EndpointClient(object):
     def admin_approve(self, node, replace=False, listed=False):
         """Let `node` join (with `replace`: take over its Ready namesake once); `listed`: the operator's inventory
         lists it, so the endpoint approves it even if its own copy of the inventory does not know it yet."""
-        return self._exchange(protocol.ADMIN_APPROVE_PATH, {"node": node, "replace": bool(replace), "listed": bool(listed)})
+        return self._exchange(protocol.ADMIN_APPROVE_PATH,
+                              {"node": node, "replace": bool(replace), "listed": bool(listed)})
 
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
@@ -218,11 +219,11 @@ class EndpointClient(object):
             connection.connect()
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
             connection.close()
-            raise EndpointUnreachable("cannot reach {}:{}: {}".format(self.host, self.port, err))
+            raise EndpointUnreachable("cannot reach {}:{}: {}".format(self.host, self.port, err)) from None
         try:
             yield connection
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(self.host, self.port, err))
+            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(self.host, self.port, err)) from None
         finally:
             connection.close()
 

@@ -42,7 +42,8 @@ def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, no
 
 
 def kubelet_extra_args(api_version, arguments):
-    """`arguments` ({flag: value}) in the shape `api_version` reads: v1beta4 a list of name/value pairs, v1beta3 a map."""
+    """`arguments` ({flag: value}) in the shape `api_version` reads: v1beta4 a list of name/value pairs,
+    v1beta3 a map."""
     if api_version.endswith("v1beta4"):
         return [{"name": name, "value": value} for name, value in sorted(arguments.items())]
     return dict(arguments)

@@ -230,7 +230,7 @@ def _lchown_inside(root, path, uid, gid):
                 return False
             except OSError as err:
                 if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _OutsideTree(path)
+                    raise _OutsideTree(path) from None
                 raise
             os.close(directory)
             directory = inner

@@ -5,8 +5,8 @@
                            the build time, the base's name and sha256)
 
 The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is an HMAC-SHA256 of
-the recipe's canonical JSON under a key derived from the cluster's enrollment key, so the same build gives the same id, and an id
-says nothing about what it names, not even to someone guessing (the recipe may hold a password hash or a
+the recipe's canonical JSON under a key derived from the cluster's enrollment key, so the same build gives the same id,
+and an id says nothing about what it names, not even to someone guessing (the recipe may hold a password hash or a
 passphrase). Stamping re-plans the build for the node from the recipe, against the image itself
 (its own edits are already there, so only what differs per node is written), which gives the node's card the files
 a per-node build of it would have: "common things early, per-node things late".

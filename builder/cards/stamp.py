@@ -55,6 +55,7 @@ class Stamp:
         disk = DiskImage(card.path, writable=True, fake_time=self.ctx.epoch, partitions_from=card.image)
         apply_checked(disk, self.ctx.plan.ops + [manifest_op(self.manifest)])
         card.sync()  # the stamp is on the card before the inventory counts it
+        assert self.ctx.node_config.generation is not None  # plan_stamp builds an inventory node: its next generation
         record_generation(self.cluster.directory, self.ctx.node.name, self.ctx.node_config.generation)
 
 

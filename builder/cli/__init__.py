@@ -50,7 +50,7 @@ from .summary import flash_summary, fleet_table, image_summary, next_steps
 class PiImageGroup(click.Group):
     """Turns a `UserError` into one line on stderr and a non-zero exit, never a traceback."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context):
         signal.signal(signal.SIGTERM, _interrupt)  # so `finally:` blocks remove half-made outputs on kill too
         try:
             return super().invoke(ctx)
@@ -318,7 +318,8 @@ def _fleet(request: BuildRequest, output: Path | None, only: tuple[str, ...] = (
 @click.option("--cluster", type=click.Path(path_type=Path, file_okay=False),
               help="Cluster directory [default: $PI_IMAGE_CLUSTER, else ~/.config/pi-image/cluster if it exists].")
 @click.option("--node", required=True, help="The inventory node the x86 machine becomes.")
-@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="The ISO [default: NODE-seed.iso].")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+              help="The ISO [default: NODE-seed.iso].")
 @click.option("--autoinstall", is_flag=True, help="Wrap it for the Ubuntu live-server installer (a fresh install).")
 @_node_options
 @click.option("--force", is_flag=True, help="Replace an existing output.")

@@ -274,7 +274,7 @@ def _fleet_rows(cluster_dir: Path) -> Rows:
     """The command's provider: `builder.cluster.status.fleet_status` of the cluster (as `pi-image status` shows it),
     imported when first asked."""
 
-    def rows() -> list[dict]:
+    def rows() -> tuple[list[dict], str | None]:
         from ..cluster.status import fleet_status
 
         return fleet_status(cluster_dir)

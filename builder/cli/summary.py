@@ -83,8 +83,8 @@ def fleet_table(results: list[BuildResult], failures: Sequence[Failure] = ()) ->
     title = (f"Built {len(results)} of {len(results) + len(failures)} images:" if failures
              else f"Built {len(results)} images:")
     return [title] + [
-        ("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths))).rstrip() + reason
-        for row, reason in zip(rows, reasons)]
+        ("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))).rstrip() + reason
+        for row, reason in zip(rows, reasons, strict=True)]
 
 
 def next_steps(results: list[BuildResult], cluster: Path | None, seeded: Sequence[Node] = ()) -> list[str]:

@@ -157,7 +157,8 @@ def _compare(cluster: clusters.Cluster, node: clusters.Node, expected: Expected,
     runtime = facts["container_runtime"] or ""
     if not runtime.startswith(f"{expected.runtime}://"):
         problems.append(_problem("runtime", f"container runtime {runtime or None}, not {expected.runtime} (profile "
-                                 f"{node.profile})", f"the node runs another runtime than its card set up: {expected.remake}"))
+                                 f"{node.profile})",
+                                 f"the node runs another runtime than its card set up: {expected.remake}"))
     return problems
 
 
@@ -177,7 +178,8 @@ def _internal_ip_problem(expected: Expected, internal_ip: str | None) -> str | N
 
 
 def _kubelet_matches(expected: str, found: str | None) -> bool:
-    """True if the kubelet's gitVersion (v1.31.4, v1.31.4+build) is `expected`: a release exactly, a minor's any patch."""
+    """True if the kubelet's gitVersion (v1.31.4, v1.31.4+build) is `expected`: a release exactly, a minor's any
+    patch."""
     match = _VERSION_RE.match(found or "")
     if not match:
         return False

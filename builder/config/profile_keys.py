@@ -1,4 +1,5 @@
-"""Every profile key, for users (`pi-image profiles --keys`): made from builder.config.profiles.SCHEMA, so it cannot drift.
+"""Every profile key, for users (`pi-image profiles --keys`): made from builder.config.profiles.SCHEMA, so it cannot
+drift.
 
     KEY          TYPE     DEFAULT   MEANING
     timezone     string   Etc/UTC   IANA time zone

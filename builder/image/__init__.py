@@ -85,4 +85,5 @@ def open_medium(path: Path, *, writable: bool = False, cache_dir: Path | None = 
         if raw == path:
             raise
         # the unpacked copy in the cache is not what the user named: say what they named
-        raise UserError(f"{path} (unpacked): {str(err).replace(str(raw) + ': ', '').replace(str(raw), 'the image')}") from None
+        message = str(err).replace(str(raw) + ": ", "").replace(str(raw), "the image")
+        raise UserError(f"{path} (unpacked): {message}") from None

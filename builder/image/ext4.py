@@ -410,7 +410,7 @@ class Ext4Filesystem(Filesystem):
             if not _matches(self._queue[path], got.stat if got else None, dumps.get(path)):
                 raise UserError(f"{self.description}: {path} did not read back as written (disk full?)")
         for entry, names in groups:
-            if entry.stat is not None and len({found[n].inode for n in names if found[n]}) != 1:
+            if entry.stat is not None and len({got.inode for got in (found[n] for n in names) if got}) != 1:
                 raise UserError(f"{self.description}: {names[0]} lost a hard link while being replaced")
         for path, xattr, host in xattrs:
             back = host.with_name(host.name + ".back")

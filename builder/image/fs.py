@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import stat as statmod
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -53,6 +54,42 @@ def normalize(path: str) -> str:
     if ".." in parts:
         raise UserError(f"path {path!r} contains '..': refusing a path that could leave the filesystem root")
     return "/" + "/".join(parts)
+
+
+def resolve_links(path: str, lstat: Callable[[str], FileStat | None], readlink: Callable[[str], str],
+                  description: str, follow_last: bool = True) -> str:
+    """`path` with its symlinks resolved inside a filesystem's root, the way the booted system would see them (an
+    absolute target starts again at the root; the last link only if `follow_last`). `lstat` and `readlink` answer for
+    paths already resolved; a link that climbs above the root, an empty one or a loop is a one-line UserError that
+    names `description`."""
+    pending = [part for part in normalize(path).split("/") if part]
+    last = pending.pop() if pending and not follow_last else None
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if not resolved:
+                raise UserError(f"{description}: a symlink in {path} points outside the filesystem root")
+            resolved.pop()
+            continue
+        candidate = "/" + "/".join([*resolved, name])
+        st = lstat(candidate)
+        if st is None or not st.is_symlink:
+            resolved.append(name)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise UserError(f"{description}: too many levels of symlinks resolving {path}")
+        target = readlink(candidate)
+        if not target or "\x00" in target:
+            raise UserError(f"{description}: {candidate} is an empty or invalid symlink")
+        if target.startswith("/"):
+            resolved = []
+        pending = [part for part in target.split("/") if part] + pending
+    return "/" + "/".join([*resolved, *([last] if last else [])])
 
 
 class Filesystem(ABC):
@@ -105,7 +142,7 @@ class Filesystem(ABC):
         if not self.writable:
             raise RuntimeError(f"{self.description} was opened read-only")
 
-    def commit(self) -> None:
+    def commit(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
         """Apply and verify any batched writes. Backends that write immediately need not override it."""
 
     def prefetch(self, sizes: dict[str, int]) -> None:
@@ -124,43 +161,14 @@ class Filesystem(ABC):
         if resolved:
             self._prefetch_resolved(resolved)
 
-    def _prefetch_resolved(self, paths: list[str]) -> None:
+    def _prefetch_resolved(self, paths: list[str]) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Read ahead these resolved regular files (backends whose reads are cheap need not)."""
 
     # --- the interface build steps use ------------------------------------------------------------------
 
     def resolve(self, path: str, follow_last: bool = True) -> str:
         """Resolve symlinks in `path` inside this filesystem; refuse links that climb out of the root."""
-        pending = [p for p in normalize(path).split("/") if p]
-        if not follow_last and pending:
-            last = pending.pop()
-            return posixpath.join(self.resolve("/" + "/".join(pending)), last)
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if not resolved:
-                    raise UserError(f"{self.description}: a symlink in {path} points outside the filesystem root")
-                resolved.pop()
-                continue
-            candidate = "/" + "/".join(resolved + [name])
-            st = self._lstat_resolved(candidate)
-            if st is None or not st.is_symlink:
-                resolved.append(name)
-                continue
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise UserError(f"{self.description}: too many levels of symlinks resolving {path}")
-            target = self._readlink_resolved(candidate)
-            if not target or "\x00" in target:
-                raise UserError(f"{self.description}: {candidate} is an empty or invalid symlink")
-            if target.startswith("/"):
-                resolved = []
-            pending = [p for p in target.split("/") if p] + pending
-        return "/" + "/".join(resolved)
+        return resolve_links(path, self._lstat_resolved, self._readlink_resolved, self.description, follow_last)
 
     def lstat(self, path: str) -> FileStat | None:
         """Stat `path` without following a final symlink (links in the middle are followed, inside the fs)."""
@@ -190,9 +198,9 @@ class Filesystem(ABC):
             raise FileNotFoundError(f"{self.description}: {path} does not exist")
         if st.is_symlink:
             target = self._readlink_resolved(real)
-            raise UserError(f"{self.description}: {path} is a symlink (to {target[:200]!r}) where the vendor ships a file "
-                            f"pi-image edits; it never reads an edited file through a link: make {path} a regular "
-                            "file in the base, or start from the vendor's image")
+            raise UserError(f"{self.description}: {path} is a symlink (to {target[:200]!r}) where the vendor "
+                            f"ships a file pi-image edits; it never reads an edited file through a link: make {path} "
+                            "a regular file in the base, or start from the vendor's image")
         if not st.is_file:
             raise UserError(f"{self.description}: {path} is not a regular file (pi-image reads or edits it): make it "
                             "one in the base, or start from the vendor's image")

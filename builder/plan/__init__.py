@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UserError
 from ..image import FileStat, Filesystem, normalize
 from ..image.fat import FatFilesystem
-from ..image.fs import MAX_SYMLINK_HOPS
+from ..image.fs import resolve_links
 from ..targets import Target
 
 FILESYSTEMS = ("root", "boot")
@@ -260,35 +260,8 @@ class PlanView:
     def _resolve(self, fs: str, path: str, follow_last: bool = True) -> str:
         """`path` with its symlinks resolved through the plan and the image (the last one only if `follow_last`),
         inside the filesystem's root, as `Filesystem.resolve` does for the image alone."""
-        pending = [part for part in normalize(path).split("/") if part]
-        last = pending.pop() if pending and not follow_last else None
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            name = pending.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if not resolved:
-                    raise UserError(f"{self.filesystem(fs).description}: a symlink in {path} points outside the "
-                                    "filesystem root")
-                resolved.pop()
-                continue
-            candidate = "/" + "/".join([*resolved, name])
-            st = self._entry(fs, candidate)
-            if st is None or not st.is_symlink:
-                resolved.append(name)
-                continue
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise UserError(f"{self.filesystem(fs).description}: too many levels of symlinks resolving {path}")
-            target = self._link_target(fs, candidate)
-            if not target or "\x00" in target:
-                raise UserError(f"{self.filesystem(fs).description}: {candidate} is an empty or invalid symlink")
-            if target.startswith("/"):
-                resolved = []
-            pending = [part for part in target.split("/") if part] + pending
-        return "/" + "/".join([*resolved, *([last] if last else [])])
+        return resolve_links(path, lambda real: self._entry(fs, real), lambda real: self._link_target(fs, real),
+                             self.filesystem(fs).description, follow_last)
 
 
 class TreeView:

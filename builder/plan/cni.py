@@ -55,7 +55,8 @@ def with_pod_network(manifest: bytes, pod_subnet: str) -> bytes:
         raise ValueError(f"flannel manifest: expected one non-empty '{NET_CONF}: |' block, found {len(blocks)}")
     block = blocks[0]
     body = block["body"].rstrip("\n") + "\n"  # trailing blank lines are not part of the value: keep them as they are
-    body_indent = re.match(r"\n*( *)", body)[1]  # that of the block's first line, which YAML's literal style uses
+    first_line = body.lstrip("\n")
+    body_indent = first_line[:len(first_line) - len(first_line.lstrip(" "))]  # which YAML's literal style uses
     new_body = "".join(body_indent + line + "\n" for line in new_conf.splitlines())
     start, end = block.start("body"), block.start("body") + len(body)
     edited = text[:start] + new_body + text[end:]

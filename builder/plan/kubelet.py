@@ -60,7 +60,8 @@ def kubelet_settings(memory_gb: float | None, cpus: int, pods: int | None = None
         return {"maxPods": pods} if pods else {}
     memory = round(memory_gb * GIB)
     return {
-        "kubeReserved": {"cpu": f"{kube_reserved_cpu_millis(cpus)}m", "memory": f"{kube_reserved_memory_mib(memory)}Mi"},
+        "kubeReserved": {"cpu": f"{kube_reserved_cpu_millis(cpus)}m",
+                         "memory": f"{kube_reserved_memory_mib(memory)}Mi"},
         "systemReserved": {"cpu": "50m", "memory": f"{system_reserved_memory_mib(memory)}Mi"},
         "evictionHard": dict(EVICTION_HARD),
         "maxPods": pods or max_pods(memory),

@@ -9,9 +9,9 @@ Where each layout comes from:
   trixie sample is the cloud-init generation (pi-gen's stage2/04-cloud-init: cloud-init and its NoCloud config in
   the rootfs, a stock seed on bootfs), the one Raspberry Pi Imager 2 customizes in its "cloudinit-rpi" format.
 - Ubuntu Server amd64 (not in CATALOG: there is no x86 image to build, its node gets a seed ISO): the reference
-  tree `UBUNTU_X86_TREES` that builder/build/seed_iso.py plans against, and the cloud image's disk (`ubuntu_x86_disk`: GPT,
-  p14 BIOS boot at sector 2048, p15 ESP `UEFI` at 10240 (106 MiB), p1 ext4 `cloudimg-rootfs` after it) for the
-  detection that sends such a disk to `pi-image seed-iso`.
+  tree `UBUNTU_X86_TREES` that builder/build/seed_iso.py plans against, and the cloud image's disk
+  (`ubuntu_x86_disk`: GPT, p14 BIOS boot at sector 2048, p15 ESP `UEFI` at 10240 (106 MiB), p1 ext4
+  `cloudimg-rootfs` after it) for the detection that sends such a disk to `pi-image seed-iso`.
 - Jetson Nano sd-blob (`jetson-disk-image-creator.sh`): `sgdisk -n N:0:+SIZE` for each partition of
   flash_l4t_t210_max-spi_sd_p3448.xml, so every small partition starts on the next 2048-sector boundary and APP
   (number 1) comes last on the disk.
@@ -54,7 +54,8 @@ def ubuntu(release: str, boot_mib: int, units: str, disk_id: str, *, writer: str
            start: int = 2048) -> Sample:
     """An Ubuntu preinstalled-server raspi image of `release`."""
     root = Ext4("writable", "7e5ac7e8-0a62-4c11-9a8c-2b6f0d6f7f%02d" % int(release[:2]),
-                Tree(("base", "usrmerge", "debian-units", "ubuntu-raspi/common", f"ubuntu-raspi/{units}", f"ubuntu-raspi/{release}")),
+                Tree(("base", "usrmerge", "debian-units", "ubuntu-raspi/common", f"ubuntu-raspi/{units}",
+                      f"ubuntu-raspi/{release}")),
                 features="vendor")
     boot = Vfat("system-boot", disk_id[2:].upper(), Tree(("ubuntu-raspi/common", f"ubuntu-raspi/{release}"), "boot"))
     return Sample(

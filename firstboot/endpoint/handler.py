@@ -180,7 +180,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             nonce = self.server.nonces.issue()
         except TooManyNonces:
-            raise RequestRefused(503, "busy, try again", headers={"Retry-After": "5"})
+            raise RequestRefused(503, "busy, try again", headers={"Retry-After": "5"}) from None
         return 200, {"nonce": nonce, "expires_in": self.server.limits.nonce_ttl}
 
     def _authenticated_post(self):
@@ -203,7 +203,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             payload = json.loads(body.decode("utf-8"))
         except (ValueError, RecursionError):
-            raise RequestRefused(400, "body is not JSON")
+            raise RequestRefused(400, "body is not JSON") from None
         if not isinstance(payload, dict) or payload.get("node") != node:
             raise RequestRefused(400, "body must be a JSON object whose 'node' matches the {} header".format(
                 protocol.HEADER_NODE))

@@ -1,9 +1,9 @@
 """The token endpoint's decisions for an authenticated node: issue a token, make it wait, or refuse — and say why.
 
 HTTP and authentication live in handler.py; by the time a request gets here its nonce and its signature - made with
-the credential of a generation no older than the node's current one - were checked. A generation joins once: after it has joined, its
-credential gets no other token (a rebuilt image, generation + 1, joins with no manual step). Every decision writes
-one audit line (never a token) and updates the node's row in the state store.
+the credential of a generation no older than the node's current one - were checked. A generation joins once: after it
+has joined, its credential gets no other token (a rebuilt image, generation + 1, joins with no manual step). Every
+decision writes one audit line (never a token) and updates the node's row in the state store.
 """
 
 import logging

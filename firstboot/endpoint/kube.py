@@ -82,7 +82,8 @@ class ClusterAdmin(object):
                 try:
                     self._version = json.loads(result.stdout)["serverVersion"]["gitVersion"]
                 except (ValueError, KeyError, TypeError):
-                    raise ClusterError("cannot read the cluster version (kubectl version): " + result.summary())
+                    raise ClusterError("cannot read the cluster version (kubectl version): "
+                                       + result.summary()) from None
                 self._version_expiry = self._clock() + self._version_ttl
             return self._version
 

@@ -94,7 +94,7 @@ class ServerSettings(object):
         except OSError as err:
             if self._mtime is not None:
                 return  # keep serving with what we have; the file is being replaced
-            raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror))
+            raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror)) from None
         with self._lock:
             if mtime in (self._mtime, self._ignored_mtime):
                 return
@@ -113,9 +113,9 @@ class ServerSettings(object):
             with open(self.path) as handle:
                 values = json.load(handle)
         except OSError as err:
-            raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror))
+            raise SettingsError("{}: cannot read: {}".format(self.path, err.strerror)) from None
         except ValueError as err:
-            raise SettingsError("{}: not valid JSON: {}".format(self.path, err))
+            raise SettingsError("{}: not valid JSON: {}".format(self.path, err)) from None
         if not isinstance(values, dict):
             raise SettingsError("{}: not a JSON object".format(self.path))
         values.update(self._overrides)
@@ -174,7 +174,7 @@ class ServerSettings(object):
             with open(path) as handle:
                 return bytes.fromhex(handle.read().strip())
         except (OSError, ValueError) as err:
-            raise SettingsError("{}: cannot read the enrollment key: {}".format(path, err))
+            raise SettingsError("{}: cannot read the enrollment key: {}".format(path, err)) from None
 
 
 def _mtime_or_none(path):

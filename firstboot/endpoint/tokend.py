@@ -25,8 +25,7 @@ import sys
 from .. import protocol
 from ..commands import CommandRunner
 from .audit import RefusalLog, configure_logging
-from .guards import (ConnectionSlots, ConnectionWatchdog, HeldConnections, NonceBook, RateLimiter,
-                     reset_connection)
+from .guards import ConnectionSlots, ConnectionWatchdog, HeldConnections, NonceBook, RateLimiter, reset_connection
 from .handler import RequestHandler
 from .issuer import JoinIssuer
 from .kube import ClusterAdmin
@@ -157,7 +156,7 @@ def _server_tls_context(settings):
     context.options |= ssl.OP_NO_COMPRESSION
     protocol.require_tls12(context)
     if hasattr(context, "num_tickets"):  # Python 3.8+: agents never resume sessions, so skip minting tickets
-        setattr(context, "num_tickets", 0)
+        context.num_tickets = 0  # novermin - 3.8+, guarded by the hasattr above
     context.load_cert_chain(settings.file("tls_cert_file"), settings.file("tls_key_file"))
     return context
 

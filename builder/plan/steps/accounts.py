@@ -34,7 +34,8 @@ def plan(ctx: BuildContext) -> None:
     day = max(1, ctx.epoch // 86400)  # never 0: that forces a password change key-only SSH cannot complete
     shadow_gid = groups(ctx.view).get("shadow", 0)
     if user not in accounts(ctx.view):
-        for path, text in add_user_lines(ctx.view, user, ctx.profile["password_hash"], day, ctx.target.admin_groups).items():
+        added = add_user_lines(ctx.view, user, ctx.profile["password_hash"], day, ctx.target.admin_groups)
+        for path, text in added.items():
             if "shadow" in path:
                 ctx.write(STEP, "root", path, text, mode=0o640, gid=shadow_gid)
             else:

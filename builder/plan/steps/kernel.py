@@ -1,7 +1,8 @@
 """Kernel command line: the cgroup flags Kubernetes needs, and the Wi-Fi regulatory domain (idempotently).
 
 The base's command-line file is checked before the edit (a vendor's file that is too long or holds control bytes is
-refused: restore it) and after (the arguments we add must fit in what the boot chain passes on); see builder.targets.cmdline.
+refused: restore it) and after (the arguments we add must fit in what the boot chain passes on); see
+builder.targets.cmdline.
 """
 
 from __future__ import annotations
