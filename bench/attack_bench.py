@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))  # join_fakes, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import add_smoke_arg
 from join_fakes.attackers import Attack, cpu_seconds, genuine_tries, peak_rss_mb
@@ -115,8 +115,10 @@ def main():
     for label, (answered, tries, slowest, token_s, join_s, ok), peak in (("quiet", floor, floor_rss),
                                                                            ("attacked", attacked, rss)):
         joined = f"{join_s:.2f}" if ok else "FAILED"
-        print(f"{label:<10} {answered:>8}/{tries:<5} {1000 * slowest:>11.0f} {token_s:>8.2f} {joined:>13} {peak:>12.1f}")
-    print(f"audit log + state grew by {growth / 1024:.1f} KB in {minutes:.2f} min ({growth / 1024 / minutes:.1f} KB/min); "
+        print(f"{label:<10} {answered:>8}/{tries:<5} {1000 * slowest:>11.0f} {token_s:>8.2f} {joined:>13} "
+              f"{peak:>12.1f}")
+    print(f"audit log + state grew by {growth / 1024:.1f} KB in {minutes:.2f} min "
+          f"({growth / 1024 / minutes:.1f} KB/min); "
           f"audit.log is {audit_bytes / 1024:.1f} KB (cap {1 + AUDIT_LOG_BACKUPS} x {AUDIT_LOG_BYTES // 1024} KB)")
     answered, tries, _, _, join_s, ok = attacked
     if ok and floor[5]:

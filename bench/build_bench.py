@@ -35,8 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     KUBE_KEY,

@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))  # join_fakes, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     add_smoke_arg,

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     KUBE_KEY,
@@ -354,7 +354,8 @@ def fleet_phase(work: Path, nodes: int) -> None:
     builds = [pi_image(work, "build", "--cluster", lab, "--node", f"pi-worker{i}", *keys, "-o", img)
               for i, img in enumerate(node_imgs, 1)]
     node_cards = [fleet / f"node-card{i}.img" for i in range(1, nodes + 1)]
-    flashes = [pi_image(work, "flash", img, card, "--yes", "--json") for img, card in zip(node_imgs, node_cards)]
+    flashes = [pi_image(work, "flash", img, card, "--yes", "--json")
+               for img, card in zip(node_imgs, node_cards, strict=True)]
 
     def line(label: str, rs: list[Run], kept: list[Path], what: str) -> float:
         seconds = sum(r.seconds for r in rs)

@@ -45,10 +45,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))  # join_fakes, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_smoke_arg
+from _common import REPO, add_smoke_arg
 from join_fakes.harness import make_ca
 
 from builder import cluster as clusters
@@ -189,7 +189,7 @@ class AgentFleet:
         """Run {agent: plan} everywhere at once: (latencies, failures, wall s, server CPU s, agents' CPU s,
         (busy, stolen) shares of the machine's CPU time)."""
         start_at = time.monotonic() + 0.5
-        for pipe, group in zip(self.pipes, self.groups):
+        for pipe, group in zip(self.pipes, self.groups, strict=True):
             pipe.send((start_at, {agent: plans[agent] for agent in group}))
         time.sleep(max(0.0, start_at - time.monotonic()))
         server_before = server_cpu_seconds(server_pid)
@@ -203,8 +203,10 @@ class AgentFleet:
                 ends.append(ended)
                 if failure:
                     failures.append(failure)
-        server_cpu = [after - before for after, before in zip(server_cpu_seconds(server_pid), server_before)]
-        busy, stolen, total = [after - before for after, before in zip(machine_cpu_seconds(), machine_before)]
+        server_cpu = [after - before
+                      for after, before in zip(server_cpu_seconds(server_pid), server_before, strict=True)]
+        busy, stolen, total = [after - before
+                               for after, before in zip(machine_cpu_seconds(), machine_before, strict=True)]
         wall = max(ends) - start_at
         return latencies, failures, wall, server_cpu, agent_cpu, (busy / total, stolen / total) if total else (0, 0)
 

@@ -27,10 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "integration")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))  # join_fakes, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import SSH_KEY, add_smoke_arg, pi_image
+from _common import REPO, SSH_KEY, add_smoke_arg, pi_image
 from offline_world import offline_args, offline_base, start_archive, start_registry
 
 from builder.samples import make_sample

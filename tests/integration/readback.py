@@ -1,13 +1,15 @@
 """Read back what `pi-image build` made, with tools that are not pi-image: sfdisk, debugfs, mtools, e2fsck,
 fsck.vfat (and plain os calls for a directory target). A bug in pi-image's own image layer cannot hide behind these.
 
-Also: the real CLI as a subprocess (`PiImage`), and sparse-aware file comparisons (2 GiB samples are mostly holes,
-and reading holes is what makes `cmp`/`sha256sum` slow).
+Also: the real CLI as a subprocess (`PiImage`) and a cluster directory made with it (`make_cluster`), a used card
+(`random_card`), and sparse-aware file comparisons (2 GiB samples are mostly holes, and reading holes is what makes
+`cmp`/`sha256sum` slow).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import json
 import os
@@ -71,6 +73,18 @@ def succeeded(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedPro
     """`proc`, after asserting it exited 0 (with its output in the failure message)."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return proc
+
+
+def make_cluster(cli: PiImage, directory: Path, subnet: str, nodes: dict[str, list[str]],
+                 version: str = "1.31") -> Path:
+    """`pi-image cluster init` (gateway: the subnet's first address), then `cluster add-node NAME ARGS...` each node."""
+    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+    succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.10:6443", "--endpoint",
+                  "192.168.6.10:8443", "--kubernetes-version", version, "--node-subnet", subnet,
+                  "--gateway", gateway, "--dns", f"{gateway},1.1.1.1"))
+    for name, args in nodes.items():
+        succeeded(cli("cluster", "add-node", directory, name, *args))
+    return directory
 
 
 # --- filesystems ------------------------------------------------------------------------------------------------
@@ -247,6 +261,22 @@ def filesystems(output: Path) -> dict[str, Reader]:
     if card.boot is not None:
         found["boot"] = card.boot
     return found
+
+
+def fsck_all(image: Path, scratch: Path) -> None:
+    """e2fsck and fsck.vfat find every filesystem of `image` clean."""
+    for name, reader in filesystems(image).items():
+        proc = reader.fsck(scratch)
+        assert proc.returncode == 0, f"{name}: {proc.stdout.decode()}{proc.stderr.decode()}"
+
+
+def random_card(path: Path, size: int) -> Path:
+    """A used card: `size` bytes of random data."""
+    with open(path, "wb") as card:
+        for _ in range(size // (8 << 20)):
+            card.write(os.urandom(8 << 20))
+        card.write(os.urandom(size % (8 << 20)))
+    return path
 
 
 # --- sparse files ---------------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from readback import KUBE_KEY, PiImage, entries, filesystems, fingerprint, succeeded
+from readback import KUBE_KEY, entries, filesystems, fingerprint, make_cluster, succeeded
 
 pytest.importorskip("builder.cli.cluster", reason="`pi-image cluster` (builder/cli/cluster.py) is not there yet")
 
@@ -23,16 +22,6 @@ NODES = {  # name: (add-node arguments, role)
     "pi-worker1": (["--profile", "worker-8g", "--mac", "dc:a6:32:01:02:03", "--address", "192.168.6.21"], "worker"),
     "pi-worker2": (["--profile", "worker-8g", "--address", "192.168.6.22"], "worker"),
 }
-
-
-def make_cluster(cli: PiImage, directory: Path, subnet: str, nodes: dict[str, list[str]], version: str = "1.31") -> Path:
-    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
-    succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.10:6443", "--endpoint",
-                  "192.168.6.10:8443", "--kubernetes-version", version, "--node-subnet", subnet,
-                  "--gateway", gateway, "--dns", f"{gateway},1.1.1.1"))
-    for name, args in nodes.items():
-        succeeded(cli("cluster", "add-node", directory, name, *args))
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_dry_run_writes_nothing_and_prints_every_op_with_its_place_mode_and_owne
 
     assert entries(out) == []
     assert len(ops) > 20 and len([line for line in lines if not line.startswith("#")]) == len(ops)
-    for op, line in zip(ops, [line for line in lines if not line.startswith("#")]):
+    for op, line in zip(ops, [line for line in lines if not line.startswith("#")], strict=True):
         assert f"{op['fs']}:{op['path']}" in line and op["action"] in line, line
         if "mode" in op:
             assert f"{op['mode']} {op['owner']}" in line, line

@@ -140,7 +140,8 @@ def test_each_build_of_a_node_bumps_its_generation_so_old_cards_die(cli, lab, ba
     succeeded(cli("build", "--cluster", lab, "--node", "pi-worker1", "--base", base, "-o", tmp_path / "a.img",
                   "--kube-key", KUBE_KEY))
     config = json.loads(filesystems(tmp_path / "a.img")["root"].text("/etc/pi-image/node.json"))
-    succeeded(cli("build", "--cluster", lab, "--node", "pi-worker1", "--base", base, "--dry-run", "--kube-key", KUBE_KEY))
+    succeeded(cli("build", "--cluster", lab, "--node", "pi-worker1", "--base", base, "--dry-run",
+                  "--kube-key", KUBE_KEY))
 
     assert generation() == config["generation"] == before + 1  # a dry run bumps nothing
     assert (tmp_path / "a.img").stat().st_mode & 0o777 == 0o600  # it holds the credential
@@ -180,7 +181,8 @@ def test_kali_stock_password_is_locked_when_only_a_key_is_given(cli, sample_imag
     image = tmp_path / "k.img"
     succeeded(cli("build", "-p", "kali-worker", "--base", sample_image("kali-raspi"), "-o", image,
                   "--kube-key", KUBE_KEY))
-    kali = next(l for l in filesystems(image)["root"].text("/etc/shadow").splitlines() if l.startswith("kali:"))
+    kali = next(line for line in filesystems(image)["root"].text("/etc/shadow").splitlines()
+                if line.startswith("kali:"))
 
     assert kali.split(":")[1].startswith("!")
 
@@ -189,7 +191,8 @@ def test_jetson_admin_has_a_valid_shadow_entry_dated_the_build_day(cli, sample_i
     image = tmp_path / "j.img"
     succeeded(cli("build", "-p", "jetson-gpu", "--base", sample_image("jetson-sd"), "-o", image,
                   "--kube-key", KUBE_KEY))
-    jetson = next(l for l in filesystems(image)["root"].text("/etc/shadow").splitlines() if l.startswith("jetson:"))
+    jetson = next(line for line in filesystems(image)["root"].text("/etc/shadow").splitlines()
+                  if line.startswith("jetson:"))
 
     assert jetson.split(":")[2] == str(int(cli.env()["SOURCE_DATE_EPOCH"]) // 86400)
 
@@ -217,8 +220,8 @@ def test_without_a_proxy_no_proxy_file_is_written(cli, base):
     ("jetson-sd", ["containerd", "nvidia-container-runtime"]),
 ])
 def test_first_boot_is_told_which_runtime_packages_the_os_provides(cli, sample_image, tmp_path, target, packages):
-    profile = {"ubuntu-raspi": "worker-8g", "kali-raspi": "kali-worker", "raspios": str(REPO / "tests/data/profiles/raspios-worker.yaml"),
-               "jetson-sd": "jetson-gpu"}[target]
+    profile = {"ubuntu-raspi": "worker-8g", "kali-raspi": "kali-worker",
+               "raspios": str(REPO / "tests/data/profiles/raspios-worker.yaml"), "jetson-sd": "jetson-gpu"}[target]
     image = tmp_path / "n.img"
     succeeded(cli("build", "-p", profile, "--base", sample_image(target), "-o", image, "--kube-key", KUBE_KEY))
 

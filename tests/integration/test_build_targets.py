@@ -235,7 +235,8 @@ def test_jetson_extlinux_append_gets_the_flags_and_keeps_cbootargs(fleet, target
     append = next(i for i in range(primary, len(before)) if before[i].strip().startswith("APPEND"))
 
     assert len(after) == len(before)
-    assert [line for i, line in enumerate(after) if i != append] == [l for i, l in enumerate(before) if i != append]
+    assert [line for i, line in enumerate(after) if i != append] == \
+        [line for i, line in enumerate(before) if i != append]
     assert after[append].split() == before[append].split() + FLAGS
     assert after[append].split()[:2] == ["APPEND", "${cbootargs}"]
 
@@ -286,7 +287,8 @@ def test_jetson_docker_keeps_the_nvidia_runtime_and_makes_it_the_default(fleet, 
     before = json.loads(filesystems(built.base)["root"].text("/etc/docker/daemon.json"))
     daemon = json.loads(built.root.text("/etc/docker/daemon.json"))
 
-    assert daemon["runtimes"] == before["runtimes"] and daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    assert daemon["runtimes"] == before["runtimes"]
+    assert daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
     assert daemon["default-runtime"] == "nvidia"
     assert daemon["exec-opts"] == ["native.cgroupdriver=systemd"]
     assert (daemon["log-driver"], daemon["log-opts"], daemon["storage-driver"]) == \
@@ -298,7 +300,8 @@ def test_jetson_docker_keeps_the_nvidia_runtime_and_makes_it_the_default(fleet, 
 def test_kernel_modules_and_sysctls_for_pod_networking_are_set(built):
     root = built.root
     modules = non_comment_lines(root.text("/etc/modules-load.d/k8s.conf"))
-    sysctls = dict(map(str.strip, line.split("=", 1)) for line in non_comment_lines(root.text("/etc/sysctl.d/k8s.conf")))
+    sysctls = dict(map(str.strip, line.split("=", 1))
+                   for line in non_comment_lines(root.text("/etc/sysctl.d/k8s.conf")))
 
     assert modules == ["overlay", "br_netfilter"]
     assert sysctls == {"net.bridge.bridge-nf-call-iptables": "1", "net.bridge.bridge-nf-call-ip6tables": "1",
@@ -452,7 +455,8 @@ def test_a_node_image_carries_the_agent_but_not_the_masters_endpoint(built):
 def test_firstboot_agent_is_installed_and_enabled(built):
     root = built.root
     unit_text = (REPO / "firstboot" / "units" / FIRSTBOOT_UNIT).read_text()
-    wanted_by = next(line.split("=", 1)[1].split()[0] for line in unit_text.splitlines() if line.startswith("WantedBy="))
+    wanted_by = next(line.split("=", 1)[1].split()[0] for line in unit_text.splitlines()
+                     if line.startswith("WantedBy="))
 
     assert root.text(f"{UNITS}/{FIRSTBOOT_UNIT}") == unit_text
     assert root.stat(f"{UNITS}/{wanted_by}.wants/{FIRSTBOOT_UNIT}").target == f"{UNITS}/{FIRSTBOOT_UNIT}"

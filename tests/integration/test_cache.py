@@ -250,8 +250,8 @@ def test_a_write_the_kernel_refuses_is_one_line_from_the_cli(cache_dir, bases):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
 
-    proc = subprocess.run(cli.argv("inspect", bases["base"]), capture_output=True, text=True, env=cli.env(), check=False,
-                          preexec_fn=limited)
+    proc = subprocess.run(cli.argv("inspect", bases["base"]), capture_output=True, text=True, env=cli.env(),
+                          check=False, preexec_fn=limited)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"pi-image: error: no room to unpack base.img.zst in {cache_dir / 'images'} "
                                   "(File too large): the filesystem there (")

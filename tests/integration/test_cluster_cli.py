@@ -128,7 +128,8 @@ def test_add_node_refuses_bad_entries_with_the_reason(cluster_dir, args, message
 def test_inventory_typo_is_reported_with_file_and_suggestion(cluster_dir):
     (cluster_dir / "inventory.yaml").write_text("nodes:\n  - name: pi-worker1\n    profil: worker-8g\n")
 
-    with pytest.raises(UserError, match=r"inventory.yaml: nodes\[0\]: unknown key 'profil' \(did you mean 'profile'\?\)"):
+    with pytest.raises(UserError,
+                       match=r"inventory.yaml: nodes\[0\]: unknown key 'profil' \(did you mean 'profile'\?\)"):
         clusters.load_cluster(cluster_dir)
 
 

@@ -253,7 +253,8 @@ def test_verify_exits_1_and_says_what_is_wrong_per_node(lab, kubectl, tmp_path):
     assert lines["pi-worker1"].split()[1] == "MISMATCH" and "INTERNAL-IP 192.168.0.23" in lines["pi-worker1"]
     assert lines["x86-1"].split()[1] == "MISMATCH" and "kubelet v1.30.5, not the cluster's v1.31.x" in lines["x86-1"]
     assert lines["jetson1"].split()[1] == "MISSING"
-    assert lines["pi-worker1-old"].split()[1] == "EXTRA" and "kubectl delete node pi-worker1-old" in lines["pi-worker1-old"]
+    assert lines["pi-worker1-old"].split()[1] == "EXTRA"
+    assert "kubectl delete node pi-worker1-old" in lines["pi-worker1-old"]
     assert result.output.splitlines()[-1] == \
         "1 of 4 inventory node(s) as built; 2 mismatched, 1 not in the cluster, 1 not in the inventory"
     assert kubectl.calls()[0].startswith(f"--kubeconfig {config} ")
@@ -281,7 +282,8 @@ def one_line_error(result):
 
 def test_kubectl_failing_is_one_line_with_the_fix(lab, kubectl):
     (lab.directory / "kubeconfig").write_text("apiVersion: v1\n")
-    kubectl.fail("The connection to the server 192.168.6.10:6443 was refused - did you specify the right host or port?\n")
+    kubectl.fail("The connection to the server 192.168.6.10:6443 was refused"
+                 " - did you specify the right host or port?\n")
     result = pi_image(lab.directory)
 
     assert one_line_error(result), result.output

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from join_fakes.harness import FIRSTBOOT_PYTHON, REPO, FakeCluster, make_ca
-from readback import KUBE_KEY, PiImage, filesystems, succeeded
-from test_build_cluster import make_cluster
+from readback import KUBE_KEY, PiImage, filesystems, make_cluster, succeeded
 
 from builder import cluster as clusters
 from firstboot import protocol
@@ -55,7 +54,8 @@ def test_the_master_card_carries_the_endpoint_and_the_cluster_secrets(built):
         assert root.read(f"/etc/pi-image/cluster/secrets/{name}") == (lab / "secrets" / name).read_bytes()
     tokend = json.loads(root.text("/etc/pi-image/cluster/tokend.json"))
     assert tokend["listen"] == "0.0.0.0:8443" and tokend["nodes"] == {"pi-master1": 0, "pi-worker1": 1}
-    assert (tokend["ca_cert_file"], tokend["kubeconfig"]) == ("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/admin.conf")
+    assert (tokend["ca_cert_file"], tokend["kubeconfig"]) == \
+        ("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/admin.conf")
     assert root.text("/etc/systemd/system/pi-image-tokend.service") == \
         (REPO / "firstboot/units/pi-image-tokend.service").read_text()
     assert root.stat("/etc/systemd/system/multi-user.target.wants/pi-image-tokend.service").target == \

@@ -389,13 +389,22 @@ def test_rows_a_provider_gives_with_a_line_show_under_that_banner():
     assert snapshot["error"] == away and snapshot["fetched"] is None, "the rows are not from now"
 
 
-def test_the_commands_rows_are_what_status_shows_local_state_before_any_master_card(tmp_path):
+def test_the_commands_rows_are_what_status_shows_local_state_before_any_master_card(cli, tmp_path):
     from builder import cluster as clusters
-    from builder.cli.dashboard import _fleet_rows
 
     lab = clusters.init_cluster(tmp_path / "lab", "192.168.6.10:6443", "192.168.6.10:8443", "1.31", "192.168.6.0/24")
     clusters.add_node(lab, "pi-master1", "master-2g", None, "control-plane", address="192.168.6.10")
 
-    rows, away = _fleet_rows(lab.directory)()
+    proc = subprocess.Popen(dashboard("--cluster", lab.directory, "--listen", "127.0.0.1:0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli.env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        port = int(proc.stdout.readline().split("http://127.0.0.1:")[1].split("/")[0])
+        status, _, body = ask(port, "/api/nodes")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
 
-    assert away is None and [(row["node"], row["source"]) for row in rows] == [("pi-master1", "local")]
+    snapshot = json.loads(body)
+    assert status == 200 and snapshot["error"] is None, snapshot
+    assert [(row["node"], row["source"]) for row in snapshot["nodes"]] == [("pi-master1", "local")]

@@ -10,7 +10,6 @@ import stat
 import time
 
 from join_fakes.attackers import Attack, genuine_tries, peak_rss_mb
-from join_fakes.fixtures import lab  # noqa: F401 - pytest fixture
 from join_fakes.harness import FIRSTBOOT_PYTHON, run_agent, wait_for
 
 from firstboot.client import EndpointClient
@@ -29,24 +28,24 @@ def state_bytes(world):
     return {path.name: path.stat().st_size for path in state.iterdir()}
 
 
-def test_a_genuine_node_is_served_and_joins_while_one_address_floods_the_endpoint(lab):
-    root = lab.node_root()
-    client = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", lab.credential(),
-                            timeout=3, source_address=(GENUINE, 0))
-    before = state_bytes(lab)
-    attack = Attack(FIRSTBOOT_PYTHON, lab.server.endpoint).start()
+def test_a_genuine_node_is_served_and_joins_while_one_address_floods_the_endpoint(join_lab):
+    root = join_lab.node_root()
+    client = EndpointClient(join_lab.server.endpoint, join_lab.cluster.endpoint_fingerprint, "pi-worker1",
+                            join_lab.credential(), timeout=3, source_address=(GENUINE, 0))
+    before = state_bytes(join_lab)
+    attack = Attack(FIRSTBOOT_PYTHON, join_lab.server.endpoint).start()
     started = time.monotonic()
     try:
         time.sleep(2)  # the flood is in full swing: 600 sockets held, huge heads streaming in
         answered, tries, _ = genuine_tries(client, seconds=6, interval=0.2)
         join_started = time.monotonic()
-        joined = run_agent(root, lab.fake, address=GENUINE, timeout=60)
+        joined = run_agent(root, join_lab.fake, address=GENUINE, timeout=60)
         join_seconds = time.monotonic() - join_started
-        peak_mb = peak_rss_mb(lab.server.process.pid)
+        peak_mb = peak_rss_mb(join_lab.server.process.pid)
     finally:
         counts = attack.stop()
     minutes = (time.monotonic() - started) / 60
-    after = state_bytes(lab)
+    after = state_bytes(join_lab)
 
     assert counts["idle"]["opened"] > 600 and counts["headers"]["opened"] > 20, "the attack ran"
     assert answered >= 0.9 * tries, "served on {} of {} tries".format(answered, tries)
@@ -55,14 +54,14 @@ def test_a_genuine_node_is_served_and_joins_while_one_address_floods_the_endpoin
     assert peak_mb < 100
     growth = sum(after.values()) - sum(before.values())
     assert growth < minutes * 1024 * 1024, "audit log and state grew by {} bytes".format(growth)
-    audit_log = lab.server.audit_log()
+    audit_log = join_lab.server.audit_log()
     assert "decision=refused-address-cap node=- address=127.0.0.1" in audit_log
     assert "decision=refused-headers node=- address=127.0.0.3" in audit_log
     assert "address=" + GENUINE in audit_log and "decision=token-issued node=pi-worker1" in audit_log
 
 
-def test_idle_connections_are_cut_within_the_handshake_deadline(lab):
-    silent = [socket.create_connection(("127.0.0.1", lab.server.port)) for _ in range(3)]
+def test_idle_connections_are_cut_within_the_handshake_deadline(join_lab):
+    silent = [socket.create_connection(("127.0.0.1", join_lab.server.port)) for _ in range(3)]
     started = time.monotonic()
 
     for sock in silent:
@@ -72,21 +71,22 @@ def test_idle_connections_are_cut_within_the_handshake_deadline(lab):
     assert time.monotonic() - started < 3.5  # 2 s to handshake and send a first request, the watchdog's tick
 
 
-def test_heads_over_the_caps_are_refused_while_they_are_read(lab):
+def test_heads_over_the_caps_are_refused_while_they_are_read(join_lab):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     heads = {"too many headers": b"".join(b"X-Header-%d: x\r\n" % n for n in range(40)),
              "one header too long": b"X-Long: " + b"a" * 9000 + b"\r\n"}
     for reason, headers in heads.items():
-        with socket.create_connection(("127.0.0.1", lab.server.port), timeout=5) as raw, \
+        with socket.create_connection(("127.0.0.1", join_lab.server.port), timeout=5) as raw, \
                 context.wrap_socket(raw) as tls:
             tls.sendall(b"GET /v1/challenge HTTP/1.1\r\nHost: tokend\r\n" + headers + b"\r\n")
 
             assert tls.recv(4096).startswith(b"HTTP/1.1 431"), reason
 
-    client = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", lab.credential())
+    client = EndpointClient(join_lab.server.endpoint, join_lab.cluster.endpoint_fingerprint, "pi-worker1",
+                            join_lab.credential())
     assert client.challenge().status == 200, "a genuine head is well under the caps"
-    wait_for(lambda: "decision=refused-headers" in lab.server.audit_log())
+    wait_for(lambda: "decision=refused-headers" in join_lab.server.audit_log())
 
 
 def test_refusals_from_one_address_are_summarised_not_logged_one_by_one():

@@ -17,8 +17,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from readback import KUBE_KEY, Card, PiImage, filesystems, same_bytes, succeeded, tool
-from test_build_cluster import make_cluster
+from readback import (
+    KUBE_KEY,
+    Card,
+    PiImage,
+    filesystems,
+    fsck_all,
+    make_cluster,
+    random_card,
+    same_bytes,
+    succeeded,
+    tool,
+)
 
 from builder.cards.writer import chunks, compare
 from builder.errors import UserError
@@ -40,15 +50,6 @@ def profile_image(cli: PiImage, lab: Path, base: Path, tmp_path_factory) -> Path
     succeeded(cli("build", "--cluster", lab, "--profile", "worker-8g", "--base", base, "-o", image,
                   "--kube-key", KUBE_KEY))
     return image
-
-
-def random_card(path: Path, size: int) -> Path:
-    """A used card: `size` bytes of random data."""
-    with open(path, "wb") as card:
-        for _ in range(size // (8 << 20)):
-            card.write(os.urandom(8 << 20))
-        card.write(os.urandom(size % (8 << 20)))
-    return path
 
 
 def flash(cli: PiImage, image: Path, card: Path, *args: str | Path, env=None) -> dict:
@@ -90,12 +91,6 @@ def layout(image: Path) -> tuple:
     table = Card(image).table
     return (table["label"], table.get("id"),
             [(p["start"], p["size"], p["type"], p.get("bootable")) for p in table["partitions"]])
-
-
-def fsck_all(image: Path, scratch: Path) -> None:
-    for name, reader in filesystems(image).items():
-        proc = reader.fsck(scratch)
-        assert proc.returncode == 0, f"{name}: {proc.stdout.decode()}{proc.stderr.decode()}"
 
 
 def test_a_used_card_gets_only_what_the_filesystems_use_and_fscks_clean(cli, base, tmp_path):
@@ -235,7 +230,7 @@ def test_a_profile_image_becomes_the_next_free_node(cli, lab, profile_image, tmp
     inventory = {n["name"]: n for n in yaml.safe_load((lab / "inventory.yaml").read_text())["nodes"]}
 
     assert len(set(names)) == 2 and all(name.startswith("pi-worker") for name in names)
-    for name, card in zip(names, cards):
+    for name, card in zip(names, cards, strict=True):
         root = filesystems(card)["root"]
         assert root.text("/etc/hostname") == f"{name}\n"
         config = json.loads(root.text("/etc/pi-image/node.json"))

@@ -22,9 +22,17 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from readback import KUBE_KEY, PiImage, entries, filesystems, succeeded, tool
-from test_build_cluster import make_cluster
-from test_flash import fsck_all, random_card
+from readback import (
+    KUBE_KEY,
+    PiImage,
+    entries,
+    filesystems,
+    fsck_all,
+    make_cluster,
+    random_card,
+    succeeded,
+    tool,
+)
 
 SUBNET = "192.168.6.0/24"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
+from join_fakes.control_plane import MASTER, ControlPlaneLab
 from join_fakes.harness import (
     FIRSTBOOT_PYTHON,
     REPO,
@@ -81,13 +81,13 @@ def one_line(result) -> str:
 
 
 @pytest.fixture
-def joined(lab, tmp_path):
+def joined(join_lab, tmp_path):
     """pi-worker1 joined by the real agent; the API server says it is Ready; (lab, workstation's directory)."""
-    api_server_answers_nodes(lab.fake)
-    root = lab.node_root()
-    result = run_agent(root, lab.fake)
+    api_server_answers_nodes(join_lab.fake)
+    root = join_lab.node_root()
+    result = run_agent(root, join_lab.fake)
     assert result.returncode == 0, result.stderr
-    return lab, workstation_copy(lab.cluster.directory, tmp_path)
+    return join_lab, workstation_copy(join_lab.cluster.directory, tmp_path)
 
 
 def test_status_from_the_workstation_shows_the_story_a_real_agent_told_the_master(joined):
@@ -198,8 +198,8 @@ def test_a_stale_admin_credential_is_one_clear_line(joined):
     assert world.state()["approved"] == 0
 
 
-def test_approve_over_the_network_lets_a_pending_node_join(make_lab, tmp_path):
-    world = make_lab(approval_mode=True)
+def test_approve_over_the_network_lets_a_pending_node_join(make_join_lab, tmp_path):
+    world = make_join_lab(approval_mode=True)
     world.server.start()
     config = clusters.local_node_config("pi-stranger", "1.31").replace(
         endpoint=world.server.endpoint, endpoint_fingerprint=world.cluster.endpoint_fingerprint,
@@ -233,14 +233,14 @@ def test_approve_replace_over_the_network_records_the_consent_on_the_master(join
     assert world.state()["replace_allowed"] == 1
 
 
-def test_a_failed_node_shows_its_error_and_the_fix(lab, tmp_path):
-    root = lab.node_root()
+def test_a_failed_node_shows_its_error_and_the_fix(join_lab, tmp_path):
+    root = join_lab.node_root()
     (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io pids\n")
-    run_agent(root, lab.fake)
-    workstation = workstation_copy(lab.cluster.directory, tmp_path)
+    run_agent(root, join_lab.fake)
+    workstation = workstation_copy(join_lab.cluster.directory, tmp_path)
 
-    [row], _ = fleet_status(workstation, lab.server.endpoint)
-    table = cli("status", "--cluster", workstation, "--endpoint", lab.server.endpoint).stdout
+    [row], _ = fleet_status(workstation, join_lab.server.endpoint)
+    table = cli("status", "--cluster", workstation, "--endpoint", join_lab.server.endpoint).stdout
 
     assert row["last_error"].endswith("cgroup_enable=memory cgroup_memory=1 did not take effect")
     assert row["fix"].startswith("check that cmdline.txt")
@@ -250,13 +250,13 @@ def test_a_failed_node_shows_its_error_and_the_fix(lab, tmp_path):
     assert "booted, failed" in table
 
 
-def test_status_reads_the_local_state_where_the_endpoint_serves_and_says_so(lab):
-    run_agent(lab.node_root(), lab.fake)
+def test_status_reads_the_local_state_where_the_endpoint_serves_and_says_so(join_lab):
+    run_agent(join_lab.node_root(), join_lab.fake)
 
-    here = cli("status", "--cluster", lab.cluster.directory)
+    here = cli("status", "--cluster", join_lab.cluster.directory)
 
     assert here.exit_code == 0, here.output
-    assert here.stdout.startswith(f"local state in {lab.cluster.directory / 'state'} (its token endpoint serves "
+    assert here.stdout.startswith(f"local state in {join_lab.cluster.directory / 'state'} (its token endpoint serves "
                                   "from there on this machine), at ")
     assert "joined" in here.stdout
 
@@ -275,7 +275,9 @@ def test_status_watch_redraws_until_interrupted(joined):
     world, workstation = joined
     watch = subprocess.Popen([sys.executable, "-m", "builder", "status", "--cluster", str(workstation), "--endpoint",
                               world.server.endpoint, "--watch"], cwd=str(REPO), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, universal_newlines=True)
+                             stderr=subprocess.PIPE, universal_newlines=True,
+                             # Ctrl-C reaches it even when the tests run as a background job (SIGINT ignored)
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: (workstation / "state" / "last-status.json").exists(), timeout=20)
         first = (workstation / "state" / "last-status.json").stat().st_mtime_ns
@@ -364,8 +366,6 @@ def test_status_says_when_the_masters_inventory_is_older_than_the_directorys(mas
 
 
 def test_a_control_plane_keeps_its_own_story_in_its_endpoints_state(tmp_path):
-    from test_control_plane_agent import MASTER, ControlPlaneLab
-
     master = ControlPlaneLab(tmp_path)
     root = master.node_root()
 

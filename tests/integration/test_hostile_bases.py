@@ -5,8 +5,8 @@ hostile five ways with the real tools (debugfs -w on the ext4 root, mtools on th
 on a directory target): a symlink to a secret inside the image, a symlink that climbs out of it, a directory, a file
 larger than any config file, and NUL bytes. Each build either refuses in one line (naming the file, when it is
 one the build edits in place), or plans no write that carries the secret or the bytes after the NULs (a step may
-skip what is not a regular file: masking replaces a linked unit, it does not read it). Then the two leaks that were found, end to end through the CLI, and the modes an edit
-keeps, read back with debugfs.
+skip what is not a regular file: masking replaces a linked unit, it does not read it). Then the two leaks that were
+found, end to end through the CLI, and the modes an edit keeps, read back with debugfs.
 """
 
 from __future__ import annotations

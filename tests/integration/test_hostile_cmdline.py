@@ -105,7 +105,8 @@ def assert_refused(proc: subprocess.CompletedProcess[str], kind: Kind, base: Pat
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 @pytest.mark.parametrize(("case", "line", "accepted"), CASES, ids=[case[0] for case in CASES])
-def test_a_hostile_kernel_command_line_is_refused_in_one_line_and_the_limit_accepted(cli, sample_copy, kind, case, line, accepted):
+def test_a_hostile_kernel_command_line_is_refused_in_one_line_and_the_limit_accepted(cli, sample_copy, kind, case, line,
+                                                                                   accepted):
     base = sample_copy(kind.sample)
     kind.put(base, kind.around(line(kind)).encode())
     proc = dry_run(cli, kind, base)

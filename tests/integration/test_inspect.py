@@ -14,12 +14,13 @@ from readback import Card, tool
 
 from builder.build.inspect import CMDLINE_SHOWN_CHARS, SHOWN_CHARS, SHOWN_ITEMS
 
+UBUNTU_PARTITIONS = [("fat32", "system-boot"), ("ext4", "writable")]
 EXPECTED = {
-    # (target, release, variant): (target, os id, version_id, boot file or None, partitions)
-    ("ubuntu-raspi", "20.04", "standard"): ("ubuntu-raspi", "ubuntu", "20.04", [("fat32", "system-boot"), ("ext4", "writable")]),
-    ("ubuntu-raspi", "22.04", "standard"): ("ubuntu-raspi", "ubuntu", "22.04", [("fat32", "system-boot"), ("ext4", "writable")]),
-    ("ubuntu-raspi", "24.04", "standard"): ("ubuntu-raspi", "ubuntu", "24.04", [("fat32", "system-boot"), ("ext4", "writable")]),
-    ("ubuntu-raspi", "24.04", "alt"): ("ubuntu-raspi", "ubuntu", "24.04", [("fat32", "system-boot"), ("ext4", "writable")]),
+    # (target, release, variant): (target, os id, version_id, partitions)
+    ("ubuntu-raspi", "20.04", "standard"): ("ubuntu-raspi", "ubuntu", "20.04", UBUNTU_PARTITIONS),
+    ("ubuntu-raspi", "22.04", "standard"): ("ubuntu-raspi", "ubuntu", "22.04", UBUNTU_PARTITIONS),
+    ("ubuntu-raspi", "24.04", "standard"): ("ubuntu-raspi", "ubuntu", "24.04", UBUNTU_PARTITIONS),
+    ("ubuntu-raspi", "24.04", "alt"): ("ubuntu-raspi", "ubuntu", "24.04", UBUNTU_PARTITIONS),
     ("kali-raspi", None, "standard"): ("kali-raspi", "kali", None, [("fat32", "BOOT"), ("ext4", "ROOTFS")]),
     ("raspios", None, "standard"): ("raspios", "debian", "12", [("fat32", "bootfs"), ("ext4", "rootfs")]),
 }

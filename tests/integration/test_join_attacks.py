@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
 from join_fakes.harness import make_server_certificate, run_agent, wait_for
 
 from firstboot import protocol
@@ -46,8 +45,8 @@ def assert_nothing_issued(world):
     assert world.fake.cluster()["tokens"] == {}
 
 
-def test_request_signed_with_a_wrong_credential_is_refused(lab):
-    connection = unpinned_connection(lab.server.endpoint)
+def test_request_signed_with_a_wrong_credential_is_refused(join_lab):
+    connection = unpinned_connection(join_lab.server.endpoint)
     nonce = challenge(connection)
     body = join_body("pi-worker1")
     forged = protocol.sign("00" * 32, "POST", protocol.JOIN_PATH, nonce, body)
@@ -55,26 +54,26 @@ def test_request_signed_with_a_wrong_credential_is_refused(lab):
     status, answer = post(connection, "pi-worker1", body, nonce, forged)
 
     assert status == 401 and "token" not in answer
-    assert_nothing_issued(lab)
-    assert "decision=refused-signature node=pi-worker1" in lab.server.audit_log()
+    assert_nothing_issued(join_lab)
+    assert "decision=refused-signature node=pi-worker1" in join_lab.server.audit_log()
 
 
-def test_replayed_request_is_refused_because_its_nonce_was_spent(lab):
-    connection = unpinned_connection(lab.server.endpoint)
+def test_replayed_request_is_refused_because_its_nonce_was_spent(join_lab):
+    connection = unpinned_connection(join_lab.server.endpoint)
     nonce = challenge(connection)
     body = join_body("pi-worker1")
-    signature = protocol.sign(lab.credential(), "POST", protocol.JOIN_PATH, nonce, body)
+    signature = protocol.sign(join_lab.credential(), "POST", protocol.JOIN_PATH, nonce, body)
     first_status, _ = post(connection, "pi-worker1", body, nonce, signature)
 
-    replay_status, answer = post(unpinned_connection(lab.server.endpoint), "pi-worker1", body, nonce, signature)
+    replay_status, answer = post(unpinned_connection(join_lab.server.endpoint), "pi-worker1", body, nonce, signature)
 
     assert first_status == 200
     assert replay_status == 401 and "token" not in answer
-    assert len(lab.fake.created_tokens()) == 1, "only the genuine request got a token"
+    assert len(join_lab.fake.created_tokens()) == 1, "only the genuine request got a token"
 
 
-def test_request_with_an_expired_nonce_is_refused(make_lab):
-    world = make_lab(server_args=["--nonce-ttl", "0.3"])
+def test_request_with_an_expired_nonce_is_refused(make_join_lab):
+    world = make_join_lab(server_args=["--nonce-ttl", "0.3"])
     world.server.start()
     connection = unpinned_connection(world.server.endpoint)
     nonce = challenge(connection)
@@ -88,9 +87,9 @@ def test_request_with_an_expired_nonce_is_refused(make_lab):
     assert_nothing_issued(world)
 
 
-def test_node_missing_from_the_inventory_is_refused_even_with_a_valid_credential(lab):
-    intruder = lab.credential("intruder")  # derivable only with the enrollment key, yet not in the inventory
-    connection = unpinned_connection(lab.server.endpoint)
+def test_node_missing_from_the_inventory_is_refused_even_with_a_valid_credential(join_lab):
+    intruder = join_lab.credential("intruder")  # derivable only with the enrollment key, yet not in the inventory
+    connection = unpinned_connection(join_lab.server.endpoint)
     nonce = challenge(connection)
     body = join_body("intruder")
 
@@ -98,52 +97,52 @@ def test_node_missing_from_the_inventory_is_refused_even_with_a_valid_credential
                           protocol.sign(intruder, "POST", protocol.JOIN_PATH, nonce, body))
 
     assert status == 403 and "not in this cluster's inventory" in answer["error"]
-    assert_nothing_issued(lab)
+    assert_nothing_issued(join_lab)
 
 
-def test_oversized_body_is_refused_without_being_read(lab):
-    connection = unpinned_connection(lab.server.endpoint)
+def test_oversized_body_is_refused_without_being_read(join_lab):
+    connection = unpinned_connection(join_lab.server.endpoint)
     nonce = challenge(connection)
     body = b"{" + b" " * protocol.MAX_BODY_BYTES + b"}"
 
     status, answer = post(connection, "pi-worker1", body, nonce,
-                          protocol.sign(lab.credential(), "POST", protocol.JOIN_PATH, nonce, body))
+                          protocol.sign(join_lab.credential(), "POST", protocol.JOIN_PATH, nonce, body))
 
     assert status == 413
-    assert_nothing_issued(lab)
+    assert_nothing_issued(join_lab)
 
 
-def test_plain_http_gets_no_answer(lab):
-    host, port = protocol.split_host_port(lab.server.endpoint)
+def test_plain_http_gets_no_answer(join_lab):
+    host, port = protocol.split_host_port(join_lab.server.endpoint)
     connection = http.client.HTTPConnection(host, port, timeout=5)
 
     with pytest.raises((http.client.HTTPException, OSError)):
         connection.request("GET", protocol.CHALLENGE_PATH)
         connection.getresponse().read()
 
-    wait_for(lambda: "decision=refused-tls" in lab.server.audit_log())
-    assert_nothing_issued(lab)
+    wait_for(lambda: "decision=refused-tls" in join_lab.server.audit_log())
+    assert_nothing_issued(join_lab)
 
 
-def test_agent_refuses_an_endpoint_whose_certificate_is_not_the_pinned_one(lab):
-    root = lab.node_root()
+def test_agent_refuses_an_endpoint_whose_certificate_is_not_the_pinned_one(join_lab):
+    root = join_lab.node_root()
     config_path = root / "etc/pi-image/node.json"
     config = json.loads(config_path.read_text())
     config["endpoint_fingerprint"] = "sha256:" + "ab" * 32
     config_path.write_text(json.dumps(config))
 
-    result = run_agent(root, lab.fake, "--max-attempts", "2")
+    result = run_agent(root, join_lab.fake, "--max-attempts", "2")
 
     assert result.returncode == 1
     assert "refusing to talk to it" in result.stderr
-    assert lab.fake.calls("kubeadm", "join") == []
-    assert_nothing_issued(lab)
+    assert join_lab.fake.calls("kubeadm", "join") == []
+    assert_nothing_issued(join_lab)
     with pytest.raises(PinMismatch):
-        EndpointClient(lab.server.endpoint, "sha256:" + "ab" * 32, "pi-worker1", lab.credential()).join(FACTS)
+        EndpointClient(join_lab.server.endpoint, "sha256:" + "ab" * 32, "pi-worker1", join_lab.credential()).join(FACTS)
 
 
-def test_slow_clients_are_cut_off_and_do_not_block_genuine_nodes(make_lab):
-    world = make_lab(server_args=["--connection-seconds", "1.0"])
+def test_slow_clients_are_cut_off_and_do_not_block_genuine_nodes(make_join_lab):
+    world = make_join_lab(server_args=["--connection-seconds", "1.0"])
     world.server.start()
     host, port = protocol.split_host_port(world.server.endpoint)
     silent = socket.create_connection((host, port))  # never even starts the TLS handshake
@@ -219,30 +218,30 @@ def test_agent_checks_the_pin_again_when_it_reconnects(tmp_path):
     assert after_reconnecting == b"", "not a byte - no signature, no body - went to the other certificate"
 
 
-def test_a_credential_joins_once_and_a_copy_of_the_card_is_refused_with_the_reason(lab):
-    root = lab.node_root()
-    assert run_agent(root, lab.fake).returncode == 0
+def test_a_credential_joins_once_and_a_copy_of_the_card_is_refused_with_the_reason(join_lab):
+    root = join_lab.node_root()
+    assert run_agent(root, join_lab.fake).returncode == 0
     credential = json.loads((root / "etc/pi-image/node.json").read_text())["credential"]
-    copy = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", credential)
+    copy = EndpointClient(join_lab.server.endpoint, join_lab.cluster.endpoint_fingerprint, "pi-worker1", credential)
 
     answer = copy.join(FACTS)
 
     assert answer.status == 409
     assert "already joined with this image (generation 1)" in answer.error and "build its image again" in answer.error
-    assert len(lab.fake.created_tokens()) == 1
-    assert "decision=refused-credential-used node=pi-worker1" in lab.server.audit_log()
-    assert lab.state()["state"] == "joined", "the joined node itself is fine"
+    assert len(join_lab.fake.created_tokens()) == 1
+    assert "decision=refused-credential-used node=pi-worker1" in join_lab.server.audit_log()
+    assert join_lab.state()["state"] == "joined", "the joined node itself is fine"
 
 
-def test_the_old_card_of_a_rebuilt_node_can_neither_authenticate_nor_remove_its_namesake(lab):
-    old_card = lab.node_root()
-    lab.node_root()  # `pi-image build` of the node again: generation 2, the old card's credential is dead
-    lab.fake.set_node("pi-worker1", "NotReady")
+def test_the_old_card_of_a_rebuilt_node_can_neither_authenticate_nor_remove_its_namesake(join_lab):
+    old_card = join_lab.node_root()
+    join_lab.node_root()  # `pi-image build` of the node again: generation 2, the old card's credential is dead
+    join_lab.fake.set_node("pi-worker1", "NotReady")
 
-    result = run_agent(old_card, lab.fake, "--max-attempts", "2")
+    result = run_agent(old_card, join_lab.fake, "--max-attempts", "2")
 
     assert result.returncode == 1 and "authentication failed" in result.stderr
-    assert not [args for args in lab.fake.calls("kubectl") if args[2:4] == ["delete", "node"]]
-    assert lab.fake.cluster()["nodes"] == {"pi-worker1": "NotReady"}
-    assert_nothing_issued(lab)
-    assert "signed by the image of an older build (generation 1 of 2)" in lab.server.audit_log()
+    assert not [args for args in join_lab.fake.calls("kubectl") if args[2:4] == ["delete", "node"]]
+    assert join_lab.fake.cluster()["nodes"] == {"pi-worker1": "NotReady"}
+    assert_nothing_issued(join_lab)
+    assert "signed by the image of an older build (generation 1 of 2)" in join_lab.server.audit_log()

@@ -6,7 +6,6 @@ import socket
 import time
 
 from click.testing import CliRunner
-from join_fakes.fixtures import lab, make_lab  # noqa: F401 - pytest fixtures
 from join_fakes.harness import files_containing_tokens, run_agent, start_agent, wait_for
 
 from builder.cli import main as pi_image
@@ -21,8 +20,8 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_node_keeps_trying_while_the_master_is_down_then_joins(make_lab):
-    world = make_lab()
+def test_node_keeps_trying_while_the_master_is_down_then_joins(make_join_lab):
+    world = make_join_lab()
     world.server.port = free_port()
     root = world.node_root()
     agent = start_agent(root, world.fake)
@@ -37,58 +36,60 @@ def test_node_keeps_trying_while_the_master_is_down_then_joins(make_lab):
     assert world.state()["state"] == "joined"
 
 
-def test_token_that_expires_between_fetch_and_join_is_replaced_by_a_fresh_one(lab):
-    lab.fake.knob("expire_before_join", 1)  # kubeadm join finds the first token gone: "could not find a JWS signature"
+def test_token_that_expires_between_fetch_and_join_is_replaced_by_a_fresh_one(join_lab):
+    # kubeadm join finds the first token gone: "could not find a JWS signature"
+    join_lab.fake.knob("expire_before_join", 1)
 
-    result = run_agent(lab.node_root(), lab.fake)
+    result = run_agent(join_lab.node_root(), join_lab.fake)
 
     assert result.returncode == 0, result.stderr
     assert "asking for a new one" in result.stderr
-    assert len(lab.fake.created_tokens()) == 2
-    assert len(lab.fake.joins()) == 1
-    assert lab.fake.cluster()["tokens"] == {}
-    assert lab.state()["state"] == "joined"
+    assert len(join_lab.fake.created_tokens()) == 2
+    assert len(join_lab.fake.joins()) == 1
+    assert join_lab.fake.cluster()["tokens"] == {}
+    assert join_lab.state()["state"] == "joined"
 
 
-def test_power_cut_during_kubeadm_join_is_reset_and_redone_once(lab):
-    root = lab.node_root()
-    lab.fake.knob("join_sleep", 30)
-    agent = start_agent(root, lab.fake)
-    wait_for(lambda: lab.fake.calls("kubeadm", "join"), timeout=10)
+def test_power_cut_during_kubeadm_join_is_reset_and_redone_once(join_lab):
+    root = join_lab.node_root()
+    join_lab.fake.knob("join_sleep", 30)
+    agent = start_agent(root, join_lab.fake)
+    wait_for(lambda: join_lab.fake.calls("kubeadm", "join"), timeout=10)
     os.killpg(agent.pid, signal.SIGKILL)  # the whole session: agent and its kubeadm, like pulling the plug
     agent.wait()
-    lab.fake.knob("join_sleep", 0)
+    join_lab.fake.knob("join_sleep", 0)
 
-    result = run_agent(root, lab.fake)
+    result = run_agent(root, join_lab.fake)
 
     assert result.returncode == 0, result.stderr
     assert "previous join was interrupted" in result.stderr
-    assert lab.fake.calls("kubeadm", "reset")[0][:2] == ["reset", "-f"]
+    assert join_lab.fake.calls("kubeadm", "reset")[0][:2] == ["reset", "-f"]
     assert files_containing_tokens(root) == [], "the join config the power cut left behind is gone"
-    assert [join["node"] for join in lab.fake.joins()] == ["pi-worker1"]
-    assert lab.fake.cluster()["tokens"] == {}, "the first token was deleted when the second was issued"
-    assert lab.state()["state"] == "joined"
+    assert [join["node"] for join in join_lab.fake.joins()] == ["pi-worker1"]
+    assert join_lab.fake.cluster()["tokens"] == {}, "the first token was deleted when the second was issued"
+    assert join_lab.state()["state"] == "joined"
 
 
-def test_power_cut_right_after_a_successful_join_is_recognised_on_restart(lab):
-    root = lab.node_root()
-    client = EndpointClient(lab.server.endpoint, lab.cluster.endpoint_fingerprint, "pi-worker1", lab.credential())
+def test_power_cut_right_after_a_successful_join_is_recognised_on_restart(join_lab):
+    root = join_lab.node_root()
+    client = EndpointClient(join_lab.server.endpoint, join_lab.cluster.endpoint_fingerprint, "pi-worker1",
+                            join_lab.credential())
     assert client.join(FACTS).payload["state"] == "token-issued"
-    lab.fake.set_node("pi-worker1", "Ready")  # kubeadm join went through...
+    join_lab.fake.set_node("pi-worker1", "Ready")  # kubeadm join went through...
     (root / "var/lib/pi-image").mkdir(parents=True)
     (root / "var/lib/pi-image/join-started").write_text("")  # ...but the agent died before writing its marker
     time.sleep(1.1)  # the reboot outlasts the endpoint's one-second node list
 
-    result = run_agent(root, lab.fake)
+    result = run_agent(root, join_lab.fake)
 
     assert result.returncode == 0, result.stderr
-    assert lab.fake.calls("kubeadm", "join") == [] and lab.fake.calls("kubeadm", "reset") == []
-    assert lab.state()["state"] == "joined"
+    assert join_lab.fake.calls("kubeadm", "join") == [] and join_lab.fake.calls("kubeadm", "reset") == []
+    assert join_lab.state()["state"] == "joined"
     assert (root / "var/lib/pi-image/firstboot.done").exists()
 
 
-def test_endpoint_restart_in_the_middle_of_a_fleet_keeps_its_state(make_lab):
-    world = make_lab(nodes=("pi-worker1", "pi-worker2", "pi-worker3"))
+def test_endpoint_restart_in_the_middle_of_a_fleet_keeps_its_state(make_join_lab):
+    world = make_join_lab(nodes=("pi-worker1", "pi-worker2", "pi-worker3"))
     world.server.start()
     assert run_agent(world.node_root("pi-worker1"), world.fake).returncode == 0
     world.server.stop()
@@ -105,69 +106,69 @@ def test_endpoint_restart_in_the_middle_of_a_fleet_keeps_its_state(make_lab):
     assert world.fake.cluster()["tokens"] == {}
 
 
-def test_node_with_another_kubeadm_minor_is_refused_with_both_versions_named(lab):
-    lab.fake.knob("kubeadm_version", "v1.30.2")
+def test_node_with_another_kubeadm_minor_is_refused_with_both_versions_named(join_lab):
+    join_lab.fake.knob("kubeadm_version", "v1.30.2")
 
-    result = run_agent(lab.node_root(), lab.fake, "--max-attempts", "2")
-    status = CliRunner().invoke(pi_image, ["status", "--cluster", str(lab.cluster.directory)])
+    result = run_agent(join_lab.node_root(), join_lab.fake, "--max-attempts", "2")
+    status = CliRunner().invoke(pi_image, ["status", "--cluster", str(join_lab.cluster.directory)])
 
     message = "this node has kubeadm v1.30.2 but the cluster runs v1.31.4"
     assert result.returncode == 1
     assert message in result.stderr
     assert message in status.output and "failed" in status.output
-    assert lab.fake.created_tokens() == []
+    assert join_lab.fake.created_tokens() == []
     assert "no kind ClusterConfiguration" not in result.stderr
 
 
-def test_reflashed_node_replaces_its_stale_notready_namesake(lab):
-    lab.fake.set_node("pi-worker1", "NotReady")
+def test_reflashed_node_replaces_its_stale_notready_namesake(join_lab):
+    join_lab.fake.set_node("pi-worker1", "NotReady")
 
-    result = run_agent(lab.node_root(), lab.fake)
+    result = run_agent(join_lab.node_root(), join_lab.fake)
 
     assert result.returncode == 0, result.stderr
-    assert lab.fake.calls("kubectl", "--kubeconfig", str(lab.cluster.directory / "admin.conf"),
+    assert join_lab.fake.calls("kubectl", "--kubeconfig", str(join_lab.cluster.directory / "admin.conf"),
                           "delete", "node", "pi-worker1")
-    assert lab.state()["state"] == "joined"
+    assert join_lab.state()["state"] == "joined"
 
 
-def test_a_rebuilt_image_rejoins_after_a_reflash_with_no_manual_step(lab):
-    assert run_agent(lab.node_root(), lab.fake).returncode == 0
-    rebuilt = lab.node_root()  # `pi-image build` of the node again: generation 2
-    lab.fake.set_node("pi-worker1", "NotReady")  # the device was powered off to be reflashed
+def test_a_rebuilt_image_rejoins_after_a_reflash_with_no_manual_step(join_lab):
+    assert run_agent(join_lab.node_root(), join_lab.fake).returncode == 0
+    rebuilt = join_lab.node_root()  # `pi-image build` of the node again: generation 2
+    join_lab.fake.set_node("pi-worker1", "NotReady")  # the device was powered off to be reflashed
     time.sleep(1.1)  # the reflash outlasts the endpoint's one-second node list
 
-    result = run_agent(rebuilt, lab.fake)
+    result = run_agent(rebuilt, join_lab.fake)
 
     assert result.returncode == 0, result.stderr
-    assert lab.fake.calls("kubectl", "--kubeconfig", str(lab.cluster.directory / "admin.conf"),
+    assert join_lab.fake.calls("kubectl", "--kubeconfig", str(join_lab.cluster.directory / "admin.conf"),
                           "delete", "node", "pi-worker1")
-    assert len(lab.fake.created_tokens()) == 2 and lab.fake.cluster()["tokens"] == {}
-    assert (lab.state()["state"], lab.state()["joined_generation"]) == ("joined", 2)
+    assert len(join_lab.fake.created_tokens()) == 2 and join_lab.fake.cluster()["tokens"] == {}
+    assert (join_lab.state()["state"], join_lab.state()["joined_generation"]) == ("joined", 2)
 
 
-def test_ready_namesake_is_only_replaced_after_approve_replace(lab):
-    lab.fake.set_node("pi-worker1", "Ready")
-    root = lab.node_root()
+def test_ready_namesake_is_only_replaced_after_approve_replace(join_lab):
+    join_lab.fake.set_node("pi-worker1", "Ready")
+    root = join_lab.node_root()
 
-    refused = run_agent(root, lab.fake, "--max-attempts", "1")
+    refused = run_agent(root, join_lab.fake, "--max-attempts", "1")
     approval = CliRunner().invoke(pi_image, ["approve", "pi-worker1", "--replace", "--cluster",
-                                             str(lab.cluster.directory)])
-    joined = run_agent(root, lab.fake)
+                                             str(join_lab.cluster.directory)])
+    joined = run_agent(root, join_lab.fake)
 
     assert refused.returncode == 1
     assert "pi-image approve pi-worker1 --replace" in refused.stderr
     assert approval.exit_code == 0, approval.output
     assert joined.returncode == 0, joined.stderr
-    assert len(lab.fake.created_tokens()) == 1
-    assert lab.state()["state"] == "joined" and lab.state()["replace_allowed"] == 0
+    assert len(join_lab.fake.created_tokens()) == 1
+    assert join_lab.state()["state"] == "joined" and join_lab.state()["replace_allowed"] == 0
 
 
-def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_lab, tmp_path):
+def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_join_lab, tmp_path):
     from join_fakes.harness import make_root
 
     from builder.cluster import local_node_config
 
-    world = make_lab(approval_mode=True)
+    world = make_join_lab(approval_mode=True)
     world.server.start()
     config = local_node_config("pi-stranger", "1.31").replace(
         endpoint=world.server.endpoint, endpoint_fingerprint=world.cluster.endpoint_fingerprint,
@@ -186,14 +187,14 @@ def test_unknown_node_waits_as_pending_until_an_operator_approves_it(make_lab, t
     assert world.state("pi-stranger")["state"] == "joined"
 
 
-def test_disabled_memory_cgroup_stops_the_agent_with_a_clear_message(lab):
-    root = lab.node_root()
+def test_disabled_memory_cgroup_stops_the_agent_with_a_clear_message(join_lab):
+    root = join_lab.node_root()
     (root / "sys/fs/cgroup/cgroup.controllers").write_text("cpuset cpu io pids\n")
 
-    result = run_agent(root, lab.fake)
+    result = run_agent(root, join_lab.fake)
 
     assert result.returncode == 1
     assert "cgroup_enable=memory cgroup_memory=1 did not take effect" in result.stderr
-    assert "cmdline flags" in lab.state()["last_error"] or "did not take effect" in lab.state()["last_error"]
-    assert lab.fake.calls("kubeadm", "join") == []
+    assert "cmdline flags" in join_lab.state()["last_error"] or "did not take effect" in join_lab.state()["last_error"]
+    assert join_lab.fake.calls("kubeadm", "join") == []
     assert not (root / "var/lib/pi-image/firstboot.done").exists()

@@ -11,8 +11,7 @@ import subprocess
 
 import pytest
 from http_fixture import FileServer
-from readback import KUBE_KEY, PiImage, filesystems, succeeded
-from test_build_cluster import make_cluster
+from readback import KUBE_KEY, PiImage, filesystems, make_cluster, succeeded
 
 from builder.samples import make_sample
 

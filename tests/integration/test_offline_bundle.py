@@ -150,17 +150,20 @@ def test_pi_image_bundle_fills_the_cache_then_a_whole_cluster_builds_with_no_net
         tmp_path, base, archive, registry):
     cli = PiImage(tmp_path / "cache")
     directory = tmp_path / "lab"
-    mirrors = [arg for host in ("registry.k8s.io", "ghcr.io") for arg in ("--registry-mirror", f"{host}={registry.url}")]
+    mirrors = [arg for host in ("registry.k8s.io", "ghcr.io")
+               for arg in ("--registry-mirror", f"{host}={registry.url}")]
     succeeded(cli("cluster", "init", directory, "--api-server", "192.168.6.11:6443", "--endpoint", "192.168.6.11:8443",
                   "--kubernetes-version", "1.31", "--node-subnet", "192.168.6.0/24", "--gateway", "192.168.6.1",
                   "--offline", *mirrors))
-    succeeded(cli("cluster", "add-node", directory, "pi-master1", "--profile", "master-2g", "--address", "192.168.6.11"))
+    succeeded(cli("cluster", "add-node", directory, "pi-master1", "--profile", "master-2g",
+                  "--address", "192.168.6.11"))
     succeeded(cli("cluster", "add-node", directory, "pi-worker1", "--profile", "worker-8g"))
     args = [arg for arg in offline_args(archive, registry) if arg != "--offline"][:-2]  # the cluster gives the rest
     rows = json.loads(succeeded(cli("bundle", "--cluster", directory, "--base", base, "--json",
                                     *args)).stdout)
     assert [(row["node"], row["kubernetes"], row["images"]) for row in rows] == [
-        ("pi-worker1", "1.31.4", len(WORKER_IMAGES)), ("pi-master1", "1.31.4", len(WORKER_IMAGES + CONTROL_PLANE_IMAGES))]
+        ("pi-worker1", "1.31.4", len(WORKER_IMAGES)),
+        ("pi-master1", "1.31.4", len(WORKER_IMAGES + CONTROL_PLANE_IMAGES))]
     settings = (directory / "cluster.yaml").read_text()
     assert "kubernetes_release: 1.31.4" in settings and "offline: true" in settings
 
@@ -307,6 +310,7 @@ def test_a_users_image_table_that_does_not_add_up_is_one_line(tmp_path, base, mo
     table = tmp_path / "kubeadm-images.yaml"
     table.write_text('minors:\n  "1.31": [{to: 9, etcd: 3.5.99-0}]\n')
     proc = PiImage(tmp_path / "cache")("build", "--profile", "worker-8g", "--base", base, "--offline", "--kube-key",
-                                       KUBE_KEY, "-o", tmp_path / "out.img", env={"PI_IMAGE_KUBEADM_IMAGES": str(table)})
+                                       KUBE_KEY, "-o", tmp_path / "out.img",
+                                       env={"PI_IMAGE_KUBEADM_IMAGES": str(table)})
     assert proc.returncode == 1 and "minors.1.31 must be a list of" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

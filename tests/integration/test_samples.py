@@ -45,7 +45,8 @@ OS_RELEASE = {  # (ID, VERSION_ID) by target, or by (target, release)
     "ubuntu-raspi": None, "kali-raspi": ("kali", "2024.2"), "jetson-sd": ("ubuntu", "18.04"),
     ("raspios", "bookworm"): ("debian", "12"), ("raspios", "trixie"): ("debian", "13"),
 }
-JETSON_DISK_ORDER = ["TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS", "BMP", "RP4", "APP"]
+JETSON_DISK_ORDER = ["TBC", "RP1", "EBT", "WB0", "BPF", "BPF-DTB", "FX", "TOS", "DTB", "LNX", "EKS", "BMP", "RP4",
+                     "APP"]
 
 
 def data_extents(path: Path, start: int = 0, end: int | None = None):

@@ -43,7 +43,8 @@ KUBEADM_IMAGES = {
                "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.9", "registry.k8s.io/etcd:3.5.15-0"),
     "1.31.4": ("registry.k8s.io/kube-apiserver:v1.31.4", "registry.k8s.io/kube-controller-manager:v1.31.4",
                "registry.k8s.io/kube-scheduler:v1.31.4", "registry.k8s.io/kube-proxy:v1.31.4",
-               "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.10", "registry.k8s.io/etcd:3.5.15-0"),
+               "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.10",
+               "registry.k8s.io/etcd:3.5.15-0"),
 }
 
 PACKAGES_DIR = Path(__file__).parent / "guest" / "packages"

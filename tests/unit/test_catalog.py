@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_every_hash_source_is_explained_in_a_comment_beside_it() -> None:
     lines = SHIPPED_CATALOG.read_text().splitlines()
     names = list(yaml.safe_load(SHIPPED_CATALOG.read_text())["bases"])
     starts = [next(i for i, line in enumerate(lines) if line == f"  {name}:") for name in names] + [len(lines)]
-    for name, start, end in zip(names, starts, starts[1:]):
+    for name, (start, end) in zip(names, pairwise(starts), strict=True):
         assert any(line.strip().startswith("# hash:") for line in lines[start:end]), f"{name}: no '# hash:' comment"
 
 

@@ -118,8 +118,8 @@ def test_only_the_network_changes():
         return docs
 
     assert normalised(rendered) == normalised(original)
-    changed = [(a, b) for a, b in zip(original.splitlines(), rendered.splitlines()) if a != b]
     assert len(original.splitlines()) == len(rendered.splitlines())
+    changed = [(a, b) for a, b in zip(original.splitlines(), rendered.splitlines(), strict=True) if a != b]
     assert changed == [(b'      "Network": "10.244.0.0/16",', b'      "Network": "10.32.0.0/16",')]
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import struct
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,8 @@ def test_ranges_are_sorted_disjoint_and_aligned(image_of, name):
     for ranges in (usage.ranges, usage.last):
         assert ranges and all(a < b for a, b in ranges)
         assert all(a % BLOCK_SIZE == 0 and (b % BLOCK_SIZE == 0 or b == usage.size) for a, b in ranges)
-        assert all(b1 < a2 for (_, b1), (a2, _) in zip(ranges, ranges[1:]))
-    assert all(b1 + MERGE_GAP <= a2 for (_, b1), (a2, _) in zip(usage.ranges, usage.ranges[1:]))
+        assert all(b1 < a2 for (_, b1), (a2, _) in pairwise(ranges))
+    assert all(b1 + MERGE_GAP <= a2 for (_, b1), (a2, _) in pairwise(usage.ranges))
     assert not any(a < d and c < b for a, b in usage.ranges for c, d in usage.last)
     assert usage.ranges[-1][1] <= usage.size and usage.last[0][0] == 0
     assert usage.mapped_bytes() == sum(b - a for a, b in (*usage.ranges, *usage.last))

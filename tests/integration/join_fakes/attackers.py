@@ -117,7 +117,7 @@ class Attack(object):
         results = {}
         for process in self.processes:
             process.terminate()
-        for argv, process in zip(self.commands, self.processes):
+        for argv, process in zip(self.commands, self.processes, strict=True):
             output, _ = process.communicate(timeout=15)
             results[argv[2]] = json.loads(output.decode() or "{}")
         return results

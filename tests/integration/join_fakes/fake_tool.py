@@ -559,13 +559,13 @@ def kubectl(args):
 
 def node_object(name, status):
     """The Node as `kubectl get node NAME -o json` shows it: Ready, NotReady (no CNI yet) or Unknown (gone quiet)."""
-    condition = {
+    ready, reason, message = {
         "Ready": ("True", "KubeletReady", "kubelet is posting ready status"),
         "NotReady": ("False", "KubeletNotReady", "container runtime network not ready: NetworkReady=false "
                      "reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"),
     }.get(status, ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."))
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "status": {"conditions": [dict(zip(("status", "reason", "message"), condition), type="Ready")]}}
+            "status": {"conditions": [{"status": ready, "reason": reason, "message": message, "type": "Ready"}]}}
 
 
 def apply(path, kubeconfig):
