@@ -17,6 +17,7 @@ filesystem, its free space and the fix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import struct
@@ -152,22 +153,21 @@ def _say(line: str | None) -> None:
 def cached_sha256(path: Path, cache_dir: Path | None = None) -> str:
     """SHA-256 of `path`, remembered by (path, size, mtime) so an unchanged file is hashed once."""
     index_file = _private_dir((cache_dir or default_cache_dir()) / "images") / "index.json"
-    index = _load_index(index_file)
     key = _index_key(path)
-    if key not in index:
-        with progress(f"{path.name}: SHA-256", path.stat().st_size) as advance:
-            index[key] = sha256_sparse(path, advance)
-        _save_index(index_file, index)
-    return index[key]
+    known = _load_index(index_file).get(key)
+    if known is not None:
+        return known
+    with progress(f"{path.name}: SHA-256", path.stat().st_size) as advance:
+        digest = sha256_sparse(path, advance)
+    _record(index_file, key, digest)
+    return digest
 
 
 def remember_sha256(path: Path, digest: str, cache_dir: Path | None = None) -> None:
     """Record the SHA-256 of `path` where it is known already (a download verified while it streamed), so that
     unpacking it does not read it again."""
     index_file = _private_dir((cache_dir or default_cache_dir()) / "images") / "index.json"
-    index = _load_index(index_file)
-    index[_index_key(path)] = digest
-    _save_index(index_file, index)
+    _record(index_file, _index_key(path), digest)
 
 
 def _index_key(path: Path) -> str:
@@ -225,9 +225,23 @@ def _write_sparse(fd: int, chunks: Iterable[bytes], tick: Callable[[], None]) ->
 
 def _load_index(index_file: Path) -> dict[str, str]:
     try:
-        return json.loads(index_file.read_text())
+        index = json.loads(index_file.read_text())
     except (OSError, ValueError):
         return {}
+    return index if isinstance(index, dict) else {}
+
+
+def _record(index_file: Path, key: str, digest: str) -> None:
+    """Add `key` -> `digest` to the index, holding the lock on its directory while it is read, changed and saved,
+    so that builds running at once never lose each other's entries."""
+    fd = os.open(index_file.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        index = _load_index(index_file)
+        index[key] = digest
+        _save_index(index_file, index)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _save_index(index_file: Path, index: dict[str, str]) -> None:
