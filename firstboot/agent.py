@@ -6,8 +6,9 @@ Runs once per installation (systemd skips it once <root>/var/lib/pi-image/firstb
 with capped exponential backoff and jitter, since systemd 237 (L4T) cannot restart oneshot units. Safe to kill at any
 point: a join that was interrupted is reset and redone, or recognised as finished by the endpoint.
 
-A join token is asked for only when kubeadm's preflight can pass (preflight.py); a failure is reported to the
-endpoint once per change of its reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
+A join token is asked for (or kubeadm init run) only when kubeadm's preflight can pass and the installed kubeadm and
+kubelet are the cluster's Kubernetes (preflight.py); a failure is reported to the endpoint once per change of its
+reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
 A control-plane node never runs `kubeadm join`: built for a cluster, it runs `kubeadm init` and starts the token
 endpoint (controlplane.py).
 
@@ -70,8 +71,8 @@ class _NarratedSetup(localsetup.LocalSetup):
     """Local setup that tells the story: the local steps are done when the packages come next, and the runtime is
     installed after them, from the card's bundle or from the network."""
 
-    def __init__(self, reached, *args):
-        localsetup.LocalSetup.__init__(self, *args)
+    def __init__(self, reached, *args, **fields):
+        localsetup.LocalSetup.__init__(self, *args, **fields)
         self._reached = reached
 
     def install_packages(self):
@@ -94,8 +95,10 @@ class FirstBootAgent(object):
         self.story = NodeStory(os.path.join(paths.state_dir, PHASES_FILE), paths.root, {
             "arch": os.uname().machine, "os": localsetup.os_pretty_name(paths.root),
             "generation": config.generation})
-        self.setup = _NarratedSetup(self._reached, paths.root, commands, config.runtime, config.runtime_packages,
-                                    sleep)
+        self.setup = _NarratedSetup(self._reached, paths.root, commands, runtime=config.runtime,
+                                    runtime_packages=config.runtime_packages, package_manager=config.package_manager,
+                                    kube_install=config.kube_install, release=config.release,
+                                    kubernetes_release=config.kubernetes_release, sleep=sleep)
         self.reported_problem = None
         self.control_plane = None
         if config.role == "control-plane" and config.control_plane is not None:
@@ -148,6 +151,10 @@ class FirstBootAgent(object):
         if problems:
             raise SetupFailed("kubeadm's preflight would fail, so no join token is asked for: " + "; ".join(problems),
                               retry=True)
+        skew = preflight.version_skew(self.config.kubernetes_version, self.config.kubernetes_release, [
+            ("kubeadm", self.setup.kubeadm_version()), ("kubelet", self.setup.kubelet_version())])
+        if skew:
+            raise SetupFailed(skew, retry=False)
         if self.control_plane is not None:
             return self._initialize_control_plane()
         if self.config.role == "control-plane" or self.client is None:

@@ -4,6 +4,8 @@ network but the cluster's.
     /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
     /var/lib/pi-image/bundle/debs/*.deb       installed by apt from these files only (no source: nothing to download)
     /var/lib/pi-image/bundle/images/*.tar     OCI archives, imported into containerd's k8s.io namespace once
+    /var/lib/pi-image/bundle/release/*        kube_install release: the upstream assets (kubeadm, kubelet, kubectl,
+                                              crictl and CNI plugin archives), installed by release.py
 
 Every file is checked against bundle.json before it is used: a card whose bundle was cut or changed says which file.
 The import is recorded in IMPORTED (the bundle's digest), so a reboot does not import again; an image that is not in
@@ -49,6 +51,13 @@ class Bundle(object):
     def package_files(self):
         """The bundle's .debs (checked), as the absolute paths apt-get install takes."""
         return [self._checked(entry) for entry in self.manifest.get("packages", [])]
+
+    def release_file(self, name):
+        """The checked path of the release asset `name` (its upstream file name), or None if the bundle has none."""
+        for entry in self.manifest.get("release", []):
+            if os.path.basename(entry["file"]) == name:
+                return self._checked(entry)
+        return None
 
     def apt_options(self):
         """apt-get options that leave it only the given files: no source at all, so nothing it could download.

@@ -1,9 +1,9 @@
 """The one seam through which firstboot code runs external commands.
 
-kubeadm, kubectl, modprobe, swapoff, apt-get, apt-mark, dpkg, dpkg-query, ctr, containerd, journalctl, systemctl
-and ip are all reached through
-`CommandRunner.run()`, which looks the tool up on PATH (tests put recording stand-ins there), logs the command with
-anything token-shaped redacted, and never raises for a failing or missing tool: callers decide what a failure means.
+kubeadm, kubectl, kubelet (its version only), modprobe, swapoff, apt-get, apt-mark, dpkg, dpkg-query, pacman, ctr,
+containerd, journalctl, systemctl and ip are all reached through `CommandRunner.run()`, which looks the tool up on
+PATH (tests put recording stand-ins there), logs the command with anything token-shaped redacted, and never raises
+for a failing or missing tool: callers decide what a failure means. (release.py downloads with urllib, no tool.)
 """
 
 import logging

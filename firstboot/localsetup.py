@@ -1,10 +1,18 @@
 """Step 1 of first boot: make this machine able to run a kubelet. Every step is safe to repeat after a reboot.
 
 Kernel modules and sysctls come from the files the build wrote (overlays/k8s-kernel: the one list of them); the
-sysctls are written to /proc/sys directly, since a `sysctl` binary (procps) may be absent. The container runtime
-and kubelet/kubeadm/kubectl are installed in one apt transaction when any is missing (packages.py), then the
-runtime is started and checked (runtime.py). A card built with --offline carries them in its bundle (bundle.py):
-apt installs the bundle's files with no source and no download, and its images are imported into containerd.
+sysctls are written to /proc/sys directly, since a `sysctl` binary (procps) may be absent. The distro's packages are
+installed through one seam, apt (packages.py) or pacman (pacman.py) as node.json's package_manager says, in one
+transaction when any is missing: the container runtime, and kubelet/kubeadm/kubectl on the packages path (the image's
+apt pin picks their minor). On the release path (kube_install: release) the distro gives the runtime and the
+kubelet's dependencies, and release.py installs the cluster's exact kubeadm, kubelet, kubectl, crictl and CNI
+plugins. Then the runtime is started and checked (runtime.py). A card built with --offline carries all of it in its
+bundle (bundle.py): the package manager installs the bundle's files with no source and no download, and its images
+are imported into containerd.
+
+Holding: on the packages path the kube packages are held (apt-mark hold; pacman: IgnorePkg), so an upgrade never
+moves the node off the cluster's minor. On the release path pacman holds them too, so that a `pacman -S kubelet`
+from Arch's own repository never replaces the release's binaries; apt has no kube packages to hold there.
 """
 
 import errno
@@ -15,14 +23,17 @@ import time
 
 from .bundle import Bundle
 from .errors import SetupFailed
+from .nodeconfig import KUBE_BINARIES
 from .packages import Apt
+from .release import ReleaseInstall
 from .runtime import RUNTIMES, RuntimeCheck
 
 log = logging.getLogger("pi-image.agent")
 
 MODULES_CONF = "/etc/modules-load.d/k8s.conf"
 SYSCTL_CONF = "/etc/sysctl.d/k8s.conf"
-KUBE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+KUBE_PACKAGES = KUBE_BINARIES  # each package is named after its binary
+INSTALLERS = {"apt": "apt-get", "pacman": "pacman"}  # package_manager -> the tool that must exist to install
 SWAP_DISABLED = "# disabled by pi-image (Kubernetes needs swap off): "
 RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
 # Written by pi-image when it built this tree as a normal user (builder/image/tree.py): "uid<TAB>gid<TAB>/path" lines.
@@ -30,14 +41,26 @@ OWNER_MAP = "/etc/pi-image/owners.tsv"
 
 
 class LocalSetup(object):
-    """Modules, sysctls, swap, cgroup check, the runtime and the kube packages, for the system under `root`."""
+    """Modules, sysctls, swap, cgroup check, the runtime and Kubernetes, for the system under `root`; the keyword
+    arguments are node.json's fields of the same names (nodeconfig.NodeConfig)."""
 
-    def __init__(self, root, commands, runtime="containerd", runtime_packages=(), sleep=time.sleep):
+    def __init__(self, root, commands, runtime="containerd", runtime_packages=(), package_manager="apt",
+                 kube_install="packages", release=None, kubernetes_release=None, sleep=time.sleep):
         self.root = root
         self.commands = commands
         self.runtime = RuntimeCheck(RUNTIMES[runtime], commands, root, sleep)
         self.runtime_packages = list(runtime_packages)
-        self.apt = Apt(commands, sleep)
+        self.package_manager = package_manager
+        self.kube_install = kube_install
+        self.release = release
+        self.kubernetes_release = kubernetes_release
+        if package_manager == "pacman":
+            from .pacman import Pacman  # Arch only
+
+            self.packages = Pacman(commands, root=root, sleep=sleep)
+        else:
+            self.packages = Apt(commands, sleep)
+        self._kubeadm_version = None  # asked once, again after an install
 
     def path(self, absolute):
         return os.path.join(self.root, absolute.lstrip("/"))
@@ -142,13 +165,7 @@ class LocalSetup(object):
             return
         edited = without_fstab_swap(text)
         if edited != text:
-            temporary = fstab + ".pi-image.tmp"
-            with io.open(temporary, "w", encoding="utf-8", errors="surrogateescape") as handle:
-                handle.write(edited)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, os.stat(fstab).st_mode & 0o7777)
-            os.replace(temporary, fstab)
+            replace_text(fstab, edited)
             log.info("swap entries in /etc/fstab commented out (the kubelet refuses swap)")
 
     def check_memory_cgroup(self):
@@ -164,24 +181,33 @@ class LocalSetup(object):
                 "GRUB_CMDLINE_LINUX in /etc/default/grub followed by update-grub, then reboot)", retry=False)
 
     def install_packages(self):
-        """Install what is missing of the runtime and kubelet/kubeadm/kubectl (the image's apt pin picks the kube
-        version), (re)start the runtime if it was just installed or is not ready, hold the kube packages."""
+        """Install what is missing of the distro packages (the runtime; kubelet/kubeadm/kubectl on the packages
+        path), then on the release path the release's binaries (release.py); (re)start the runtime if it was just
+        installed or is not ready, import the bundle's images, hold the kube packages, enable the kubelet."""
         bundle = Bundle(self.root)
-        missing = self.apt.missing(self.runtime_packages + list(KUBE_PACKAGES))
+        release = self.kube_install == "release"
+        missing = self.packages.missing(self.runtime_packages + ([] if release else list(KUBE_PACKAGES)))
         if missing:
-            if not self.commands.available("apt-get"):
-                raise SetupFailed("{} missing and there is no apt-get to install them".format(", ".join(missing)),
-                                  retry=False)
+            installer = INSTALLERS[self.package_manager]
+            if not self.commands.available(installer):
+                raise SetupFailed("{} missing and there is no {} to install them".format(", ".join(missing),
+                                                                                         installer), retry=False)
             if bundle.present:
                 log.info("installing %s from the card's bundle (no network)", ", ".join(missing))
-                self.apt.install(bundle.package_files(), bundle.apt_options())
+                self.packages.install(bundle.package_files(),
+                                      bundle.apt_options() if self.package_manager == "apt" else [])
             else:
-                self.apt.install(missing)
+                self.packages.install(missing)
+        installed = bool(missing)
+        if release:
+            installed = ReleaseInstall(self.root, self.release, self.kubernetes_release, bundle).run() or installed
+        if installed:
+            self._kubeadm_version = None  # another kubeadm may be in place now
         self.runtime.start(restart=any(package in missing for package in self.runtime_packages))
         if bundle.present:
             bundle.import_images(self.commands, self.runtime.socket_path)
-        if self.commands.available("apt-mark"):
-            self.commands.run(["apt-mark", "hold"] + list(KUBE_PACKAGES))
+        if not release or self.package_manager == "pacman":
+            self.packages.hold(KUBE_PACKAGES)
         self.commands.run(["systemctl", "enable", "kubelet"])
 
     def kubelet_resolv_conf(self):
@@ -196,9 +222,29 @@ class LocalSetup(object):
         return "/etc/resolv.conf"
 
     def kubeadm_version(self):
-        """The local kubeadm's version ('v1.31.4'), or '' if it cannot say."""
-        result = self.commands.run(["kubeadm", "version", "-o", "short"])
-        return result.stdout.strip() if result.ok else ""
+        """The local kubeadm's version ('v1.31.4'), or '' if it cannot say; asked once after each install."""
+        if self._kubeadm_version is None:
+            result = self.commands.run(["kubeadm", "version", "-o", "short"])
+            self._kubeadm_version = result.stdout.strip() if result.ok else ""
+        return self._kubeadm_version
+
+    def kubelet_version(self):
+        """The local kubelet's version ('v1.31.4' of "Kubernetes v1.31.4"), or '' if it cannot say."""
+        result = self.commands.run(["kubelet", "--version"])
+        words = result.stdout.split() if result.ok else []
+        return words[-1] if words else ""
+
+
+def replace_text(path, text):
+    """Write `text` to the existing file `path` atomically (temporary file, fsync, rename), keeping its mode; as UTF-8
+    whatever the locale, bytes that were not UTF-8 (surrogate escapes) written back as they were."""
+    temporary = path + ".pi-image.tmp"
+    with io.open(temporary, "w", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, os.stat(path).st_mode & 0o7777)
+    os.replace(temporary, path)
 
 
 class _OutsideTree(Exception):
@@ -275,7 +321,8 @@ def _memory_controller_enabled(v2_controllers, v1_table):
         return None
 
 
-def _os_release(path):
+def os_release(path):
+    """The KEY=value pairs of an os-release(5) file (quotes stripped); empty when it cannot be read."""
     values = {}
     try:
         with open(path) as handle:
@@ -290,4 +337,4 @@ def _os_release(path):
 
 def os_pretty_name(root):
     """PRETTY_NAME from the system's os-release, for the join request."""
-    return _os_release(os.path.join(root, "etc/os-release")).get("PRETTY_NAME", "unknown")
+    return os_release(os.path.join(root, "etc/os-release")).get("PRETTY_NAME", "unknown")

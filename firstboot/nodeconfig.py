@@ -5,11 +5,19 @@ node.json (written by the build, mode 0600, root:root) is a NodeConfig: the buil
 keys; the agent reads it back with load_node_config(), which checks it (NodeConfig.from_json()). Its keys:
 
     node, role, kubernetes_version, runtime    always (local setup); role: worker | control-plane
-    runtime_packages     apt packages that provide the runtime when it is missing (empty: nothing to install)
+    runtime_packages     distro packages that provide the runtime when it is missing (empty: nothing to install);
+                         with kube_install release also the kubelet's dependencies (conntrack, socat, ethtool,
+                         iptables)
+    package_manager      apt (absent: the default) | pacman: how runtime_packages are installed (localsetup.py)
+    kube_install         packages (absent: the default; apt from pkgs.k8s.io, pinned to the minor) | release: the
+                         upstream binaries of kubernetes_release (release.py)
+    release {kube_url, crictl_url, crictl_version, cni_url, cni_version, arch, sha256}    present iff kube_install
+                         is release: where the five assets are and the SHA-256 the build recorded for each (keys:
+                         the asset file names); the device trusts these digests, never the network
     built_at             the build's time (Unix): the device's clock is wrong while it is before it
     kubelet              KubeletConfiguration fields sized to the board (builder/plan/kubelet.py; absent: the
                          kubelet's defaults)
-    kubernetes_release   the exact patch an --offline card's bundle holds
+    kubernetes_release   the exact patch an --offline card's bundle holds, or the release path installs
     api_server, node_subnet, cluster {api_server, node_subnet}    every image built for a cluster (`cluster`
                          repeats the two, for `pi-image inspect`)
     generation           which build of the node the card is (the endpoint accepts the newest only); a node's image
@@ -27,11 +35,17 @@ token endpoint's unit).
 
 import json
 import os
-from typing import Any, Dict, Optional, Sequence, TypeVar
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from .protocol import minor_version
 from .runtime import RUNTIMES
 
 ROLES = ("worker", "control-plane")
+PACKAGE_MANAGERS = ("apt", "pacman")
+KUBE_INSTALLS = ("packages", "release")
+RELEASE_ARCHES = ("amd64", "arm64")
+KUBE_BINARIES = ("kubelet", "kubeadm", "kubectl")
 
 # Where a control-plane image keeps what the build put there for it (paths below the root; the builder imports them):
 CLUSTER_DIR = "etc/pi-image/cluster"  # the cluster directory's settings and secrets; the endpoint's state in state/
@@ -43,6 +57,13 @@ _LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
 _WORKER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
 _CONTROL_PLANE_KEYS = ("api_server", "node_subnet")
 _TEXT_KEYS = _LOCAL_KEYS + _WORKER_KEYS + ("role", "kubernetes_release")
+
+_RELEASE_URLS = ("kube_url", "crictl_url", "cni_url")
+_RELEASE_VERSIONS = ("crictl_version", "cni_version")
+_RELEASE_TEXT = _RELEASE_URLS + _RELEASE_VERSIONS + ("arch",)
+_PATCH = re.compile(r"^\d+\.\d+\.\d+$")
+_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 R = TypeVar("R", bound="_Record")
 
@@ -90,20 +111,94 @@ class ControlPlaneSettings(_Record):
         return {"pod_subnet": self.pod_subnet, "service_subnet": self.service_subnet, "admin_user": self.admin_user}
 
 
+class ReleaseSettings(_Record):
+    """node.json's release: where the upstream assets of the release path are, and the SHA-256 the build fetched
+    for each (release.py installs them and refuses any other bytes)."""
+
+    __slots__ = ("kube_url", "crictl_url", "crictl_version", "cni_url", "cni_version", "arch", "sha256")
+
+    def __init__(self, *, kube_url: str, crictl_url: str, crictl_version: str, cni_url: str, cni_version: str,
+                 arch: str, sha256: Dict[str, str]) -> None:
+        self.kube_url = kube_url  # https://dl.k8s.io/release: {kube_url}/v{X.Y.Z}/bin/linux/{arch}/{tool}
+        self.crictl_url = crictl_url  # {crictl_url}/{V}/crictl-{V}-linux-{arch}.tar.gz
+        self.crictl_version = crictl_version  # "v1.31.1"
+        self.cni_url = cni_url  # {cni_url}/{V}/cni-plugins-linux-{arch}-{V}.tgz
+        self.cni_version = cni_version  # "v1.5.1"
+        self.arch = arch  # amd64 | arm64
+        self.sha256 = dict(sha256)  # asset file name -> lowercase hex
+
+    @property
+    def crictl_asset(self) -> str:
+        """The crictl archive's file name."""
+        return "crictl-{}-linux-{}.tar.gz".format(self.crictl_version, self.arch)
+
+    @property
+    def cni_asset(self) -> str:
+        """The CNI plugins archive's file name."""
+        return "cni-plugins-linux-{}-{}.tgz".format(self.arch, self.cni_version)
+
+    def assets(self, kubernetes_release: str) -> List[Tuple[str, str]]:
+        """(file name, URL) of the five assets for Kubernetes `kubernetes_release` ("1.31.4"); each has its
+        published digest at URL + ".sha256"."""
+        kube = "{}/v{}/bin/linux/{}/".format(self.kube_url.rstrip("/"), kubernetes_release, self.arch)
+        return [(tool, kube + tool) for tool in KUBE_BINARIES] + [
+            (self.crictl_asset, "{}/{}/{}".format(self.crictl_url.rstrip("/"), self.crictl_version,
+                                                  self.crictl_asset)),
+            (self.cni_asset, "{}/{}/{}".format(self.cni_url.rstrip("/"), self.cni_version, self.cni_asset))]
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        data["sha256"] = dict(self.sha256)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, kubernetes_release: str, where: str) -> "ReleaseSettings":
+        """node.json's release checked against the assets of `kubernetes_release`: a ConfigError naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError("{}: release must be an object".format(where))
+        for key in _RELEASE_TEXT:
+            _check(where, "release." + key, data.get(key), str, "a string")
+            if not data.get(key):
+                raise ConfigError("{}: missing key release.{}: rebuild the image".format(where, key))
+        for key in _RELEASE_URLS:
+            if not data[key].startswith(("http://", "https://")):
+                raise ConfigError("{}: release.{} must be an http(s):// URL, not {!r}".format(where, key, data[key]))
+        for key in _RELEASE_VERSIONS:
+            if not _TAG.match(data[key]):
+                raise ConfigError("{}: release.{} must look like v1.2.3, not {!r}".format(where, key, data[key]))
+        if data["arch"] not in RELEASE_ARCHES:
+            raise ConfigError("{}: release.arch must be one of {}, not {!r}".format(
+                where, ", ".join(RELEASE_ARCHES), data["arch"]))
+        digests = data.get("sha256")
+        if not isinstance(digests, dict):
+            raise ConfigError("{}: release.sha256 must be an object of asset name -> SHA-256".format(where))
+        settings = cls(sha256=digests, **{key: data[key] for key in _RELEASE_TEXT})
+        missing = [name for name, _ in settings.assets(kubernetes_release) if name not in digests]
+        if missing:
+            raise ConfigError("{}: release.sha256 has no digest for {}: rebuild the image".format(
+                where, ", ".join(missing)))
+        for name, digest in sorted(digests.items()):
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise ConfigError("{}: release.sha256.{} must be 64 lowercase hex digits, not {!r}".format(
+                    where, name, digest))
+        return settings
+
+
 class NodeConfig(_Record):
     """node.json, typed: one node's identity and what its first boot needs (the keys: see the module docstring).
 
     A field that is None (False for unstamped, empty for kubelet) is a key node.json does not have."""
 
     __slots__ = ("node", "role", "kubernetes_version", "runtime", "runtime_packages", "built_at", "kubelet",
-                 "kubernetes_release", "api_server", "node_subnet", "generation", "endpoint", "endpoint_fingerprint",
-                 "credential", "control_plane", "unstamped")
+                 "kubernetes_release", "package_manager", "kube_install", "release", "api_server", "node_subnet",
+                 "generation", "endpoint", "endpoint_fingerprint", "credential", "control_plane", "unstamped")
 
     def __init__(self, *, node: str, kubernetes_version: str, runtime: str, role: str = "worker",
                  runtime_packages: Sequence[str] = (), built_at: Optional[float] = None,
                  kubelet: Optional[Dict[str, Any]] = None, kubernetes_release: Optional[str] = None,
-                 api_server: Optional[str] = None, node_subnet: Optional[str] = None,
-                 generation: Optional[int] = None, endpoint: Optional[str] = None,
+                 package_manager: str = "apt", kube_install: str = "packages",
+                 release: Optional[ReleaseSettings] = None, api_server: Optional[str] = None,
+                 node_subnet: Optional[str] = None, generation: Optional[int] = None, endpoint: Optional[str] = None,
                  endpoint_fingerprint: Optional[str] = None, credential: Optional[str] = None,
                  control_plane: Optional[ControlPlaneSettings] = None, unstamped: bool = False) -> None:
         self.node = node  # the hostname and Kubernetes node name
@@ -113,7 +208,10 @@ class NodeConfig(_Record):
         self.runtime_packages = tuple(runtime_packages)
         self.built_at = built_at
         self.kubelet = dict(kubelet or {})
-        self.kubernetes_release = kubernetes_release
+        self.kubernetes_release = kubernetes_release  # "1.31.4"
+        self.package_manager = package_manager  # apt | pacman: installs runtime_packages (localsetup.py)
+        self.kube_install = kube_install  # packages | release (release.py)
+        self.release = release  # with kube_install release: where the assets are and their digests
         self.api_server = api_server  # "HOST:6443"; a worker routes to it to find its node-ip if none in the subnet
         self.node_subnet = node_subnet  # CIDR: the node-ip is this node's address inside it
         self.generation = generation
@@ -133,6 +231,12 @@ class NodeConfig(_Record):
                 data[key] = getattr(self, key)
         if self.kubelet:
             data["kubelet"] = dict(self.kubelet)
+        if self.package_manager != "apt":
+            data["package_manager"] = self.package_manager
+        if self.kube_install != "packages":
+            data["kube_install"] = self.kube_install
+        if self.release is not None:
+            data["release"] = self.release.to_json()
         if self.api_server is not None:
             data["cluster"] = {"api_server": self.api_server, "node_subnet": self.node_subnet}
         if self.control_plane is not None:
@@ -144,7 +248,8 @@ class NodeConfig(_Record):
     @classmethod
     def from_json(cls, data: object, where: str = "node.json") -> "NodeConfig":
         """node.json's object checked: the local keys always, a worker's cluster keys all or none, a control
-        plane's settings whole; a ConfigError naming `where` and the key. Keys it does not know are ignored."""
+        plane's settings whole, the release path's settings whole (with its exact kubernetes_release); a ConfigError
+        naming `where` and the key. Keys it does not know are ignored."""
         if not isinstance(data, dict):
             raise ConfigError("{}: expected a JSON object".format(where))
         missing = [key for key in _LOCAL_KEYS if not data.get(key)]
@@ -165,6 +270,11 @@ class NodeConfig(_Record):
             _check(where, "control_plane." + key, (control_plane or {}).get(key), str, "a string")
         _check(where, "generation", data.get("generation"), int, "a whole number")
         _check(where, "built_at", data.get("built_at"), (int, float), "a Unix time")
+        try:
+            minor_version(data["kubernetes_version"])
+        except ValueError:
+            raise ConfigError("{}: kubernetes_version must look like 1.31, not {!r}".format(
+                where, data["kubernetes_version"])) from None
         if data["runtime"] not in RUNTIMES:
             raise ConfigError("{}: runtime must be one of {}, not {!r}".format(where, ", ".join(sorted(RUNTIMES)),
                                                                              data["runtime"]))
@@ -177,10 +287,14 @@ class NodeConfig(_Record):
         packages = data.get("runtime_packages", [])
         if not isinstance(packages, list) or not all(isinstance(name, str) and name for name in packages):
             raise ConfigError("{}: runtime_packages must be a list of package names".format(where))
+        package_manager = _choice(where, data, "package_manager", PACKAGE_MANAGERS)
+        kube_install = _choice(where, data, "kube_install", KUBE_INSTALLS)
+        release = _release(where, data, kube_install)
         return cls(
             node=data["node"], role=role, kubernetes_version=data["kubernetes_version"], runtime=data["runtime"],
             runtime_packages=packages, built_at=data.get("built_at"), kubelet=kubelet,
-            kubernetes_release=data.get("kubernetes_release"), api_server=data.get("api_server"),
+            kubernetes_release=data.get("kubernetes_release"), package_manager=package_manager,
+            kube_install=kube_install, release=release, api_server=data.get("api_server"),
             node_subnet=data.get("node_subnet"), generation=data.get("generation"), endpoint=data.get("endpoint"),
             endpoint_fingerprint=data.get("endpoint_fingerprint"), credential=data.get("credential"),
             control_plane=None if control_plane is None else ControlPlaneSettings(
@@ -193,6 +307,32 @@ def _check(where: str, key: str, value: object, kind: Any, what: str) -> None:
     """A ConfigError unless `value` is None or of `kind` (never a bool: true is no number)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
         raise ConfigError("{}: {} must be {}, not {!r}".format(where, key, what, value))
+
+
+def _choice(where: str, data: Dict[str, Any], key: str, choices: Sequence[str]) -> str:
+    """data[key] if it is one of `choices` (absent: the first), else a ConfigError."""
+    value = data.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError("{}: {} must be one of {}, not {!r}".format(where, key, ", ".join(choices), value))
+    return value
+
+
+def _release(where: str, data: Dict[str, Any], kube_install: str) -> Optional[ReleaseSettings]:
+    """The release settings, present iff kube_install is release, which also needs the exact kubernetes_release of
+    the image's minor."""
+    if kube_install != "release":
+        if data.get("release") is not None:
+            raise ConfigError("{}: release is set but kube_install is {!r}: rebuild the image".format(
+                where, kube_install))
+        return None
+    version = data.get("kubernetes_release")
+    if data.get("release") is None or not version:
+        raise ConfigError("{}: kube_install release needs the keys release and kubernetes_release: rebuild the "
+                          "image".format(where))
+    if not _PATCH.match(version) or minor_version(version) != minor_version(data["kubernetes_version"]):
+        raise ConfigError("{}: kubernetes_release must be the exact release (1.31.4) of kubernetes_version {}, not "
+                          "{!r}".format(where, data["kubernetes_version"], version))
+    return ReleaseSettings.from_json(data["release"], version, where)
 
 
 def load_node_config(path: str) -> NodeConfig:

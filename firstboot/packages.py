@@ -72,13 +72,19 @@ class Apt(object):
             log.info("apt-get waited for the dpkg lock, then installed %s", " ".join(names))
         self._checked(result)
 
+    def hold(self, packages):
+        """Keep `packages` at their installed version (apt-mark hold), so an upgrade never moves the node off the
+        cluster's minor."""
+        if self.commands.available("apt-mark"):
+            self.commands.run(["apt-mark", "hold"] + list(packages))
+
     def run(self, argv, timeout=900):
         """Run an apt or dpkg command; while it fails because another process holds a package lock, wait and retry."""
         deadline = self.clock() + LOCK_WAIT_SECONDS
         waited = False
         while True:
             result = self.commands.run(argv, timeout=timeout)
-            busy = None if result.ok else _line_with(result.stdout + result.stderr, _LOCK_MARKERS)
+            busy = None if result.ok else line_with(result.stdout + result.stderr, _LOCK_MARKERS)
             if busy is None:
                 if waited:
                     log.info("the package lock is free; %s went on", argv[0])
@@ -102,7 +108,7 @@ class Apt(object):
                      time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
             raise SetupFailed("apt-get update: the package archive's Release file is not valid yet for this "
                               "machine's clock (no RTC, no time sync yet); waiting for NTP", retry=True)
-        unreachable = _line_with(output, _UNREACHABLE_MARKERS)
+        unreachable = line_with(output, _UNREACHABLE_MARKERS)
         if unreachable:
             raise SetupFailed("the package archive cannot be reached ({}): {}".format(unreachable, UNREACHABLE_FIX),
                               retry=True)
@@ -110,7 +116,7 @@ class Apt(object):
             raise SetupFailed("{} failed: {}".format(" ".join(result.argv[:2]), result.summary()), retry=True)
 
 
-def _line_with(text, markers):
+def line_with(text, markers):
     """The first line of `text` containing one of `markers`, stripped, or None."""
     for line in text.splitlines():
         if any(marker in line for marker in markers):

@@ -24,6 +24,7 @@ from firstboot.nodeconfig import NodeConfig
 
 from .. import __version__
 from ..bases.catalog import default_base, resolve_base
+from ..bases.download import NotFound, get_small
 from ..bases.kubekey import kube_keyring
 from ..cluster import (
     Cluster,
@@ -39,7 +40,7 @@ from ..cluster import (
 )
 from ..config import values
 from ..config.profiles import Profile, check_value, load_profile
-from ..config.runtimes import runtime_packages
+from ..config.runtimes import RELEASE_DEPENDENCIES, runtime_packages
 from ..errors import UserError
 from ..image import DirectoryFilesystem, DiskImage, open_medium
 from ..image.bmap import write_bmap
@@ -61,6 +62,7 @@ from ..outputs import (
 )
 from ..plan import FileOp, Plan, apply
 from ..plan.kubelet import kubelet_settings
+from ..plan.release import RELEASE, install_method, release_arch, resolve_release
 from ..plan.steps import BuildContext, NodeIdentity, make_plan
 from ..plan.steps.layers import overlays
 from ..progress import progress
@@ -153,24 +155,48 @@ def prepare(request: BuildRequest) -> BuildContext:
     _check_login(profile, target, request.no_login)
     node, config = _node(request, profile, cluster, profile["user"] or target.default_user)
     epoch = request.epoch if request.epoch is not None else _epoch(base)
+    kube_install = install_method(profile, target)
     config = config.replace(
-        runtime_packages=runtime_packages(
-            profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
-            target.os.version_id or "", target.name, profile["containerd_config_version"],
-            profile["default_runtime"]),
+        runtime_packages=_runtime_packages(profile, target, kube_install), package_manager=target.package_manager,
+        kube_install=kube_install,
         kubelet=kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"]),
         built_at=epoch)  # a floor for the device's clock (a Pi has no RTC)
-    keyring = (request.stamp.keyring if request.stamp else None) or kube_keyring(
+    keyring = None if kube_install == RELEASE else (request.stamp.keyring if request.stamp else None) or kube_keyring(
         profile["kubernetes_version"], request.kube_key, download=not request.dry_run)
     ctx = BuildContext(target=target, profile=profile, node=node, node_config=config, kube_keyring=keyring,
                        overlays=list(request.overlays), epoch=epoch, replace_overlays=request.replace_overlays,
-                       base=base, base_name=str(spec), fetch=not request.dry_run)
+                       base=base, base_name=str(spec), fetch=not request.dry_run,
+                       download=None if request.dry_run else fetch_small)
     if cluster:
         ctx.subnets = (cluster.service_subnet, cluster.pod_subnet)
         ctx.kubernetes_release = cluster.kubernetes_release
         ctx.cluster_files = tuple(master_files(cluster)) if config.control_plane is not None else ()
+    if ctx.from_release:  # the exact patch (the cluster's, else the newest) and its files' digests, for node.json
+        ctx.kubernetes_release, settings = resolve_release(profile, release_arch(target),
+                                                           ctx.kubernetes_release, ctx.download)
+        ctx.node_config = ctx.node_config.replace(kubernetes_release=ctx.kubernetes_release, release=settings)
     make_plan(ctx)
     return ctx
+
+
+def _runtime_packages(profile: Profile, target: Target, kube_install: str) -> list[str]:
+    """What the node installs with its package manager: its runtime (builder.config.runtimes), and on the release path
+    the kubelet's dependencies, which no kubelet package pulls in then."""
+    packages = runtime_packages(
+        profile["runtime"], profile["cri_dockerd"], profile["kubernetes_version"], target.os.id,
+        target.os.version_id or "", target.name, profile["containerd_config_version"], profile["default_runtime"])
+    if kube_install == RELEASE:
+        packages += [name for name in RELEASE_DEPENDENCIES[target.package_manager] if name not in packages]
+    return packages
+
+
+def fetch_small(url: str, limit: int, what: str) -> bytes | None:
+    """A small file whole through the bounded client (builder.bases.download), or None when the server has none:
+    how the plan's steps fetch (builder.plan.release.Fetch)."""
+    try:
+        return get_small(url, limit, what)
+    except NotFound:
+        return None
 
 
 def _with_login(profile: Profile, request: BuildRequest) -> Profile:
@@ -385,8 +411,8 @@ def _build_tree(ctx: BuildContext, base: Path, output: Path, request: BuildReque
 def _record_card(ctx: BuildContext, request: BuildRequest) -> None:
     """A cluster node's new card is complete: record its generation before it is published (if that fails, nothing
     is published and the node's current card stays valid)."""
-    if request.cluster and ctx.bundle is not None and load_cluster(request.cluster).kubernetes_release is None:
-        record_release(request.cluster, ctx.bundle.release)  # every later card of the cluster holds this release
+    if request.cluster and ctx.kubernetes_release and load_cluster(request.cluster).kubernetes_release is None:
+        record_release(request.cluster, ctx.kubernetes_release)  # every later card of the cluster runs this release
     if request.cluster and request.node:
         assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one (_node)
         record_generation(request.cluster, ctx.node.name, ctx.node_config.generation)

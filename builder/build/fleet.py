@@ -21,8 +21,7 @@ from ..bases.catalog import default_base
 from ..cluster import Node, load_cluster
 from ..config.profiles import load_profile
 from ..errors import UserError
-from ..targets import targets_of
-from ..targets.x86 import UbuntuX86
+from ..targets import MACHINE_TARGETS, targets_of
 from . import BuildRequest
 
 T = TypeVar("T")
@@ -74,7 +73,7 @@ def plan_fleet(request: BuildRequest, output: Path | None) -> Fleet:
     members, x86 = [], []
     for node in nodes:
         profile_base, target = _profile_facts(node, request)
-        if target == UbuntuX86.name:
+        if target in MACHINE_TARGETS:
             x86.append(node)
             continue
         own = node.base or profile_base

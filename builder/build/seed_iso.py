@@ -1,18 +1,19 @@
 """`pi-image seed-iso`: an x86 node's setup as a cloud-init NoCloud seed, from the same plan as a card.
 
-    reference tree of a stock Ubuntu amd64 --prepare()--> the node's plan (the build's own steps and overlays)
+    reference tree of the target's stock install --prepare()--> the node's plan (the build's own steps and overlays)
       --> user-data: the seed overlay's user-data.j2 (user, keys, hostname, time zone, locale) + the plan as
           write_files (files), bootcmd (directories, before the files), runcmd (links, removals, starting the units)
       --> an ISO 9660 image (Joliet + Rock Ridge) labelled CIDATA: meta-data, user-data, network-config
 
 Nothing is planned twice: the steps that write a card's files write the seed's, and the seed overlay's templates
-give meta-data, network-config and the start of user-data on both. The plan is made against a reference tree
-(builder/samples/data/ubuntu-x86) that holds only what every stock install shares, so no machine's own files
-(fstab, netplan) are ever overwritten. A stock system reads the seed at its first boot: the amd64 cloud image
-(cloud-init is live there), or the live server installer with `--autoinstall` (user-data wrapped as `autoinstall:`;
-the installed system runs the inner user-data at its first boot). A system installed earlier does not read a seed
-attached later: the installer limits its cloud-init to the installer's own data (99-installer.cfg: datasource_list
-[None]; 24.04 also disables cloud-init after that first boot).
+give meta-data, network-config and the start of user-data on both. The plan is made against the reference tree of the
+profile's target (`REFERENCE_TREES`: builder/samples/data/ubuntu-x86 for Ubuntu, builder/samples/data/arch for Arch
+Linux) that holds only what every stock install shares, so no machine's own files (fstab, netplan) are ever
+overwritten. A stock system reads the seed at its first boot: Ubuntu's amd64 cloud image or Arch's (cloud-init is live
+in both), or Ubuntu's live server installer with `--autoinstall` (user-data wrapped as `autoinstall:`; the installed
+system runs the inner user-data at its first boot). A system installed earlier does not read a seed attached later:
+the installer limits its cloud-init to the installer's own data (99-installer.cfg: datasource_list [None]; 24.04 also
+disables cloud-init after that first boot); an installed Arch machine has no cloud-init: `pi-image enroll` is for it.
 
 The seed holds the node's credential (node.json): the ISO is written 0600, like a card.
 """
@@ -45,9 +46,10 @@ from ..plan.steps import BuildContext
 from ..plan.steps.layers import overlays, target_facts
 from ..plan.systemd import UNIT_DIR
 from ..plan.users import accounts, groups, owner_ids
-from ..samples.catalog import UBUNTU_X86_TREES
+from ..samples.catalog import REFERENCE_TREES
 from ..samples.tree import stage_tree
-from ..targets import targets_of
+from ..targets import MACHINE_TARGETS, targets_of
+from ..targets.arch import ArchX86
 from ..targets.x86 import UbuntuX86
 from . import BuildRequest, prepare
 
@@ -55,13 +57,12 @@ VOLUME_ID = "CIDATA"  # NoCloud's label (cloud-init looks for cidata or CIDATA)
 # ISO 9660 level-1 names (8.3, d-characters, version ;1); Joliet and Rock Ridge carry the real ones.
 ISO_NAMES = {"meta-data": "META_DAT.;1", "user-data": "USER_DAT.;1", "network-config": "NETWORK_.;1"}
 SEED_OVERLAY = "cloud-init-seed"
-REFERENCE_RELEASE = "24.04"  # the 22.04 tree plans the same seed (tests/unit/test_seed_documents.py proves it)
 # cloud-init has no limit of its own, but it parses user-data with PyYAML, keeps several copies on the node (the
 # raw file, the processed one, instance data) and the installer more: a seed carries configuration, not payloads.
 # The largest node's (a control plane: agent, endpoint, flannel manifest) is about a quarter of this.
 MAX_USER_DATA = 1 << 20
 PLAN_KEYS = ("write_files", "bootcmd", "runcmd")
-_WANTS_LINK = re.compile(rf"^{re.escape(UNIT_DIR)}/[^/]+\.(?:wants|requires)/(?P<unit>[^/]+)$")
+WANTS_LINK = re.compile(rf"^{re.escape(UNIT_DIR)}/[^/]+\.(?:wants|requires)/(?P<unit>[^/]+)$")
 
 
 @dataclass(kw_only=True)
@@ -72,7 +73,7 @@ class SeedIsoRequest:
     cluster: Path
     node: str
     output: Path | None = None  # default: NODE-seed.iso
-    autoinstall: bool = False  # wrapped for the Ubuntu live server installer
+    autoinstall: bool = False  # wrapped for the Ubuntu live server installer (Ubuntu only)
     ssh_keys: list[str] = field(default_factory=list)
     password_hash: str | None = None
     no_login: bool = False
@@ -95,14 +96,14 @@ class SeedIsoResult:
 
 
 def seed_iso(request: SeedIsoRequest) -> SeedIsoResult:
-    """Plan the node against the x86 reference tree, render its seed, and write the ISO atomically (0600); a
+    """Plan the node against its target's reference tree, render its seed, and write the ISO atomically (0600); a
     cluster node's new generation is recorded in the inventory once the ISO is complete, as for a card."""
     output = request.output or Path(f"{request.node}-seed.iso")
     _check_output(output, request.force)
-    _check_profile(request)
+    target = _seed_target(request)
     with tempfile.TemporaryDirectory(prefix="pi-image-x86-") as scratch:
         base = Path(scratch) / "root"
-        stage_tree(UBUNTU_X86_TREES[REFERENCE_RELEASE], {}, base)
+        stage_tree(REFERENCE_TREES[target], {}, base)
         ctx = prepare(BuildRequest(
             profile=request.profile, base=str(base), cluster=request.cluster, node=request.node, sets=request.sets,
             overlays=list(request.overlays), kube_key=request.kube_key, ssh_keys=list(request.ssh_keys),
@@ -134,19 +135,26 @@ def _check_output(output: Path, force: bool) -> None:
         raise UserError(f"cannot write {output}: {output.parent} is not a directory")
 
 
-def _check_profile(request: SeedIsoRequest) -> None:
-    """The node must be in the inventory, and its profile must not be for a board (worker-8g is a Raspberry Pi)."""
+def _seed_target(request: SeedIsoRequest) -> str:
+    """The target the node's seed is for (the profile's; Ubuntu for a profile naming none). The node must be in the
+    inventory, and its profile must not be for a board (worker-8g is a Raspberry Pi)."""
     name = request.profile or load_cluster(request.cluster).node(request.node).profile
     profile = load_profile(name, request.sets)
-    if profile["target"] and UbuntuX86.name not in targets_of(profile["target"]):
+    found = [target for target in MACHINE_TARGETS if target in targets_of(profile["target"] or UbuntuX86.name)]
+    if not found:
         raise UserError(f"profile '{profile.name}' is for {profile['target']}, not an x86 machine: a seed ISO is for "
-                        f"Ubuntu on x86-64 ({UbuntuX86.name}); use --profile x86-worker (or a profile for "
-                        f"{UbuntuX86.name}), or build a card with `pi-image build` for the board")
+                        f"Ubuntu ({UbuntuX86.name}) or Arch Linux ({ArchX86.name}) on x86-64; use --profile "
+                        "x86-worker or arch-worker (or a profile for one of them), or build a card with `pi-image "
+                        "build` for the board")
+    if request.autoinstall and found[0] != UbuntuX86.name:
+        raise UserError(f"--autoinstall wraps the seed for Ubuntu's live server installer, and profile "
+                        f"'{profile.name}' is for {found[0]}: drop --autoinstall (boot the cloud image with the seed)")
+    return found[0]
 
 
 def seed_documents(ctx: BuildContext, autoinstall: bool = False) -> dict[str, bytes]:
-    """The seed's files for a node planned on the x86 target: meta-data, user-data, and network-config when the
-    node has a fixed address. `autoinstall` wraps user-data for the live server installer."""
+    """The seed's files for a node planned on an x86 target: meta-data, user-data, and network-config when the
+    node has a fixed address. `autoinstall` wraps user-data for Ubuntu's live server installer."""
     seed = _render_seed(ctx)
     network = _network_config(ctx, seed["network-config"])
     cloud_config = cloud_config_text(seed["user-data"].decode(), ctx)
@@ -197,7 +205,7 @@ def cloud_config_text(template_text: str, ctx: BuildContext) -> str:
     if clash:
         raise UserError(f"the {SEED_OVERLAY} overlay's user-data sets {', '.join(clash)}, which seed-iso writes from "
                         "the plan: remove it from the template")
-    plan = {key: value for key, value in _plan_config(final_ops(ctx.plan), _owner_names(ctx)).items() if value}
+    plan = {key: value for key, value in _plan_config(final_ops(ctx.plan), owner_names(ctx)).items() if value}
     return (template_text.rstrip("\n") + "\n# The node's plan, as a card carries it: files, then directories (bootcmd "
             "runs first), links and the units to start (runcmd, after multi-user.target).\n"
             + yaml.dump(plan, Dumper=_SeedDumper, sort_keys=False, allow_unicode=True, width=4096))
@@ -216,7 +224,7 @@ def _plan_config(ops: list[FileOp], owner: Any) -> dict[str, list[Any]]:
         elif op.action == "symlink":
             parents.append(op.path.rsplit("/", 1)[0] or "/")
             links.append(_Command(["ln", "-sfn", "--", op.target, op.path]))
-            found = _WANTS_LINK.match(op.path)
+            found = WANTS_LINK.match(op.path)
             if found and found["unit"] not in units:
                 units.append(found["unit"])
         elif op.action == "remove":
@@ -252,15 +260,15 @@ def _text(data: bytes) -> str | None:
     return text if all(ch in "\n\t" or ch.isprintable() for ch in text) else None
 
 
-def _owner_names(ctx: BuildContext) -> Any:
+def owner_names(ctx: BuildContext) -> Any:
     """uid, gid -> "user:group" by the reference tree's passwd and group (cloud-init takes names)."""
     users = {account.uid: name for name, account in reversed(list(accounts(ctx.view).items()))}
     group_names = {gid: name for name, gid in reversed(list(groups(ctx.view).items()))}
 
     def owner(uid: int, gid: int) -> str:
         if uid not in users or gid not in group_names:
-            raise UserError(f"the plan gives a file the owner {uid}:{gid}, which a stock Ubuntu install has no "
-                            "name for: an x86 node's files must belong to system accounts")
+            raise UserError(f"the plan gives a file the owner {uid}:{gid}, which a stock {ctx.target.os.pretty_name} "
+                            "install has no name for: an x86 node's files must belong to system accounts")
         return f"{users[uid]}:{group_names[gid]}"
     return owner
 
@@ -275,15 +283,17 @@ def _meta_data(ctx: BuildContext, rendered: bytes) -> bytes:
 def _network_config(ctx: BuildContext, rendered: bytes) -> bytes | None:
     """The seed template's network-config for a fixed address (None: DHCP, cloud-init's and the installer's own
     default). x86 interfaces have no fixed name like a Pi's eth0: unless the profile names one, the entry matches
-    the node's MAC from the inventory, else the first Ethernet name systemd gives (en*)."""
+    the node's MAC from the inventory, else the target's interface names (`seed_interface_glob`: the first Ethernet
+    name systemd gives, en*; none where the interface keeps the template's eth0)."""
     network = ctx.static_network()
     if network is None:
         return None
-    if (ctx.profile["network"] or {}).get("interface"):
+    glob = ctx.target.seed_interface_glob
+    if (ctx.profile["network"] or {}).get("interface") or not (ctx.node.mac or glob):
         return rendered
     config = yaml.safe_load(rendered)
     entry = config["ethernets"].pop(network["interface"])
-    match = {"macaddress": ctx.node.mac} if ctx.node.mac else {"name": "en*"}
+    match = {"macaddress": ctx.node.mac} if ctx.node.mac else {"name": glob}
     config["ethernets"]["cluster"] = {"match": match, **entry}
     return (b"# netplan v2 for cloud-init (pi-image): the cluster interface, matched by "
             + (b"its MAC" if ctx.node.mac else b"name") + b"\n"

@@ -44,6 +44,7 @@ from .bases import COMMANDS as CATALOG_COMMANDS
 from .cache import cache_command
 from .cluster import COMMANDS as CLUSTER_COMMANDS
 from .dashboard import dashboard_command
+from .enroll import enroll_command
 from .summary import flash_summary, fleet_table, image_summary, next_steps
 
 
@@ -616,6 +617,6 @@ def _echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
-for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS + [dashboard_command, cache_command]:  # cluster, token-server,
-    # approve, status; bases, fetch; dashboard; cache
+for _command in CLUSTER_COMMANDS + CATALOG_COMMANDS + [dashboard_command, cache_command, enroll_command]:
+    # cluster, token-server, approve, status; bases, fetch; dashboard; cache; enroll
     main.add_command(_command)

@@ -22,7 +22,7 @@ from ..cluster.verify import verify_command
 from ..config.profiles import check_value, load_profile
 from ..errors import UserError
 from ..outputs import write_atomic
-from ..targets.x86 import UbuntuX86
+from ..targets import MACHINE_TARGETS
 
 CLUSTER_OPTION = click.option(
     "--cluster", "cluster_dir", required=True, envvar="PI_IMAGE_CLUSTER", show_envvar=True,
@@ -127,8 +127,9 @@ def add_node_command(directory: Path, name: str, profile: str, role: str | None,
     where = f" at {node.address}" if node.address else " (DHCP)"
     click.echo(f"added {node.role} {node.name}{where} (profile {node.profile}"
                + (f", base {node.base}" if node.base else "") + f") to {directory / 'inventory.yaml'}")
-    if load_profile(profile)["target"] == UbuntuX86.name:  # no card: a seed ISO for the stock system's cloud-init
-        click.echo(f"next: pi-image seed-iso --cluster {directory} --node {node.name}")
+    if load_profile(profile)["target"] in MACHINE_TARGETS:  # no card: a seed ISO, or an enroll script
+        click.echo(f"next: pi-image seed-iso --cluster {directory} --node {node.name} (a fresh cloud image), or "
+                   f"pi-image enroll --cluster {directory} --node {node.name} (a machine installed already)")
     else:
         click.echo(f"next: pi-image build --cluster {directory} --node {node.name}"
                    + ("" if node.base else " --base IMAGE"))

@@ -4,7 +4,8 @@
                          dns, approval_mode, ca_cert, kubeconfig, endpoint_fingerprint (public: what images pin);
                          offline, registry_mirrors, package_mirrors (every node's default, as profile settings);
                          kubernetes_release (the exact patch every card of the cluster runs, recorded by the first
-                         --offline build: later bundles hold the same one)
+                         --offline build or the first of a node installed from the upstream release: later cards
+                         hold or fetch the same one)
     DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation, base}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
@@ -100,7 +101,7 @@ class Cluster:
     offline: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     package_mirrors: dict[str, str] = field(default_factory=dict)
-    kubernetes_release: str | None = None  # "1.31.4": the patch every card's bundle holds, once one was made
+    kubernetes_release: str | None = None  # "1.31.4": the patch every card runs, once a bundle or release pinned it
 
     @property
     def secrets_dir(self) -> Path:
@@ -367,8 +368,8 @@ def record_generation(directory: Path, name: str, built: int) -> None:
 
 
 def record_release(directory: Path, release: str) -> None:
-    """Record the Kubernetes patch the cluster's bundles hold (the first --offline build's), so that every later card
-    holds the same one."""
+    """Record the Kubernetes patch the cluster's cards run (that of the first --offline build, or of the first build
+    installing the upstream release), so that every later card runs the same one."""
     with changing(directory) as cluster:
         if cluster.kubernetes_release not in (None, release):
             raise UserError(f"{directory / 'cluster.yaml'}: the cluster's cards run Kubernetes "
@@ -479,7 +480,8 @@ def local_node_config(node_name: str, kubernetes_version: str, runtime: str = "c
 
     node (Kubernetes node name), role (worker | control-plane), kubernetes_version ("1.31", the pinned minor),
     runtime (containerd | docker: picks kubeadm's CRI socket). The build adds runtime_packages
-    (builder.config.runtimes), kubelet and built_at (builder.build.prepare)."""
+    (builder.config.runtimes), package_manager (the target's), kube_install, kubelet and built_at, and on the release
+    path kubernetes_release and release (builder.build.prepare, builder.plan.release)."""
     if runtime not in RUNTIMES:
         raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     return NodeConfig(node=node_name, role=role, runtime=runtime,

@@ -6,8 +6,9 @@ What the seed's author checked by hand with `kubectl get nodes -o wide` once eve
     INTERNAL-IP    the first InternalIP is the node's inventory address; a DHCP node's lies in the node subnet
                    (the two-NIC trap: a board with Wi-Fi and Ethernet up registers the other interface's address)
     kubelet        the cluster's kubernetes_release exactly (v1.31.4) once one is recorded, else its minor (v1.31.x)
-    architecture   what its profile's target runs: amd64 for ubuntu-x86, arm64 for every board target (Raspberry Pi,
-                   Kali, Jetson); not checked for a profile that names no target (any base, so any architecture)
+    architecture   what its profile's target runs: amd64 for ubuntu-x86 and arch, arm64 for every board target
+                   (Raspberry Pi, Kali, Jetson); not checked for a profile that names no target (any base, so any
+                   architecture)
     OS             linux
     runtime        the profile's runtime as the kubelet reports it: containerd://… or docker://… (cri-dockerd)
 
@@ -31,9 +32,8 @@ from .. import cluster as clusters
 from ..config.profiles import load_profile
 from ..errors import ToolError, UserError
 from ..run import run
-from ..targets import targets_of
+from ..targets import MACHINE_TARGETS, targets_of
 from ..targets.x86 import ARCHITECTURE as X86_ARCHITECTURE
-from ..targets.x86 import UbuntuX86
 
 BOARD_ARCHITECTURE = "arm64"  # every board target pi-image edits (the catalog's images are all arm64)
 OPERATING_SYSTEM = "linux"
@@ -75,7 +75,7 @@ def target_architecture(target: str | None) -> str | None:
 
 
 def _is_x86(target: str | None) -> bool:
-    return bool(target) and UbuntuX86.name in targets_of(str(target))
+    return bool(target) and any(name in MACHINE_TARGETS for name in targets_of(str(target)))
 
 
 def _remake(cluster: clusters.Cluster, name: str, target: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from firstboot.nodeconfig import ROLES
+from firstboot.nodeconfig import KUBE_INSTALLS, ROLES
 
 from .. import DATA_DIR
 from ..errors import UserError
@@ -46,6 +46,9 @@ class Key:
 
 
 KUBE_REPO_DEFAULT = "https://pkgs.k8s.io/core:/stable:/v{version}/deb/"
+KUBE_RELEASE_DEFAULT = "https://dl.k8s.io/release"
+CRICTL_DEFAULT = "https://github.com/kubernetes-sigs/cri-tools/releases/download"
+CNI_PLUGINS_DEFAULT = "https://github.com/containernetworking/plugins/releases/download"
 
 SCHEMA: dict[str, Key] = {
     "description": Key(str, "", "one line shown by `pi-image profiles`"),
@@ -60,6 +63,18 @@ SCHEMA: dict[str, Key] = {
                               "(with --cluster, the cluster's version; a profile that disagrees is an error)"),
     "kube_repo_url": Key(str, KUBE_REPO_DEFAULT, "apt repository of kubelet/kubeadm/kubectl (a mirror, say); "
                          "{version} stands for the minor", check=values.kube_repo_url),
+    "kube_install": Key(str, None, "how the node gets kubeadm, kubelet and kubectl: `packages` (apt from "
+                        "kube_repo_url, pinned to the minor) or `release` (the upstream binaries of the cluster's "
+                        "exact patch, with crictl and the CNI plugins, each checked against the SHA-256 the build "
+                        "records); unset: the target's default (release on Arch Linux, packages elsewhere)",
+                        KUBE_INSTALLS),
+    "kube_release_url": Key(str, KUBE_RELEASE_DEFAULT, "kube_install: release: where kubeadm, kubelet and kubectl "
+                            "come from (VERSION/bin/linux/ARCH/TOOL and stable-MINOR.txt below it; a mirror, say)",
+                            check=values.http_url),
+    "crictl_url": Key(str, CRICTL_DEFAULT, "kube_install: release: where crictl comes from "
+                      "(VERSION/crictl-VERSION-linux-ARCH.tar.gz below it)", check=values.http_url),
+    "cni_plugins_url": Key(str, CNI_PLUGINS_DEFAULT, "kube_install: release: where the CNI plugins come from "
+                           "(VERSION/cni-plugins-linux-ARCH-VERSION.tgz below it)", check=values.http_url),
     "proxy": Key(str, None, "HTTP(S) proxy for apt and the container runtime, like http://10.0.0.1:3128",
                  check=values.proxy_url),
     "offline": Key(bool, False, "carry every package and container image the node needs on its card (a bundle "

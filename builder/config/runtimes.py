@@ -13,12 +13,17 @@ one), keeping pi-image's /etc/containerd/config.toml (config version 2, which co
 | Debian 12 (Raspberry Pi OS bookworm)| containerd                            | bookworm                | 1.6.20     |
 | Debian 13 (Raspberry Pi OS trixie)  | containerd                            | trixie                  | 1.7.24     |
 | Kali rolling (kali-raspi)           | containerd                            | kali-rolling            | 1.7.24     |
+| Arch Linux (arch)                   | containerd, runc                      | extra (rolling)         | 2.1.4      |
 
 Kubernetes >= 1.26 needs CRI v1 (containerd >= 1.6): jammy's release pocket alone (1.5.9) is too old, its -updates
 pocket (on in the stock image) is not. The kubelet >= 1.35 refuses cgroup v1, which Ubuntu 18.04 (L4T R32) and
 20.04 run by default. bionic's 1.6.12 has CRI v1 but is below containerd's own "1.6.15+ for Kubernetes 1.26+" line.
 amd64 (ubuntu-x86, from archive.ubuntu.com) gets the versions arm64 gets from ports.ubuntu.com: one source package,
 one version per pocket, so the table holds for both.
+
+On the release path (kube_install: release) the node installs the kubelet's dependencies as well, which the kubelet
+packages would have pulled in (RELEASE_DEPENDENCIES: kubeadm's preflight wants conntrack and socat, kube-proxy
+iptables, the kubelet ethtool).
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ SOURCES: dict[tuple[str, str], RuntimeSource] = {
     ("debian", "12"): RuntimeSource(("containerd",), "Debian bookworm", (1, 6, 20)),
     ("debian", "13"): RuntimeSource(("containerd",), "Debian trixie", (1, 7, 24)),
     ("kali", ""): RuntimeSource(("containerd",), "Kali rolling", (1, 7, 24)),
+    ("arch", ""): RuntimeSource(("containerd", "runc"), "Arch Linux extra", (2, 1, 4)),
+}
+# The kubelet's dependencies, by the package manager that installs them (Target.package_manager): what the kubelet
+# and kubeadm packages depend on, for a node that installs the upstream binaries instead.
+RELEASE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "apt": ("conntrack", "socat", "ethtool", "iptables"),
+    "pacman": ("conntrack-tools", "socat", "ethtool", "iptables"),
 }
 # A GPU's runtime in the table above is installed only on a target whose GPU it is (`Target.gpu_packages`): not on
 # another board that runs the same release.
@@ -61,8 +73,9 @@ CGROUP_V1_REFUSED_FROM = (1, 35)
 
 
 def runtime_source(os_id: str, version_id: str, target: str) -> RuntimeSource:
-    """The source for an OS release (Kali is rolling: any version); UserError for an OS not in the table."""
-    key = (os_id, "" if os_id == "kali" else version_id)
+    """The source for an OS release (a rolling one, Kali or Arch, has no version in the table: any version); UserError
+    for an OS not in the table."""
+    key = (os_id, "" if (os_id, "") in SOURCES else version_id)
     if os_id == "raspbian":
         key = ("debian", version_id)
     source = SOURCES.get(key)

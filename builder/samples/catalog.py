@@ -12,6 +12,8 @@ Where each layout comes from:
   tree `UBUNTU_X86_TREES` that builder/build/seed_iso.py plans against, and the cloud image's disk
   (`ubuntu_x86_disk`: GPT, p14 BIOS boot at sector 2048, p15 ESP `UEFI` at 10240 (106 MiB), p1 ext4
   `cloudimg-rootfs` after it) for the detection that sends such a disk to `pi-image seed-iso`.
+- Arch Linux x86_64 (not in CATALOG either: its node gets a seed ISO or an enroll script): the reference tree
+  `REFERENCE_TREES["arch"]`, one layer of its own (Arch's /usr merge and shadow files are not Debian's).
 - Jetson Nano sd-blob (`jetson-disk-image-creator.sh`): `sgdisk -n N:0:+SIZE` for each partition of
   flash_l4t_t210_max-spi_sd_p3448.xml, so every small partition starts on the next 2048-sector boundary and APP
   (number 1) comes last on the disk.
@@ -127,6 +129,10 @@ def ubuntu_x86_tree(release: str) -> Tree:
 
 UBUNTU_X86_RELEASES = ("22.04", "24.04")
 UBUNTU_X86_TREES: dict[str, Tree] = {release: ubuntu_x86_tree(release) for release in UBUNTU_X86_RELEASES}
+UBUNTU_X86_REFERENCE = "24.04"  # the 22.04 tree plans the same seed (tests/unit/test_seed_documents.py proves it)
+# The reference tree of each target with no image to edit (its node gets a seed ISO or an enroll script): the plan is
+# made against it, and it holds only what every stock install shares.
+REFERENCE_TREES: dict[str, Tree] = {"ubuntu-x86": UBUNTU_X86_TREES[UBUNTU_X86_REFERENCE], "arch": Tree(("arch",))}
 
 
 def ubuntu_x86_disk(release: str) -> Sample:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..image import DirectoryFilesystem, DiskImage, Filesystem
+from .arch import ArchX86, arch_advice
 from .base import OsRelease, Probe, Target
 from .jetson import JetsonSd, L4tRootfs
 from .kali_raspi import KaliRaspi
@@ -15,17 +16,21 @@ from .ubuntu_raspi import UbuntuRaspi
 from .x86 import UbuntuX86, seed_iso_advice
 
 # Most specific first: an L4T image is also "ubuntu", a cloud-init Raspberry Pi OS also has the bookworm files.
-TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi, UbuntuX86]
+TARGETS: list[type[Target]] = [JetsonSd, L4tRootfs, KaliRaspi, RaspiOSCloudInit, RaspiOS, UbuntuRaspi, UbuntuX86,
+                               ArchX86]
 # What a user names (both Raspberry Pi OS generations are `raspios`).
 TARGET_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t.name for t in TARGETS))
 
+# Targets with no image to edit (x86-64 machines): the node is set up on the machine itself (`pi-image seed-iso`,
+# `pi-image enroll`) from a plan made against a reference tree (builder.samples.catalog.REFERENCE_TREES).
+MACHINE_TARGETS: tuple[str, ...] = (UbuntuX86.name, ArchX86.name)
 # Names a profile's `target` may also give: a family of targets sharing the hardware it describes.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {"raspberry-pi": ("ubuntu-raspi", "raspios", "kali-raspi")}
 # The target a demo image imitates when none is named: the board and OS pi-image is first made for.
 DEFAULT_TARGET = UbuntuRaspi.name
 
-__all__ = ["DEFAULT_TARGET", "TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "OsRelease", "Target", "detect",
-           "target_class", "targets_of"]
+__all__ = ["DEFAULT_TARGET", "MACHINE_TARGETS", "TARGETS", "TARGET_GROUPS", "TARGET_NAMES", "OsRelease", "Target",
+           "detect", "target_class", "targets_of"]
 
 
 def targets_of(name: str) -> tuple[str, ...]:
@@ -51,7 +56,7 @@ def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
     for cls in TARGETS:
         if cls.matches(probe):
             return cls(medium, root, os_release, boot)
-    advice = seed_iso_advice(probe)
+    advice = seed_iso_advice(probe) or arch_advice(probe)
     if advice:
         raise UserError(advice)
     where = root.description

@@ -122,6 +122,16 @@ class Target:
     #: placeholders in the image's apt sources that its own first boot fills in, and their value for its board
     #: (the build host resolves an --offline bundle against those sources before that boot)
     apt_source_placeholders: ClassVar[dict[str, str]] = {}
+    #: the names a seed's network-config matches the cluster interface by when neither the inventory (a MAC) nor the
+    #: profile (network.interface) says which it is: systemd's predictable Ethernet names; None keeps the entry's
+    #: own name (eth0)
+    seed_interface_glob: ClassVar[str | None] = "en*"
+    #: the distribution's package manager, which the agent installs the runtime (and on the release path the
+    #: kubelet's dependencies) with: "apt" or "pacman" (node.json `package_manager`)
+    package_manager: ClassVar[str] = "apt"
+    #: how Kubernetes is installed when a profile does not say (`kube_install`): "packages" (the distribution's
+    #: packages from pkgs.k8s.io) or "release" (the upstream release binaries of the cluster's exact patch)
+    kube_install: ClassVar[str] = "packages"
 
     medium: DiskImage | DirectoryFilesystem
     root: Filesystem

@@ -112,7 +112,7 @@ def test_node_with_another_kubeadm_minor_is_refused_with_both_versions_named(joi
     result = run_agent(join_lab.node_root(), join_lab.fake, "--max-attempts", "2")
     status = CliRunner().invoke(pi_image, ["status", "--cluster", str(join_lab.cluster.directory)])
 
-    message = "this node has kubeadm v1.30.2 but the cluster runs v1.31.4"
+    message = "this node has kubeadm v1.30.2 but the cluster runs Kubernetes 1.31"
     assert result.returncode == 1
     assert message in result.stderr
     assert message in status.output and "failed" in status.output

@@ -2,6 +2,10 @@
 
     /debian/   the guest's own archive (`deb [signed-by=...] http://10.0.2.2:PORT/debian bookworm main`): the real
                Debian containerd and runc .debs, and whatever else they need that the guest's rootfs lacks
+    /release/  the release path's stand-ins at dl.k8s.io's paths and names (release_tree): stable-1.MINOR.txt,
+               vX.Y.Z/bin/linux/amd64/{kubeadm,kubelet,kubectl} (the recording stand-in with its release inside) each
+               with its .sha256; /cri-tools/ and /cni-plugins/ as GitHub's release downloads lay out crictl's and the
+               CNI plugins' archives; /release-tampered/ the same, but its kubeadm is not what its .sha256 says
     /kube/     a flat repository (`deb [signed-by=...] URL /`), reached as /kube/v1.30/ and /kube/v1.31/ through
                the build's kube_repo_url: stand-in kubelet/kubeadm/kubectl .debs of both minors (made here with
                dpkg-deb), so the image's apt pin has something to choose from
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -63,9 +69,9 @@ def kube_release(minor: str) -> str:
     return "v" + version.split("-")[0]
 
 
-def runtime_debs(rootfs: Path, log=print) -> list[Path]:
-    """The .debs apt would fetch to install RUNTIME_PACKAGES on `rootfs` (cached per rootfs and package list)."""
-    key = hashlib.sha256(json.dumps([rootfs.name, RUNTIME_PACKAGES, ARCH]).encode()).hexdigest()[:16]
+def runtime_debs(rootfs: Path, packages: tuple[str, ...] = RUNTIME_PACKAGES, log=print) -> list[Path]:
+    """The .debs apt would fetch to install `packages` on `rootfs` (cached per rootfs and package list)."""
+    key = hashlib.sha256(json.dumps([rootfs.name, packages, ARCH]).encode()).hexdigest()[:16]
     dest = cache_dir() / f"debs-{key}"
     with open(cache_dir() / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -75,10 +81,10 @@ def runtime_debs(rootfs: Path, log=print) -> list[Path]:
             (work / "partial").mkdir(parents=True)
             status = work / "status"
             shutil.copyfile(rootfs / "var/lib/dpkg/status", status)
-            log(f"system test: apt-get download {' '.join(RUNTIME_PACKAGES)} for the guest (once per rootfs)")
+            log(f"system test: apt-get download {' '.join(packages)} for the guest (once per rootfs)")
             run(["apt-get", "install", "--download-only", "--no-install-recommends", "-y", "-q",
                  "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={work}",
-                 "-o", f"APT::Architecture={ARCH}", *RUNTIME_PACKAGES])
+                 "-o", f"APT::Architecture={ARCH}", *packages])
             shutil.rmtree(work / "partial")
             status.unlink()
             (work / "lock").unlink(missing_ok=True)
@@ -149,14 +155,17 @@ class SigningKey:
 class AptRepository:
     """Both repositories under `root`, signed by `key`, served by `serve()` on 127.0.0.1."""
 
-    def __init__(self, root: Path, key: SigningKey, runtime: list[Path], kube: list[Path], arch: str = ARCH):
+    def __init__(self, root: Path, key: SigningKey, runtime: list[Path], kube: list[Path], arch: str = ARCH,
+                 more: list[Path] | None = None):
+        """`runtime` and `kube` are what an image may preinstall (debs()); `more` is only in the archive (what the
+        release path installs beside the runtime)."""
         self.root = root
         self.runtime, self.kube = runtime, kube
         self.key = key
         self.log = root.with_name("apt-repo.log")
         pool = root / "debian" / "pool"
         pool.mkdir(parents=True)
-        for deb in runtime:
+        for deb in [*runtime, *(more or [])]:
             shutil.copyfile(deb, pool / deb.name)
         dists = root / "debian" / "dists" / SUITE
         index = dists / "main" / f"binary-{arch}"
@@ -217,3 +226,50 @@ class AptRepository:
     def kube_repo_url(self, port: int) -> str:
         """The build's kube_repo_url setting for this archive."""
         return f"http://10.0.2.2:{port}/kube/v{{version}}/"
+
+
+def release_tree(root: Path, tools: dict[str, tuple[str, str]]) -> None:
+    """The release path's downloads under `root` (see the module docstring): for each KUBE_VERSIONS release, the
+    stand-in binaries at dl.k8s.io's paths, and crictl and the CNI plugins at the versions `tools` gives its minor
+    ({"1.31": (crictl version, CNI plugins version)}), each with the .sha256 its publisher puts beside it. The stand-in
+    crictl and plugins are small scripts: nothing in the boot test runs a pod."""
+    standin = (PACKAGES_DIR / "standin").read_text()
+    for version in KUBE_VERSIONS:
+        release = "v" + version.split("-")[0]
+        minor = ".".join(release[1:].split(".")[:2])
+        _publish(root / "release" / f"stable-{minor}.txt", f"{release}\n".encode(), checksum=False)
+        images = " ".join(KUBEADM_IMAGES[release[1:]])
+        binary = standin.replace('RELEASE=""', f'RELEASE="{release}"').replace('IMAGES=""', f'IMAGES="{images}"')
+        for tool in KUBE_TOOLS:
+            _publish(root / "release" / release / "bin/linux" / ARCH / tool, binary.encode())
+            tampered = binary.replace("exit 0\n", "exit 0\n# changed on the way\n") if tool == "kubeadm" else binary
+            _publish(root / "release-tampered" / release / "bin/linux" / ARCH / tool, tampered.encode(),
+                     checksum_of=binary.encode())
+        crictl, cni = tools[minor]
+        _publish(root / "cri-tools" / crictl / f"crictl-{crictl}-linux-{ARCH}.tar.gz",
+                 _tarball({"crictl": f"#!/bin/sh\necho 'crictl version {crictl}'\n"}))
+        plugins = {name: f"#!/bin/sh\n# CNI plugin {name} {cni} stand-in\n" for name in
+                   ("bridge", "host-local", "loopback", "portmap")}
+        _publish(root / "cni-plugins" / cni / f"cni-plugins-linux-{ARCH}-{cni}.tgz", _tarball(plugins, prefix="./"))
+    for stable in (root / "release").glob("stable-*.txt"):
+        shutil.copyfile(stable, root / "release-tampered" / stable.name)
+
+
+def _publish(path: Path, data: bytes, checksum: bool = True, checksum_of: bytes | None = None) -> None:
+    """`data` at `path`, and beside it `path.sha256` holding the SHA-256 of `checksum_of` (default: of `data`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o755)
+    if checksum:
+        path.with_name(path.name + ".sha256").write_text(hashlib.sha256(checksum_of or data).hexdigest() + "\n")
+
+
+def _tarball(files: dict[str, str], prefix: str = "") -> bytes:
+    """A gzip'd tar of executable `files` ({name: text}), names prefixed as their publisher's are."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(prefix + name)
+            info.size, info.mode, info.mtime = len(text.encode()), 0o755, 1700000000
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()

@@ -28,13 +28,15 @@ SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "te
 # The longest story (two guests at once) starts first, so that the other worker's shorter ones fill in around it; the
 # other two-guest story (offline) waits for it if it comes while it runs (lab.ClusterLab.two_guests).
 FIRST_MODULES = ("test_boot_control_plane.py",)
-# Added to the rootfs with guest/test-tools/ before the build: the monitor and package-lock units enabled; masked,
-# what a headless guest without a screen does not need and TCG pays seconds for.
+# Added to the rootfs with guest/test-tools/ before the build: the monitor, package-lock and enroll units enabled;
+# masked, what a headless guest without a screen does not need and TCG pays seconds for.
 GUEST_LINKS = {
     "/etc/systemd/system/multi-user.target.wants/pi-image-test-monitor.service":
         "/etc/systemd/system/pi-image-test-monitor.service",
     "/etc/systemd/system/multi-user.target.wants/pi-image-test-package-locks.service":
         "/etc/systemd/system/pi-image-test-package-locks.service",
+    "/etc/systemd/system/multi-user.target.wants/pi-image-test-enroll.service":
+        "/etc/systemd/system/pi-image-test-enroll.service",
     "/etc/systemd/system/getty@tty1.service": "/dev/null",
     "/etc/systemd/system/getty-static.service": "/dev/null",
     "/etc/systemd/system/e2scrub_reap.service": "/dev/null",
@@ -61,9 +63,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory):
     """The signed apt archive (real containerd/runc, stand-in kube packages) served on 127.0.0.1 for the session."""
-    from apt_repo import AptRepository, SigningKey, runtime_debs, standin_debs
+    from apt_repo import AptRepository, SigningKey, release_tree, runtime_debs, standin_debs
     from lab import free_port
     from rootfs import cached_rootfs
+
+    from builder.config.runtimes import RELEASE_DEPENDENCIES
+    from builder.plan.release import companions
 
     base = tmp_path_factory.mktemp("archive")
     figures = FIGURES.setdefault("build", {})
@@ -72,7 +77,9 @@ def archive(tmp_path_factory):
     figures["rootfs_seconds"] = round(time.monotonic() - started, 1)
     started = time.monotonic()
     key = SigningKey(base / "gnupg")
-    repo = AptRepository(base / "repo", key, runtime_debs(rootfs), standin_debs(base / "standins"))
+    repo = AptRepository(base / "repo", key, runtime_debs(rootfs), standin_debs(base / "standins"),
+                         more=runtime_debs(rootfs, RELEASE_DEPENDENCIES["apt"]))
+    release_tree(repo.root, {minor: companions(minor) for minor in ("1.30", "1.31")})
     repo.port = free_port()
     repo.serve(repo.port)
     figures["archive_seconds"] = round(time.monotonic() - started, 1)
@@ -136,6 +143,16 @@ def offline_args(archive, registry) -> tuple[str, ...]:
             "--set", f"registry_mirrors={json.dumps(mirrors)}")
 
 
+def release_args(archive, tree: str = "release") -> tuple[str, ...]:
+    """`build --set kube_install=release` with the test archive's release downloads (apt_repo.release_tree; `tree`
+    "release-tampered" serves a kubeadm that is not what its .sha256 says) as the node's sources, which the build
+    host reaches at 127.0.0.1 (package_mirrors)."""
+    device = f"http://10.0.2.2:{archive.port}"
+    return ("--set", "kube_install=release", "--set", f"kube_release_url={device}/{tree}",
+            "--set", f"crictl_url={device}/cri-tools", "--set", f"cni_plugins_url={device}/cni-plugins",
+            "--set", f"package_mirrors={{{device}: http://127.0.0.1:{archive.port}}}")
+
+
 def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
                   nodes: tuple[tuple[str, str], ...] | None = None, init_args: tuple[str, ...] = (),
                   add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = ()):
@@ -173,11 +190,13 @@ def build_for(base_images, archive, tmp_path_factory, request):
     options, made once per session."""
     builds = {}
 
-    def build(base="stock", offline=False, **options):
-        key = json.dumps([base, offline, options], sort_keys=True)
+    def build(base="stock", offline=False, release=None, **options):
+        key = json.dumps([base, offline, release, options], sort_keys=True)
         if offline:  # the registry is started only for the stories that need it
             options["build_args"] = (*options.get("build_args", ()),
                                      *offline_args(archive, request.getfixturevalue("registry")))
+        if release:  # "release" or "release-tampered": the release path's downloads (release_args)
+            options["build_args"] = (*options.get("build_args", ()), *release_args(archive, release))
         if key not in builds:
             builds[key] = build_cluster(base_images[base], archive, tmp_path_factory.mktemp("build"), **options)
             FIGURES.setdefault("builds", []).append(dict(builds[key].figures, base=base, options=options))
@@ -217,6 +236,25 @@ def module_lab(node_build, tmp_path_factory, request):
     from lab import SystemLab
 
     yield from _lab(SystemLab, node_build, tmp_path_factory.mktemp("lab"), request.module.__name__, request.session)
+
+
+@pytest.fixture
+def lab_of(build_for, tmp_path, request):
+    """Factory: a SystemLab of the build `build_for(**options)` makes, for a module whose stories boot different
+    builds (cleaned up, and its boots' figures kept, as system_lab's)."""
+    from lab import SystemLab
+
+    made = []
+
+    def make(**options):
+        world = _lab(SystemLab, build_for(**options), tmp_path / f"lab-{len(made)}", request.node.name,
+                     request.session)
+        made.append(world)
+        return next(world)
+
+    yield make
+    for world in made:
+        next(world, None)
 
 
 @pytest.fixture(scope="module")

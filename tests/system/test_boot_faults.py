@@ -35,7 +35,8 @@ def test_power_cut_mid_join_the_next_boot_resets_and_joins_once(system_lab):
     assert "a previous join was interrupted" in again.serial
     assert "using the join token the endpoint issued earlier" in again.serial
     kubeadm = [args[:2] for args in system_lab.guest_calls("kubeadm")]
-    assert kubeadm == [["version", "-o"], ["join", "--config"], ["reset", "-f"], ["join", "--config"]]
+    assert kubeadm == [["version", "-o"], ["join", "--config"],  # each boot reads the installed version first
+                       ["version", "-o"], ["reset", "-f"], ["join", "--config"]]
     assert len(system_lab.fake.joins()) == 1, "joined exactly once"
     assert len(system_lab.tokens_issued()) == 1, "the token still valid was used again, not a second one minted"
     assert system_lab.fake.cluster()["tokens"] == {}, "the token is gone"
@@ -116,17 +117,17 @@ def test_token_expired_between_fetch_and_join_the_agent_gets_a_new_one(system_la
 
 def test_version_skew_is_refused_with_a_clear_message_on_the_device_and_in_status(system_lab):
     system_lab.endpoint.start()
-    guest = system_lab.boot(kubeadm_version="v1.30.5", stop_on="refused to issue a token")
+    guest = system_lab.boot(kubeadm_version="v1.30.5", stop_on="version skew")
 
     guest.wait_powered_off(BOOT_TIMEOUT)
 
-    message = "version skew: this node has kubeadm v1.30.5 but the cluster runs v1.31.4"
+    message = "version skew: this node has kubeadm v1.30.5 but the cluster runs Kubernetes 1.31"
     assert system_lab.guest_report(1)["reason"] == "stop-on"
     assert message in guest.serial
     assert message in system_lab.guest_file("/var/lib/pi-image/firstboot.log")
     status = system_lab.status()
     assert status["state"] == "failed"
-    assert message in status["last_error"] and "kubernetes_version 1.31" in f"{status['last_error']} {status['fix']}"
+    assert message in status["last_error"] and "install kubeadm 1.31" in f"{status['last_error']} {status['fix']}"
     assert system_lab.tokens_issued() == []
     assert [args[0] for args in system_lab.guest_calls("kubeadm")] == ["version"]
     assert system_lab.guest_file("/var/lib/pi-image/firstboot.done") is None

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from builder.errors import ToolError
@@ -112,6 +113,20 @@ def read_root_file(image: Path, path: str) -> bytes | None:
     if b"Inode:" not in run(["debugfs", "-R", f"stat {path}", spec], check=False).stdout:
         return None
     return run(["debugfs", "-R", f"cat {path}", spec]).stdout
+
+
+def write_root_file(image: Path, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Put a root-owned file of `mode` at `path` on `writable` with debugfs (its directory must exist), as the
+    owner of a machine copies a file onto it: the boot test's way to hand a guest something before its power-on."""
+    spec = _root_spec(image)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "file"
+        local.write_bytes(data)
+        run(["debugfs", "-w", "-R", f"rm {path}", spec], check=False)
+        run(["debugfs", "-w", "-R", f"write {local} {path}", spec])
+        run(["debugfs", "-w", "-R", f"sif {path} mode 0{0o100000 | mode:o}", spec])
+        for field in ("uid", "gid"):
+            run(["debugfs", "-w", "-R", f"sif {path} {field} 0", spec])
 
 
 def root_file_owner_mode(image: Path, path: str) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.build import BuildRequest, prepare, seed_iso
+from builder.build import BuildRequest, prepare
 from builder.build.seed_iso import (
     MAX_USER_DATA,
     cloud_config_text,
@@ -24,7 +24,7 @@ from builder.build.seed_iso import (
 )
 from builder.cluster import add_node, init_cluster
 from builder.errors import UserError
-from builder.samples.catalog import UBUNTU_X86_RELEASES, UBUNTU_X86_TREES
+from builder.samples.catalog import UBUNTU_X86_REFERENCE, UBUNTU_X86_RELEASES, UBUNTU_X86_TREES
 from builder.samples.tree import stage_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def fixed_epoch(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
 
 
-def reference(tmp_path: Path, release: str = seed_iso.REFERENCE_RELEASE) -> Path:
+def reference(tmp_path: Path, release: str = UBUNTU_X86_REFERENCE) -> Path:
     """The x86 reference tree, staged as seed_iso() stages it."""
     root = tmp_path / f"x86-{release}"
     if not root.exists():

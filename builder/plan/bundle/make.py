@@ -14,8 +14,11 @@ from typing import Any
 from ...errors import UserError
 from ...image.inputs import default_cache_dir
 from .. import PlanView
+from ..release import Fetch
 from . import images as oci
-from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, remove_tree
+from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, Deb, remove_tree
+
+MAX_RELEASE_ASSET = 512 << 20  # bytes: the largest release asset (the kubelet, the CNI plugins) is under 100 MiB
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class BundleRequest:
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     package_mirrors: dict[str, str] = field(default_factory=dict)
     source_placeholders: dict[str, str] = field(default_factory=dict)  # the target's (Jetson's <SOC>)
+    # kube_install: release: {asset file name: (URL this host fetches it from, its SHA-256)}; the node's kubeadm,
+    # kubelet and kubectl are these (with crictl and the CNI plugins), so apt fetches the runtime's closure only
+    release_assets: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,9 +55,9 @@ class Bundle:
 
 
 def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: Path | None = None,
-                log: Callable[[str], None] = lambda line: None) -> Bundle:
+                log: Callable[[str], None] = lambda line: None, fetch: Fetch | None = None) -> Bundle:
     """The bundle for the image seen through `view` (its plan so far: sources, pins, keyrings), from the cache or
-    made now; `log` hears what is fetched."""
+    made now; `log` hears what is fetched, `fetch` gets the release assets (the build's bounded client)."""
     cache = (cache_dir or default_cache_dir()) / "bundles"
     work = cache / f".work-{os.getpid()}"
     _remove_dead_work(cache)
@@ -61,10 +67,12 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
         oci.platform(tree.arch)  # an architecture with no images is refused before anything is fetched
         release, debs = _packages(tree, request, cache / "packages" / _tree_key(tree, request), work, log)
         archives = _images(request, release, tree.arch, cache / "images", work, log)
+        assets = _release_assets(request, cache / "release", work, fetch, log)
     finally:
         remove_tree(work)
     files = {f"debs/{name}": path for name, path in debs.items()}
     files.update({f"images/{path.name}": path for path, _ in archives.values()})
+    files.update({f"release/{name}": path for name, path in assets.items()})
     manifest = {
         "kubernetes": release, "architecture": tree.arch,
         "platform": "linux/" + "/".join(filter(None, oci.platform(tree.arch))),
@@ -74,14 +82,22 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
         "images": [{"reference": reference, "digest": digest, "file": f"images/{path.name}", **_listed_digest(path)}
                    for reference, (path, digest) in archives.items()],
     }
+    if assets:
+        manifest["release"] = [{"file": f"release/{name}", **_digest(path)} for name, path in sorted(assets.items())]
     return Bundle(release, files, manifest)
 
 
 def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
               log: Callable[[str], None]) -> tuple[str, dict[str, Path]]:
-    """(release, {deb file name: cached path}): the cached closure for the wanted release, else resolved now."""
+    """(release, {deb file name: cached path}): the cached closure for the wanted release, else resolved now. A node
+    installed from the release (the release is known then) needs no kube package: its runtime's closure only."""
     if request.release and _valid(key_dir / request.release):
         return request.release, _listed(key_dir / request.release)
+    if request.release_assets:
+        assert request.release, "the release path's patch is resolved before the bundle is made"
+        log(f"resolving and downloading the runtime's packages ({tree.arch}) with apt")
+        tree.update()
+        return request.release, _store(tree.download(list(request.runtime_packages)), work, key_dir / request.release)
     try:
         tree.update()
     except UserError:
@@ -110,6 +126,11 @@ def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
         log(f"the cached packages of Kubernetes {release} do not match their SHA-256s: downloading them again")
     log(f"resolving and downloading the packages for Kubernetes {release} ({tree.arch}) with apt")
     debs = tree.download([*request.runtime_packages, *(f"{name}={version}" for name in KUBE_PACKAGES)])
+    return release, _store(debs, work, key_dir / release)
+
+
+def _store(debs: list[Deb], work: Path, final: Path) -> dict[str, Path]:
+    """The downloaded `debs` listed with their digests and published in the cache at `final`."""
     staged = work / "packages"
     staged.mkdir()
     listed = {}
@@ -117,9 +138,9 @@ def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
         shutil.move(str(deb.path), staged / deb.path.name)
         listed[deb.path.name] = _digest(staged / deb.path.name)
     _write_json(staged / "packages.json", listed)
-    key_dir.mkdir(parents=True, exist_ok=True)
-    _publish(staged, key_dir / release)
-    return release, _listed(key_dir / release)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _publish(staged, final)
+    return _listed(final)
 
 
 def _images(request: BundleRequest, release: str, arch: str, cache: Path, work: Path,
@@ -141,6 +162,30 @@ def _images(request: BundleRequest, release: str, arch: str, cache: Path, work: 
             os.replace(staged, archive)
             os.replace(work / sidecar.name, sidecar)
         found[reference] = (archive, str(_read_json(sidecar)["digest"]))
+    return found
+
+
+def _release_assets(request: BundleRequest, cache: Path, work: Path, fetch: Fetch | None,
+                    log: Callable[[str], None]) -> dict[str, Path]:
+    """{asset file name: cached file} of the release path's assets, each at CACHE/bundles/release/SHA256/NAME and
+    fetched when missing or damaged: a download whose SHA-256 is not the one the build recorded is refused."""
+    found = {}
+    for name, (url, sha256) in request.release_assets.items():
+        path = cache / sha256 / name
+        if not (path.is_file() and _digest(path)["sha256"] == sha256):
+            assert fetch is not None, "a bundle of release assets is made with the build's client"
+            log(f"fetching {name} from {url}")
+            data = fetch(url, MAX_RELEASE_ASSET, "release file")
+            if data is None:
+                raise UserError(f"{url}: not found, although its checksum is published there: try again later")
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise UserError(f"{url}: not the file whose SHA-256 is published beside it: refusing it (try again, "
+                                "or check the mirror in package_mirrors)")
+            staged = work / name
+            staged.write_bytes(data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, path)
+        found[name] = path
     return found
 
 

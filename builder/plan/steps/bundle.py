@@ -1,5 +1,6 @@
 """--offline: the node's packages and container images on its card (builder/bundle), so first boot needs no network
-but the cluster's. The apt pin moves to the exact release the bundle holds; node.json says which."""
+but the cluster's. The apt pin moves to the exact release the bundle holds; node.json says which. A node installed from
+the upstream release (kube_install: release) carries the release's five files instead of the kube packages."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from ..bundle.images import manifest_images
 from ..bundle.make import BundleRequest, make_bundle
 from ..cni import FLANNEL_MANIFEST
 from ..overlays import render_overlay
+from ..release import host_url
 from ..users import owner_ids
 from .context import BuildContext
-from .layers import overlays
+from .layers import KUBE_REPO, overlays
 
 STEP = "bundle"
-KUBE_REPO_OVERLAY = "kube-repo"  # the apt source and the pin: rendered again with the release the bundle holds
 
 
 def plan(ctx: BuildContext) -> None:
@@ -42,8 +43,8 @@ def plan(ctx: BuildContext) -> None:
         manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())),
         extra_images=tuple(ctx.profile["extra_images"]), registry_mirrors=dict(ctx.profile["registry_mirrors"]),
         package_mirrors=dict(ctx.profile["package_mirrors"]),
-        source_placeholders=dict(ctx.target.apt_source_placeholders))
-    bundle = make_bundle(ctx.view, request, ctx.base_name or str(ctx.base), log=_say)
+        source_placeholders=dict(ctx.target.apt_source_placeholders), release_assets=_release_assets(ctx))
+    bundle = make_bundle(ctx.view, request, ctx.base_name or str(ctx.base), log=_say, fetch=ctx.download)
     for name, path in sorted(bundle.files.items()):
         ctx.write(STEP, "root", f"{BUNDLE_DIR}/{name}", path.read_bytes())
     ctx.write(STEP, "root", f"{BUNDLE_DIR}/{BUNDLE_MANIFEST}", json.dumps(bundle.manifest, indent=2) + "\n")
@@ -54,8 +55,20 @@ def plan(ctx: BuildContext) -> None:
     if ctx.kubernetes_release != bundle.release:
         ctx.kubernetes_release = bundle.release
         users, groups = owner_ids(ctx.view)
-        overlay = next(overlay for overlay in overlays(ctx) if overlay.name == KUBE_REPO_OVERLAY)
+        # the apt source and the pin, rendered again with the release the bundle holds
+        overlay = next(overlay for overlay in overlays(ctx) if overlay.name == KUBE_REPO)
         render_overlay(overlay, ctx.template_context(), ctx.plan, ctx.view, users, groups)
+
+
+def _release_assets(ctx: BuildContext) -> dict[str, tuple[str, str]]:
+    """{file name: (URL this host fetches it from, SHA-256)} of the release's assets node.json names; none on the
+    packages path."""
+    release = ctx.node_config.release
+    if not ctx.from_release or release is None or ctx.kubernetes_release is None:
+        return {}
+    mirrors = dict(ctx.profile["package_mirrors"])
+    return {name: (host_url(url, mirrors), release.sha256[name])
+            for name, url in release.assets(ctx.kubernetes_release)}
 
 
 def _say(line: str) -> None:

@@ -17,6 +17,7 @@ from ...errors import UserError
 from ...targets import Target
 from .. import FileOp, Plan, PlanView
 from ..bundle.images import pause_image
+from ..release import RELEASE, Fetch, install_method
 
 
 class StaticNetwork(TypedDict):
@@ -62,8 +63,15 @@ class BuildContext:
     base_name: str = ""  # what the user named it: a catalog name, a URL or a path
     kubernetes_release: str | None = None  # the exact patch (cluster.yaml's, or what an --offline bundle holds)
     fetch: bool = True  # False for --dry-run: nothing is downloaded (an --offline bundle is only announced)
+    download: Fetch | None = None  # how the build host gets a file (the bounded client); None: --dry-run
     bundle: Any = None  # the builder.plan.bundle.make.Bundle an --offline build carries
     plan: Plan = field(default_factory=Plan)
+
+    @property
+    def from_release(self) -> bool:
+        """True when the node installs Kubernetes from the upstream release (`kube_install: release`), not from
+        pkgs.k8s.io's packages: no apt repository, pin or key then; the kubelet's unit comes with the image."""
+        return install_method(self.profile, self.target) == RELEASE
 
     @property
     def view(self) -> PlanView:

@@ -15,11 +15,13 @@ AGENT_DIR = "/usr/lib/pi-image/firstboot"
 UNIT = "pi-image-firstboot.service"
 NODE_CONFIG = "/etc/pi-image/node.json"
 SOURCE = Path(firstboot.__file__).resolve().parent
+# Modules of the package that never run on a node's own copy: the enroll program travels inside its script.
+NOT_ON_NODES = ("enroll.py",)
 
 
 def plan(ctx: BuildContext) -> None:
     """Install the agent package, its systemd unit (+ wants link), and node.json."""
-    for source in sorted(SOURCE.glob("*.py")):
+    for source in sorted(path for path in SOURCE.glob("*.py") if path.name not in NOT_ON_NODES):
         ctx.write(STEP, "root", f"{AGENT_DIR}/{source.name}", source.read_bytes())
     unit_text = (SOURCE / "units" / UNIT).read_text()
     ctx.write(STEP, "root", f"{UNIT_DIR}/{UNIT}", unit_text)

@@ -1,22 +1,26 @@
-"""Overlays: kernel networking files, the kube repo and pin, the container runtime, the OS's, then the profile's and
-the user's."""
+"""Overlays: kernel networking files, the kube repo and pin (or, installed from the upstream release, the kubelet's
+unit), the container runtime, the OS's, then the profile's and the user's."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..overlays import Overlay, render_overlay, resolve_overlays
+from ..systemd import UNIT_DIR, install_links
 from ..users import owner_ids
 from . import regional
 from .context import BuildContext
 
-CORE = ["k8s-kernel", "kube-repo", "proxy", regional.LOCALE_GEN_OVERLAY]
+KUBE_REPO, KUBE_RELEASE = "kube-repo", "kube-release"  # how Kubernetes is installed: pkgs.k8s.io, or the release
+KUBELET_UNIT = "kubelet.service"  # kube-release's unit, enabled as the kubelet package's install would
+ENABLE_STEP = f"overlay:{KUBE_RELEASE}"
 
 
 def overlays(ctx: BuildContext) -> list[Overlay]:
     """The core overlays, `runtime-<runtime>`, the target's own (its cloud-init seed, its Wi-Fi file), the
     profile's `overlays`, then `--overlay` dirs, in order."""
-    names = CORE + [f"runtime-{ctx.profile['runtime']}"] + list(ctx.target.os_overlays) + ctx.profile["overlays"]
+    core = ["k8s-kernel", KUBE_RELEASE if ctx.from_release else KUBE_REPO, "proxy", regional.LOCALE_GEN_OVERLAY]
+    names = core + [f"runtime-{ctx.profile['runtime']}"] + list(ctx.target.os_overlays) + ctx.profile["overlays"]
     return resolve_overlays(names, ctx.overlays, ctx.replace_overlays)
 
 
@@ -28,7 +32,8 @@ def target_facts(ctx: BuildContext) -> dict[str, Any]:
 
 
 def plan(ctx: BuildContext) -> None:
-    """Render every overlay (boot overlays only where there is a boot partition)."""
+    """Render every overlay (boot overlays only where there is a boot partition); a node installed from the release
+    gets its kubelet enabled, as the kubelet package does."""
     users, groups = owner_ids(ctx.view)
     context = {**ctx.template_context(), **target_facts(ctx)}
     for overlay in overlays(ctx):
@@ -37,3 +42,7 @@ def plan(ctx: BuildContext) -> None:
         if overlay.when and not context.get(overlay.when):
             continue
         render_overlay(overlay, context, ctx.plan, ctx.view, users, groups)
+    if ctx.from_release:
+        unit = f"{UNIT_DIR}/{KUBELET_UNIT}"
+        for link, target in install_links(ctx.view.read_text("root", unit) or "", KUBELET_UNIT, unit):
+            ctx.symlink(ENABLE_STEP, link, target)

@@ -8,7 +8,8 @@ passes it).
 
 The report holds what the node's own OS says: the runtime (`systemctl is-active containerd`, `ctr version`, the
 SystemdCgroup lines of `containerd config dump`), the installed packages and apt's view of kubeadm (`apt-cache
-policy`), the default routes, what netplan generated for networkd, resolv.conf, the clock and timesyncd's state.
+policy`), the kubelet's unit and its drop-ins, the SHA-256 of the files in /usr/local/bin and /opt/cni/bin (the
+release path's), the default routes, what netplan generated for networkd, resolv.conf, the clock and timesyncd's state.
 
 Power-ons are counted in /var/lib/pi-image-test/boots; the report goes to /var/lib/pi-image-test/boot-<N>.json
 and to the serial console as `PITEST report {...}`. With `pitest.stay_while=URL` the guest then stays up (a master
@@ -68,6 +69,20 @@ def read(path):
         return None
 
 
+def digests(*directories):
+    """{path: SHA-256} of the files in `directories` (the release path's binaries and CNI plugins)."""
+    import hashlib
+
+    found = {}
+    for directory in directories:
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    found[path] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
 def finished(stop_on):
     if os.path.exists(DONE):
         unit = show(UNIT, "-p", "ActiveState")
@@ -106,6 +121,8 @@ def report(reason, boot):
             "dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n", "containerd", "runc", "kubelet",
             "kubeadm", "kubectl").splitlines()],
         "kubeadm_policy": output("apt-cache", "policy", "kubeadm"),
+        "kubelet_unit": show("kubelet", "-p", "FragmentPath", "-p", "DropInPaths", "-p", "UnitFileState"),
+        "release_files": digests("/usr/local/bin", "/opt/cni/bin"),
         "routes": output("ip", "-o", "-4", "route", "show", "default").splitlines(),
         "networkd": {name: read(os.path.join(NETWORKD_RUN, name)) for name in sorted(os.listdir(NETWORKD_RUN))}
         if os.path.isdir(NETWORKD_RUN) else {},
