@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firstboot.nodeconfig import NodeConfig
+from firstboot.nodeconfig import ConfigError, NodeConfig, ReleaseSettings
 
 from .. import __version__
 from ..bases.catalog import default_base, resolve_base
@@ -83,6 +83,7 @@ class Stamp:
 
     keyring: bytes | None
     base: dict[str, Any]
+    release: dict[str, Any] | None = None  # node.json's `release` of the image: stamping fetches nothing
 
 
 @dataclass(kw_only=True)
@@ -171,7 +172,10 @@ def prepare(request: BuildRequest) -> BuildContext:
         ctx.subnets = (cluster.service_subnet, cluster.pod_subnet)
         ctx.kubernetes_release = cluster.kubernetes_release
         ctx.cluster_files = tuple(master_files(cluster)) if config.control_plane is not None else ()
-    if ctx.from_release:  # the exact patch (the cluster's, else the newest) and its files' digests, for node.json
+    if ctx.from_release and request.stamp and request.stamp.release and ctx.kubernetes_release:
+        settings = _stamp_release(request.stamp.release, ctx.kubernetes_release)  # stamped with no network
+        ctx.node_config = ctx.node_config.replace(kubernetes_release=ctx.kubernetes_release, release=settings)
+    elif ctx.from_release:  # the exact patch (the cluster's, else the newest) and its files' digests, for node.json
         ctx.kubernetes_release, settings = resolve_release(profile, release_arch(target),
                                                            ctx.kubernetes_release, ctx.download)
         ctx.node_config = ctx.node_config.replace(kubernetes_release=ctx.kubernetes_release, release=settings)
@@ -188,6 +192,14 @@ def _runtime_packages(profile: Profile, target: Target, kube_install: str) -> li
     if kube_install == RELEASE:
         packages += [name for name in RELEASE_DEPENDENCIES[target.package_manager] if name not in packages]
     return packages
+
+
+def _stamp_release(recorded: dict[str, Any], kubernetes_release: str) -> ReleaseSettings:
+    """The release settings an image's recipe recorded, checked as node.json's are."""
+    try:
+        return ReleaseSettings.from_json(recorded, kubernetes_release, "the image's recipe")
+    except ConfigError as err:
+        raise UserError(f"{err}: rebuild the image with `pi-image build --cluster`") from None
 
 
 def fetch_small(url: str, limit: int, what: str) -> bytes | None:
@@ -510,6 +522,7 @@ def _save_recipe(request: BuildRequest, ctx: BuildContext, base: dict[str, Any])
                     replace_overlays=request.replace_overlays, ssh_keys=tuple(request.ssh_keys),
                     password_hash=request.password_hash, no_login=request.no_login,
                     keyring=base64.b64encode(ctx.kube_keyring).decode() if ctx.kube_keyring else None,
+                    release=ctx.node_config.release.to_json() if ctx.node_config.release else None,
                     epoch=ctx.epoch, base=base, sources=_sources(ctx))
     return save_recipe(request.cluster, recipe)
 
@@ -520,7 +533,7 @@ def request_from_recipe(recipe: Recipe, image: Path, cluster: Path, node: str) -
                         overlays=list(recipe.overlays), ssh_keys=list(recipe.ssh_keys),
                         password_hash=recipe.password_hash, no_login=recipe.no_login,
                         replace_overlays=recipe.replace_overlays, epoch=recipe.epoch,
-                        stamp=Stamp(keyring=recipe.keyring_bytes, base=recipe.base))
+                        stamp=Stamp(keyring=recipe.keyring_bytes, base=recipe.base, release=recipe.release))
 
 
 def build_manifest(ctx: BuildContext, base: dict[str, Any], recipe: str | None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
     DIR/images/<id>.json   0600 in a 0700 directory: the build's options (profile, --set values and the Wi-Fi
                            passphrase --wifi-psk gave, overlays, SSH keys, password hash, the apt keyring's bytes,
-                           the build time, the base's name and sha256)
+                           the release's URLs and digests (kube_install: release), the build time, the base's name
+                           and sha256)
 
 The image names its recipe in its manifest (`recipe` in /etc/pi-image/build.json): the id is an HMAC-SHA256 of
 the recipe's canonical JSON under a key derived from the cluster's enrollment key, so the same build gives the same id,
@@ -44,6 +45,7 @@ class Recipe:
     password_hash: str | None = None
     no_login: bool = False
     keyring: str | None = None  # base64 of the apt keyring the image carries
+    release: dict[str, Any] | None = None  # node.json's `release` (kube_install: release): URLs and the digests
     epoch: int = 0  # the build's time: every date written, and the device's clock floor
     base: dict[str, Any] = field(default_factory=dict)  # {"path": name, "sha256": hex} of the vendor image
     sources: dict[str, Any] = field(default_factory=dict)  # the profile's and overlays' digests, as the manifest has
@@ -55,6 +57,8 @@ class Recipe:
         passphrase or password hash the recipe holds."""
         portable = {**asdict(self), "profile": Path(self.profile).name,
                     "overlays": [Path(o).name for o in self.overlays]}
+        if self.release is None:
+            del portable["release"]  # a packages-path recipe keeps the id it had before the release path existed
         return hmac.new(key, b"pi-image recipe\0" + _canonical(portable), hashlib.sha256).hexdigest()[:32]
 
     @property
