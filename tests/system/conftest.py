@@ -44,6 +44,27 @@ GUEST_LINKS = {
 # Serial console lines of the agent -> their figure: seconds from QEMU's start (when a test watched for them).
 MILESTONES = {"joined the cluster": "qemu_start_to_joined", "kubeadm init done": "qemu_start_to_init_done",
               "token endpoint started": "qemu_start_to_endpoint_started"}
+# Goal 4 (issue 28): the first power-on of an --offline card against the preinstalled base's, the network install's
+# beside it. Each figure: (test, or the module of a story its tests share; node; milestone) at the node's boot 1.
+# The preinstalled worker is the clean join among the stories on that base (BUILD {"base": "preinstalled"}:
+# test_boot_faults, test_boot_control_plane): its endpoint is up and nothing is injected before its join (the others
+# wait for a late master or join twice on purpose). The offline worker boots beside its master, both at once: when
+# the master's endpoint starts after the worker is ready, the worker's figure is the master's; the masters' kubeadm
+# init (offline; preinstalled, in the control-plane story) is the pair where neither waits for the other node.
+FIRST_BOOTS = {
+    "offline_worker_joined": ("test_boot_offline", "pi-worker1", "qemu_start_to_joined"),
+    "offline_master_init_done": ("test_boot_offline", "pi-master1", "qemu_start_to_init_done"),
+    "offline_master_endpoint_started": ("test_boot_offline", "pi-master1", "qemu_start_to_endpoint_started"),
+    "network_install_joined": ("test_boot_joins", "pi-worker1", "qemu_start_to_joined"),
+    "preinstalled_joined": ("test_power_cut_just_after_joining_the_next_boot_does_not_join_again", "pi-worker1",
+                            "qemu_start_to_joined"),
+    "preinstalled_master_init_done": ("test_boot_control_plane", "pi-master1", "qemu_start_to_init_done"),
+}
+FIRST_BOOT_RATIOS = {
+    "offline_worker_over_preinstalled": ("offline_worker_joined", "preinstalled_joined"),
+    "network_install_over_preinstalled": ("network_install_joined", "preinstalled_joined"),
+    "offline_master_init_over_preinstalled": ("offline_master_init_done", "preinstalled_master_init_done"),
+}
 _SESSION_START = time.monotonic()
 
 
@@ -297,6 +318,21 @@ def boot_figures(test: str, number: int, guest, report: dict | None) -> dict:
     return entry
 
 
+def first_boot_ratios(figures: dict) -> dict:
+    """Goal 4's figures from a run's figures: each of FIRST_BOOTS (seconds from QEMU's start) and FIRST_BOOT_RATIOS;
+    what the run left out is left out."""
+    result = {}
+    for name, (story, node, milestone) in FIRST_BOOTS.items():
+        seconds = next((boot[milestone] for boot in figures.get("boots", []) if boot["test"].split(".")[-1] == story
+                        and boot.get("node") == node and boot["boot"] == 1 and milestone in boot), None)
+        if seconds:
+            result[name] = seconds
+    for name, (measured, reference) in FIRST_BOOT_RATIOS.items():
+        if measured in result and reference in result:
+            result[name] = round(result[measured] / result[reference], 2)
+    return result
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """With pytest-xdist (run.sh -n 2): a module whose tests share one guest (module_lab) runs whole, in order, in one
@@ -342,6 +378,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     FIGURES["suite_wall_seconds"] = round(time.monotonic() - _SESSION_START, 1)
     FIGURES["boots"].sort(key=lambda boot: (boot["test"], boot.get("node", ""), boot["boot"]))
+    FIGURES["first_boot"] = first_boot_ratios(FIGURES)
     text = json.dumps(FIGURES, indent=2)
     terminalreporter.section("boot-to-join figures")
     terminalreporter.write_line(text)

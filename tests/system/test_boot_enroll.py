@@ -47,7 +47,7 @@ def machine(base_images, archive, tmp_path_factory):
         write_root_file(lab.images[NODE], path, data)
     write_root_file(lab.images[NODE], "/root/enroll-file.sh", enroll_file.read_bytes(), mode=0o600)
     lab.endpoint.start()
-    yield lab, enroll_file, made.stdout
+    yield lab, enroll_file, made.stdout.decode()
     lab.close()
 
 

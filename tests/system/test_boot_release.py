@@ -73,14 +73,15 @@ def test_a_worker_installs_the_exact_release_binaries_and_joins(lab_of, archive)
 def test_a_binary_that_is_not_what_its_sha256_says_is_refused(lab_of):
     lab = lab_of(release="release-tampered")
     lab.endpoint.start()
-    guest = lab.boot(stop_on="does not match")
+    guest = lab.boot(stop_on="but the card expects")
     guest.wait_powered_off(BOOT_TIMEOUT)
     report = lab.guest_report(1)
 
     assert report["reason"] == "stop-on", guest.serial[-3000:]
     log = lab.guest_file("/var/lib/pi-image/firstboot.log")
-    line = next(line for line in log.splitlines() if "does not match" in line)
-    assert "kubeadm" in line, line
+    line = next(line for line in log.splitlines() if "but the card expects" in line)
+    assert "/release-tampered/v1.31.4/bin/linux/amd64/kubeadm has SHA-256" in line, line
+    assert "rebuild the card" in line, line
     assert "/usr/local/bin/kubeadm" not in report["release_files"], "a refused binary is never put in place"
     assert lab.fake.joins() == [] and lab.tokens_issued() == []
 

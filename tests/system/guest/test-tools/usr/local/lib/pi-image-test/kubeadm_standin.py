@@ -45,10 +45,21 @@ def console(line):
 
 
 def kubeadm_version(settings):
-    """What `kubeadm version -o short` says: pitest.kubeadm_version=, else the installed package's version."""
-    return settings.get("kubeadm_version") or "v" + subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", "kubeadm"], stdout=subprocess.PIPE,
-        universal_newlines=True).stdout.split("-")[0]
+    """What `kubeadm version -o short` says: pitest.kubeadm_version=, else the release the stand-in binary carries
+    (the release path's copy, apt_repo.release_tree), else the installed package's version."""
+    if settings.get("kubeadm_version"):
+        return settings["kubeadm_version"]
+    for directory in os.environ.get("PATH", "/usr/local/bin:/usr/bin").split(":"):
+        try:
+            with open(os.path.join(directory, "kubeadm")) as handle:
+                carried = re.search(r'^RELEASE="(v[0-9.]+)"$', handle.read(), re.MULTILINE)
+        except OSError:
+            continue
+        if carried:
+            return carried.group(1)
+        break
+    return "v" + subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kubeadm"], stdout=subprocess.PIPE,
+                                universal_newlines=True).stdout.split("-")[0]
 
 
 def _frame(kind, flags, stream, payload=b""):
