@@ -1,7 +1,7 @@
 """Flash cost: `pi-image flash` of a 4 GiB Ubuntu-layout image holding ~1 GiB to a card file, against `dd` and
-`bmaptool copy` in the same run; then a fleet: one profile image + N stamping flashes against N per-node builds.
+`bmaptool copy` in the same run (a fleet of cards: bench/fleet_bench.py).
 
-    python bench/flash_bench.py [--size-gib 4] [--used-gib 1] [--runs 3] [--nodes 3] [--workdir DIR] [--keep]
+    python bench/flash_bench.py [--size-gib 4] [--used-gib 1] [--runs 3] [--workdir DIR] [--keep]
                                 [--smoke]
 
 Phases:
@@ -21,12 +21,6 @@ Phases:
           freed space comes back as unwritten extents, as on a card every block exists), and the page cache of
           the image and the card is dropped (fsync, then POSIX_FADV_DONTNEED: unprivileged, only these two files),
           so every tool reads the image from disk and ends with its own fsync.
-  fleet   a cluster of --nodes worker-8g nodes, base the ubuntu-raspi sample (2 GiB, a few MiB used): one
-          `build --cluster DIR --profile worker-8g` + N `flash IMG cardI.img --cluster DIR --node pi-workerI`,
-          against N `build --cluster DIR --node pi-workerI` (and those N images flashed, to end with the same cards);
-          one round, in that order, after an untimed build that caches the base's hash. Disk: st_blocks * 512 of
-          what the host keeps (1 profile image against N node images); the cards (new files here, SD cards in
-          use) are shown apart.
 
 Bytes written are the child's write_bytes I/O counter: os.wait4 returns the rusage of the reaped child and of the
 children it reaped itself, whose ru_oublock is the kernel's write_bytes / 512 (bytes the process caused to be sent
@@ -39,7 +33,7 @@ Goals (issue 17): pi-image bytes written ~= the image's used bytes (builder.imag
 time <= bmaptool copy's and <= 0.35x dd's, verification included.
 
 Everything is written to regular files (the card too): no root, no loop device.
---smoke: a 512 MiB image holding 32 MiB, one run, a fleet of 1: the suite runs it so that the script cannot rot.
+--smoke: a 512 MiB image holding 32 MiB, one run: the suite runs it so that the script cannot rot.
 """
 
 from __future__ import annotations
@@ -64,14 +58,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
-    KUBE_KEY,
-    SSH_KEY,
     add_smoke_arg,
     add_workdir_args,
     on_disk,
     pi_image_env,
     workdir,
-    worker_cluster,
 )
 
 from builder.errors import UserError
@@ -328,63 +319,16 @@ def flash_phase(image: Path, card: Path, work: Path, runs: int) -> None:
     print(f"  bmaptool written / used bytes:  {written[BMAPTOOL] / mapped:5.3f}; dd: {written[DD] / mapped:5.3f}")
 
 
-# --- the fleet --------------------------------------------------------------------------------------------------------
-
-def fleet_phase(work: Path, nodes: int) -> None:
-    """The fleet figures (see the module docstring); everything it makes is removed afterwards."""
-    fleet = work / "fleet"
-    shutil.rmtree(fleet, ignore_errors=True)
-    fleet.mkdir()
-    base = make_sample("ubuntu-raspi", fleet / "base.img")
-    lab = fleet / "lab"
-    worker_cluster(work, lab, nodes)
-    keys = ("--base", base, "--kube-key", KUBE_KEY, "--ssh-key", SSH_KEY)
-    warm = pi_image(work, "build", "--profile", "worker-8g", *keys, "-o", fleet / "warm.img")
-    (fleet / "warm.img").unlink()
-    print(f"  base {base.name}: {base.stat().st_size / GIB:g} GiB apparent, {on_disk([base]) / MIB:.1f} MiB on disk; "
-          f"untimed warm-up build (hashes the base once, then cached): {warm.seconds:.2f} s")
-
-    profile_img = fleet / "worker-8g.img"
-    profile = [pi_image(work, "build", "--cluster", lab, "--profile", "worker-8g", *keys, "-o", profile_img)]
-    cards = [fleet / f"card{i}.img" for i in range(1, nodes + 1)]
-    for i, card in enumerate(cards, 1):
-        profile.append(pi_image(work, "flash", profile_img, card, "--yes", "--json", "--cluster", lab, "--node",
-                                f"pi-worker{i}"))
-    node_imgs = [fleet / f"node{i}.img" for i in range(1, nodes + 1)]
-    builds = [pi_image(work, "build", "--cluster", lab, "--node", f"pi-worker{i}", *keys, "-o", img)
-              for i, img in enumerate(node_imgs, 1)]
-    node_cards = [fleet / f"node-card{i}.img" for i in range(1, nodes + 1)]
-    flashes = [pi_image(work, "flash", img, card, "--yes", "--json")
-               for img, card in zip(node_imgs, node_cards, strict=True)]
-
-    def line(label: str, rs: list[Run], kept: list[Path], what: str) -> float:
-        seconds = sum(r.seconds for r in rs)
-        print(f"  {label:44} {seconds:7.2f} s  written {sum(r.written for r in rs) / MIB:7.1f} MiB  "
-              f"on disk {on_disk(kept) / MIB:7.1f} MiB ({what})")
-        return seconds
-
-    one = line(f"1 profile build + {nodes} stamping flashes", profile, [profile_img], "1 image")
-    print(f"  {'':44} {'':9}  of which the build {profile[0].seconds:.2f} s, flashes "
-          f"{', '.join(f'{r.seconds:.2f}' for r in profile[1:])} s; the {nodes} cards {on_disk(cards) / MIB:.1f} MiB")
-    per = line(f"{nodes} per-node builds", builds, node_imgs, f"{nodes} images")
-    both = line(f"{nodes} per-node builds + {nodes} plain flashes", builds + flashes, node_imgs,
-                f"{nodes} images; the cards {on_disk(node_cards) / MIB:.1f} MiB")
-    print(f"  profile path / per-node builds: time {one / per:.2f}x, host disk "
-          f"{on_disk([profile_img]) / on_disk(node_imgs):.2f}x; / per-node builds + flashes: time {one / both:.2f}x")
-    shutil.rmtree(fleet)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gib", type=float, default=4, help="the image's size (a whole number of MiB)")
     parser.add_argument("--used-gib", type=float, default=1, help="random file data in the image's filesystems")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--nodes", type=int, default=3)
     add_workdir_args(parser, "the image and the card")
     add_smoke_arg(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.size_gib, args.used_gib, args.runs, args.nodes = 0.5, 1 / 32, 1, 1
+        args.size_gib, args.used_gib, args.runs = 0.5, 1 / 32, 1
     size, used = round(args.size_gib * 1024) * MIB, round(args.used_gib * GIB)
     began = time.perf_counter()
     with workdir(args, "pi-image-flash-bench-") as work:
@@ -395,8 +339,6 @@ def main() -> None:
               f"written in full (ready after {time.perf_counter() - began:.1f} s)")
         print("flash to a card file:")
         flash_phase(image, card, work, args.runs)
-        print(f"fleet of {args.nodes} nodes:")
-        fleet_phase(work, args.nodes)
         print(f"total {time.perf_counter() - began:.1f} s")
 
 

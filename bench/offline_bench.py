@@ -12,9 +12,10 @@ real ones weigh; the registry's images are small (one busybox layer each), so im
     bundle warm     the same again: every cached file checked against its SHA-256, nothing fetched
     build           `pi-image build` of the worker without --offline vs with --offline from the warm cache (median
                     of --runs, order alternated): the ratio is what carrying the bundle costs a build
-    --boot          tests/system/run.sh's offline story (master + worker, isolated) and its network story
-                    (test_boot_joins: one worker installing from the archive), QEMU start to joined from their
-                    figures (needs root and minutes; not in --smoke)
+    --boot          tests/system/run.sh's offline story (master + worker, isolated), its network story
+                    (test_boot_joins: one worker installing from the archive) and a clean join on the preinstalled
+                    base: QEMU start to joined and the ratios over the preinstalled one, from the run's figures
+                    (goal 4 of issue 28; needs root and minutes; not in --smoke)
 
 --smoke: no padding, one run, no boot: the suite runs it so the script cannot rot.
 """
@@ -83,19 +84,22 @@ def builds(work: Path, base: Path, archive, registry, runs: int) -> list[str]:
 
 
 def boots() -> list[str]:
-    """First boot to joined with the bundle and with the network install, from one system-test run."""
+    """First boot with the bundle, with the network install and on the preinstalled base, from one system-test run
+    (the stories and the ratios: tests/system/conftest.py FIRST_BOOTS, first_boot_ratios)."""
     with tempfile.TemporaryDirectory(prefix="offline-bench-boot-") as tmp:
-        subprocess.run([str(REPO / "tests/system/run.sh"), "-k", "test_boot_offline or test_boot_joins",
-                        "--basetemp", tmp], check=True)
-        figures = json.loads((Path(tmp) / "system-figures.json").read_text())
-    offline = next(story for story in figures.get("stories", []) if story.get("offline"))
-    network = [boot["qemu_start_to_joined"] for boot in figures["boots"]
-               if boot["test"].endswith("test_boot_joins") and boot["boot"] == 1 and "qemu_start_to_joined" in boot]
-    lines = [(f"first boot to joined, bundle (worker, isolated, beside its master): "
-              f"{offline['worker_qemu_start_to_joined']} s")]
-    if network:
-        lines += [f"first boot to joined, network install (worker, archive on the host): {network[0]} s",
-                  f"ratio bundle / network: {offline['worker_qemu_start_to_joined'] / network[0]:.2f}x"]
+        stories = "test_boot_offline or test_boot_joins or test_boot_control_plane or test_power_cut_just_after_joining"
+        subprocess.run([str(REPO / "tests/system/run.sh"), "-k", stories, "--basetemp", tmp], check=True)
+        first = json.loads((Path(tmp) / "system-figures.json").read_text())["first_boot"]
+    labels = {"offline_worker_joined": "bundle: worker joined (isolated, beside its master)",
+              "offline_master_endpoint_started": "bundle: its master's endpoint started",
+              "network_install_joined": "network install: worker joined (archive on the host)",
+              "preinstalled_joined": "preinstalled base: worker joined (endpoint up)",
+              "offline_master_init_done": "bundle: master's kubeadm init done",
+              "preinstalled_master_init_done": "preinstalled base: master's kubeadm init done"}
+    lines = [f"first boot, {label}: {first[name]} s" for name, label in labels.items() if name in first]
+    lines += [f"ratio {name.replace('_over_', ' / ').replace('_', ' ')}: {first[name]:.2f}x"
+              for name in ("offline_worker_over_preinstalled", "network_install_over_preinstalled",
+                           "offline_master_init_over_preinstalled") if name in first]
     return lines
 
 

@@ -6,6 +6,8 @@
     CACHE/downloads/.KEY.lock           flock'd while a process fetches KEY (KEY: a hash of the URL)
     CACHE/images/SHA.img                unpacked copies of compressed images, named by the compressed file's SHA-256
     CACHE/images/index.json             (path, size, mtime) -> SHA-256: an unchanged file is hashed once
+    CACHE/images/chunks/KEY.sha256s     a base's 4 MiB-chunk digests, valid for its (path, size, mtime): a build
+                                        re-hashes only the chunks it wrote (builder/image/dirty.py)
     CACHE/images/.unpacking-PID.img     an unpack under way in process PID
     CACHE/images/.private-PID-SHA.img   an unpacked pi-image output (it may hold a node's credential): for process
                                         PID only, deleted when it ends, never cached

@@ -25,7 +25,6 @@ from .bundle import Bundle
 from .errors import SetupFailed
 from .nodeconfig import KUBE_BINARIES
 from .packages import Apt
-from .release import ReleaseInstall
 from .runtime import RUNTIMES, RuntimeCheck
 
 log = logging.getLogger("pi-image.agent")
@@ -200,6 +199,8 @@ class LocalSetup(object):
                 self.packages.install(missing)
         installed = bool(missing)
         if release:
+            from .release import ReleaseInstall  # the release path only: tarfile, urllib
+
             installed = ReleaseInstall(self.root, self.release, self.kubernetes_release, bundle).run() or installed
         if installed:
             self._kubeadm_version = None  # another kubeadm may be in place now

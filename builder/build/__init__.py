@@ -45,6 +45,7 @@ from ..errors import UserError
 from ..image import DirectoryFilesystem, DiskImage, open_medium
 from ..image.bmap import write_bmap
 from ..image.copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
+from ..image.dirty import output_chunk_digest, track_writes, written_ranges
 from ..image.ext4 import Ext4Filesystem
 from ..image.fsck import check_partition
 from ..image.grow import grow_root
@@ -332,14 +333,18 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
     try:
         _check_space(raw_base, output.parent)
         create_private(tmp).close()
-        with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
-            sparse_copy(raw_base, tmp, advance)
-        _make_room(ctx, tmp)
-        image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
-        base_record = _base_record(request, ctx)
-        recipe = _save_recipe(request, ctx, base_record)
-        manifest = build_manifest(ctx, base_record, recipe)
-        changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
+        with track_writes(tmp) as writes:  # what the edits write: the output's digest reads only that again
+            with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
+                sparse_copy(raw_base, tmp, advance)
+            _make_room(ctx, tmp)
+            if ctx.bundle and ctx.bundle.grown_by:
+                writes.complete = False  # resize2fs says nothing of what it wrote
+            image = DiskImage(tmp, writable=True, fake_time=ctx.epoch)
+            base_record = _base_record(request, ctx)
+            recipe = _save_recipe(request, ctx, base_record)
+            manifest = build_manifest(ctx, base_record, recipe)
+            changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
+            written = written_ranges(image, writes)
         if bmap_path is not None and bmap_tmp is not None:
             usage = usage_map(tmp)
             with progress(f"{bmap_path.name}: range checksums", usage.mapped_bytes()) as advance:
@@ -347,7 +352,8 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             os.chmod(bmap_tmp, _image_mode(ctx) & 0o644)
         final_tmp = _compress(tmp, output)
         os.chmod(final_tmp, _image_mode(ctx))
-        manifest["output"] = _output_digests(final_tmp, output, request.sha256 or final_tmp != tmp)
+        manifest["output"] = _output_digests(final_tmp, output, request.sha256 or final_tmp != tmp,
+                                             (raw_base, written) if final_tmp == tmp else None)
         _write_json(manifest_tmp, manifest)
         _record_card(ctx, request)
         publish([(final_tmp, output), (manifest_tmp, manifest_path)]
@@ -452,15 +458,18 @@ def _image_mode(ctx: BuildContext) -> int:
     return 0o600 if holds_cluster_secret or ctx.profile.secret_values() else 0o644
 
 
-def _output_digests(path: Path, output: Path, full: bool) -> dict[str, Any]:
+def _output_digests(path: Path, output: Path, full: bool,
+                    copied: tuple[Path, list[tuple[int, int]] | None] | None = None) -> dict[str, Any]:
     """Size and digests of the finished output: the 4 MiB-chunk digest always, the plain SHA-256 if `full`.
 
     The plain SHA-256 of a raw image costs CPU for every byte of its holes (~3 s per 4 GiB here), most of a build;
-    the chunk digest costs only what the image holds (see builder.image.copy).
+    the chunk digest costs only what the image holds (see builder.image.copy), and for a raw output, `copied`
+    (its base and the ranges the build wrote into its copy), only the chunks written (builder.image.dirty).
     """
     size = path.stat().st_size
     with progress(f"{output.name}: chunk digest", size) as advance:
-        digests: dict[str, Any] = {"path": output.name, "size": size, "chunk_sha256": chunk_digest(path, advance)}
+        chunks = output_chunk_digest(path, *copied, advance) if copied else chunk_digest(path, advance)
+    digests: dict[str, Any] = {"path": output.name, "size": size, "chunk_sha256": chunks}
     if full:
         with progress(f"{output.name}: SHA-256", size) as advance:
             digests["sha256"] = sha256_sparse(path, advance)

@@ -40,9 +40,14 @@ CHUNK = 1 << 20  # bytes per write (large and aligned), and the unit all-zero da
 BATCH = 64 << 20  # bytes synced and then verified together
 ZEROS = bytes(CHUNK)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
-PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-_FALLOCATE = ctypes.CDLL(None, use_errno=True).fallocate64  # 64-bit offsets on 32-bit hosts too (armhf)
+ZERO_RANGE = 0x11  # FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE: the blocks stay allocated, marked as reading zeros
+PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (tmpfs and btrfs have no ZERO_RANGE)
+SYNC_FILE_RANGE_WRITE = 0x2  # start writeback of a range's dirty pages, without waiting for it
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_FALLOCATE = _LIBC.fallocate64  # 64-bit offsets on 32-bit hosts too (armhf)
 _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_SYNC_FILE_RANGE = _LIBC.sync_file_range
+_SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 Chunk = tuple[int, int]  # (offset, length)
 
@@ -181,8 +186,11 @@ def _batches(ranges: list[Range]) -> Iterator[list[Chunk]]:
 
 @dataclass
 class _Copy:
-    """Writes ranges of the image to the card; with `verify`, a second thread reads each synced batch back from the
-    card (its cached pages dropped) and compares it with the image while the next batch is written."""
+    """Writes ranges of the image to the card as a pipeline, so that reading the image, writing the card and reading
+    it back overlap: the next batch of the image is read ahead (POSIX_FADV_WILLNEED) while one is copied, the card
+    starts writing each batch out as soon as it is copied (sync_file_range), and with `verify` a second thread syncs
+    each batch, drops its cached pages and reads it back from the card, comparing it with the image, while the next
+    batches are written (at most two batches behind)."""
 
     source: int
     out: int
@@ -203,16 +211,20 @@ class _Copy:
         done = 0
         try:
             with progress(label, total) as advance:
-                for batch in _batches(ranges):
+                batches = _batches(ranges)
+                batch = next(batches, None)
+                while batch is not None and not failure:
+                    following = next(batches, None)
+                    if following is not None:
+                        self._read_ahead(following)
                     for pos, length in batch:
                         self._write(pos, length)
                         done += length
                         advance(done)
-                    os.fdatasync(self.out)
-                    if failure:
-                        break
+                    _start_writeback(self.out, batch)
                     if self.verify:
                         pending.put(batch)
+                    batch = following
                 os.fsync(self.out)
         finally:
             if self.verify:
@@ -231,6 +243,11 @@ class _Copy:
         finally:
             os.close(card)
 
+    def _read_ahead(self, batch: list[Chunk]) -> None:
+        """Have the kernel read `batch` of the image in the background while the batch before it is copied."""
+        start, end = batch[0][0], batch[-1][0] + batch[-1][1]
+        os.posix_fadvise(self.source, start, end - start, os.POSIX_FADV_WILLNEED)
+
     def _write(self, pos: int, length: int) -> None:
         data = os.pread(self.source, length, pos)
         if len(data) != length:
@@ -247,12 +264,20 @@ class _Copy:
             for batch in iter(pending.get, None):
                 if not failure:
                     start, end = batch[0][0], batch[-1][0] + batch[-1][1]
+                    os.fdatasync(self.out)  # on the card (clean pages, which the kernel can drop) before read back
                     os.posix_fadvise(card, start, end - start, os.POSIX_FADV_DONTNEED)
                     self.stats.verified += compare(self.source, card, self.path, batch)
         except BaseException as err:  # handed to the writer, which raises it
             failure.append(err)
             for _ in iter(pending.get, None):  # let the writer finish putting
                 pass
+
+
+def _start_writeback(out: int, batch: list[Chunk]) -> None:
+    """Start writing `batch`'s dirty pages to the card now, not when the final fsync comes (the page cache would
+    otherwise hold a whole image before the card is sent a byte); a device or kernel that cannot is left to fsync."""
+    start, end = batch[0][0], batch[-1][0] + batch[-1][1]
+    _SYNC_FILE_RANGE(out, start, end - start, SYNC_FILE_RANGE_WRITE)
 
 
 def compare(source: int, card: int, path: Path, batch: list[Chunk]) -> int:
@@ -277,26 +302,27 @@ def _first_difference(want: bytes, got: bytes) -> int:
 
 class Zeroer:
     """Makes a range of the card read as zeros the cheapest way it can: nothing on a file this write created (it
-    reads as zeros), a punched hole in an existing file, BLKZEROOUT on a block device (the card's own write-zeroes or
+    reads as zeros), an existing file's range zeroed in its extents (ZERO_RANGE: no data written, and a tenth of what
+    punching a hole costs ext4) or else a punched hole, BLKZEROOUT on a block device (the card's own write-zeroes or
     discard where it has one; the kernel writes the zeros otherwise), else plain writes of zeros."""
 
     def __init__(self, out: int, kind: str, new_file: bool):
         self.out, self.kind, self.new_file = out, kind, new_file
-        self.works = True
+        self.modes: list[int | str] = [] if new_file else ["block"] if kind == "block" else [ZERO_RANGE, PUNCH_HOLE]
 
     def zero(self, pos: int, length: int) -> None:
         """Make [pos, pos+length) read as zeros."""
         if self.new_file:
             return
-        if self.works:
+        while self.modes:
             try:
-                if self.kind == "block":
+                if self.modes[0] == "block":
                     fcntl.ioctl(self.out, BLKZEROOUT, struct.pack("=QQ", pos, length))
-                elif _FALLOCATE(self.out, PUNCH_HOLE, pos, length) != 0:
+                elif _FALLOCATE(self.out, self.modes[0], pos, length) != 0:
                     raise OSError(ctypes.get_errno(), "fallocate")
                 return
             except OSError:
-                self.works = False  # this device or filesystem cannot: write the zeros from now on
+                self.modes.pop(0)  # this device or filesystem cannot: the next way, from now on
         _pwrite_all(self.out, ZEROS[:length], pos)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 from ..run import run
@@ -24,9 +25,10 @@ INLINE_DATA_XATTR = "system.data"  # the content of an inline-data file, not an 
 
 
 def debugfs(spec: str, description: str, commands: Sequence[str], *, write: bool = False,
-            fake_time: int | None = None) -> tuple[bytes, list[str]]:
-    """Run `commands` in one debugfs session on `spec` (image?offset=N); return stdout and the error lines."""
-    argv = ["debugfs", "-w"] if write else ["debugfs"]
+            fake_time: int | None = None, undo: Path | None = None) -> tuple[bytes, list[str]]:
+    """Run `commands` in one debugfs session on `spec` (image?offset=N); return stdout and the error lines.
+    `undo` (with `write`): a new file where debugfs saves each block before it overwrites it (an e2undo file)."""
+    argv = (["debugfs", "-w"] + (["-z", str(undo)] if undo else [])) if write else ["debugfs"]
     env = {"E2FSPROGS_FAKE_TIME": str(fake_time)} if fake_time is not None else None
     script = ("\n".join(commands) + "\n").encode("utf-8", errors="surrogateescape")
     proc = run([*argv, "-f", "-", spec], input=script, env=env)

@@ -35,6 +35,7 @@ from .debugfs import (
     split_listings,
     text,
 )
+from .dirty import note_debugfs_written, undo_file
 from .fs import FileStat, Filesystem
 from .superblock import (
     INCOMPAT_EA_INODE,
@@ -99,9 +100,9 @@ class Ext4Filesystem(Filesystem):
         self._read_ahead: dict[str, bytes] = {}  # on-disk content of files prefetch() read
         self._inodes: dict[int, _Inode] = {}  # on-disk inodes the queue touches, by number
 
-    def _debugfs(self, *commands: str, write: bool = False) -> tuple[bytes, list[str]]:
+    def _debugfs(self, *commands: str, write: bool = False, undo: Path | None = None) -> tuple[bytes, list[str]]:
         return debugfs(f"{self.image}?offset={self.offset}", self.description, commands, write=write,
-                       fake_time=self.fake_time)
+                       fake_time=self.fake_time, undo=undo)
 
     # --- the disk as it is ----------------------------------------------------------------------------------
 
@@ -288,7 +289,9 @@ class Ext4Filesystem(Filesystem):
             carried: _Carried = {}
             commands = self._release(groups, carried, staging) + self._unlinks()
             commands += self._creations(groups, carried, staging) + self._attributes(groups)
-            _, errors = self._debugfs(*commands, write=True)
+            undo = undo_file(self.image, self.offset, staging)  # what it overwrites: builder.image.dirty
+            _, errors = self._debugfs(*commands, write=True, undo=undo)
+            note_debugfs_written(self.image, self.offset, self.superblock.size, undo)
             if errors:
                 raise UserError(f"{self.description}: debugfs could not apply the edits: {'; '.join(errors[:3])}")
             self._verify(groups, carried, staging)

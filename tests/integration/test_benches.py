@@ -15,6 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # A distinctive piece of a line each phase prints, per bench.
 PHASE_LINES = {
+    "agent_startup.py": ("floor: python3 -c pass", "import firstboot.agent", "firstboot.agent --help",
+                         "-X importtime: firstboot.agent"),
     "attack_bench.py": ("token endpoint under attack:", "idle sockets held", "quiet ", "attacked ",
                         "audit log + state grew by", "under attack / quiet:", "goal (>= 90% served"),
     "build_bench.py": ("first build (hashes", "cp --sparse=always", "cp + sync (fsync)", "build --sha256",
@@ -24,12 +26,14 @@ PHASE_LINES = {
                     "download + unpack"),
     "edit_bench.py": ("512 MiB image: read+write+commit", "16384 MiB image: read+write+commit",
                       "ratio 16384 MiB / 512 MiB"),
+    "fleet_bench.py": ("untimed warm-up build", "profile image + stamping flashes", "  1 |", "  2 |", "time ratio"),
     "flash_bench.py": ("image used bytes (usage_map)", "bmaptool create:", "dd bs=4M conv=fsync", "bmaptool copy",
-                       "pi-image flash --no-verify", "pi-image / bmaptool time:", "pi-image written / used bytes:",
-                       "stamping flashes", "plain flashes", "profile path / per-node builds:"),
+                       "pi-image flash --no-verify", "pi-image / bmaptool time:", "pi-image written / used bytes:"),
     "join_bench.py": ("floor   connect + GET /v1/challenge", "join    challenge + POST /v1/join",
                       "report  challenge + POST /v1/report", "offered (open loop)", "join vs floor:",
                       "join ceilings:", "goal (join capacity"),
+    "unpack_bench.py": ("single-block (", "multi-block (", "xz -T0 -dc > /dev/null", "xz -T0 -dc > file",
+                        "pi-image unpack", "pi-image / (xz > file)"),
     "offline_bench.py": ("bundle cold", "bundle warm", "build without --offline", "build --offline (warm)",
                          "ratio --offline / without:"),
 }
