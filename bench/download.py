@@ -56,13 +56,13 @@ def make_image(work: Path, size: int, data_mib: int) -> Path:
     if final.exists():
         return final
     raw = make_sample("ubuntu-raspi", work / "bench.img", size=size)
-    write_into_root(raw, _files(data_mib << 20))
+    write_into_root(raw, usr_files(data_mib << 20))
     subprocess.run(["xz", "-T2", "-2", "--block-size=32MiB", "-f", raw], check=True)
     os.replace(raw.with_name(raw.name + ".xz"), final)
     return final
 
 
-def _files(budget: int) -> list[str]:
+def usr_files(budget: int) -> list[str]:
     """Regular files from SOURCES, up to `budget` bytes in all (names debugfs can take: no spaces)."""
     chosen: list[str] = []
     total = 0

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import add_smoke_arg, add_workdir_args, median_line, workdir, write_into_root
-from download import _files as usr_files
+from download import usr_files
 
 from builder.image.inputs import cached_sha256, remember_sha256
 from builder.samples import make_sample
