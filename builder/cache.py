@@ -7,7 +7,8 @@
     CACHE/images/SHA.img                unpacked copies of compressed images, named by the compressed file's SHA-256
     CACHE/images/index.json             (path, size, mtime) -> SHA-256: an unchanged file is hashed once
     CACHE/images/chunks/KEY.sha256s     a base's 4 MiB-chunk digests, valid for its (path, size, mtime): a build
-                                        re-hashes only the chunks it wrote (builder/image/dirty.py)
+                                        re-hashes only the chunks it wrote (builder/image/dirty.py); `tidy`
+                                        removes those of a base that is gone or changed
     CACHE/images/.unpacking-PID.img     an unpack under way in process PID
     CACHE/images/.private-PID-SHA.img   an unpacked pi-image output (it may hold a node's credential): for process
                                         PID only, deleted when it ends, never cached
@@ -60,6 +61,7 @@ UNPACKED_MAX_ENV = "PI_IMAGE_UNPACKED_MAX"
 DEFAULT_UNPACKED_MAX = 20 << 30
 PART_MAX_AGE = 7 * 86400
 CLAIM_GRACE = 60
+CHUNK_RECORDS = "images/chunks"  # bases' remembered chunk digests (builder/image/dirty.py)
 MAX_RECORD = 64 << 10  # a by-url or .part.json record is a few hundred bytes
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 PRUNE_FIX = "free space with `pi-image cache prune`, or set PI_IMAGE_CACHE to a directory on a bigger disk"
@@ -78,7 +80,8 @@ class Entry:
     """One thing in the cache, as `pi-image cache` lists it.
 
     kind: download | partial (a download not finished) | unpacked | unpacking (under way) | private (a pi-image
-    output's copy for one running process) | leftover (of a dead process: `tidy` removes it) | bundles."""
+    output's copy for one running process) | digests (a base's chunk digests) | leftover (of a dead process, or
+    digests of a base that is gone or changed: `tidy` removes it) | bundles."""
 
     kind: str
     path: Path
@@ -259,7 +262,24 @@ def _images(cache: Path) -> list[Entry]:
                                _in_use(path), lock=path))
         elif match := _CLAIMED.fullmatch(path.name):
             found.append(_claimed(path, st, match[1], int(match[2])))
-    return found
+    return found + [_digests(path, st) for path, st in _files(cache / CHUNK_RECORDS)]
+
+
+def _digests(path: Path, st: os.stat_result) -> Entry:
+    """A base's remembered chunk digests (builder/image/dirty.py; its first line: "PATH:SIZE:MTIME_NS:CHUNK"): a
+    leftover once that base is gone or changed, since no build can use it again."""
+    try:
+        with open(path, "rb") as handle:
+            fields = handle.readline(8192).decode(errors="replace").rstrip("\n").rsplit(":", 3)
+        base = Path(fields[0])
+        current = base.stat()
+        valid = len(fields) == 4 and [current.st_size, current.st_mtime_ns] == [int(fields[1]), int(fields[2])]
+    except (OSError, ValueError):
+        base, valid = Path(path.name), False
+    if not valid:
+        return Entry("leftover", path, _on_disk(st), st.st_mtime, f"chunk digests of {base}, which is gone or changed")
+    return Entry("digests", path, _on_disk(st), st.st_mtime, f"4 MiB-chunk digests of {base} (a build re-hashes only "
+                 "what it writes)")
 
 
 def _claimed(path: Path, st: os.stat_result, how: str, pid: int) -> Entry:
@@ -366,7 +386,7 @@ def evict(cache: Path, bound: int) -> list[Entry]:
 def prune(cache: Path, everything: bool = False, dry_run: bool = False) -> tuple[list[Entry], list[Entry]]:
     """(removed, kept): leftovers and unpacked copies go; with `everything`, downloads and partial downloads too;
     never what is in use, nor bundles. `dry_run`: removed is what would go, and nothing does."""
-    wanted = {"leftover", "unpacked"} | ({"download", "partial"} if everything else set())
+    wanted = {"leftover", "unpacked"} | ({"download", "partial", "digests"} if everything else set())
     found = entries(cache)
     chosen = [e for e in found if e.kind in wanted and not e.in_use]
     removed = chosen if dry_run else _remove_all(chosen)

@@ -13,7 +13,7 @@ from ..image.inputs import default_cache_dir
 from ..progress import human_size
 from .bases import JSON_OPTION
 
-KINDS = ("download", "partial", "unpacked", "unpacking", "private", "leftover", "bundles")
+KINDS = ("download", "partial", "unpacked", "unpacking", "private", "digests", "leftover", "bundles")
 
 
 @click.group("cache", invoke_without_command=True,
@@ -74,8 +74,9 @@ def list_command(as_json: bool = False) -> None:
 
 
 @cache_command.command("prune")
-@click.option("--all", "everything", is_flag=True, help="Also remove the downloads and partial downloads (a "
-              "build fetches its base again). Run it while no build runs: a download is not held while it is read.")
+@click.option("--all", "everything", is_flag=True, help="Also remove the downloads, partial downloads and bases' "
+              "chunk digests (a build fetches its base again, and digests it whole once). Run it while no build "
+              "runs: a download is not held while it is read.")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed, remove nothing.")
 @JSON_OPTION
 def prune_command(everything: bool, dry_run: bool, as_json: bool) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cache import CHUNK_RECORDS
 from ..outputs import write_atomic
 from ..progress import Advance, no_progress
 from .copy import CHUNK, chunk_digests, combined
@@ -179,7 +180,7 @@ def base_chunk_digests(base: Path, cache_dir: Path | None = None,
     st = base.stat()
     count = -(-st.st_size // CHUNK)
     key = f"{base.resolve()}:{st.st_size}:{st.st_mtime_ns}:{CHUNK}\n".encode()
-    directory = (cache_dir or default_cache_dir()) / "images" / "chunks"
+    directory = (cache_dir or default_cache_dir()) / CHUNK_RECORDS
     record = directory / f"{hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:32]}.sha256s"
     try:
         known = record.read_bytes()
