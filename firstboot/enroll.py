@@ -507,6 +507,7 @@ def main(argv=None):
     parser.add_argument("--dry-run", action="store_true", help="list every change and make none")
     parser.add_argument("--undo", action="store_true", help="put back every file the script changed")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # backups and temporaries private until given their mode (a replaced file may hold a secret)
     name = os.path.basename(args.file)
     try:
         payload = dict(read_payload(args.file), script=args.file)
