@@ -80,21 +80,9 @@ class Apt(object):
 
     def run(self, argv, timeout=900):
         """Run an apt or dpkg command; while it fails because another process holds a package lock, wait and retry."""
-        deadline = self.clock() + LOCK_WAIT_SECONDS
-        waited = False
-        while True:
-            result = self.commands.run(argv, timeout=timeout)
-            busy = None if result.ok else line_with(result.stdout + result.stderr, _LOCK_MARKERS)
-            if busy is None:
-                if waited:
-                    log.info("the package lock is free; %s went on", argv[0])
-                return result
-            if self.clock() > deadline:
-                raise SetupFailed("{} could not get the package lock in {} min: {}".format(
-                    " ".join(argv[:2]), LOCK_WAIT_SECONDS // 60, busy), retry=True)
-            log.info("waiting for the package lock (%s); %s again in %d s", busy, argv[0], LOCK_PAUSE_SECONDS)
-            waited = True
-            self.sleep(LOCK_PAUSE_SECONDS)
+        return retry_while_locked(lambda: self.commands.run(argv, timeout=timeout), _LOCK_MARKERS, self.sleep,
+                                  self.clock, argv[0], "the package lock",
+                                  "{} could not get the package lock".format(" ".join(argv[:2])))
 
     def _update(self):
         self._checked(self.run(["apt-get", "update"]))
@@ -114,6 +102,26 @@ class Apt(object):
                               retry=True)
         if not result.ok:
             raise SetupFailed("{} failed: {}".format(" ".join(result.argv[:2]), result.summary()), retry=True)
+
+
+def retry_while_locked(attempt, markers, sleep, clock, tool, lock, failure):
+    """`attempt()` (a CommandResult) again while it fails because another process holds `lock` (a line of its output
+    holds one of `markers`), a log line each time, for at most LOCK_WAIT_SECONDS; then SetupFailed("`failure` in N
+    min: that line"). The package managers' one way to wait for each other (apt here, pacman in pacman.py)."""
+    deadline = clock() + LOCK_WAIT_SECONDS
+    waited = False
+    while True:
+        result = attempt()
+        busy = None if result.ok else line_with(result.stdout + result.stderr, markers)
+        if busy is None:
+            if waited:
+                log.info("%s is free; %s went on", lock, tool)
+            return result
+        if clock() > deadline:
+            raise SetupFailed("{} in {} min: {}".format(failure, LOCK_WAIT_SECONDS // 60, busy), retry=True)
+        log.info("waiting for %s (%s); %s again in %d s", lock, busy, tool, LOCK_PAUSE_SECONDS)
+        waited = True
+        sleep(LOCK_PAUSE_SECONDS)
 
 
 def line_with(text, markers):

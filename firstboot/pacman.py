@@ -31,7 +31,7 @@ import time
 
 from .errors import SetupFailed
 from .localsetup import replace_text
-from .packages import LOCK_PAUSE_SECONDS, LOCK_WAIT_SECONDS, line_with
+from .packages import line_with, retry_while_locked
 
 log = logging.getLogger("pi-image.agent")
 
@@ -103,22 +103,12 @@ class Pacman(object):
 
     def run(self, argv, timeout=900):
         """Run pacman with `argv`; while it fails because another pacman holds the database lock, wait and retry."""
-        deadline = self.clock() + LOCK_WAIT_SECONDS
-        waited = False
-        while True:
+        def attempt():
             self._remove_stale_lock()
-            result = self._pacman(argv, timeout)
-            busy = None if result.ok else line_with(result.stdout + result.stderr, _LOCK_MARKERS)
-            if busy is None:
-                if waited:
-                    log.info("the pacman database lock is free; pacman went on")
-                return result
-            if self.clock() > deadline:
-                raise SetupFailed("pacman could not lock its database ({}) in {} min: {}".format(
-                    DB_LOCK, LOCK_WAIT_SECONDS // 60, busy), retry=True)
-            log.info("waiting for the pacman database lock (%s); pacman again in %d s", DB_LOCK, LOCK_PAUSE_SECONDS)
-            waited = True
-            self.sleep(LOCK_PAUSE_SECONDS)
+            return self._pacman(argv, timeout)
+
+        return retry_while_locked(attempt, _LOCK_MARKERS, self.sleep, self.clock, "pacman",
+                                  "the pacman database lock", "pacman could not lock its database ({})".format(DB_LOCK))
 
     def _pacman(self, argv, timeout=None):
         elsewhere = [] if os.path.abspath(self.root) == "/" else [

@@ -24,7 +24,7 @@ from firstboot.nodeconfig import ConfigError, NodeConfig, ReleaseSettings
 
 from .. import __version__
 from ..bases.catalog import default_base, resolve_base
-from ..bases.download import NotFound, get_small
+from ..bases.download import Failed, NotFound, get_small
 from ..bases.kubekey import kube_keyring
 from ..cluster import (
     Cluster,
@@ -210,6 +210,10 @@ def fetch_small(url: str, limit: int, what: str) -> bytes | None:
         return get_small(url, limit, what)
     except NotFound:
         return None
+    except Failed as err:  # its own advice is about bases: this fetch has another fix
+        raise UserError(f"{url}: {err.reason}: the build needs this {what} (the release's SHA-256s go into node.json): "
+                        "check the network, or point kube_release_url / crictl_url / cni_plugins_url (or "
+                        "package_mirrors) at a reachable mirror") from None
 
 
 def _with_login(profile: Profile, request: BuildRequest) -> Profile:

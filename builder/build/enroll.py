@@ -18,25 +18,30 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from firstboot.enroll import FORMAT, PAYLOAD_MARKER, payload_opener
 
-from ..cluster import load_cluster, record_generation
+from ..cluster import load_cluster
 from ..config.profiles import load_profile
 from ..errors import UserError
-from ..outputs import create_private, publish, remove_stale_temporaries, temporary
 from ..plan import FileOp, Plan
 from ..plan.steps import BuildContext, accounts, identity, regional, wifi
 from ..plan.steps.firstboot import AGENT_DIR, NODE_CONFIG, SOURCE
 from ..samples.catalog import REFERENCE_TREES
-from ..samples.tree import stage_tree
 from ..targets import targets_of
-from . import BuildRequest, prepare
-from .seed_iso import SEED_OVERLAY, WANTS_LINK, final_ops, owner_names
+from . import BuildRequest
+from .seed_iso import (
+    SEED_OVERLAY,
+    WANTS_LINK,
+    check_node_output,
+    final_ops,
+    owner_names,
+    planned_on_reference,
+    publish_node_file,
+)
 
 # The steps whose ops would change who an installed machine is: it keeps its own hostname and hosts, time zone,
 # locale and keyboard, accounts and logins, Wi-Fi and cloud-init seed.
@@ -80,42 +85,20 @@ def enroll(request: EnrollRequest) -> EnrollResult:
     and write the self-contained enroll script atomically (0600); the node's new generation is recorded in the
     inventory once the file is complete, as for a card."""
     output = request.output or Path(f"enroll-{request.node}.sh")
-    _check_output(output, request.force)
+    check_node_output(output, request.force, "enroll-node.sh")
     node = load_cluster(request.cluster).node(request.node)
     if node.role == "control-plane":
         raise UserError(f"node {node.name} is a control plane: a control plane is a card (`pi-image build --cluster "
                         f"{request.cluster} --node {node.name}`); enroll makes workers of installed machines")
-    target = _reference_target(request.profile or node.profile, request.sets)
-    with tempfile.TemporaryDirectory(prefix="pi-image-enroll-") as scratch:
-        base = Path(scratch) / "root"
-        stage_tree(REFERENCE_TREES[target], {}, base)
-        ctx = prepare(BuildRequest(
-            profile=request.profile, base=str(base), cluster=request.cluster, node=request.node, sets=request.sets,
-            overlays=list(request.overlays), kube_key=request.kube_key, no_login=True))
+    build = BuildRequest(profile=request.profile, cluster=request.cluster, node=request.node, sets=request.sets,
+                         overlays=list(request.overlays), kube_key=request.kube_key, no_login=True)
+    with planned_on_reference(_reference_target(request.profile or node.profile, request.sets), build) as ctx:
         payload = enroll_payload(ctx, request.cluster)  # reads the tree's passwd and group (owner names)
     script = enroll_script(payload)
-    remove_stale_temporaries(output.parent)
-    tmp = temporary(output)
-    try:
-        with create_private(tmp) as handle:
-            handle.write(script)
-        assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one
-        record_generation(request.cluster, ctx.node.name, ctx.node_config.generation)
-        publish([(tmp, output)])
-    finally:
-        tmp.unlink(missing_ok=True)
+    publish_node_file(output, ctx, request.cluster, lambda handle: handle.write(script))
     ops = [{key: value for key, value in op.items() if key not in ("content", "text")} for op in payload["ops"]]
     return EnrollResult(output=output, node=ctx.node.name, role=ctx.node.role, target=ctx.target.name,
                         os_ids=payload["os_ids"], size=len(script), ops=ops, units=payload["units"])
-
-
-def _check_output(output: Path, force: bool) -> None:
-    if output.is_dir():
-        raise UserError(f"{output} is a directory: name the script, like {output / 'enroll-node.sh'}")
-    if output.exists() and not force:
-        raise UserError(f"{output} exists: pass --force to replace it")
-    if not output.parent.is_dir():
-        raise UserError(f"cannot write {output}: {output.parent} is not a directory")
 
 
 def _reference_target(profile_name: str, sets: dict[str, Any]) -> str:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import struct_time
@@ -99,40 +100,54 @@ def seed_iso(request: SeedIsoRequest) -> SeedIsoResult:
     """Plan the node against its target's reference tree, render its seed, and write the ISO atomically (0600); a
     cluster node's new generation is recorded in the inventory once the ISO is complete, as for a card."""
     output = request.output or Path(f"{request.node}-seed.iso")
-    _check_output(output, request.force)
-    target = _seed_target(request)
-    with tempfile.TemporaryDirectory(prefix="pi-image-x86-") as scratch:
-        base = Path(scratch) / "root"
-        stage_tree(REFERENCE_TREES[target], {}, base)
-        ctx = prepare(BuildRequest(
-            profile=request.profile, base=str(base), cluster=request.cluster, node=request.node, sets=request.sets,
-            overlays=list(request.overlays), kube_key=request.kube_key, ssh_keys=list(request.ssh_keys),
-            password_hash=request.password_hash, no_login=request.no_login))
+    if output.suffix != ".iso":
+        raise UserError(f"{output}: a seed is an ISO 9660 image: name it like {output.stem}.iso")
+    check_node_output(output, request.force, "node-seed.iso")
+    build = BuildRequest(profile=request.profile, cluster=request.cluster, node=request.node, sets=request.sets,
+                         overlays=list(request.overlays), kube_key=request.kube_key, ssh_keys=list(request.ssh_keys),
+                         password_hash=request.password_hash, no_login=request.no_login)
+    with planned_on_reference(_seed_target(request), build) as ctx:
         documents = seed_documents(ctx, autoinstall=request.autoinstall)  # reads the tree (owners, templates)
-    remove_stale_temporaries(output.parent)
-    tmp = temporary(output)
-    try:
-        with create_private(tmp) as handle:
-            write_iso(documents, handle, ctx.epoch)
-        assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one
-        record_generation(request.cluster, ctx.node.name, ctx.node_config.generation)
-        publish([(tmp, output)])
-    finally:
-        tmp.unlink(missing_ok=True)
+    publish_node_file(output, ctx, request.cluster, lambda handle: write_iso(documents, handle, ctx.epoch))
     files = [op.path for op in final_ops(ctx.plan) if op.action == "write"]
     return SeedIsoResult(output=output, node=ctx.node.name, role=ctx.node.role, files=files,
                          size=output.stat().st_size, user_data_bytes=len(documents["user-data"]))
 
 
-def _check_output(output: Path, force: bool) -> None:
-    if output.suffix != ".iso":
-        raise UserError(f"{output}: a seed is an ISO 9660 image: name it like {output.stem}.iso")
+def check_node_output(output: Path, force: bool, example: str) -> None:
+    """Where a node's file (a seed ISO, an enroll script) goes: not a directory, not an existing file unless
+    `force`, in a directory that exists; one line naming the fix otherwise."""
     if output.is_dir():
-        raise UserError(f"{output} is a directory: name the seed file, like {output / 'node-seed.iso'}")
+        raise UserError(f"{output} is a directory: name the file, like {output / example}")
     if output.exists() and not force:
         raise UserError(f"{output} exists: pass --force to replace it")
     if not output.parent.is_dir():
         raise UserError(f"cannot write {output}: {output.parent} is not a directory")
+
+
+@contextlib.contextmanager
+def planned_on_reference(target: str, request: BuildRequest) -> Iterator[BuildContext]:
+    """The node's plan (`request` without a base) made against a private copy of `target`'s reference tree, which
+    stays while the context is open (rendering reads its passwd, group and templates)."""
+    with tempfile.TemporaryDirectory(prefix=f"pi-image-{target}-") as scratch:
+        base = Path(scratch) / "root"
+        stage_tree(REFERENCE_TREES[target], {}, base)
+        yield prepare(dataclasses.replace(request, base=str(base)))
+
+
+def publish_node_file(output: Path, ctx: BuildContext, cluster: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a node's file with `write` (0600: it holds the node's credential) and publish it atomically; the node's
+    new generation is recorded in the inventory once the file is complete, as for a card."""
+    remove_stale_temporaries(output.parent)
+    tmp = temporary(output)
+    try:
+        with create_private(tmp) as handle:
+            write(handle)
+        assert ctx.node_config.generation is not None  # a node's cluster build gives it its next one
+        record_generation(cluster, ctx.node.name, ctx.node_config.generation)
+        publish([(tmp, output)])
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _seed_target(request: SeedIsoRequest) -> str:

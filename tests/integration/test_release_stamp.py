@@ -41,3 +41,16 @@ def test_a_release_profile_image_is_stamped_with_the_release_location_gone(cli, 
     assert config["node"] == "pi-worker7" and config["kubernetes_release"] == RELEASE
     assert config["release"]["sha256"] == {name: hashlib.sha256(name.encode()).hexdigest() for name in ASSETS}
     assert asked == len(ASSETS) + 1, "the build asked for stable-1.31.txt and each .sha256 once"
+
+
+def test_an_unreachable_release_location_is_one_line_naming_the_settings_to_fix(cli, base, tmp_path):
+    server = FileServer({})
+    url = server.url("release")
+    server.close()  # nothing listens there any more
+
+    proc = cli("build", "--profile", "worker-8g", "--base", base, "-o", tmp_path / "w.img", "--kube-key", KUBE_KEY,
+               "--set", "kube_install=release", "--set", f"kube_release_url={url}")
+
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "kube_release_url" in proc.stderr and "pi-image bases" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "w.img").exists()
