@@ -22,8 +22,15 @@ keys; the agent reads it back with load_node_config(), which checks it (NodeConf
                          repeats the two, for `pi-image inspect`)
     generation           which build of the node the card is (the endpoint accepts the newest only); a node's image
     endpoint, endpoint_fingerprint, credential    a worker of a cluster: where and how it asks for its join token
-    control_plane {pod_subnet, service_subnet, admin_user}    a control plane of a cluster: it runs `kubeadm init`
-                         (controlplane.py) and never joins
+    fallback_endpoints   the other control planes' token endpoints ("HOST:PORT"), asked in order when `endpoint`
+                         does not answer (a cluster of several control planes; absent: none)
+    control_plane {pod_subnet, service_subnet, admin_user, vip, may_initialize}    a control plane of a cluster:
+                         the cluster's only one runs `kubeadm init` (controlplane.py) and never joins; where there are
+                         several (`vip`: the API server's virtual address, which kube-vip holds, its manifest at
+                         KUBE_VIP_MANIFEST), the first (`may_initialize`) runs `kubeadm init --upload-certs` unless
+                         another control plane's endpoint answers, and every other one joins as a control plane with
+                         the certificate key its endpoint gives it (such a control plane has endpoint, fingerprint
+                         and credential as a worker has)
     unstamped            true on a cluster's profile image, which has no node yet: `pi-image flash` stamps one onto
                          each card; the agent refuses to go on without one
 
@@ -52,6 +59,9 @@ CLUSTER_DIR = "etc/pi-image/cluster"  # the cluster directory's settings and sec
 CNI_MANIFEST = "usr/lib/pi-image/cni/kube-flannel.yml"
 ENDPOINT_UNIT = "pi-image-tokend.service"
 INITIALIZED = "var/lib/pi-image/control-plane.initialized"  # ConditionPathExists of ENDPOINT_UNIT
+KUBE_VIP_MANIFEST = "etc/pi-image/kube-vip.yaml"  # kube-vip's static pod, put in /etc/kubernetes/manifests at init/join
+SECRETS_DIR = "secrets"  # in CLUSTER_DIR (and in the host's cluster directory): 0700, each file 0600
+CERTIFICATE_KEY = "certificate.key"  # in SECRETS_DIR: kubeadm's --certificate-key (hex AES-256) of the cluster
 
 _LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
 _WORKER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
@@ -100,15 +110,27 @@ class _Record(object):
 class ControlPlaneSettings(_Record):
     """node.json's control_plane: what `kubeadm init` needs beyond the node's own keys (controlplane.py)."""
 
-    __slots__ = ("pod_subnet", "service_subnet", "admin_user")
+    __slots__ = ("pod_subnet", "service_subnet", "admin_user", "vip", "may_initialize")
 
-    def __init__(self, *, pod_subnet: str, service_subnet: str, admin_user: Optional[str]) -> None:
+    def __init__(self, *, pod_subnet: str, service_subnet: str, admin_user: Optional[str], vip: Optional[str] = None,
+                 may_initialize: bool = True) -> None:
         self.pod_subnet = pod_subnet  # kubeadm's podSubnet = flannel's Network
         self.service_subnet = service_subnet
         self.admin_user = admin_user  # who gets ~/.kube/config besides root (null: root only)
+        self.vip = vip  # "A.B.C.D": the API server's virtual address (several control planes; None: one)
+        self.may_initialize = may_initialize  # False: this control plane always joins the cluster
+
+    @property
+    def several(self) -> bool:
+        """True in a cluster of several control planes (kube-vip, certificates shared through kubeadm-certs)."""
+        return self.vip is not None
 
     def to_json(self) -> Dict[str, Any]:
-        return {"pod_subnet": self.pod_subnet, "service_subnet": self.service_subnet, "admin_user": self.admin_user}
+        data: Dict[str, Any] = {"pod_subnet": self.pod_subnet, "service_subnet": self.service_subnet,
+                                "admin_user": self.admin_user}
+        if self.vip is not None:
+            data.update(vip=self.vip, may_initialize=self.may_initialize)
+        return data
 
 
 class ReleaseSettings(_Record):
@@ -191,7 +213,8 @@ class NodeConfig(_Record):
 
     __slots__ = ("node", "role", "kubernetes_version", "runtime", "runtime_packages", "built_at", "kubelet",
                  "kubernetes_release", "package_manager", "kube_install", "release", "api_server", "node_subnet",
-                 "generation", "endpoint", "endpoint_fingerprint", "credential", "control_plane", "unstamped")
+                 "generation", "endpoint", "endpoint_fingerprint", "credential", "fallback_endpoints", "control_plane",
+                 "unstamped")
 
     def __init__(self, *, node: str, kubernetes_version: str, runtime: str, role: str = "worker",
                  runtime_packages: Sequence[str] = (), built_at: Optional[float] = None,
@@ -200,7 +223,8 @@ class NodeConfig(_Record):
                  release: Optional[ReleaseSettings] = None, api_server: Optional[str] = None,
                  node_subnet: Optional[str] = None, generation: Optional[int] = None, endpoint: Optional[str] = None,
                  endpoint_fingerprint: Optional[str] = None, credential: Optional[str] = None,
-                 control_plane: Optional[ControlPlaneSettings] = None, unstamped: bool = False) -> None:
+                 fallback_endpoints: Sequence[str] = (), control_plane: Optional[ControlPlaneSettings] = None,
+                 unstamped: bool = False) -> None:
         self.node = node  # the hostname and Kubernetes node name
         self.role = role
         self.kubernetes_version = kubernetes_version  # "1.31": the pinned minor
@@ -218,6 +242,7 @@ class NodeConfig(_Record):
         self.endpoint = endpoint  # "HOST:PORT" of the token endpoint
         self.endpoint_fingerprint = endpoint_fingerprint  # "sha256:<hex>": the only certificate the agent talks to
         self.credential = credential  # hex HMAC-SHA256(enrollment key, node name, generation): the node's secret
+        self.fallback_endpoints = tuple(fallback_endpoints)  # asked in order when `endpoint` does not answer
         self.control_plane = control_plane
         self.unstamped = unstamped
 
@@ -231,6 +256,8 @@ class NodeConfig(_Record):
                 data[key] = getattr(self, key)
         if self.kubelet:
             data["kubelet"] = dict(self.kubelet)
+        if self.fallback_endpoints:
+            data["fallback_endpoints"] = list(self.fallback_endpoints)
         if self.package_manager != "apt":
             data["package_manager"] = self.package_manager
         if self.kube_install != "packages":
@@ -266,8 +293,13 @@ class NodeConfig(_Record):
             raise ConfigError("{}: missing key(s) {}".format(where, ", ".join(dict.fromkeys(missing))))
         for key in _TEXT_KEYS:
             _check(where, key, data.get(key), str, "a string")
-        for key in ("pod_subnet", "service_subnet", "admin_user"):
+        for key in ("pod_subnet", "service_subnet", "admin_user", "vip"):
             _check(where, "control_plane." + key, (control_plane or {}).get(key), str, "a string")
+        if not isinstance((control_plane or {}).get("may_initialize", True), bool):
+            raise ConfigError("{}: control_plane.may_initialize must be true or false".format(where))
+        fallbacks = data.get("fallback_endpoints", [])
+        if not isinstance(fallbacks, list) or not all(isinstance(item, str) and item for item in fallbacks):
+            raise ConfigError("{}: fallback_endpoints must be a list of HOST:PORT".format(where))
         _check(where, "generation", data.get("generation"), int, "a whole number")
         _check(where, "built_at", data.get("built_at"), (int, float), "a Unix time")
         try:
@@ -297,9 +329,11 @@ class NodeConfig(_Record):
             kube_install=kube_install, release=release, api_server=data.get("api_server"),
             node_subnet=data.get("node_subnet"), generation=data.get("generation"), endpoint=data.get("endpoint"),
             endpoint_fingerprint=data.get("endpoint_fingerprint"), credential=data.get("credential"),
+            fallback_endpoints=fallbacks,
             control_plane=None if control_plane is None else ControlPlaneSettings(
                 pod_subnet=control_plane["pod_subnet"], service_subnet=control_plane["service_subnet"],
-                admin_user=control_plane.get("admin_user")),
+                admin_user=control_plane.get("admin_user"), vip=control_plane.get("vip"),
+                may_initialize=control_plane.get("may_initialize", True)),
             unstamped=bool(data.get("unstamped")))
 
 
@@ -384,6 +418,8 @@ class AgentPaths(object):
         self.cluster_dir = os.path.join(self.root, CLUSTER_DIR)
         self.cni_manifest = os.path.join(self.root, CNI_MANIFEST)
         self.admin_kubeconfig = os.path.join(self.root, "etc/kubernetes/admin.conf")
+        self.kube_vip_manifest = os.path.join(self.root, KUBE_VIP_MANIFEST)
+        self.certificate_key = os.path.join(self.cluster_dir, SECRETS_DIR, CERTIFICATE_KEY)
 
     def is_done(self):
         return os.path.exists(self.done)

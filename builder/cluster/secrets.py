@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firstboot import protocol
+from firstboot.nodeconfig import CERTIFICATE_KEY, SECRETS_DIR
 
 from ..errors import UserError
 from ..outputs import write_atomic
 
-SECRETS_DIR = "secrets"  # in the cluster directory
 ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT = "enrollment.key", "endpoint.key", "endpoint.crt"
 SECRET_FILES = (ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT)
 
