@@ -9,8 +9,13 @@ point: a join that was interrupted is reset and redone, or recognised as finishe
 A join token is asked for (or kubeadm init run) only when kubeadm's preflight can pass and the installed kubeadm and
 kubelet are the cluster's Kubernetes (preflight.py); a failure is reported to the endpoint once per change of its
 reason (`pi-image status` shows it); a token still valid is reused, not re-minted.
-A control-plane node never runs `kubeadm join`: built for a cluster, it runs `kubeadm init` and starts the token
-endpoint (controlplane.py).
+The only control plane of a cluster never runs `kubeadm join`: built for a cluster, it runs `kubeadm init` and
+starts the token endpoint (controlplane.py). Of several control planes (node.json's control_plane.vip), each asks
+its endpoints for a token as a worker does, its join request marked `"control_plane": true`, and joins as a control
+plane with the certificate key of the answer, through the same join path; the first (control_plane.may_initialize)
+runs `kubeadm init --upload-certs` instead when no endpoint answers: there is no cluster yet. The endpoints are asked
+in order (node.json's endpoint, then fallback_endpoints) until one answers (client.py). Once one answered a control
+plane, a cluster exists: the state directory's CLUSTER_FOUND keeps that, so that it never initializes later.
 
 The node's story - the phases it reached and when (protocol.PHASES), its address, architecture, OS and card
 generation, the fix of its last failure - is kept in <root>/var/lib/pi-image/phases.json and sent with every join and
@@ -42,8 +47,13 @@ CLOCK_SKEW_TOLERANCE = 300
 TOKEN_REUSE_MARGIN = 300  # a kept token is used only while it has at least this long to live
 
 _EXPIRED_TOKEN_MARKERS = ("could not find a JWS signature", "JWS signature", "token has expired", "token is expired")
+# kubeadm join as a control plane when the kubeadm-certs Secret (2 h) is gone: the endpoint uploads it again when asked
+_EXPIRED_CERTIFICATES_MARKER = "This Secret might have expired"
 
 PHASES_FILE = "phases.json"  # in the agent's state directory
+# in the agent's state directory: an endpoint answered this control plane's join, so a cluster exists and this node
+# never runs kubeadm init, even if every endpoint is down at a later boot (two clusters would hold one VIP)
+CLUSTER_FOUND = "cluster-found"
 RETRY_FIX = "the agent tries again by itself; its log: `journalctl -u pi-image-firstboot` on the node"
 GAVE_UP_FIX = ("the agent gave up: fix the cause (`journalctl -u pi-image-firstboot` on the node), then power the "
                "board off and on, or reflash its card")
@@ -109,7 +119,7 @@ class FirstBootAgent(object):
         if config.endpoint:
             self.client = EndpointClient(config.endpoint, config.endpoint_fingerprint, config.node,
                                          config.credential, generation=config.generation,
-                                         story=self.story.body)
+                                         story=self.story.body, fallback_endpoints=config.fallback_endpoints)
 
     def run(self):
         """0 once the node is set up (and joined, if it has an endpoint); 1 if it gave up."""
@@ -155,10 +165,16 @@ class FirstBootAgent(object):
             ("kubeadm", self.setup.kubeadm_version()), ("kubelet", self.setup.kubelet_version())])
         if skew:
             raise SetupFailed(skew, retry=False)
-        if self.control_plane is not None:
-            return self._initialize_control_plane()
-        if self.config.role == "control-plane" or self.client is None:
+        control_plane = self.control_plane
+        if control_plane is not None and (control_plane.initialized or not control_plane.settings.several):
+            return self._set_up_control_plane()
+        if self.client is None or (self.config.role == "control-plane" and control_plane is None):
             return self._done_without_join()
+        return self._join_cluster()
+
+    def _join_cluster(self):
+        """Join with the token kept from an earlier answer, else with one the endpoint issues now; the first of
+        several control planes initializes the cluster instead when no endpoint answers."""
         api_server = self.config.api_server
         node_ip = netinfo.choose_node_ip(self.commands, self.config.node_subnet,
                                          protocol.split_host_port(api_server, protocol.API_SERVER_PORT)[0]
@@ -174,12 +190,27 @@ class FirstBootAgent(object):
             self._reached("token-issued")
             return self._join(kept, node_ip)
         log.info("local setup done; node-ip %s; asking %s for a join token", node_ip, self.config.endpoint)
-        answer = self.client.join(self._facts(node_ip))
+        try:
+            answer = self.client.join(self._facts(node_ip))
+        except EndpointUnreachable as err:
+            if isinstance(err, PinMismatch) or not self._may_initialize():
+                raise
+            log.info("%s: no control plane answers, so there is no cluster yet: this node initializes it", err)
+            return self._set_up_control_plane()
+        if self.control_plane is not None and not self._found_cluster():
+            self.paths.write_private(os.path.join(self.paths.state_dir, CLUSTER_FOUND), self.client.answered + "\n")
         state = answer.payload.get("state")
         if answer.status == 200 and state == "joined":
             log.info("the endpoint says this node already joined")
             return self._finish()
         if answer.status == 200 and state == "token-issued":
+            if self.control_plane is not None and self.control_plane.certificate_key_in(answer.payload) is None:
+                message = ("the token endpoint at {} answered this control plane without the cluster's certificate "
+                           "key: build and flash the control plane that serves it with this pi-image".format(
+                               self.client.answered))
+                log.error("%s", message)
+                self._report_problem(message)
+                return RETRY_LATER
             self.backoff.reset()
             self._reached("token-issued")
             self._keep_token(answer.payload)
@@ -193,16 +224,32 @@ class FirstBootAgent(object):
             log.error("the endpoint refused to issue a token: %s", answer.error)
         return RETRY_LATER
 
-    def _initialize_control_plane(self):
+    def _may_initialize(self):
+        """True if this node may run kubeadm init now that no endpoint answered: the first of several control
+        planes, unless an endpoint ever answered it (the cluster exists then)."""
+        return self.control_plane is not None and self.control_plane.settings.may_initialize and \
+            not self._found_cluster()
+
+    def _found_cluster(self):
+        """True once an endpoint answered this control plane (CLUSTER_FOUND)."""
+        return os.path.exists(os.path.join(self.paths.state_dir, CLUSTER_FOUND))
+
+    def _set_up_control_plane(self):
+        """kubeadm init (once) and what follows it; or, on a control plane that joined, what follows its join."""
+        control_plane = self.control_plane
         try:
-            if not self.control_plane.initialized and not self.control_plane.initialize(self._kubelet_patches()):
+            if not control_plane.initialized and not control_plane.initialize(self._kubelet_patches()):
                 return RETRY_LATER
-            self._reached("initialized")
-            self.control_plane.finish()
-            self._reached("joined")
+            joined = control_plane.joined_cluster
+            if not joined:
+                self._reached("initialized")
+            control_plane.finish()
         except OSError as err:
             raise SetupFailed("cannot set up the control plane: {}: {}".format(
                 getattr(err, "filename", None) or "a file", err.strerror or err), retry=True) from err
+        if joined:
+            return self._finish()
+        self._reached("joined")
         self.paths.mark_done({"node": self.config.node, "initialized": True})
         log.info("control plane %s is set up", self.config.node)
         return DONE
@@ -239,25 +286,36 @@ class FirstBootAgent(object):
         return None
 
     def _facts(self, node_ip):
-        return {"macs": netinfo.mac_addresses(self.paths.root), "arch": platform.machine(),
-                "os": localsetup.os_pretty_name(self.paths.root), "node_ip": node_ip,
-                "kubeadm_version": self.setup.kubeadm_version()}
+        facts = {"macs": netinfo.mac_addresses(self.paths.root), "arch": platform.machine(),
+                 "os": localsetup.os_pretty_name(self.paths.root), "node_ip": node_ip,
+                 "kubeadm_version": self.setup.kubeadm_version()}
+        if self.control_plane is not None:
+            facts["control_plane"] = True  # the endpoint answers a control plane of the inventory with the key
+        return facts
 
     def _join(self, issued, node_ip):
+        """kubeadm join with the `issued` answer; as a control plane (with its certificate key) on a control
+        plane."""
         self._wait_for_clock(issued.get("server_time"))
+        as_control_plane = self.control_plane is not None
         if os.path.exists(self.paths.join_started):
             log.info("a previous join was interrupted; resetting kubeadm state first")
             self._kubeadm_reset()
+        certificate_key = issued["certificate_key"] if as_control_plane else None
         text = joinconfig.render(issued["kubernetes_version"], issued["api_server"], issued["token"],
                                  issued["ca_cert_hashes"], self.config.node, node_ip, self.config.runtime,
-                                 self._kubelet_patches())
+                                 self._kubelet_patches(), certificate_key=certificate_key)
         self.paths.write_private(self.paths.join_config, text)
         self.paths.write_private(self.paths.join_started, "")
-        log.info("running kubeadm join against %s", issued["api_server"])
+        log.info("running kubeadm join%s against %s", " as a control plane" if as_control_plane else "",
+                 issued["api_server"])
         try:
             result = self.commands.run(["kubeadm", "join", "--config", self.paths.join_config], timeout=900)
         finally:
             self.paths.discard(self.paths.join_config)
+        if result.ok and as_control_plane:
+            self.control_plane.joined(node_ip, issued["kubernetes_version"], certificate_key)
+            return self._set_up_control_plane()
         if result.ok:
             return self._finish()
         output = result.stdout + result.stderr
@@ -267,6 +325,10 @@ class FirstBootAgent(object):
             self.paths.discard(self.paths.issued_token)
             self.paths.discard(self.paths.join_started)  # nothing was joined: no reset needed before the retry
             return RETRY_NOW
+        if _EXPIRED_CERTIFICATES_MARKER in output:
+            log.warning("the cluster's certificates expired from the kubeadm-certs Secret; the endpoint is asked again "
+                        "(it uploads them anew)")
+            self.paths.discard(self.paths.issued_token)
         log.error("kubeadm join failed: %s", result.summary())
         self._report_problem("kubeadm join failed: " + result.summary())
         self._kubeadm_reset()
@@ -313,9 +375,17 @@ class FirstBootAgent(object):
         if self._report("failed", message):
             self.reported_problem = message
 
+    def _records_locally(self):
+        """True where this node's story and reports go to its own endpoint's state on the card, not to an endpoint:
+        the only control plane, and the first of several until it joins instead of initializing."""
+        control_plane = self.control_plane
+        return control_plane is not None and (
+            self.client is None or (control_plane.settings.may_initialize and not self._found_cluster()))
+
     def _reached(self, phase, **details):
-        """Record a phase of the node's story; a control plane keeps it in its own endpoint's state at once."""
-        if self.story.reached(phase, **details) and self.control_plane is not None:
+        """Record a phase of the node's story; a control plane that initializes keeps it in its own endpoint's state
+        at once."""
+        if self.story.reached(phase, **details) and self._records_locally():
             self._record_story()
 
     def _record_story(self, failed=False):
@@ -340,7 +410,7 @@ class FirstBootAgent(object):
     def _report(self, state, message=""):
         """Best effort: a lost report never stops the node. A control plane records its own (its endpoint's
         state), with the fix of a failure."""
-        if self.client is None and self.control_plane is not None:
+        if self._records_locally():
             self.control_plane.record(state, message)
             self._record_story(failed=state == "failed")
             return True

@@ -11,6 +11,11 @@ Joins and reports carry the node's story (optional, ignored by an older endpoint
               "generation" (node.json's), "fix" (with a "failed" report: what fixes that failure)}
 
 The host's admin requests: protocol.ADMIN_PATHS (nothing secret in the answers to status and approve).
+
+A cluster of several control planes has an endpoint on each (all with the same certificate): the client asks its
+endpoint, then each fallback in order when one cannot be reached (no connection, a broken exchange, another
+certificate), and asks the one that answered first from then on. An answer, whatever its status, is never failed
+over: it is that cluster's answer.
 """
 
 import contextlib
@@ -154,14 +159,17 @@ def _boot_id(root):
 
 
 class EndpointClient(object):
-    """Signed requests for one node to one endpoint; each exchange is challenge + POST on one connection."""
+    """Signed requests for one node to its endpoint (or a fallback); each exchange is challenge + POST on one
+    connection."""
 
     def __init__(self, endpoint, fingerprint, node, credential, timeout=15.0, source_address=None, generation=None,
-                 story=None):
+                 story=None, fallback_endpoints=()):
         """`generation`: which build of the node the credential is (node.json's), sent so that an endpoint whose
         inventory is older than the card still knows which credential to check. `story`: a callable giving the
-        node's story (see the module's docstring), sent with each join and report."""
-        self.host, self.port = protocol.split_host_port(endpoint)
+        node's story (see the module's docstring), sent with each join and report. `fallback_endpoints`: HOST:PORT
+        of the other endpoints of the cluster, asked in order when the one asked cannot be reached."""
+        self.endpoints = [protocol.split_host_port(address) for address in [endpoint] + list(fallback_endpoints)]
+        self.host, self.port = self.endpoints[0]  # the one asked first: the last that answered
         self.story = story
         self.generation = generation
         self.fingerprint = protocol.normalize_fingerprint(fingerprint)
@@ -207,33 +215,63 @@ class EndpointClient(object):
 
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
-        with self._connection() as connection:
-            return _request(connection, "GET", protocol.CHALLENGE_PATH)
+        return self._ask(lambda connection: _request(connection, "GET", protocol.CHALLENGE_PATH))
+
+    @property
+    def answered(self):
+        """HOST:PORT of the endpoint asked first: the last that answered (at first node.json's `endpoint`)."""
+        return "{}:{}".format(self.host, self.port)
+
+    def _ask(self, exchange):
+        """`exchange(connection)`'s answer from the first endpoint that can be reached, in the order: the last that
+        answered, then the others as configured. EndpointUnreachable naming every one tried when none could be
+        (a PinMismatch when one of them presented another certificate: something is there, but not ours)."""
+        first = (self.host, self.port)
+        order = [first] + [address for address in self.endpoints if address != first]
+        failures = []
+        for host, port in order:
+            try:
+                with self._connection(host, port) as connection:
+                    answer = exchange(connection)
+            except EndpointUnreachable as err:
+                failures.append(err)
+                if len(failures) < len(order):
+                    log.warning("%s; asking the next endpoint", err)
+                continue
+            if (host, port) != first:
+                log.info("the token endpoint at %s:%d answered; it is asked first from now on", host, port)
+                self.host, self.port = host, port
+            return answer
+        if len(failures) == 1:
+            raise failures[0]
+        kind = PinMismatch if any(isinstance(err, PinMismatch) for err in failures) else EndpointUnreachable
+        raise kind("no token endpoint answered: " + "; ".join(str(err) for err in failures))
 
     @contextlib.contextmanager
-    def _connection(self):
+    def _connection(self, host, port):
         """A connected PinnedHTTPSConnection, closed afterwards; transport errors become EndpointUnreachable."""
-        connection = PinnedHTTPSConnection(self.host, self.port, self.fingerprint, timeout=self.timeout,
-                                           context=self._tls, source_address=self.source_address)
+        connection = PinnedHTTPSConnection(host, port, self.fingerprint, timeout=self.timeout, context=self._tls,
+                                           source_address=self.source_address)
         try:
             connection.connect()
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
             connection.close()
-            raise EndpointUnreachable("cannot reach {}:{}: {}".format(self.host, self.port, err)) from None
+            raise EndpointUnreachable("cannot reach {}:{}: {}".format(host, port, err)) from None
         try:
             yield connection
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(self.host, self.port, err)) from None
+            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(host, port, err)) from None
         finally:
             connection.close()
 
     def _exchange(self, path, payload, limit=MAX_ANSWER_BYTES):
-        with self._connection() as connection:
+        body = json.dumps(payload, sort_keys=True).encode("utf-8")
+
+        def signed_post(connection):
             challenge = _request(connection, "GET", protocol.CHALLENGE_PATH)
             nonce = challenge.payload.get("nonce")
             if challenge.status != 200 or not isinstance(nonce, str):
                 return challenge
-            body = json.dumps(payload, sort_keys=True).encode("utf-8")
             headers = {
                 "Content-Type": "application/json",
                 protocol.HEADER_NODE: self.node,
@@ -243,6 +281,8 @@ class EndpointClient(object):
             if self.generation is not None:
                 headers[protocol.HEADER_GENERATION] = str(self.generation)
             return _request(connection, "POST", path, body, headers, limit)
+
+        return self._ask(signed_post)
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,13 @@
                    applied; the token endpoint's unit started; the node Ready, waited for within a bounded time.
                    Every step is safe to run again, so a reboot in the middle resumes.
 
+Several control planes (node.json's control_plane.vip): the first initializes with `--upload-certs` and the
+cluster's certificate key from its card, kube-vip's static Pod in place before init (kubevip.py); the others join
+through the agent's join path (agent.py, `kubeadm join` with a controlPlane section), then joined() keeps the key
+their endpoint gave (0600, where the first has it: their endpoints serve it too) and marks them initialized, and
+finish() does what follows a join: kube-vip, the kubeconfigs, the token endpoint, Ready (the pod network is the
+first's to apply; their state is the endpoint's, not this card's).
+
 Imported only on control-plane images, which carry the endpoint package. Each outcome is logged and kept in the
 token endpoint's state (its row for this node), where `pi-image status --cluster /etc/pi-image/cluster` on the
 master shows it.
@@ -17,11 +24,14 @@ master shows it.
 import json
 import logging
 import os
+import re
 import time
 
-from . import initconfig, netinfo, protocol
+from . import initconfig, kubevip, netinfo, protocol
 from .endpoint import state as endpoint_state
 from .endpoint.kube import ClusterAdmin, ClusterError, new_bootstrap_token
+from .endpoint.kubestore import KubeStore
+from .endpoint.objects import KubeObjects
 from .errors import SetupFailed
 from .nodeconfig import ENDPOINT_UNIT
 from .runtime import kubeadm_reset
@@ -35,6 +45,7 @@ CNI_RETRY_SECONDS = 10
 READY_TIMEOUT = 600
 READY_POLL_SECONDS = 5
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+CERTIFICATE_KEY = re.compile(r"^[0-9a-f]{64}$")  # kubeadm's --certificate-key: hex AES-256
 
 
 class ControlPlane(object):
@@ -53,8 +64,29 @@ class ControlPlane(object):
 
     @property
     def initialized(self):
-        """True once kubeadm init succeeded on this node (in any earlier run or boot)."""
+        """True once kubeadm init (or, of several control planes, kubeadm join) succeeded on this node (in any
+        earlier run or boot)."""
         return os.path.exists(self.paths.initialized)
+
+    @property
+    def joined_cluster(self):
+        """True if this node became a control plane by joining the cluster, not by initializing it."""
+        return self._initialized_record().get("joined") is True
+
+    def certificate_key_in(self, answer):
+        """The certificate key (64 hex) of the token endpoint's answer to this control plane's join, else None."""
+        key = answer.get("certificate_key")
+        return key if isinstance(key, str) and CERTIFICATE_KEY.match(key) else None
+
+    def joined(self, node_ip, kubernetes_version, certificate_key):
+        """After `kubeadm join` as a control plane succeeded: the cluster's certificate key kept (0600, for this
+        node's endpoint), then the marker that this node is a control plane (the endpoint unit's condition)."""
+        os.makedirs(os.path.dirname(self.paths.certificate_key), mode=0o700, exist_ok=True)
+        self.paths.write_private(self.paths.certificate_key, certificate_key + "\n")
+        self.paths.write_private(self.paths.initialized, json.dumps(
+            {"advertise_address": node_ip, "kubernetes_version": kubernetes_version, "joined": True},
+            sort_keys=True) + "\n")
+        log.info("kubeadm join done: %s is a control plane of the cluster (%s)", self.config.node, node_ip)
 
     def initialize(self, patches=None):
         """Run kubeadm init once; True if the cluster is initialized, False to try again later.
@@ -80,14 +112,22 @@ class ControlPlane(object):
             log.info("a previous kubeadm init did not finish; resetting kubeadm state first")
             self._reset()
         version = self._kubeadm_version()
+        certificate_key = self._own_certificate_key() if self.settings.several else None
         token = new_bootstrap_token()
         text = initconfig.render(version, self.config.api_server, token, node, node_ip, self.config.runtime,
-                                 self.settings.pod_subnet, self.settings.service_subnet, patches)
+                                 self.settings.pod_subnet, self.settings.service_subnet, patches,
+                                 certificate_key=certificate_key)
         self.paths.write_private(self.paths.init_config, text)
         self.paths.write_private(self.paths.init_started, "")
+        argv = ["kubeadm", "init", "--config", self.paths.init_config, "--skip-token-print"]
+        if self.settings.several:
+            kubeconfig = kubevip.kubeconfig_during_init(version)
+            kubevip.install(self.paths.root, self.paths.kube_vip_manifest, kubeconfig)
+            argv += ["--upload-certs", "--skip-certificate-key-print"]  # the key is in the 0600 config only
+            log.info("kube-vip holds %s while init runs (with %s); the certificates are uploaded for the other "
+                     "control planes", self.settings.vip, kubeconfig)
         log.info("running kubeadm init (advertise address %s, Kubernetes %s)", node_ip, version)
-        result = self.commands.run(["kubeadm", "init", "--config", self.paths.init_config, "--skip-token-print"],
-                                   timeout=INIT_TIMEOUT)
+        result = self.commands.run(argv, timeout=INIT_TIMEOUT)
         if result.ok:
             self.paths.write_private(self.paths.initialized, json.dumps(
                 {"advertise_address": node_ip, "kubernetes_version": version, "init_token_id": token.split(".")[0]},
@@ -109,29 +149,40 @@ class ControlPlane(object):
         return False
 
     def finish(self):
-        """Everything after init; each step is idempotent. SetupFailed (retry) if the CNI cannot be applied."""
+        """Everything after init or a control plane's join; each step is idempotent. SetupFailed (retry) if the CNI
+        cannot be applied or the endpoint cannot start."""
         for leftover in (self.paths.init_started, self.paths.init_config):  # a power cut right after init
             self.paths.discard(leftover)
+        joined = self.joined_cluster
         if not os.path.exists(self.paths.admin_kubeconfig):
             self.paths.discard(self.paths.initialized)  # someone ran `kubeadm reset`: initialize again
-            raise SetupFailed("{} is gone although kubeadm init succeeded here: initializing again".format(
-                self.paths.admin_kubeconfig), retry=True)
+            raise SetupFailed("{} is gone although kubeadm {} succeeded here: setting up this control plane "
+                              "again".format(self.paths.admin_kubeconfig, "join" if joined else "init"), retry=True)
+        if self.settings.several:  # admin.conf again after init (kube-vip issue #684); after a join, at last
+            kubevip.install(self.paths.root, self.paths.kube_vip_manifest)
         self._delete_init_token()
         self._install_kubeconfigs()
-        self._apply_cni()
+        if not joined:
+            self._apply_cni()
         result = self.commands.run(["systemctl", "start", ENDPOINT_UNIT], timeout=120)
         if not result.ok:
             raise SetupFailed("cannot start the token endpoint ({}): {}; see `journalctl -u {}`".format(
                 ENDPOINT_UNIT, result.summary(), ENDPOINT_UNIT), retry=True)
         log.info("token endpoint started (%s): nodes can join once it listens", ENDPOINT_UNIT)
         ready = self._wait_ready()
-        self.record("joined", "initialized the cluster" + ("" if ready else "; not Ready yet"))
+        if not joined:
+            self.record("joined", "initialized the cluster" + ("" if ready else "; not Ready yet"))
 
     def record(self, state, message):
-        """Best effort: this node's row in the token endpoint's state (what `pi-image status` shows)."""
+        """Best effort: this node's row in the token endpoint's state (what `pi-image status` shows): the card's
+        SQLite, or, of several control planes once the cluster exists, the API the endpoints share (kubestore.py:
+        the endpoint may have moved the card's rows there already)."""
         store = None
         try:
-            store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
+            if self.settings.several and os.path.exists(self.paths.admin_kubeconfig):
+                store = KubeStore(KubeObjects(self._admin()))
+            else:
+                store = endpoint_state.NodeStore(os.path.join(self.paths.cluster_dir, "state"))
             message = protocol.redact(message)  # kubeadm init's output may name its bootstrap token
             changes = {"last_report": "{}: {}".format(state, message)}
             if state == "failed":
@@ -163,13 +214,33 @@ class ControlPlane(object):
 
         return ClusterAdmin(self.commands, self.paths.admin_kubeconfig)
 
-    def _delete_init_token(self):
-        """kubeadm init's own bootstrap token (its id kept in the initialized marker) is spent at once."""
+    def _initialized_record(self):
+        """What the initialized marker keeps (advertise_address, kubernetes_version, init_token_id or joined), or
+        {} when it is missing or unreadable."""
         try:
             with open(self.paths.initialized) as handle:
-                token_id = json.load(handle).get("init_token_id")
-        except (OSError, ValueError, AttributeError):
-            token_id = None
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _own_certificate_key(self):
+        """The cluster's certificate key from this card (the first of several control planes carries it)."""
+        path = self.paths.certificate_key
+        try:
+            with open(path) as handle:
+                key = handle.read().strip()
+        except OSError as err:
+            raise SetupFailed("cannot read the cluster's certificate key {} ({}): the first control plane's card "
+                              "carries it; rebuild the card".format(path, err.strerror or err), retry=False) from None
+        if not CERTIFICATE_KEY.match(key):
+            raise SetupFailed("{} is not a certificate key (64 hex digits): rebuild the card".format(path),
+                              retry=False)
+        return key
+
+    def _delete_init_token(self):
+        """kubeadm init's own bootstrap token (its id kept in the initialized marker) is spent at once."""
+        token_id = self._initialized_record().get("init_token_id")
         if token_id and self._admin().delete_token(token_id):
             log.info("deleted kubeadm init's own bootstrap token")
 

@@ -5,6 +5,10 @@ The advertise address and node-ip are the node's address on the cluster subnet (
 kubeadm would pick from the default route); the control-plane endpoint is the cluster's api_server, so a second
 control plane or a virtual IP can come later. The bootstrap token kubeadm init insists on creating is one chosen
 here, short-lived, and deleted by the agent right after init: nodes get theirs from the token endpoint.
+
+The first of several control planes gives `certificateKey` too (the cluster's, read from its card): `kubeadm init
+--upload-certs` encrypts the certificates with it into the kubeadm-certs Secret, and the other control planes, which
+get the same key from the token endpoint, decrypt them when they join.
 """
 
 from . import joinconfig, protocol
@@ -17,11 +21,12 @@ DNS_DOMAIN = "cluster.local"
 
 
 def documents(kubeadm_version, api_server, token, node, node_ip, runtime, pod_subnet, service_subnet,
-              patches=None):
+              patches=None, certificate_key=None):
     """[InitConfiguration, ClusterConfiguration, KubeletConfiguration] as dicts.
 
     `kubeadm_version` is the installed kubeadm's ("v1.31.4"): the control plane runs that release.
-    `api_server` is HOST:PORT; the API server binds that port on `node_ip`.
+    `api_server` is HOST:PORT; the API server binds that port on `node_ip`. `certificate_key`: the cluster's
+    (64 hex), for `kubeadm init --upload-certs`; None for a cluster of one control plane.
     """
     api_version = joinconfig.api_version_for(kubeadm_version)
     bind_port = protocol.split_host_port(api_server, protocol.API_SERVER_PORT)[1]
@@ -35,6 +40,8 @@ def documents(kubeadm_version, api_server, token, node, node_ip, runtime, pod_su
                              "kubeletExtraArgs": joinconfig.kubelet_extra_args(api_version, {"node-ip": node_ip}),
                              "imagePullPolicy": joinconfig.IMAGE_PULL_POLICY},
     }
+    if certificate_key is not None:
+        init["certificateKey"] = certificate_key
     if patches:
         init["patches"] = {"directory": patches}
     cluster = {

@@ -5,6 +5,10 @@ Written as YAML by hand (standard library only): block structure with every scal
 a double-quoted string. The node's own kubelet settings - sized to the board (node.json `kubelet`), another
 resolv.conf than kubeadm gives it (LocalSetup.kubelet_resolv_conf()) - go in a kubeadm patch (`patches.directory`,
 target kubeletconfiguration, kubeadm >= 1.25), for join and init alike.
+
+A control plane of several joins with `controlPlane` (the same shape in v1beta3 and v1beta4): its API server's
+address and port, and the certificate key that decrypts the cluster's certificates from the kubeadm-certs Secret. The
+key is in the file only (0600, deleted after the join), never on a command line.
 """
 
 import json
@@ -24,8 +28,10 @@ def api_version_for(kubernetes_version):
 
 
 def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime,
-                       patches=None):
-    """The JoinConfiguration as a dict; `patches` is the directory of kubeadm patches, if any."""
+                       patches=None, certificate_key=None):
+    """The JoinConfiguration as a dict; `patches` is the directory of kubeadm patches, if any; with a
+    `certificate_key` the node joins as a control plane whose API server listens on `node_ip` at the port of
+    `api_server` (kube-vip's virtual address carries the same port)."""
     api_version = api_version_for(kubernetes_version)
     extra_args = kubelet_extra_args(api_version, {"node-ip": node_ip})
     config = {
@@ -36,6 +42,11 @@ def join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, no
         "nodeRegistration": {"name": node, "criSocket": RUNTIMES[runtime].cri_socket, "kubeletExtraArgs": extra_args,
                              "imagePullPolicy": IMAGE_PULL_POLICY},
     }
+    if certificate_key is not None:
+        config["controlPlane"] = {
+            "localAPIEndpoint": {"advertiseAddress": node_ip,
+                                 "bindPort": protocol.split_host_port(api_server, protocol.API_SERVER_PORT)[1]},
+            "certificateKey": certificate_key}
     if patches:
         config["patches"] = {"directory": patches}
     return config
@@ -82,8 +93,6 @@ def _scalar(value):
     return json.dumps(value)
 
 
-def render(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime, patches=None):
-    """The JoinConfiguration file's text."""
-    config = join_configuration(kubernetes_version, api_server, token, ca_cert_hashes, node, node_ip, runtime,
-                                patches)
-    return to_yaml(config) + "\n"
+def render(*args, **kwargs):
+    """The JoinConfiguration file's text (join_configuration()'s arguments)."""
+    return to_yaml(join_configuration(*args, **kwargs)) + "\n"

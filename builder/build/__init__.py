@@ -172,7 +172,7 @@ def prepare(request: BuildRequest) -> BuildContext:
     if cluster:
         ctx.subnets = (cluster.service_subnet, cluster.pod_subnet)
         ctx.kubernetes_release = cluster.kubernetes_release
-        ctx.cluster_files = tuple(master_files(cluster)) if config.control_plane is not None else ()
+        ctx.cluster_files = tuple(master_files(cluster, config.control_plane)) if config.control_plane else ()
     if ctx.from_release and request.stamp and request.stamp.release and ctx.kubernetes_release:
         settings = _stamp_release(request.stamp.release, ctx.kubernetes_release)  # stamped with no network
         ctx.node_config = ctx.node_config.replace(kubernetes_release=ctx.kubernetes_release, release=settings)
@@ -300,8 +300,8 @@ def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | No
     name = profile["hostname"] or profile.name
     entry = Node(name, profile.name, role=profile["role"])
     config = node_config(cluster, entry, profile["runtime"], admin_user).replace(
-        credential=None, endpoint=None, endpoint_fingerprint=None, control_plane=None, generation=None,
-        unstamped=True)
+        credential=None, endpoint=None, endpoint_fingerprint=None, fallback_endpoints=(), control_plane=None,
+        generation=None, unstamped=True)
     node = NodeIdentity(name=name, role=profile["role"], subnet=cluster.node_subnet, gateway=cluster.gateway,
                         dns=tuple(cluster.dns), cluster=str(cluster.directory))
     return node, config

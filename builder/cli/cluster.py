@@ -36,7 +36,8 @@ STATE_OPTION = click.option(
     help="The token endpoint's state and audit log [default: DIR/state, also where the shipped pi-image-tokend unit "
          "keeps them for /etc/pi-image/cluster on the master].")
 MASTER_ENDPOINT_OPTION = click.option("--endpoint", metavar="HOST:PORT",
-                                      help="The master's token endpoint [default: cluster.yaml's].")
+                                      help="The master's token endpoint, the only one asked [default: cluster.yaml's, "
+                                           "then each control plane's where there are several].")
 LOCAL_OPTION = click.option("--local", is_flag=True, help="Use the token endpoint's state in DIR/state on this machine "
                             "instead of asking the master [default where `pi-image token-server` serves DIR here].")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -56,8 +57,12 @@ def cluster_group() -> None:
 
 @cluster_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--api-server", required=True, metavar="HOST:PORT", help="The Kubernetes API server nodes join.")
-@click.option("--endpoint", required=True, metavar="HOST:PORT", help="Where the token endpoint will listen.")
+@click.option("--api-server", metavar="HOST:PORT", help="The Kubernetes API server nodes join [required unless "
+              "--vip; with it: VIP:6443].")
+@click.option("--endpoint", metavar="HOST:PORT", help="Where the token endpoint will listen [required unless --vip; "
+              "with it: VIP:8443, and every control plane serves it on that port].")
+@click.option("--vip", metavar="A.B.C.D", help="Several control planes (3 or 5): a free address of the node subnet "
+              "(not the gateway, no node's) that kube-vip holds on them as the API server.")
 @click.option("--kubernetes-version", required=True, metavar="1.XX", help="Minor version images are built for.")
 @click.option("--node-subnet", required=True, metavar="CIDR", help="Subnet whose address becomes each node-ip.")
 @click.option("--gateway", metavar="A.B.C.D", help="The node subnet's gateway: nodes with a fixed --address route "
@@ -77,22 +82,40 @@ def cluster_group() -> None:
               help="A container registry mirror for every node and for --offline builds, like "
                    "registry.k8s.io=http://192.168.6.2:5000 (repeatable; later: `registry_mirrors:` in cluster.yaml).")
 @JSON_OPTION
-def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 gateway: str | None, dns: str | None, pod_subnet: str, service_subnet: str, approval_mode: bool,
-                 api_server_vip: bool, offline: bool, registry_mirrors: tuple[str, ...], as_json: bool) -> None:
+def init_command(directory: Path, api_server: str | None, endpoint: str | None, vip: str | None,
+                 kubernetes_version: str, node_subnet: str, gateway: str | None, dns: str | None, pod_subnet: str,
+                 service_subnet: str, approval_mode: bool, api_server_vip: bool, offline: bool,
+                 registry_mirrors: tuple[str, ...], as_json: bool) -> None:
     """Create DIRECTORY with cluster.yaml, an empty inventory.yaml and fresh secrets/.
+
+    With --vip, the cluster has three (or five) control planes behind a virtual IP: add each with a fixed
+    --address before building the first card; the first one added initializes the cluster, the others join it, and
+    every one serves join tokens (power them on in any order).
 
     \b
     Examples:
       pi-image cluster init lab --api-server 192.168.6.10:6443 --endpoint 192.168.6.10:8443 \\
           --kubernetes-version 1.31 --node-subnet 192.168.6.0/24
       pi-image cluster init lab ... --offline --registry-mirror registry.k8s.io=http://192.168.6.2:5000
+    \b
+    Three control planes:
+      pi-image cluster init lab --vip 192.168.6.5 --kubernetes-version 1.31 --node-subnet 192.168.6.0/24 \\
+          --gateway 192.168.6.1
+      pi-image cluster add-node lab pi-master1 --profile master-2g --address 192.168.6.11
+      pi-image cluster add-node lab pi-master2 --profile master-2g --address 192.168.6.12
+      pi-image cluster add-node lab pi-master3 --profile master-2g --address 192.168.6.13
+      pi-image build --cluster lab --all --base ubuntu-24.04 -o cards/
     """
+    for option, value in (("--api-server", api_server), ("--endpoint", endpoint)):
+        if value is None and vip is None:
+            raise click.UsageError(f"Missing option '{option}' (or --vip A.B.C.D for several control planes, which "
+                                   "makes it).")
     servers = [server.strip() for server in (dns or "").split(",") if server.strip()]
     mirrors = dict(_assignment(item, "--registry-mirror") for item in registry_mirrors)
     check_value("registry_mirrors", mirrors, "--registry-mirror")
     cluster = clusters.init_cluster(directory, api_server, endpoint, kubernetes_version, node_subnet, approval_mode,
-                                    gateway, servers, pod_subnet, service_subnet, offline, mirrors, api_server_vip)
+                                    gateway, servers, pod_subnet, service_subnet, offline, mirrors, api_server_vip,
+                                    vip)
     summary = {"directory": str(directory), "endpoint": cluster.endpoint,
                "endpoint_fingerprint": cluster.endpoint_fingerprint, "kubernetes_version": cluster.kubernetes_version}
     if as_json:
@@ -100,6 +123,11 @@ def init_command(directory: Path, api_server: str, endpoint: str, kubernetes_ver
         return
     click.echo(f"created cluster directory {directory}")
     click.echo(f"token endpoint {cluster.endpoint}, certificate {cluster.endpoint_fingerprint}")
+    if vip:
+        click.echo(f"API server {cluster.api_server}: a virtual IP kube-vip holds on the control planes")
+        click.echo(f"next: pi-image cluster add-node {directory} NAME --profile PROFILE --address A.B.C.D, for each "
+                   "of three (or five) control planes, then the workers")
+        return
     click.echo(f"next: pi-image cluster add-node {directory} NAME --profile PROFILE")
 
 
@@ -174,11 +202,12 @@ def kubeconfig_command(directory: Path, output: Path | None, endpoint: str | Non
     """
     cluster = clusters.load_cluster(directory)
     target = output or directory / "kubeconfig"
-    answer = fleet.admin_request(cluster, fleet.master_address(cluster, endpoint),
-                                 lambda client: client.admin_kubeconfig())
-    text = answer.payload.get("kubeconfig")
+    answered = fleet.ask_master(cluster, endpoint, lambda client: client.admin_kubeconfig())
+    for line in answered.note():
+        click.echo(line)
+    text = answered.answer.payload.get("kubeconfig")
     if not isinstance(text, str):
-        raise UserError(f"the token endpoint gave no kubeconfig: {answer.error}")
+        raise UserError(f"the token endpoint at {answered.address} gave no kubeconfig: {answered.answer.error}")
     name = directory.resolve().name
     if target.exists() and not force:
         try:
@@ -209,9 +238,10 @@ def sync_command(directory: Path, endpoint: str | None) -> None:
     """
     cluster = clusters.load_cluster(directory)
     nodes = clusters.server_config(cluster)["nodes"]
-    address = fleet.master_address(cluster, endpoint)
-    answer = fleet.admin_request(cluster, address, lambda client: client.admin_sync_inventory(nodes))
-    click.echo(f"the token endpoint at {address} now knows the {answer.payload.get('nodes')} "
+    answered = fleet.ask_master(cluster, endpoint, lambda client: client.admin_sync_inventory(nodes))
+    for line in answered.note():
+        click.echo(line)
+    click.echo(f"the token endpoint at {answered.address} now knows the {answered.answer.payload.get('nodes')} "
                f"node(s) of {directory / 'inventory.yaml'}")
     click.echo(f"next: power the new nodes on; `pi-image status --cluster {directory}` shows them")
 
@@ -287,9 +317,8 @@ def approve_command(name: str, cluster_dir: Path | None, state_dir: Path | None,
     consent = " (may replace its Ready namesake once)" if replace else ""
     here = fleet.local_state_dir(cluster, state_dir, local, endpoint)
     if here is None:
-        state = fleet.approve(cluster, name, replace, endpoint)
-        click.echo(f"approved {name} on the master {fleet.master_address(cluster, endpoint)}{consent}; it is {state} "
-                   "there")
+        state, address = fleet.approve(cluster, name, replace, endpoint)
+        click.echo(f"approved {name} on the master {address}{consent}; it is {state} there")
         return
     here_dir = here[0]
     if all(node.name != name for node in cluster.nodes) and name not in fleet.recorded_nodes(here_dir):

@@ -7,7 +7,9 @@
                          --offline build or the first of a node installed from the upstream release: later cards
                          hold or fetch the same one)
     DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation, base}], retired: {name: generation}
-    DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600
+    DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600;
+                         certificate.key (hex, kubeadm's --certificate-key: made by `cluster init --vip`, else when the
+                         first card of several control planes needs it)
     DIR/tokend.json      the token endpoint's configuration, regenerated from the above (firstboot/endpoint/settings.py)
     DIR/state/           the endpoint's SQLite state and audit log when it runs from this directory
     DIR/.inventory.lock  held by every change of the directory (inventory_lock): each writer re-reads the files
@@ -15,11 +17,16 @@
 
 Node credentials are never stored: each is HMAC-SHA256(enrollment key, node name, generation), derived when an image
 is built. Every build of a node bumps its generation, so the endpoint accepts only the newest card of each node.
+
+A cluster of several control planes (a virtual IP inside the node subnet as the API server, kube-vip holding it):
+builder/cluster/several.py says when a cluster is one and checks it; node_config(), master_files() and
+server_config() below give its nodes what they need.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fcntl
 import ipaddress
@@ -45,6 +52,7 @@ from ..config.runtimes import RUNTIMES
 from ..errors import UserError
 from ..outputs import write_atomic
 from . import secrets as cluster_secrets
+from . import several
 
 DEFAULT_CA_CERT = "/etc/kubernetes/pki/ca.crt"
 DEFAULT_KUBECONFIG = "/etc/kubernetes/admin.conf"
@@ -135,14 +143,26 @@ class Cluster:
         return {k: v for k, v in asdict(self).items() if k in _CLUSTER_KEYS and v not in (None, [], {}, False)}
 
 
-def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_version: str, node_subnet: str,
-                 approval_mode: bool = False, gateway: str | None = None, dns: list[str] | None = None,
-                 pod_subnet: str = DEFAULT_POD_SUBNET, service_subnet: str = DEFAULT_SERVICE_SUBNET,
-                 offline: bool = False, registry_mirrors: dict[str, str] | None = None,
-                 api_server_vip: bool = False) -> Cluster:
-    """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster."""
+def init_cluster(directory: Path, api_server: str | None, endpoint: str | None, kubernetes_version: str,
+                 node_subnet: str, approval_mode: bool = False, gateway: str | None = None,
+                 dns: list[str] | None = None, pod_subnet: str = DEFAULT_POD_SUBNET,
+                 service_subnet: str = DEFAULT_SERVICE_SUBNET, offline: bool = False,
+                 registry_mirrors: dict[str, str] | None = None, api_server_vip: bool = False,
+                 vip: str | None = None) -> Cluster:
+    """Create DIR with settings, an empty inventory and fresh secrets; refuses to overwrite an existing cluster.
+
+    `vip` (A.B.C.D, for several control planes held by kube-vip; see builder.cluster.several): the API server is
+    VIP:6443 (`api_server` may then be omitted, else its host must be the VIP), api_server_vip is set, the endpoint
+    defaults to VIP:8443, and the certificate key is made with the other secrets."""
     if (directory / "cluster.yaml").exists():
         raise _already_a_cluster(directory)
+    if vip is not None:
+        api_server, endpoint = _vip_sockets(vip, api_server, endpoint, node_subnet, gateway)
+        api_server_vip = True
+    if api_server is None or endpoint is None:
+        missing = "--api-server" if api_server is None else "--endpoint"
+        raise UserError(f"cluster init: {missing} HOST:PORT is needed (or --vip A.B.C.D for several control planes, "
+                        "which makes both)")
     api_server = addresses.host_port(api_server, "--api-server")
     endpoint = addresses.host_port(endpoint, "--endpoint")
     if addresses.same_socket(api_server, endpoint):
@@ -164,6 +184,8 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
             raise _already_a_cluster(directory)
         fingerprint = cluster_secrets.create_secrets(directory / cluster_secrets.SECRETS_DIR,
                                                      protocol.split_host_port(endpoint)[0])
+        if vip is not None:
+            cluster_secrets.create_certificate_key(directory / cluster_secrets.SECRETS_DIR)
         cluster = Cluster(directory=directory, api_server=api_server, endpoint=endpoint, kubernetes_version=version,
                           node_subnet=subnet, endpoint_fingerprint=fingerprint, gateway=gateway, dns=servers,
                           pod_subnet=pods, service_subnet=services, approval_mode=approval_mode, offline=offline,
@@ -171,6 +193,23 @@ def init_cluster(directory: Path, api_server: str, endpoint: str, kubernetes_ver
         _write_inventory(cluster)
         _write_yaml(directory / "cluster.yaml", cluster.settings(), 0o644)  # last: it makes DIR a cluster
     return cluster
+
+
+def _vip_sockets(vip: str, api_server: str | None, endpoint: str | None, node_subnet: str,
+                 gateway: str | None) -> tuple[str, str]:
+    """The API server and the endpoint of `cluster init --vip VIP`: VIP:6443 and VIP:8443 unless given (an API server
+    given must be at the VIP); the VIP checked against the node subnet and the gateway (several.vip_problem)."""
+    subnet = addresses.subnet(node_subnet, "--node-subnet")
+    several.check_vip(vip.strip(), subnet, gateway and addresses.address_in(gateway, subnet, "--gateway"), [],
+                      f"--vip {vip}", f"pick a free address inside {subnet} that no node and no router uses")
+    host = str(ipaddress.ip_address(vip.strip()))
+    if api_server is not None:
+        api_host = protocol.split_host_port(addresses.host_port(api_server, "--api-server"))[0]
+        if api_host != host:
+            raise UserError(f"--api-server {api_server}: with --vip {host} the API server is the virtual IP: drop "
+                            f"--api-server (it becomes {host}:{several.DEFAULT_API_PORT}) or give {host}:PORT")
+    return (api_server or f"{host}:{several.DEFAULT_API_PORT}",
+            endpoint or f"{host}:{several.DEFAULT_ENDPOINT_PORT}")
 
 
 def _already_a_cluster(directory: Path) -> UserError:
@@ -302,6 +341,8 @@ def add_node(cluster: Cluster, name: str, profile: str, role: str | None, profil
     with changing(cluster.directory) as current:
         node = Node(name, profile, role=role or profile_role, mac=mac.lower() if mac else None, address=address,
                     base=_stored_base(base, name) if base else None)
+        _checked_node(node, current.node_subnet, f"node {name!r}")
+        several.check_control_planes(dataclasses.replace(current, nodes=current.nodes + [node]), f"node {name!r}")
         _check_node_in(current, node, f"node {name!r}", f"add it with --address {_api_host(current)}")
         _refuse_duplicates(current.directory / "inventory.yaml", current.nodes + [node])
         node.generation = current.retired.pop(name, 0)
@@ -323,7 +364,9 @@ def remove_node(cluster: Cluster, name: str) -> Node:
 
 def check_inventory(cluster: Cluster, where: str) -> None:
     """Every node of `cluster` checked against its settings as they are now (after a change of them): its address
-    inside the node subnet and not the gateway, a control plane at the API server's address."""
+    inside the node subnet and not the gateway, a control plane at the API server's address; several control planes
+    at a virtual IP of the node subnet that is neither the gateway nor a node's, each with a fixed address."""
+    several.check_control_planes(cluster, where)
     for node in cluster.nodes:
         _check_node_in(cluster, node, f"{where}: node {node.name!r}", "change the setting back, or that node's "
                        f"entry in {cluster.directory / 'inventory.yaml'}", f"{where}: ")
@@ -497,26 +540,43 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin
     runs `kubeadm init` itself and never joins (so gets no credential), the pod and service subnets and `admin_user`
     (who gets ~/.kube/config).
 
-    A control plane of the inventory whose address is not the API server's is refused (a profile image, whose node
-    is not chosen yet, is checked when `pi-image flash` stamps one).
+    In a cluster of several control planes (builder.cluster.several) every node also gets `fallback_endpoints`,
+    the other control planes' endpoints, and every control plane asks the endpoint as a worker does (endpoint,
+    fingerprint, credential), with the virtual IP and whether it may initialize (the inventory's first) in its
+    control_plane settings. A cluster with one control plane: exactly as before.
+
+    A control plane of the inventory whose address is not the API server's is refused, as is one of 2, 4 or 6+
+    control planes or of several without their virtual IP and fixed addresses (a profile image, whose node is not
+    chosen yet, is checked when `pi-image flash` stamps one).
     """
-    if node.role == "control-plane" and any(entry.name == node.name for entry in cluster.nodes):
+    listed = any(entry.name == node.name for entry in cluster.nodes)
+    where = f"node {node.name!r}"
+    several.check_control_planes(cluster, where, count=listed and node.role == "control-plane")
+    if node.role == "control-plane" and listed:
         check_control_plane_address(cluster, node, f"set `address: {_api_host(cluster)}` for it in "
                                     f"{cluster.directory / 'inventory.yaml'}, or the API server's address with "
                                     f"`pi-image cluster set {cluster.directory} api_server=ADDRESS:PORT` while no "
                                     "card is built")
     config = local_node_config(node.name, cluster.kubernetes_version, runtime, node.role).replace(
-        api_server=cluster.api_server, node_subnet=cluster.node_subnet, generation=node.generation)
+        api_server=cluster.api_server, node_subnet=cluster.node_subnet, generation=node.generation,
+        fallback_endpoints=several.fallback_endpoints(cluster, node.name))
+    asks = config.replace(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
+                          credential=cluster.credential(node))
     if node.role == "worker":
-        return config.replace(endpoint=cluster.endpoint, endpoint_fingerprint=cluster.endpoint_fingerprint,
-                              credential=cluster.credential(node))
-    return config.replace(control_plane=ControlPlaneSettings(
-        pod_subnet=cluster.pod_subnet, service_subnet=cluster.service_subnet, admin_user=admin_user))
+        return asks
+    settings = ControlPlaneSettings(pod_subnet=cluster.pod_subnet, service_subnet=cluster.service_subnet,
+                                    admin_user=admin_user)
+    if not several.several_control_planes(cluster):
+        return config.replace(control_plane=settings)
+    return asks.replace(control_plane=settings.replace(vip=several.virtual_ip(cluster),
+                                                       may_initialize=several.may_initialize(cluster, node)))
 
 
-def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
+def master_files(cluster: Cluster, settings: ControlPlaneSettings | None = None) -> list[tuple[str, bytes, int]]:
     """(path inside the cluster directory, content, mode) of what a control-plane image carries: the settings, the
-    inventory, the token endpoint's configuration and the secrets it serves with (never the endpoint's state).
+    inventory, the token endpoint's configuration and the secrets it serves with (never the endpoint's state); and,
+    for the control plane of several that may initialize the cluster (`settings`, node.json's), the certificate key
+    (made now for a cluster that has none yet). The others get that key from an endpoint when they join.
 
     The endpoint on the master reads them from firstboot.nodeconfig.CLUSTER_DIR; `pi-image status|approve --cluster`
     run there find its state as they do on the host.
@@ -525,7 +585,11 @@ def master_files(cluster: Cluster) -> list[tuple[str, bytes, int]]:
              ("inventory.yaml", (cluster.directory / "inventory.yaml").read_bytes(), 0o644),
              ("tokend.json", (json.dumps(card_server_config(cluster), indent=2, sort_keys=True) + "\n").encode(),
               0o600)]
-    for name in cluster_secrets.SECRET_FILES:
+    names = list(cluster_secrets.SECRET_FILES)
+    if settings is not None and settings.several and settings.may_initialize:
+        with inventory_lock(cluster.directory):  # two first builds make one key
+            names.append(cluster_secrets.create_certificate_key(cluster.secrets_dir).name)
+    for name in names:
         files.append((f"{cluster_secrets.SECRETS_DIR}/{name}", (cluster.secrets_dir / name).read_bytes(), 0o600))
     return files
 
@@ -534,8 +598,10 @@ def server_config(cluster: Cluster) -> dict:
     """The token endpoint's tokend.json (see firstboot/endpoint/settings.py); secrets are referenced, not copied.
 
     `nodes` maps each inventory node to its current generation: only that generation's credential is accepted.
+    A cluster of several control planes adds `control_planes` (their names: only they get the certificate key) and
+    `certificate_key_file`.
     """
-    return {
+    config = {
         "api_server": cluster.api_server, "node_subnet": cluster.node_subnet,
         "kubernetes_version": cluster.kubernetes_version, "listen": f"0.0.0.0:{addresses.port(cluster.endpoint)}",
         "approval_mode": cluster.approval_mode, "nodes": {node.name: node.generation for node in cluster.nodes},
@@ -544,6 +610,10 @@ def server_config(cluster: Cluster) -> dict:
             ("tls_key_file", cluster_secrets.ENDPOINT_KEY))},
         "ca_cert_file": cluster.ca_cert, "kubeconfig": cluster.kubeconfig,
     }
+    if several.several_control_planes(cluster):
+        config.update(control_planes=[node.name for node in several.control_planes(cluster)],
+                      certificate_key_file=f"{cluster_secrets.SECRETS_DIR}/{cluster_secrets.CERTIFICATE_KEY}")
+    return config
 
 
 def card_server_config(cluster: Cluster) -> dict:

@@ -1,5 +1,7 @@
-"""A cluster's secrets: the enrollment key node credentials derive from, and the token endpoint's TLS key and
-self-signed certificate (whose fingerprint images pin). All 0600 in DIR/secrets (0700)."""
+"""A cluster's secrets: the enrollment key node credentials derive from, the token endpoint's TLS key and
+self-signed certificate (whose fingerprint images pin), and for several control planes the certificate key (kubeadm's
+--certificate-key: 32 random bytes as 64 hex digits, which encrypt the kubeadm-certs Secret the joining control planes
+take the cluster's CA and keys from). All 0600 in DIR/secrets (0700)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firstboot import protocol
-from firstboot.nodeconfig import CERTIFICATE_KEY, SECRETS_DIR
+from firstboot.nodeconfig import CERTIFICATE_KEY
+from firstboot.nodeconfig import SECRETS_DIR as SECRETS_DIR  # the cluster directory's too (Cluster.secrets_dir)
 
 from ..errors import UserError
 from ..outputs import write_atomic
@@ -46,6 +49,14 @@ def create_secrets(secrets_dir: Path, endpoint_host: str) -> str:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
     write_atomic(secrets_dir / ENDPOINT_CERT, certificate.public_bytes(serialization.Encoding.PEM).decode())
     return protocol.certificate_fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+
+
+def create_certificate_key(secrets_dir: Path) -> Path:
+    """A new certificate key in `secrets_dir` (0600), unless one is there: a cluster has one for its life."""
+    path = secrets_dir / CERTIFICATE_KEY
+    if not path.exists():
+        write_atomic(path, secrets.token_hex(32) + "\n")
+    return path
 
 
 def read_enrollment_key(secrets_dir: Path) -> bytes:

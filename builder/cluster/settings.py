@@ -39,7 +39,8 @@ SAFE = {
     "offline": "every node's default for cards built from now on (a profile's own wins); " + CARDS_KEEP,
     "approval_mode": "a `pi-image token-server --cluster DIR` run here applies it at once, a master card built from "
                      "now on carries it; a running master keeps the one its card was built with",
-    "api_server_vip": "only what add-node and build check of a control plane's address changes",
+    "api_server_vip": "only what add-node and build check of a control plane's address changes (and, with more "
+                      "than one control plane, whether kube-vip holds the API server)",
     "ca_cert": "used by `pi-image token-server --cluster DIR` run here (cards use kubeadm's own path)",
     "kubeconfig": "used by `pi-image token-server --cluster DIR` run here (cards use kubeadm's own path)",
 }

@@ -2,7 +2,11 @@
 `cluster add-node|remove-node`, and the rows of the fleet page (`fleet_status`).
 
 The master's token endpoint is asked over TLS pinned by the cluster's fingerprint, with the admin credential
-(POST /v1/admin/status, approve, inventory: firstboot.protocol). Its last answer is kept in
+(POST /v1/admin/status, approve, inventory: firstboot.protocol). In a cluster of several control planes every one
+serves it: cluster.yaml's endpoint (the virtual IP) is asked first, then each control plane's own address in inventory
+order (builder.cluster.several.fallback_endpoints), the one that answered last in this process first (`ask_master`);
+what is printed names the one that answered, and one line names every one tried when none did. Its last answer is
+kept in
 DIR/state/last-status.json (0600), so that a master that cannot be reached still shows what it said, and how long
 ago. The endpoint's state is read directly instead (`local_state_dir`) where the workstation serves the cluster
 itself (`pi-image token-server --cluster DIR` runs here), where --state-dir or --local says so, and before any card of
@@ -35,6 +39,7 @@ from ..config import addresses
 from ..errors import UserError
 from ..outputs import write_atomic
 from . import Cluster, Node, inventory_lock, load_cluster, server_config
+from .several import fallback_endpoints
 
 CACHE_NAME = "last-status.json"  # in the cluster's state directory
 ADMIN_TIMEOUT = 20.0  # seconds for one admin exchange (a status may wait for kubectl on a slow master)
@@ -43,21 +48,54 @@ SOURCES = ("master", "local", "cache")
 
 
 class MasterUnreachable(UserError):
-    """The master's token endpoint did not answer (down, booting, another network): what it said last may help."""
+    """No token endpoint asked answered (down, booting, another network): what it said last may help. `tried`:
+    (HOST:PORT, why) of each endpoint asked, in order."""
 
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"the master's token endpoint at {address} cannot be reached ({reason}): is the master up "
-                         "(its first boot takes a few minutes)? Try again later")
-        self.address = address
-        self.reason = reason
+    def __init__(self, tried: list[tuple[str, str]]) -> None:
+        self.tried = list(tried)
+        self.address = ", ".join(address for address, _ in tried)
+        self.reason = "; ".join(reason for _, reason in tried)
+        if len(tried) == 1:
+            super().__init__(f"the master's token endpoint at {self.address} cannot be reached ({self.reason}): is "
+                             "the master up (its first boot takes a few minutes)? Try again later")
+        else:
+            super().__init__(f"none of the cluster's token endpoints answered ({self.each()}): are the control planes "
+                             "up (a first boot takes a few minutes)? Try again later")
+
+    def each(self) -> str:
+        """'192.168.6.5:8443 (No route to host), 192.168.6.11:8443 (Connection refused)'."""
+        return ", ".join(f"{address} ({reason})" for address, reason in self.tried)
+
+    def summary(self, now: str = "") -> str:
+        """The master{now} cannot be reached, and why: the part of a line the callers build around it."""
+        if len(self.tried) == 1:
+            return f"the master {self.address} cannot be reached{now} ({self.reason})"
+        return f"no control plane's token endpoint answered{now} ({self.each()})"
+
+
+@dataclass
+class Answered:
+    """The answer of the first token endpoint that gave one (`address`), and those asked before it in vain."""
+
+    answer: Answer
+    address: str
+    passed: list[tuple[str, str]] = field(default_factory=list)
+
+    def note(self) -> list[str]:
+        """A line for the reader when the answer did not come from the first endpoint asked."""
+        if not self.passed:
+            return []
+        silent = ", ".join(f"{address} ({reason})" for address, reason in self.passed)
+        return [f"{silent} did not answer: asked the control plane {self.address}"]
 
 
 class Refused(UserError):
-    """The token endpoint answered, and not with 200: `status` is its HTTP status."""
+    """The token endpoint at `address` answered, and not with 200: `status` is its HTTP status."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, address: str) -> None:
         super().__init__(message)
         self.status = status
+        self.address = address
 
 
 @dataclass
@@ -127,11 +165,10 @@ def select_view(cluster: Cluster, here: tuple[Path, str] | None,
     ever answered here. Other refusals raise (UserError)."""
     if here is not None:
         return local_view(cluster, *here), None
-    address = master_address(cluster, endpoint)
     try:
         return remote_view(cluster, endpoint), None
     except MasterUnreachable as err:
-        away = f"the master {err.address} cannot be reached ({err.reason})"
+        away = err.summary()
         never = "never answered here: nothing is known yet; is it up (its first boot takes a few minutes)?"
     except Refused as err:
         if err.status != 404:
@@ -139,7 +176,7 @@ def select_view(cluster: Cluster, here: tuple[Path, str] | None,
         away = ("the master's card predates `pi-image status` over the network: rebuild and reflash it (or run "
                 "`pi-image status --local` on it)")
         never = ""
-    kept = cached_view(cluster, address)
+    kept = cached_view(cluster, master_addresses(cluster, endpoint))
     if kept is None:
         return None, f"{away} and {never}" if never else away
     ago = duration(max(0.0, time.time() - kept.fetched_at))
@@ -147,8 +184,37 @@ def select_view(cluster: Cluster, here: tuple[Path, str] | None,
 
 
 def master_address(cluster: Cluster, endpoint: str | None) -> str:
-    """HOST:PORT of the token endpoint to ask: --endpoint, else cluster.yaml's."""
+    """HOST:PORT of the token endpoint to ask first: --endpoint, else cluster.yaml's."""
     return addresses.host_port(endpoint, "--endpoint") if endpoint else cluster.endpoint
+
+
+def master_addresses(cluster: Cluster, endpoint: str | None) -> list[str]:
+    """Every token endpoint to ask, in order: --endpoint alone; else cluster.yaml's, then each other control plane's
+    of several (none for one control plane), the one that answered last in this process moved first."""
+    if endpoint:
+        return [master_address(cluster, endpoint)]
+    found = list(dict.fromkeys([cluster.endpoint, *fallback_endpoints(cluster)]))
+    last = _answered.get(str(cluster.directory))
+    return sorted(found, key=lambda address: address != last)
+
+
+_answered: dict[str, str] = {}  # cluster directory -> the endpoint that answered last (status --watch, the dashboard)
+
+
+def ask_master(cluster: Cluster, endpoint: str | None, request: Callable[[EndpointClient], Answer],
+               timeout: float = ADMIN_TIMEOUT) -> Answered:
+    """admin_request() of each of master_addresses() in turn, until one answers; MasterUnreachable naming every one
+    tried when none does (any other refusal is raised at once: an endpoint that answers speaks for the cluster)."""
+    tried: list[tuple[str, str]] = []
+    for address in master_addresses(cluster, endpoint):
+        try:
+            answer = admin_request(cluster, address, request, timeout)
+        except MasterUnreachable as err:
+            tried += err.tried
+            continue
+        _answered[str(cluster.directory)] = address
+        return Answered(answer, address, tried)
+    raise MasterUnreachable(tried)
 
 
 def local_state_dir(cluster: Cluster, state_dir: Path | None, local: bool,
@@ -176,20 +242,23 @@ def master_built(cluster: Cluster) -> bool:
 
 def remote_view(cluster: Cluster, endpoint: str | None = None) -> FleetView:
     """The master's answer now (kept in DIR/state/last-status.json); MasterUnreachable or UserError."""
-    address = master_address(cluster, endpoint)
-    answer = admin_request(cluster, address, lambda client: client.admin_status())
+    answered = ask_master(cluster, endpoint, lambda client: client.admin_status())
     fetched_at = time.time()
-    _keep(cluster, {"endpoint": address, "fetched_at": fetched_at, "answer": answer.payload})
-    return _view(cluster, answer.payload, f"from the master {address}", fetched_at, "master")
+    _keep(cluster, {"endpoint": answered.address, "fetched_at": fetched_at, "answer": answered.answer.payload})
+    view = _view(cluster, answered.answer.payload, f"from the master {answered.address}", fetched_at, "master")
+    view.notes[:0] = answered.note()
+    return view
 
 
-def cached_view(cluster: Cluster, address: str) -> FleetView | None:
-    """What the master at `address` said last (rows with source "cache"), or None if it never answered here."""
+def cached_view(cluster: Cluster, endpoints: list[str]) -> FleetView | None:
+    """What one of the token endpoints `endpoints` said last (rows with source "cache"), or None if none of them
+    ever answered here."""
     try:
         kept = json.loads((cluster.state_dir / CACHE_NAME).read_text())
-        if kept["endpoint"] != address:
+        if kept["endpoint"] not in endpoints:
             return None
-        return _view(cluster, kept["answer"], f"from the master {address}", float(kept["fetched_at"]), "cache")
+        return _view(cluster, kept["answer"], f"from the master {kept['endpoint']}", float(kept["fetched_at"]),
+                     "cache")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -315,7 +384,7 @@ def admin_request(cluster: Cluster, address: str, request: Callable[[EndpointCli
                         "made again); use the directory its card was built from, or build and flash the master again "
                         "from this one") from None
     except EndpointUnreachable as err:
-        raise MasterUnreachable(address, _why(err)) from None
+        raise MasterUnreachable([(address, _why(err))]) from None
     if answer.status == 401 and "nonce" not in answer.error:
         raise UserError(f"the master at {address} refused the admin credential of {cluster.directory} (its "
                         f"secrets/enrollment.key is not the one the master's card was built with): use the directory "
@@ -324,7 +393,7 @@ def admin_request(cluster: Cluster, address: str, request: Callable[[EndpointCli
         raise UserError(f"the master at {address} is answering too many admin requests: ask again in "
                         f"{int(answer.retry_after or 30)} s")
     if answer.status != 200:
-        raise Refused(f"the token endpoint at {address} refused: {answer.error}", answer.status)
+        raise Refused(f"the token endpoint at {address} refused: {answer.error}", answer.status, address)
     return answer
 
 
@@ -334,20 +403,21 @@ def _why(err: Exception) -> str:
     return reason.split("] ", 1)[-1]
 
 
-def approve(cluster: Cluster, name: str, replace: bool, endpoint: str | None) -> str:
+def approve(cluster: Cluster, name: str, replace: bool, endpoint: str | None) -> tuple[str, str]:
     """Approve `name` on the master (telling it whether this directory's inventory lists it); the endpoint's state
-    of it afterwards. A name it never heard of and the inventory does not list: one line saying how to add it."""
-    address = master_address(cluster, endpoint)
+    of it afterwards, and the endpoint that answered. A name it never heard of and the inventory does not list: one
+    line saying how to add it."""
     listed = any(node.name == name for node in cluster.nodes)
     try:
-        answer = admin_request(cluster, address, lambda client: client.admin_approve(name, replace, listed))
+        answered = ask_master(cluster, endpoint, lambda client: client.admin_approve(name, replace, listed))
     except Refused as err:
         if err.status != 404:
             raise
-        raise UserError(f"node {name!r} is in no inventory and has not asked to join the master at {address}: "
-                        f"nothing to approve; add it with `pi-image cluster add-node {cluster.directory} {name} "
-                        "--profile PROFILE`, or approve it once `pi-image status` shows it pending") from None
-    return str(answer.payload.get("state"))
+        raise UserError(f"node {name!r} is in no inventory and has not asked to join the master at "
+                        f"{err.address}: nothing to approve; add it with `pi-image cluster add-node "
+                        f"{cluster.directory} {name} --profile PROFILE`, or approve it once `pi-image status` shows it "
+                        "pending") from None
+    return str(answered.answer.payload.get("state")), answered.address
 
 
 def push_inventory(cluster: Cluster, endpoint: str | None = None) -> str:
@@ -366,19 +436,21 @@ def _push_inventory(cluster: Cluster, endpoint: str | None) -> str:
         return f"the token endpoint serving from {cluster.state_dir} here reads {cluster.directory} itself"
     if not master_built(cluster):
         return "no card of the master is built yet: it will carry this inventory"
-    address = master_address(cluster, endpoint)
     nodes = server_config(cluster)["nodes"]
     try:
-        answer = admin_request(cluster, address, lambda client: client.admin_sync_inventory(nodes), PUSH_TIMEOUT)
+        answered = ask_master(cluster, endpoint, lambda client: client.admin_sync_inventory(nodes), PUSH_TIMEOUT)
     except MasterUnreachable as err:
-        return f"the master at {address} cannot be reached now ({err.reason}): run {later} once it is up"
+        if len(err.tried) == 1:
+            return f"the master at {err.address} cannot be reached now ({err.reason}): run {later} once it is up"
+        return f"{err.summary(' now')}: run {later} once one is up"
     except Refused as err:
         if err.status == 409:  # an endpoint run from a cluster directory reads that inventory itself
-            return f"the token endpoint at {address} reads its cluster directory's own inventory: nothing to push"
+            return f"the token endpoint at {err.address} reads its cluster directory's own inventory: nothing to push"
         return f"the inventory was not pushed: {err}; then run {later}"
     except UserError as err:
         return f"the inventory was not pushed: {err}; then run {later}"
-    return f"pushed the inventory to the master at {address}: it knows {answer.payload.get('nodes')} node(s)"
+    return (f"pushed the inventory to the master at {answered.address}: it knows "
+            f"{answered.answer.payload.get('nodes')} node(s)" + "".join(f" ({line})" for line in answered.note()))
 
 
 def status_lines(view: FleetView, now: float) -> list[str]:

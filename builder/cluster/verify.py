@@ -13,8 +13,10 @@ What the seed's author checked by hand with `kubectl get nodes -o wide` once eve
     runtime        the profile's runtime as the kubelet reports it: containerd://… or docker://… (cri-dockerd)
 
 and every node the API has but the inventory does not: a stale NotReady namesake left by a reflash under another name,
-or a machine pi-image did not build. The expectations come from the inventory and the profiles as they are now, not
-from each card's build manifest: a `--set runtime=docker` given at build time reads as a mismatch.
+or a machine pi-image did not build. Before any of it, the inventory's control planes are checked as a build checks
+them (builder.cluster.several: 1, 3 or 5; several at a free virtual IP, each with a fixed address). The expectations
+come from the inventory and the profiles as they are now, not from each card's build manifest: a `--set
+runtime=docker` given at build time reads as a mismatch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..errors import ToolError, UserError
 from ..run import run
 from ..targets import MACHINE_TARGETS, targets_of
 from ..targets.x86 import ARCHITECTURE as X86_ARCHITECTURE
+from .several import check_control_planes
 
 BOARD_ARCHITECTURE = "arm64"  # every board target pi-image edits (the catalog's images are all arm64)
 OPERATING_SYSTEM = "linux"
@@ -261,7 +264,8 @@ def verify_command(directory: Path, kubeconfig: Path | None, as_json: bool) -> N
 
     Per node: Ready, INTERNAL-IP = its inventory address (a DHCP node's: inside the node subnet), kubelet = the
     cluster's release (else its minor), architecture/OS/container runtime = its profile's. Nodes the API has and the
-    inventory does not are listed too. Reads `kubectl get nodes -o json`.
+    inventory does not are listed too. Reads `kubectl get nodes -o json`. First, as a build does: 1, 3 or 5 control
+    planes, and several of them at a free virtual IP of the node subnet, each with a fixed address.
 
     \b
     Examples:
@@ -270,6 +274,7 @@ def verify_command(directory: Path, kubeconfig: Path | None, as_json: bool) -> N
       pi-image cluster verify lab --json | jq '.[] | select(.result != "ok")'
     """
     cluster = clusters.load_cluster(directory)
+    check_control_planes(cluster, "cluster verify", count=True)
     if kubeconfig is not None and not kubeconfig.is_file():
         raise UserError(f"--kubeconfig {kubeconfig}: no such file; fetch it with "
                         f"`pi-image cluster kubeconfig {directory} -o {kubeconfig}`")

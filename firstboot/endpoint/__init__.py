@@ -14,6 +14,11 @@ sub-package. Like the agent it uses the standard library only and runs on Python
     audit.py      the audit log: rotated, floods summarised
     kube.py       kubectl on the master: nodes, bootstrap-token Secrets
     state.py      the SQLite state shared with `pi-image approve` and `pi-image status`
+    kubestore.py  the same state in the Kubernetes API, where several masters serve joins (one ConfigMap per node)
+    objects.py    kube-system objects through kubectl, written with resourceVersion compare-and-swap
+    leases.py     a per-node Lease: one master at a time decides a node's join or report
+    controlplanes.py  what a joining control plane gets: the certificate key (kubeadm-certs uploaded again), no
+                  stale etcd member
     settings.py   tokend.json
     discovery.py  kubeadm's CA cert hash
 """

@@ -17,6 +17,8 @@ import re
 from .. import protocol
 from .audit import audit
 from .guards import TooManyNonces
+from .kube import ClusterError
+from .leases import NodeBusy
 
 log = logging.getLogger("pi-image.tokend")
 
@@ -132,7 +134,17 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, handler):
         try:
-            status, payload = handler()
+            try:
+                status, payload = handler()
+            except NodeBusy as busy:
+                audit("busy-elsewhere", self.headers.get(protocol.HEADER_NODE, "-"), self.client_address[0],
+                      str(busy))
+                raise RequestRefused(503, str(busy), close=False,
+                                     headers={"Retry-After": str(busy.retry_after)}) from None
+            except ClusterError as err:  # the state in the API cannot be read (several masters)
+                audit("error", self.headers.get(protocol.HEADER_NODE, "-"), self.client_address[0], str(err))
+                raise RequestRefused(503, "the cluster could not be reached; see the token server log", close=False,
+                                     headers={"Retry-After": "5"}) from None
             self._send(status, payload)
         except RequestRefused as refusal:
             self._send(refusal.status, {"error": str(refusal)}, refusal.close, refusal.headers)
@@ -211,7 +223,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             facts = {key: str(payload.get(key, ""))[:200] for key in ("arch", "os", "kubeadm_version", "node_ip")}
             facts["macs"] = [str(mac)[:32] for mac in payload.get("macs", [])[:16]] \
                 if isinstance(payload.get("macs"), list) else []
-            return self.server.issuer.join(node, generation, facts, address, payload.get("story"))
+            return self.server.issuer.join(node, generation, facts, address, payload.get("story"),
+                                           payload.get("control_plane") is True)
         return self.server.issuer.report(node, generation, payload, address)
 
     def _admin_request(self, body):

@@ -4,6 +4,10 @@ HTTP and authentication live in handler.py; by the time a request gets here its 
 the credential of a generation no older than the node's current one - were checked. A generation joins once: after it
 has joined, its credential gets no other token (a rebuilt image, generation + 1, joins with no manual step). Every
 decision writes one audit line (never a token) and updates the node's row in the state store.
+
+A control plane of several joins with `"control_plane": true` and gets the cluster's certificate key with its token
+(controlplanes.py); any other node asking for it is refused and audited (refused-certificate-key). Where several
+masters serve joins, a node's join or report is decided under its Lease (leases.py) as well as this process's lock.
 """
 
 import logging
@@ -13,7 +17,9 @@ import time
 from .. import protocol
 from . import discovery, state
 from .audit import audit
+from .controlplanes import ControlPlaneJoins
 from .kube import ClusterError, new_bootstrap_token
+from .leases import NoLeases
 from .settings import SettingsError
 
 log = logging.getLogger("pi-image.tokend")
@@ -25,11 +31,13 @@ REPORT_MESSAGE_LIMIT = 2000
 class JoinIssuer(object):
     """Answers /v1/join and /v1/report for nodes, and /v1/admin/... for the operator, once authenticated."""
 
-    def __init__(self, settings, store, admin, clock=time.time):
+    def __init__(self, settings, store, admin, clock=time.time, leases=None):
         self.settings = settings
         self.store = store
         self.admin = admin
         self._clock = clock
+        self._leases = leases or NoLeases()
+        self.control_planes = ControlPlaneJoins(settings, admin, store, clock)
         self._locks = {}
         self._locks_guard = threading.Lock()
 
@@ -127,12 +135,18 @@ class JoinIssuer(object):
                                                                              if replace else ""))
         return 200, {"node": name, "state": approved["state"]}
 
-    def join(self, name, generation, facts, address, story=None):
+    def join(self, name, generation, facts, address, story=None, control_plane=False):
         """(HTTP status, answer) for a join request signed with the credential of `name`'s `generation`; its story
-        is kept for a node the endpoint has a row of (never a stranger's, never an older card's)."""
-        with self._node_lock(name):
+        is kept for a node the endpoint has a row of (never a stranger's, never an older card's). `control_plane`:
+        the node asks to join as a control plane (the answer then carries the certificate key). NodeBusy when
+        another master is deciding for the node."""
+        if control_plane and name not in self.settings.control_planes():
+            audit("refused-certificate-key", name, address, "not a control plane of this cluster")
+            return 403, {"error": "node {} is not a control plane of this cluster: it gets no certificate key "
+                                  "(build its image with a control-plane profile)".format(name)}
+        with self._node_lock(name), self._leases.held(name):
             try:
-                status, answer = self._join_locked(name, generation, facts, address)
+                status, answer = self._join_locked(name, generation, facts, address, control_plane)
             except ClusterError as err:
                 audit("error", name, address, str(err))
                 self.store.update(name, last_error=str(err))
@@ -149,7 +163,7 @@ class JoinIssuer(object):
             changes["card_generation"] = generation
             self.store.update(name, **changes)
 
-    def _join_locked(self, name, generation, facts, address):
+    def _join_locked(self, name, generation, facts, address, control_plane=False):
         if not self.is_allowed(name):
             if not self.settings.approval_mode:
                 audit("refused-unknown", name, address)
@@ -185,7 +199,24 @@ class JoinIssuer(object):
         if ready is not None:
             self.admin.delete_node(name)
             audit("deleted-node", name, address, "replaced" if ready else "stale NotReady node")
-        return self._issue(name, generation, facts, address, row)
+        if not control_plane:
+            return self._issue(name, generation, facts, address, row)
+        return self._issue_control_plane(name, generation, facts, address, row)
+
+    def _issue_control_plane(self, name, generation, facts, address, row):
+        """A control plane's token and the certificate key, after its old etcd member (a card reflashed) is gone."""
+        removed = self.control_planes.remove_etcd_member(name)
+        if removed:
+            audit("removed-etcd-member", name, address, "member " + removed + " of the node's previous card")
+        try:
+            key = self.control_planes.certificate_key()
+        except SettingsError as err:
+            audit("error", name, address, str(err))
+            self.store.update(name, last_error=str(err))
+            return 503, {"error": "this master cannot let control planes join: {}".format(err)}
+        status, answer = self._issue(name, generation, facts, address, row, "with the certificate key")
+        answer["certificate_key"] = key
+        return status, answer
 
     def _version_refusal(self, facts):
         cluster_version = self.admin.cluster_version()
@@ -208,7 +239,7 @@ class JoinIssuer(object):
         audit(decision, name, address, message)
         return 409, {"error": message}
 
-    def _issue(self, name, generation, facts, address, row):
+    def _issue(self, name, generation, facts, address, row, note=""):
         if row.get("token_id"):
             self.admin.delete_token(row["token_id"])
         token = new_bootstrap_token()
@@ -218,7 +249,7 @@ class JoinIssuer(object):
         self.store.update(name, state=state.TOKEN_ISSUED, token_id=token_id, token_issued_at=issued_at,
                           generation=generation, replace_allowed=0, facts=facts, address=address, last_error=None,
                           fix=None)
-        audit("token-issued", name, address, "token_id=" + token_id)
+        audit("token-issued", name, address, "token_id=" + token_id + ("; " + note if note else ""))
         return 200, {
             "state": state.TOKEN_ISSUED,
             "api_server": self.settings.api_server,
@@ -238,8 +269,8 @@ class JoinIssuer(object):
         report_state = body.get("state")
         if report_state not in protocol.REPORT_STATES:
             return 400, {"error": "state must be one of " + ", ".join(protocol.REPORT_STATES)}
-        message = protocol.redact(str(body.get("message", "")))[:REPORT_MESSAGE_LIMIT]
-        with self._node_lock(name):
+        message = self.control_planes.redacted(protocol.redact(str(body.get("message", ""))))[:REPORT_MESSAGE_LIMIT]
+        with self._node_lock(name), self._leases.held(name):
             row = self.store.get(name) or {}
             changes = state.story_fields(body.get("story"), self._clock(), row.get("facts"))
             changes.update(card_generation=generation,

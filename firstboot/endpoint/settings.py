@@ -17,6 +17,12 @@ Keys (relative paths are relative to the file's own directory):
     tls_key_file         path             its private key (PEM)
     ca_cert_file         path             the cluster CA, for the discovery hash (/etc/kubernetes/pki/ca.crt)
     kubeconfig           path             admin kubeconfig for kubeadm/kubectl (/etc/kubernetes/admin.conf)
+    control_planes       [name, ...]      the inventory's control planes (absent: one, this endpoint's own card);
+                                          only they get the certificate key, and with more than one the state
+                                          lives in the Kubernetes API (kubestore.py), shared by every master
+    certificate_key_file path             kubeadm's --certificate-key (64 hex), handed to joining control planes
+    node_name            "NAME"           this master's node name (default: the host name): the holder of the
+                                          per-node Leases and the etcd member asked to remove a stale one
 
 The file is re-read when it changes, so nodes added to the inventory (or built again) can join without a restart;
 a change that does not parse is ignored (and logged once) and the endpoint goes on with what it had.
@@ -30,6 +36,8 @@ itself reads the inventory there and refuses a push. A pushed file that cannot b
 import json
 import logging
 import os
+import re
+import socket
 import threading
 
 from ..nodeconfig import write_private
@@ -43,6 +51,7 @@ SYNCED_INVENTORY = "inventory.json"
 
 # The generation of a node the inventory does not list (one an operator approved): its first build.
 UNLISTED_GENERATION = 1
+CERTIFICATE_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SettingsError(Exception):
@@ -122,6 +131,9 @@ class ServerSettings(object):
         missing = [key for key in REQUIRED_KEYS if key not in values]
         if missing:
             raise SettingsError("{}: missing key(s) {}".format(self.path, ", ".join(missing)))
+        control_planes = values.get("control_planes", [])
+        if not isinstance(control_planes, list) or not all(isinstance(name, str) for name in control_planes):
+            raise SettingsError("{}: 'control_planes' must be a list of node names".format(self.path))
         nodes = values["nodes"]
         if values.get("inventory_copy") and self._synced_path and os.path.exists(self._synced_path):
             try:
@@ -162,6 +174,35 @@ class ServerSettings(object):
         inventory does not list it)."""
         self._reload_if_changed()
         return self._generations.get(name, UNLISTED_GENERATION)
+
+    def control_planes(self):
+        """The control planes' node names (empty for a cluster of one: its only master never joins)."""
+        self._reload_if_changed()
+        return frozenset(self._values.get("control_planes") or ())
+
+    def several_control_planes(self):
+        """True when the endpoint runs on each of several masters: its state must then live in the API."""
+        return len(self.control_planes()) > 1
+
+    def node_name(self):
+        """This master's node name: tokend.json's (or --node-name) `node_name`, else the host's short name."""
+        return self._values.get("node_name") or socket.gethostname().split(".")[0]
+
+    def certificate_key(self):
+        """kubeadm's certificate key (64 hex) from `certificate_key_file`; SettingsError naming the file when there is
+        none or it is not a key."""
+        if not self._values.get("certificate_key_file"):
+            raise SettingsError("{}: no certificate_key_file: this endpoint cannot let a control plane join".format(
+                self.path))
+        path = self.file("certificate_key_file")
+        try:
+            with open(path) as handle:
+                key = handle.read().strip()
+        except OSError as err:
+            raise SettingsError("{}: cannot read the certificate key: {}".format(path, err.strerror)) from None
+        if not CERTIFICATE_KEY_RE.match(key):
+            raise SettingsError("{}: not a certificate key (64 hex characters)".format(path))
+        return key
 
     def ca_cert_pem(self):
         """The cluster CA certificate (PEM text)."""

@@ -82,6 +82,7 @@ class NodeStore(object):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._clock = clock
         self._lock = threading.Lock()
+        self._shared = {}
         self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -144,13 +145,45 @@ class NodeStore(object):
 
     def approve(self, name, replace=False):
         """Let `name` join (and, with `replace`, take over a Ready node of that name once)."""
-        row = self.get(name)
-        changes = {"approved": 1}
-        if replace:
-            changes["replace_allowed"] = 1
-        if row is None or row["state"] == PENDING:
-            changes["state"] = APPROVED
-        self.update(name, **changes)
+        self.update(name, **approval_changes(self.get(name), replace))
+
+    def shared_value(self, key):
+        """A fact about the whole cluster (when the kubeadm-certs Secret was uploaded), None if unknown. Kept in memory:
+        where the state is SQLite one endpoint serves the cluster, and after a restart the fact is simply unknown."""
+        return self._shared.get(key)
+
+    def share_value(self, key, value):
+        """Keep `value` as the cluster's `key` (see shared_value)."""
+        self._shared[key] = value
+
+
+def approval_changes(row, replace):
+    """The fields an operator's approval sets on `row` (None: a node never seen)."""
+    changes = {"approved": 1}
+    if replace:
+        changes["replace_allowed"] = 1
+    if row is None or row["state"] == PENDING:
+        changes["state"] = APPROVED
+    return changes
+
+
+def changed_row(row, name, fields, now):
+    """`row` (None: a new one) with `fields` applied as NodeStore.update applies them, as a dict like get()'s;
+    KeyError for a field that is no column."""
+    unknown = set(fields) - set(_COLUMNS)
+    if unknown:
+        raise KeyError("unknown node fields: {}".format(sorted(unknown)))
+    changed = dict(dict.fromkeys(_COLUMNS), name=name, state=PENDING, approved=0, replace_allowed=0)
+    changed.update(row or {})
+    changed.update(fields, updated_at=now)
+    for column in _JSON_COLUMNS:
+        if isinstance(changed[column], str):
+            try:
+                changed[column] = json.loads(changed[column])
+            except ValueError:
+                changed[column] = {}
+        changed[column] = changed[column] or {}
+    return changed
 
 
 def story_fields(story, now, facts=None):

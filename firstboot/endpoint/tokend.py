@@ -21,6 +21,7 @@ import socket
 import socketserver
 import ssl
 import sys
+import time
 
 from .. import protocol
 from ..commands import CommandRunner
@@ -29,6 +30,9 @@ from .guards import ConnectionSlots, ConnectionWatchdog, HeldConnections, NonceB
 from .handler import RequestHandler
 from .issuer import JoinIssuer
 from .kube import ClusterAdmin
+from .kubestore import KubeStore
+from .leases import NodeLeases
+from .objects import KubeObjects
 from .settings import ServerSettings, SettingsError
 from .state import NodeStore, default_state_dir
 
@@ -173,12 +177,21 @@ def fit_descriptors(limits, spare=64):
     return limits
 
 
-def build_endpoint(settings, state_dir, limits=None, commands=None):
-    """A ready-to-serve TokenEndpoint for `settings`, keeping its state in `state_dir`."""
-    store = NodeStore(state_dir)
+def build_endpoint(settings, state_dir, limits=None, commands=None, clock=None):
+    """A ready-to-serve TokenEndpoint for `settings`, keeping its state in `state_dir` - or, where several control
+    planes each serve joins, in the Kubernetes API (kubestore.py; the rows in `state_dir` moved there once)."""
     settings.use_synced_inventory(state_dir)
     admin = ClusterAdmin(commands or CommandRunner(), settings.file("kubeconfig"))
-    return TokenEndpoint(settings, store, JoinIssuer(settings, store, admin), limits)
+    clock = clock or time.time
+    leases = None
+    if settings.several_control_planes():
+        objects = KubeObjects(admin)
+        store = KubeStore(objects, clock)
+        store.migrate_until_done(state_dir)
+        leases = NodeLeases(objects, settings.node_name(), clock)
+    else:
+        store = NodeStore(state_dir, clock)
+    return TokenEndpoint(settings, store, JoinIssuer(settings, store, admin, clock, leases), limits)
 
 
 SERVING_MARKER = "tokend.serving"  # in the state directory: locked (shared) while an endpoint serves from it
@@ -250,6 +263,7 @@ def main(argv=None):
     parser.add_argument("--listen", help="ADDR:PORT to serve on (overrides tokend.json)")
     parser.add_argument("--ca-cert", help="cluster CA certificate (overrides tokend.json)")
     parser.add_argument("--kubeconfig", help="admin kubeconfig (overrides tokend.json)")
+    parser.add_argument("--node-name", help="this master's node name (overrides tokend.json; default: the host name)")
     parser.add_argument("--nonce-ttl", type=float, default=protocol.NONCE_TTL_SECONDS, help=argparse.SUPPRESS)
     parser.add_argument("--connection-seconds", type=float, default=10.0, help="total time allowed per connection")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -257,7 +271,7 @@ def main(argv=None):
     os.umask(0o077)
     try:
         settings = ServerSettings(args.config, {"listen": args.listen, "ca_cert_file": args.ca_cert,
-                                                "kubeconfig": args.kubeconfig})
+                                                "kubeconfig": args.kubeconfig, "node_name": args.node_name})
     except SettingsError as err:
         sys.stderr.write("pi-image-tokend: error: {}\n".format(err))
         return 2

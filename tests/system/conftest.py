@@ -175,11 +175,12 @@ def release_args(archive, tree: str = "release") -> tuple[str, ...]:
 
 
 def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
-                  nodes: tuple[tuple[str, str], ...] | None = None, init_args: tuple[str, ...] = (),
+                  nodes: tuple[tuple[str, ...], ...] | None = None, init_args: tuple[str, ...] = (),
                   add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = ()):
-    """`pi-image cluster init`, `cluster add-node` of each of `nodes` ((name, profile) pairs; default pi-worker1 as
-    a worker-8g), then `pi-image build --cluster DIR --all` of `base_image` into `dest`, as a user builds a whole
-    cluster: a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube repository the test archive.
+    """`pi-image cluster init`, `cluster add-node` of each of `nodes` ((name, profile, *its own add-node
+    arguments); default pi-worker1 as a worker-8g), then `pi-image build --cluster DIR --all` of `base_image` into
+    `dest`, as a user builds a whole cluster: a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube
+    repository the test archive.
     `init_args`, `add_args` (each node) and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
     from join_fakes.harness import make_ca
     from lab import NODE, ClusterBuild, free_port, pi_image
@@ -192,8 +193,8 @@ def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
              "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", version, "--node-subnet", "10.0.2.0/24",
              "--api-server-vip",  # the host's fake API server stands in front of the control plane, as a VIP would
              *init_args)
-    for node, profile in nodes:
-        pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args)
+    for node, profile, *own_args in nodes:
+        pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args, *own_args)
     ca_cert = dest / "ca.crt"
     ca_hash = make_ca(ca_cert)
     started = time.monotonic()
@@ -201,7 +202,7 @@ def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
              "--kube-key", str(archive.key.armored), "--set", f"kube_repo_url={archive.kube_repo_url(archive.port)}",
              "--no-login", *build_args, "-o", str(dest))
     figures = {"pi_image_build_seconds": round(time.monotonic() - started, 1)}
-    images = {node: dest / f"{node}.img" for node, _ in nodes}
+    images = {node: dest / f"{node}.img" for node, *_ in nodes}
     return ClusterBuild(images, cluster_dir, ca_cert, ca_hash, api_port, endpoint_port, figures, version)
 
 

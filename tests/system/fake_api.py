@@ -4,11 +4,15 @@ There is no Kubernetes here. What the guests' kubeadm and kubectl stand-ins (gue
 API server comes here instead, and each request is played by the join tests' stand-in of the same tool
 (join_fakes/fake_tool.py) against one FakeCluster, so the guests and the host see the same nodes and tokens:
 
-    POST /pi-image-test/kubeadm-join  {"config", "kubeadm_version"}   `kubeadm join --config FILE`
-    POST /pi-image-test/kubeadm-init  {"args", "config", "config_mode", "kubeadm_version"}
+    POST /pi-image-test/kubeadm-join  {"config", "kubeadm_version"}   `kubeadm join --config FILE` with FAKE_ROOT a
+                                      fresh directory; the answer adds the files it wrote there (a control plane's
+                                      join writes admin.conf and the pki, as init does)
+    POST /pi-image-test/kubeadm-init  {"args", "config", "config_mode", "kubeadm_version", "manifests"}
                                       `kubeadm init ARGS` with FAKE_ROOT a fresh directory (as the guest's agent
-                                      resets before it inits again); the answer adds the files it wrote there
-                                      ({"etc/kubernetes/admin.conf": {"content", "mode"}, ...})
+                                      resets before it inits again) holding the guest's static pods (`manifests`:
+                                      {name: text}); the answer adds the files it wrote there
+                                      ({"etc/kubernetes/admin.conf": {"content", "mode"}, ...}). `init phase
+                                      upload-certs` comes the same way.
     POST /pi-image-test/kubectl       `kubectl ARGS` (framing: see guest/.../kubectl.bash); a file given with -f FILE
                                       is written here first and its path put in its place
     GET  /pi-image-test/hold          "stay" until release() is called, then "release" (the guest monitor's
@@ -68,7 +72,7 @@ class FakeApiServer:
                     answer = api.join(request["config"], request["kubeadm_version"])
                 elif route == "kubeadm-init":
                     answer = api.init(request["args"], request["config"], request["config_mode"],
-                                      request["kubeadm_version"])
+                                      request["kubeadm_version"], request.get("manifests", {}))
                 else:
                     return self.send_error(404)
                 self._answer(json.dumps(answer).encode())
@@ -90,26 +94,35 @@ class FakeApiServer:
         self.tokens_seen += TOKEN.findall(config)
         self.fake.knob("kubeadm_version", kubeadm_version)
         with tempfile.TemporaryDirectory(dir=self.fake.state) as work:
-            path = Path(work) / "join-config.yaml"
+            path, root = Path(work) / "join-config.yaml", Path(work) / "root"
             path.write_text(config)
-            return _answer(run([str(self.fake.bin / "kubeadm"), "join", "--config", str(path)], env=self.fake.env,
-                               check=False))
+            root.mkdir()
+            return self._with_files(["join", "--config", str(path)], root)
 
-    def init(self, args: list[str], config: str, config_mode: int, kubeadm_version: str) -> dict:
+    def init(self, args: list[str], config: str, config_mode: int, kubeadm_version: str,
+             manifests: dict[str, str]) -> dict:
         self.tokens_seen += TOKEN.findall(config)
         self.fake.knob("kubeadm_version", kubeadm_version)
         with tempfile.TemporaryDirectory(dir=self.fake.state) as work:
             path, root = Path(work) / "init-config.yaml", Path(work) / "root"
             path.write_text(config)
             path.chmod(config_mode)  # the fake checks what kubeadm's reader would see: who else could read it
-            root.mkdir()
+            (root / "etc/kubernetes/manifests").mkdir(parents=True)
+            for name, text in manifests.items():
+                (root / "etc/kubernetes/manifests" / os.path.basename(name)).write_text(text)
             args = list(args)
             args[args.index("--config") + 1] = str(path)
-            answer = _answer(run([str(self.fake.bin / "kubeadm"), *args], env={**self.fake.env, "FAKE_ROOT": str(root)},
-                                 check=False))
-            files = {str(file.relative_to(root)): {"content": file.read_text(), "mode": file.stat().st_mode & 0o7777}
-                     for file in sorted(root.rglob("*")) if file.is_file()}
-        self.init_files = files
+            answer = self._with_files(args, root)
+        if "phase" not in args:
+            self.init_files = answer["files"]
+        return answer
+
+    def _with_files(self, args: list[str], root: Path) -> dict:
+        """The fake kubeadm's answer to `args` with FAKE_ROOT `root`, and the files it wrote there."""
+        answer = _answer(run([str(self.fake.bin / "kubeadm"), *args], env={**self.fake.env, "FAKE_ROOT": str(root)},
+                             check=False))
+        files = {str(file.relative_to(root)): {"content": file.read_text(), "mode": file.stat().st_mode & 0o7777}
+                 for file in sorted(root.rglob("*")) if file.is_file()}
         return dict(answer, files=files)
 
     def kubectl(self, body: bytes, argc: int, file_bytes: int) -> tuple[int, bytes, bytes]:

@@ -50,10 +50,13 @@ class Guest:
 
     def __init__(self, image: Path, boot: BootFiles, serial: Path, knobs: dict[str, str] | None = None,
                  kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None,
-                 hostfwd: tuple[int, ...] = (), only_ports: tuple[int, ...] | None = None):
+                 hostfwd: tuple[int | tuple[int, int], ...] = (), only_ports: tuple[int, ...] | None = None,
+                 guestfwd: tuple[tuple[str, int], ...] = ()):
         """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time).
         `hostfwd`: TCP ports of the host's 127.0.0.1 (only: nothing outside this machine reaches a test guest)
-        forwarded to the same port of the guest's cluster address.
+        forwarded to the same port of the guest's cluster address, or (host port, guest port) pairs.
+        `guestfwd`: ("A.B.C.D:PORT", host port): the guest's connections to another machine of its cluster subnet
+        handed to the host's 127.0.0.1:host port by socat (how one guest reaches another's hostfwd).
         `only_ports`: an isolated guest (QEMU's restrict=on on both NICs: no route out, no DNS, no NTP) that reaches
         10.0.2.2:PORT for these ports only, each connection handed to the host's 127.0.0.1:PORT by socat."""
         self.image = image
@@ -71,9 +74,10 @@ class Guest:
             "-drive", f"file={image},format=raw,if=virtio",
             "-netdev", "user,id=other,net=10.0.3.0/24" + restrict, "-device", "virtio-net-pci,netdev=other",
             "-netdev", "".join(["user,id=cluster", restrict, moved_host,
-                                *(f",hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in hostfwd),
-                                *(f",guestfwd=tcp:10.0.2.2:{port}-cmd:socat - TCP:127.0.0.1:{port}"
-                                  for port in only_ports or ())]),
+                                *(",hostfwd=tcp:127.0.0.1:{}-:{}".format(*(port if isinstance(port, tuple)
+                                                                           else (port, port))) for port in hostfwd),
+                                *(f",guestfwd=tcp:{address}-cmd:socat - TCP:127.0.0.1:{port}" for address, port in
+                                  [*((f"10.0.2.2:{port}", port) for port in only_ports or ()), *guestfwd])]),
             "-device", "virtio-net-pci,netdev=cluster",
             "-device", "virtio-rng-pci",
         ] + (["-rtc", f"base={rtc_base}"] if rtc_base else [])

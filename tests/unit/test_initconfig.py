@@ -72,3 +72,13 @@ def test_every_scalar_is_a_string_or_the_port():
 
     values = [v for document in parsed("v1.31.4") for v in scalars(document)]
     assert all(isinstance(v, str) for v in values if v != 6443)
+
+
+def test_the_first_of_several_control_planes_gives_init_the_clusters_certificate_key():
+    key = "0123456789abcdef" * 4
+    text = initconfig.render("v1.31.4", "192.168.6.10:6443", TOKEN, "pi-master1", "192.168.6.11", "containerd",
+                             "10.244.0.0/16", "10.96.0.0/12", certificate_key=key)
+    init, cluster, _ = yaml.safe_load_all(text)
+    assert init["certificateKey"] == key
+    assert cluster["controlPlaneEndpoint"] == "192.168.6.10:6443"
+    assert "certificateKey" not in parsed("v1.31.4")[0], "one control plane: no key"

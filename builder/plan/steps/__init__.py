@@ -14,6 +14,7 @@ from . import (
     identity,
     kernel,
     kube_key,
+    kube_vip,
     layers,
     regional,
     registry,
@@ -24,7 +25,7 @@ from . import (
 from .context import BuildContext, NodeIdentity
 
 STEPS = [kernel, layers, kube_key, registry, bundle, swap, services, identity, regional, wifi, accounts, firstboot,
-         control_plane]
+         control_plane, kube_vip]
 
 __all__ = ["BuildContext", "NodeIdentity", "STEPS", "make_plan"]
 

@@ -1,6 +1,7 @@
 """--offline: the node's packages and container images on its card (builder/bundle), so first boot needs no network
-but the cluster's. The apt pin moves to the exact release the bundle holds; node.json says which. A node installed from
-the upstream release (kube_install: release) carries the release's five files instead of the kube packages."""
+but the cluster's (a control plane of several also carries kube-vip's image). The apt pin moves to the exact release
+the bundle holds; node.json says which. A node installed from the upstream release (kube_install: release) carries
+the release's five files instead of the kube packages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ...errors import UserError
 from ..bundle.images import manifest_images
 from ..bundle.make import BundleRequest, make_bundle
 from ..cni import FLANNEL_MANIFEST
+from ..kube_vip import kube_vip_image
 from ..overlays import render_overlay
 from ..release import host_url
 from ..users import owner_ids
@@ -40,7 +42,7 @@ def plan(ctx: BuildContext) -> None:
         minor=ctx.profile["kubernetes_version"], release=ctx.kubernetes_release,
         runtime_packages=ctx.node_config.runtime_packages,
         control_plane=ctx.node.role == "control-plane",
-        manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())),
+        manifest_images=tuple(manifest_images(FLANNEL_MANIFEST.read_bytes())) + _kube_vip_images(ctx),
         extra_images=tuple(ctx.profile["extra_images"]), registry_mirrors=dict(ctx.profile["registry_mirrors"]),
         package_mirrors=dict(ctx.profile["package_mirrors"]),
         source_placeholders=dict(ctx.target.apt_source_placeholders), release_assets=_release_assets(ctx))
@@ -58,6 +60,12 @@ def plan(ctx: BuildContext) -> None:
         # the apt source and the pin, rendered again with the release the bundle holds
         overlay = next(overlay for overlay in overlays(ctx) if overlay.name == KUBE_REPO)
         render_overlay(overlay, ctx.template_context(), ctx.plan, ctx.view, users, groups)
+
+
+def _kube_vip_images(ctx: BuildContext) -> tuple[str, ...]:
+    """kube-vip's image for a control plane of several (its static pod: builder/plan/steps/kube_vip.py), else none."""
+    settings = ctx.node_config.control_plane
+    return (kube_vip_image(),) if settings is not None and settings.several else ()
 
 
 def _release_assets(ctx: BuildContext) -> dict[str, tuple[str, str]]:

@@ -44,24 +44,10 @@ class ControlPlaneLab:
             self.fake.knob(knob, value)
 
     def node_root(self):
-        """A sandbox device flashed with a fresh build of the master: node.json from the real builder code, the
-        cluster directory's files, the flannel manifest, and root plus the admin user in /etc/passwd."""
+        """A sandbox device flashed with a fresh build of the master (master_card())."""
         cluster, node = built_card(self.cluster.directory, MASTER)
-        root = make_root(self.base / "build-{}".format(node.generation),
-                         clusters.node_config(cluster, node, admin_user=self.admin_user))
-        for relative, data, mode in clusters.master_files(cluster):
-            path = root / "etc/pi-image/cluster" / relative
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.write_bytes(data)
-            path.chmod(mode)
-        manifest = root / "usr/lib/pi-image/cni/kube-flannel.yml"
-        manifest.parent.mkdir(parents=True)
-        manifest.write_bytes(flannel_manifest(cluster.pod_subnet))
-        (root / "etc/passwd").write_text(PASSWD)
-        (root / "root").mkdir(mode=0o700)
-        (root / "home/ubuntu").mkdir(parents=True)
-        os.chown(str(root / "home/ubuntu"), ADMIN_ID, ADMIN_ID)
-        return root
+        return master_card(self.base / "build-{}".format(node.generation), cluster,
+                           clusters.node_config(cluster, node, admin_user=self.admin_user))
 
     def state(self, root):
         """The master's row in the token endpoint's state on the device."""
@@ -76,3 +62,23 @@ class ControlPlaneLab:
         path = self.fake.state / "calls.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()]
         return [" ".join([record["tool"]] + record["args"]) for record in records]
+
+
+def master_card(base: Path, cluster, config):
+    """A sandbox device flashed with a control plane's card: node.json (`config`, from the real builder code), the
+    cluster directory's files (with the certificate key where `config` may initialize several), the flannel
+    manifest, and root plus the admin user in /etc/passwd."""
+    root = make_root(base, config)
+    for relative, data, mode in clusters.master_files(cluster, config.control_plane):
+        path = root / "etc/pi-image/cluster" / relative
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    manifest = root / "usr/lib/pi-image/cni/kube-flannel.yml"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(flannel_manifest(cluster.pod_subnet))
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "root").mkdir(mode=0o700)
+    (root / "home/ubuntu").mkdir(parents=True)
+    os.chown(str(root / "home/ubuntu"), ADMIN_ID, ADMIN_ID)
+    return root

@@ -32,6 +32,17 @@ sandbox root of the agent running the tool) it writes what kubeadm writes below 
 pki/ca.crt, manifests; `kubeadm reset` removes them (and, on the control plane, the cluster). `kubectl apply -f FILE`
 keeps what it applied in applies.jsonl; once a kube-flannel-ds DaemonSet runs with a Network holding the pod subnet,
 every node is Ready.
+
+Several control planes (fake_control_planes.py keeps their state): `kubeadm init --upload-certs` needs the
+InitConfiguration's certificateKey and uploads the kubeadm-certs Secret (2 h); `kubeadm init phase upload-certs
+--upload-certs --config FILE` uploads it again (each kept in uploads.jsonl with the file's mode); both print the key
+unless --skip-certificate-key-print, as kubeadm does. Init and control-plane joins add an etcd member. With kube-vip's
+static Pod in the manifests directory, init's control plane never comes up unless kube-vip mounts super-admin.conf
+(>= 1.29) or admin.conf (before). `kubeadm join` with a controlPlane section: an empty manifests directory, the
+advertise address, the uploaded and unexpired certificates and the right key, no etcd member at that address; it
+writes the control plane's files below $FAKE_ROOT (admin.conf, no super-admin.conf). `kubeadm reset` removes the
+machine's etcd member; the cluster goes only with its last one. Configs kept in inits.jsonl and joins.jsonl have the
+certificate key redacted.
 """
 
 import base64
@@ -48,6 +59,8 @@ import stat
 import sys
 import time
 from contextlib import contextmanager
+
+import fake_control_planes as control_planes
 
 STATE = os.environ["FAKE_STATE"]
 BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
@@ -108,6 +121,8 @@ def kubeadm(args):
         print(knob("kubeadm_version", "v1.31.4"))
     elif args[:1] == ["join"]:
         join(option(args, "--config"))
+    elif args[:3] == ["init", "phase", "upload-certs"]:
+        upload_certs_phase(args[3:])
     elif args[:1] == ["init"]:
         init(args[1:])
     elif args[:1] == ["reset"]:
@@ -164,6 +179,9 @@ def join(config_path):
         if not live or live["secret"] != token or live["expires"] < time.time():
             fail('error execution phase preflight: couldn\'t validate the identity of the API Server: could not find '
                  'a JWS signature in the cluster-info ConfigMap for token ID "{}"'.format(token[:6]))
+    if "controlPlane" in config:
+        join_control_plane(registration["name"], config["controlPlane"], node_ip)
+        config["controlPlane"]["certificateKey"] = "<redacted>"
     time.sleep(float(knob("join_sleep", "0")))
     bootstrap["token"] = token[:6] + ".<secret>"
     append("joins.jsonl", {"node": registration["name"], "node_ip": node_ip, "config": config})
@@ -176,13 +194,19 @@ def join(config_path):
 def init(args):
     """`kubeadm init --config FILE [--skip-token-print]`, checked and failing as kubeadm and the kubelet would."""
     config_path = option(args, "--config")
-    mixed = [arg for arg in args if arg not in ("--config", config_path) and not arg.startswith(("--skip-", "--v="))]
+    mixed = [arg for arg in args if arg not in ("--config", config_path, "--upload-certs")
+             and not arg.startswith(("--skip-", "--v="))]
     if config_path is None or mixed:
         fail("can not mix '--config' with arguments {}".format(mixed) if config_path else
              "fake kubeadm: init without --config (the defaults would pick this machine's first address)")
     minor, api_version = kubeadm_api_version()
     documents = init_documents(config_path, api_version)
     plan = checked_init(documents["InitConfiguration"], documents["ClusterConfiguration"], api_version, minor)
+    certificate_key = documents["InitConfiguration"].get("certificateKey")
+    if "--upload-certs" in args:
+        problem = control_planes.key_problem(certificate_key, "InitConfiguration.certificateKey")
+        if problem:  # kubeadm would make one and print it: the agent must give the cluster's
+            fail(problem)
     root = os.environ.get("FAKE_ROOT", "")
     with cluster() as state:
         if root in state.setdefault("dirty_roots", []):
@@ -195,7 +219,8 @@ def init(args):
         state["dirty_roots"].append(root)  # certificates, kubeconfigs and manifests are written from here on
     ca_pem = write_kubeadm_files(root, plan["endpoint"], minor)
     time.sleep(float(knob("init_sleep", "0")))  # waiting for the control plane's static Pods
-    failure = control_plane_failure(plan, documents.get("KubeletConfiguration", {}))
+    failure = control_plane_failure(plan, documents.get("KubeletConfiguration", {})) or \
+        control_planes.kube_vip_problem(root, minor)
     if failure:
         print("[wait-control-plane] Waiting for the kubelet to boot up the control plane as static Pods from "
               "directory \"/etc/kubernetes/manifests\"\n[kubelet-check] The kubelet is not healthy after 4m0s\n"
@@ -208,15 +233,22 @@ def init(args):
             "node": plan["node"], "root": root, "endpoint": plan["endpoint"], "pod_subnet": plan["pod_subnet"],
             "version": plan["version"]})
         state["nodes"][plan["node"]] = "NotReady"  # until a CNI is applied
+        control_planes.add_member(state, plan["node"], plan["advertise"], root)
+        if "--upload-certs" in args:
+            control_planes.upload_certs(state, certificate_key)
         for token, expires in plan["tokens"]:
             state["tokens"][token[:6]] = {"secret": token, "description": "kubeadm init", "expires": expires,
                                           "source": "kubeadm init"}
     for entry in documents["InitConfiguration"].get("bootstrapTokens") or []:
         entry["token"] = entry["token"][:6] + ".<secret>"
+    if certificate_key is not None:
+        documents["InitConfiguration"]["certificateKey"] = "<redacted>"
     append("inits.jsonl", {"node": plan["node"], "advertise_address": plan["advertise"], "node_ip": plan["node_ip"],
                            "root": root, "skip_token_print": "--skip-token-print" in args,
                            "config_mode": "{:04o}".format(stat.S_IMODE(os.stat(config_path).st_mode)),
                            "config": documents})
+    if "--upload-certs" in args:
+        print_certificate_key(certificate_key, args)
     token = "<value withheld>" if "--skip-token-print" in args else plan["tokens"][0][0]
     if "--skip-token-print" not in args:
         print("[bootstrap-token] Using token: " + token)
@@ -381,9 +413,10 @@ def control_plane_failure(plan, kubelet_config):
     return None
 
 
-def write_kubeadm_files(root, endpoint, minor):
+def write_kubeadm_files(root, endpoint, minor, init=True):
     """What kubeadm writes before it waits for the control plane: the CA, kubeconfigs and static Pod manifests
-    below $FAKE_ROOT/etc/kubernetes (nowhere without FAKE_ROOT); returns the CA certificate (PEM bytes)."""
+    below $FAKE_ROOT/etc/kubernetes (nowhere without FAKE_ROOT); returns the CA certificate (PEM bytes). Only init
+    writes super-admin.conf (from 1.29); a control plane that joins gets admin.conf."""
     if knob("ca_cert_file"):
         with open(knob("ca_cert_file"), "rb") as handle:
             ca_pem = handle.read()
@@ -396,7 +429,7 @@ def write_kubeadm_files(root, endpoint, minor):
         os.makedirs(os.path.join(base, directory), mode=0o755, exist_ok=True)
     write_file(os.path.join(base, "pki/ca.crt"), ca_pem, 0o644)
     users = {"admin.conf": "kubernetes-admin", "super-admin.conf": "kubernetes-super-admin"}
-    for name, user in users.items() if minor >= 29 else [("admin.conf", "kubernetes-admin")]:
+    for name, user in users.items() if minor >= 29 and init else [("admin.conf", "kubernetes-admin")]:
         write_file(os.path.join(base, name), kubeconfig(endpoint, ca_pem, user), 0o600)
     for name in STATIC_PODS:
         write_file(os.path.join(base, "manifests", name + ".yaml"),
@@ -462,8 +495,12 @@ def reset():
     with cluster() as state:
         if root in state.get("dirty_roots", []):
             state["dirty_roots"].remove(root)
-        if (state.get("control_plane") or {}).get("root") == root:
+        control_planes.remove_members_of(state, root)
+        owner = state.get("control_plane") or {}
+        if owner.get("root") == root and not state.get("etcd_members"):
             drop_control_plane(state)
+        elif owner.get("root") == root:
+            owner["root"] = None  # the first control plane left; the others keep the cluster
     for name in ("admin.conf", "super-admin.conf", "kubelet.conf", "controller-manager.conf", "scheduler.conf",
                  "pki", "manifests") if root else ():
         path = os.path.join(root, "etc/kubernetes", name)
@@ -478,9 +515,88 @@ def drop_control_plane(state):
     """The cluster goes with its control plane's etcd: its node, the init's tokens, the pod network."""
     owner = state.pop("control_plane", None)
     state.update(initialized=False, cni=False, flannel=False, flannel_network=None)
+    control_planes.forget_all(state)
     if owner:
         state["nodes"].pop(owner["node"], None)
     state["tokens"] = {key: token for key, token in state["tokens"].items() if token.get("source") != "kubeadm init"}
+
+
+def join_control_plane(name, control_plane, node_ip):
+    """The control-plane part of `kubeadm join`: preflight, the certificates downloaded with the key, this machine's
+    control-plane files and its etcd member (before the kubelet starts: a join killed after this leaves both)."""
+    root = os.environ.get("FAKE_ROOT", "")
+    unknown = sorted(set(control_plane) - {"localAPIEndpoint", "certificateKey"})
+    if unknown:
+        fail('strict decoding error: unknown field "controlPlane.{}"'.format(unknown[0]))
+    endpoint = control_plane.get("localAPIEndpoint") or {}
+    advertise = endpoint.get("advertiseAddress")
+    if not is_ip(advertise, ipaddress.IPv4Address) or advertise != node_ip:
+        fail("controlPlane.localAPIEndpoint.advertiseAddress: Invalid value: {}: must be this node's IPv4 address "
+             "(node-ip {})".format(json.dumps(advertise), node_ip))
+    if not isinstance(endpoint.get("bindPort"), int) or not 0 < endpoint["bindPort"] < 65536:
+        fail("controlPlane.localAPIEndpoint.bindPort: Invalid value: {}: port number is not valid".format(
+            json.dumps(endpoint.get("bindPort"))))
+    key = control_plane.get("certificateKey")
+    problem = control_planes.key_problem(key, "controlPlane.certificateKey")
+    if problem:
+        fail(problem)
+    expected = knob("expected_advertise_address")
+    minor, _ = kubeadm_api_version()
+    with cluster() as state:
+        preflight = control_planes.join_preflight_problems(root)
+        if root in state.setdefault("dirty_roots", []):
+            preflight.append("[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf "
+                             "already exists")
+        if preflight:
+            fail("error execution phase preflight: [preflight] Some fatal errors occurred:\n\t" +
+                 "\n\t".join(preflight))
+        owner = state.get("control_plane")
+        if not owner or not owner.get("endpoint"):
+            fail("error execution phase preflight: One or more conditions for hosting a new control plane instance "
+                 "is not satisfied.\n\nunable to add a new control plane instance to a cluster that doesn't have a "
+                 "stable controlPlaneEndpoint address")
+        problem = control_planes.download_problem(state, key)
+        if problem:
+            fail(problem)
+        if expected and advertise != expected:
+            fail("error execution phase control-plane-join/etcd: etcd: listen tcp {}:2380: bind: cannot assign "
+                 "requested address".format(advertise))
+        problem = control_planes.add_member(state, name, advertise, root)
+        if problem:
+            fail(problem)
+        state["dirty_roots"].append(root)
+        write_kubeadm_files(root, owner["endpoint"], minor, init=False)
+
+
+def upload_certs_phase(args):
+    """`kubeadm init phase upload-certs --upload-certs --config FILE`: the kubeadm-certs Secret written again."""
+    import yaml
+
+    if "--upload-certs" not in args:
+        print("[upload-certs] Skipping phase. Please see --upload-certs")
+        return
+    config_path = option(args, "--config")
+    if config_path is None:
+        fail("fake kubeadm: upload-certs without --config would generate a key of its own")
+    with open(config_path) as handle:
+        documents = [doc for doc in yaml.safe_load_all(handle) if isinstance(doc, dict)]
+    init_config = next((doc for doc in documents if doc.get("kind") == "InitConfiguration"), {})
+    key = init_config.get("certificateKey")
+    problem = control_planes.key_problem(key, "InitConfiguration.certificateKey")
+    if problem:
+        fail(problem)
+    with cluster() as state:  # like the stand-in kubectl's Secrets: no `kubeadm init` needed before
+        control_planes.upload_certs(state, key)
+    append("uploads.jsonl", {"config_mode": "{:04o}".format(stat.S_IMODE(os.stat(config_path).st_mode)),
+                             "at": time.time()})
+    print("[upload-certs] Storing the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace")
+    print_certificate_key(key, args)
+
+
+def print_certificate_key(key, args):
+    """What kubeadm's upload-certs phase prints, unless --skip-certificate-key-print."""
+    if "--skip-certificate-key-print" not in args:
+        print("[upload-certs] Using certificate key:\n" + key)
 
 
 def create_bootstrap_token(text):
@@ -525,6 +641,10 @@ def kubectl(args):
     time.sleep(float(knob("kubectl_sleep", "0")))  # a slow API server (a busy master)
     kubeconfig = args[1] if args[:1] == ["--kubeconfig"] else None
     args = args[2:] if kubeconfig else args
+    import fake_objects  # kube-system's ConfigMaps and Leases, etcdctl in an etcd Pod (several control planes)
+
+    if fake_objects.handles(args):
+        return fake_objects.kubectl(args, cluster)
     if args[:1] == ["version"]:
         with cluster() as state:
             version = (state.get("control_plane") or {}).get("version", "v1.31.4")

@@ -9,7 +9,12 @@ There is no control plane to bring up, so the configuration then goes to the tes
 its controlPlaneEndpoint. It runs the join tests' kubeadm stand-in (`kubeadm init --config`) against their fake
 cluster and answers with its exit code, its output and the files it wrote (admin.conf, pki/ca.crt), which are
 written here under /etc/kubernetes with the modes they had there, as kubeadm leaves them. Each init's start and end
-(uptime) and exit code go to /var/lib/pi-image-test/inits.jsonl.
+(uptime) and exit code go to /var/lib/pi-image-test/inits.jsonl. The static pods already in
+/etc/kubernetes/manifests (kube-vip's, on a cluster of several control planes) go along, so that the stand-in checks
+them as the kubelet would run them.
+
+`kubeadm init phase upload-certs --upload-certs --config FILE` (the token endpoint's, when the kubeadm-certs Secret
+expired) goes to the fake API server as it is: it touches nothing on this node.
 """
 
 import json
@@ -22,6 +27,7 @@ import kubeadm_standin as standin
 
 KUBELET_PORT = 10250
 MIN_MEMORY_MB = 1700
+MANIFESTS = "/etc/kubernetes/manifests"
 RECORD = "/var/lib/pi-image-test/inits.jsonl"
 
 
@@ -43,6 +49,31 @@ def init_errors(config):
     return errors
 
 
+def static_pods():
+    """{file name: text} of /etc/kubernetes/manifests (empty before kubeadm writes its own there)."""
+    pods = {}
+    for name in sorted(os.listdir(MANIFESTS)) if os.path.isdir(MANIFESTS) else []:
+        with open(os.path.join(MANIFESTS, name)) as handle:
+            pods[name] = handle.read()
+    return pods
+
+
+def upload_certs(argv, config):
+    """The phase as the fake API server plays it: its exit code and output."""
+    endpoint = re.search(r'controlPlaneEndpoint: "([^"]+)"', config).group(1)
+    mode = os.stat(argv[argv.index("--config") + 1]).st_mode & 0o777
+    body = {"args": argv[1:], "config": config, "config_mode": mode,
+            "kubeadm_version": standin.kubeadm_version(standin.knobs()), "manifests": {}}
+    try:
+        answer = standin.post_json(endpoint, "/pi-image-test/kubeadm-init", body)
+    except (OSError, ValueError) as err:
+        sys.stderr.write("error execution phase upload-certs: {}\n".format(err))
+        return 1
+    sys.stdout.write(answer["stdout"])
+    sys.stderr.write(answer["stderr"])
+    return answer["returncode"]
+
+
 def write_files(files):
     """{path under /: {"content", "mode"}} written as the fake kubeadm wrote them."""
     for relative, entry in sorted(files.items()):
@@ -61,7 +92,7 @@ def init(argv, config):
     endpoint = re.search(r'controlPlaneEndpoint: "([^"]+)"', config).group(1)
     mode = os.stat(argv[argv.index("--config") + 1]).st_mode & 0o777
     body = {"args": argv[1:], "config": config, "config_mode": mode,
-            "kubeadm_version": standin.kubeadm_version(standin.knobs())}
+            "kubeadm_version": standin.kubeadm_version(standin.knobs()), "manifests": static_pods()}
     try:
         answer = standin.post_json(endpoint, "/pi-image-test/kubeadm-init", body)
     except (OSError, ValueError) as err:
@@ -80,6 +111,8 @@ def main(argv):
     started = standin.uptime()
     with open(argv[argv.index("--config") + 1]) as handle:
         config = handle.read()
+    if argv[1:3] == ["init", "phase"]:
+        return upload_certs(argv, config)
     returncode = init(argv, config)
     with open(RECORD, "a") as handle:
         handle.write(json.dumps({"returncode": returncode, "started": started, "ended": standin.uptime()}) + "\n")
