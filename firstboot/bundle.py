@@ -2,7 +2,8 @@
 network but the cluster's.
 
     /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
-    /var/lib/pi-image/bundle/debs/*.deb       installed by apt from these files only (no source: nothing to download)
+    /var/lib/pi-image/bundle/debs/*.deb       installed by dpkg from these files only (apt-get with no source if
+                                              dpkg alone cannot: nothing to download either way)
     /var/lib/pi-image/bundle/images/*.tar     OCI archives, imported into containerd's k8s.io namespace once
     /var/lib/pi-image/bundle/release/*        kube_install release: the upstream assets (kubeadm, kubelet, kubectl,
                                               crictl and CNI plugin archives), installed by release.py
@@ -49,8 +50,13 @@ class Bundle(object):
         return self.manifest is not None
 
     def package_files(self):
-        """The bundle's .debs (checked), as the absolute paths apt-get install takes."""
+        """The bundle's package files (checked), as the absolute paths a package manager installs."""
         return [self._checked(entry) for entry in self.manifest.get("packages", [])]
+
+    def debs(self):
+        """The bundle's .debs as (package, version, checked absolute path): what dpkg has decides what it needs."""
+        return [(entry.get("package"), entry.get("version"), self._checked(entry))
+                for entry in self.manifest.get("packages", [])]
 
     def release_file(self, name):
         """The checked path of the release asset `name` (its upstream file name), or None if the bundle has none."""

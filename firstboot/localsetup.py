@@ -58,7 +58,7 @@ class LocalSetup(object):
 
             self.packages = Pacman(commands, root=root, sleep=sleep)
         else:
-            self.packages = Apt(commands, sleep)
+            self.packages = Apt(commands, sleep, root=root)
         self._kubeadm_version = None  # asked once, again after an install
 
     def path(self, absolute):
@@ -181,10 +181,12 @@ class LocalSetup(object):
 
     def install_packages(self):
         """Install what is missing of the distro packages (the runtime; kubelet/kubeadm/kubectl on the packages
-        path), then on the release path the release's binaries (release.py); (re)start the runtime if it was just
-        installed or is not ready, import the bundle's images, hold the kube packages, enable the kubelet."""
+        path), then on the release path the release's binaries (release.py); (re)start the runtime if it is not
+        ready, import the bundle's images, hold the kube packages, enable the kubelet."""
         bundle = Bundle(self.root)
         release = self.kube_install == "release"
+        if isinstance(self.packages, Apt):
+            self.packages.resume_man_db()  # a run killed while installing left man-db's trigger paused
         missing = self.packages.missing(self.runtime_packages + ([] if release else list(KUBE_PACKAGES)))
         if missing:
             installer = INSTALLERS[self.package_manager]
@@ -193,8 +195,10 @@ class LocalSetup(object):
                                                                                          installer), retry=False)
             if bundle.present:
                 log.info("installing %s from the card's bundle (no network)", ", ".join(missing))
-                self.packages.install(bundle.package_files(),
-                                      bundle.apt_options() if self.package_manager == "apt" else [])
+                if isinstance(self.packages, Apt):
+                    self.packages.install_files(bundle.debs(), bundle.apt_options())
+                else:
+                    self.packages.install(bundle.package_files(), [])
             else:
                 self.packages.install(missing)
         installed = bool(missing)
@@ -204,7 +208,7 @@ class LocalSetup(object):
             installed = ReleaseInstall(self.root, self.release, self.kubernetes_release, bundle).run() or installed
         if installed:
             self._kubeadm_version = None  # another kubeadm may be in place now
-        self.runtime.start(restart=any(package in missing for package in self.runtime_packages))
+        self.runtime.start(installed=any(package in missing for package in self.runtime_packages))
         if bundle.present:
             bundle.import_images(self.commands, self.runtime.socket_path)
         if not release or self.package_manager == "pacman":

@@ -12,8 +12,16 @@ Three things a workstation rarely shows, and what is done about each:
 
 Configuration files already on disk (pi-image's /etc/containerd/config.toml, written by the build before the
 package exists) are kept: --force-confold, never a prompt. DEBIAN_FRONTEND=noninteractive comes from the agent.
+
+The offline bundle's .debs are a closed set the build resolved against this image: one `dpkg --install` of those not
+installed at their version yet, no resolver (apt-get spends seconds of a Pi's first boot loading its cache for
+nothing there); when dpkg alone cannot (a Pre-Depends between two of them, an image changed since its build),
+apt-get installs the same files. While packages install, man-db's trigger is paused (its cached debconf answer
+/var/lib/man-db/auto-update moved aside and put back after, also by the next run if this one was killed): rebuilding
+the manual's index costs a Pi tens of seconds on every install, and the daily man-db.timer does it anyway.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +41,8 @@ _LOCK_MARKERS = ("Could not get lock", "Unable to acquire the dpkg frontend lock
 _CLOCK_MARKER = "is not valid yet"
 _UNREACHABLE_MARKERS = ("Failed to fetch", "Temporary failure resolving", "Could not resolve", "Could not connect",
                         "Unable to connect", "Network is unreachable", "Connection timed out")
+MAN_DB_AUTO_UPDATE = "/var/lib/man-db/auto-update"  # while it exists, man-db's trigger runs mandb (man-db >= 2.7)
+MAN_DB_PAUSED = MAN_DB_AUTO_UPDATE + ".pi-image-paused"
 UNREACHABLE_FIX = ("check the node's network (address, gateway, DNS), or set kube_repo_url (a reachable mirror of "
                    "the Kubernetes repository) or proxy (http://HOST:PORT for apt and the runtime) in its profile")
 
@@ -40,10 +50,11 @@ UNREACHABLE_FIX = ("check the node's network (address, gateway, DNS), or set kub
 class Apt(object):
     """Installs packages with apt-get through the command seam; every failure is a SetupFailed naming its fix."""
 
-    def __init__(self, commands, sleep=time.sleep, clock=time.monotonic):
+    def __init__(self, commands, sleep=time.sleep, clock=time.monotonic, root="/"):
         self.commands = commands
         self.sleep = sleep
         self.clock = clock
+        self.root = root
 
     def missing(self, packages):
         """The packages of `packages` that dpkg does not have fully installed (a half-configured one is missing).
@@ -63,6 +74,39 @@ class Apt(object):
         self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"]))
         if local_options is None:
             self._update()
+        with self._man_db_paused():
+            self._apt_install(packages, local_options)
+
+    def install_files(self, debs, local_options):
+        """Finish what a power cut interrupted, then install the offline bundle's `debs` ((package, version, checked
+        .deb path) each) that are not installed at their version yet with one `dpkg --install`; if dpkg alone
+        cannot, apt-get installs them with `local_options` (no source, no download)."""
+        self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"]))
+        wanted = self._not_installed(debs)
+        if not wanted:
+            return
+        log.info("installing %s with dpkg", " ".join(os.path.basename(path) for path in wanted))
+        started = self.clock()
+        with self._man_db_paused():
+            result = self.run(["dpkg", KEEP_OUR_CONFFILES, "--install"] + wanted, timeout=3600)
+            if not result.ok:
+                log.info("dpkg could not install the bundle's packages by itself (%s); apt-get orders them",
+                         result.summary(300))
+                self._apt_install(wanted, local_options)
+        log.info("%d packages of the bundle installed in %.1f s", len(wanted), self.clock() - started)
+
+    def _not_installed(self, debs):
+        """The paths of `debs` whose package is not installed ("ii"/"hi") at exactly that version."""
+        result = self.commands.run(["dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n"]
+                                   + [package for package, _, _ in debs if package])
+        installed = set()
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[2][1:] == "i":
+                installed.add((fields[0].split(":")[0], fields[1]))
+        return [path for package, version, path in debs if (package, version) not in installed]
+
+    def _apt_install(self, packages, local_options):
         names = [os.path.basename(package) for package in packages]
         log.info("installing %s (apt-get waits up to %d s for the dpkg lock)", " ".join(names), APT_LOCK_TIMEOUT)
         result = self.run(["apt-get", "install", "-y", "-o", "Dpkg::Options::=" + KEEP_OUR_CONFFILES,
@@ -71,6 +115,28 @@ class Apt(object):
         if result.ok and "Waiting for cache lock" in result.stdout + result.stderr:
             log.info("apt-get waited for the dpkg lock, then installed %s", " ".join(names))
         self._checked(result)
+
+    @contextlib.contextmanager
+    def _man_db_paused(self):
+        """man-db's trigger does nothing while this runs (see the module's docstring)."""
+        flag = os.path.join(self.root, MAN_DB_AUTO_UPDATE.lstrip("/"))
+        try:
+            os.rename(flag, os.path.join(self.root, MAN_DB_PAUSED.lstrip("/")))
+        except FileNotFoundError:  # no man-db, or its auto-update is off: nothing to pause
+            yield
+            return
+        try:
+            yield
+        finally:
+            self.resume_man_db()
+
+    def resume_man_db(self):
+        """Put man-db's auto-update flag back where a run paused it (one that was killed leaves it aside)."""
+        paused = os.path.join(self.root, MAN_DB_PAUSED.lstrip("/"))
+        try:
+            os.rename(paused, os.path.join(self.root, MAN_DB_AUTO_UPDATE.lstrip("/")))
+        except FileNotFoundError:
+            pass
 
     def hold(self, packages):
         """Keep `packages` at their installed version (apt-mark hold), so an upgrade never moves the node off the

@@ -50,12 +50,19 @@ class RuntimeCheck(object):
         self.socket_path = os.path.join(root, runtime.socket_path.lstrip("/"))
         self.sleep = sleep
 
-    def start(self, restart):
-        """Enable and (re)start the service when `restart` (just installed) or when it is not ready, then wait up to
-        START_WAIT_SECONDS for it to answer; one log line says how that went (preflight decides what follows)."""
-        if not restart and self.problem() is None:
-            return
+    def start(self, installed):
+        """Enable the service when `installed` (just now), and (re)start it when it is not ready, then wait up to
+        START_WAIT_SECONDS for it to answer; one log line says how that went (preflight decides what follows).
+        One that its package started (Debian's postinst does, with pi-image's configuration on disk since the build)
+        and that answers as pi-image configured it is not restarted: that would cost seconds and change nothing."""
         service = self.runtime.service
+        problem = self.problem()
+        if problem is None:
+            if installed:
+                self.commands.run(["systemctl", "enable", service])
+                log.info("%s answers on %s as its package started it (CRI plugin ok, runc with the systemd cgroup "
+                         "driver)", self.runtime.name, self.socket_path)
+            return
         log.info("starting %s with pi-image's configuration", service)
         self.commands.run(["systemctl", "enable", service])
         self.commands.run(["systemctl", "restart", service], timeout=120)

@@ -15,6 +15,7 @@ naming it, as a pull with no registry would. The tests are one story told in ord
 import time
 from dataclasses import dataclass
 
+import guest_timeline
 import pytest
 from apt_repo import KUBEADM_IMAGES, pod_network_images
 from lab import ClusterLab
@@ -54,7 +55,9 @@ def story(cluster_lab, archive, story_figures):
     story_figures.append({"test": __name__, "guests": 2, "offline": True,
                           "wall_seconds": round(time.monotonic() - started, 1),
                           "worker_qemu_start_to_joined": worker.seen.get("joined the cluster"),
-                          "master_qemu_start_to_init_done": master.seen.get("kubeadm init done")})
+                          "master_qemu_start_to_init_done": master.seen.get("kubeadm init done"),
+                          "timeline": {node: guest_timeline.keep(lab, node, lab.base / "timeline")
+                                       for node in (MASTER, WORKER)}})
     return Story(lab, master, worker, served)
 
 

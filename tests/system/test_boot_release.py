@@ -14,6 +14,7 @@ and `--offline`, whose card carries the binaries in its bundle and whose guest r
 import hashlib
 import json
 
+import guest_timeline
 import pytest
 from lab import BOOT_TIMEOUT, NODE
 
@@ -86,13 +87,16 @@ def test_a_binary_that_is_not_what_its_sha256_says_is_refused(lab_of):
     assert lab.fake.joins() == [] and lab.tokens_issued() == []
 
 
-def test_an_offline_release_card_joins_with_nothing_but_the_cluster_reachable(lab_of, archive):
+def test_an_offline_release_card_joins_with_nothing_but_the_cluster_reachable(lab_of, archive, story_figures):
     lab = lab_of(release="release", offline=True)
     before = archive_lines(archive)
     lab.endpoint.start()
     guest = lab.boot(only_ports=(lab.build.api_port, lab.build.endpoint_port))
     guest.wait_powered_off(BOOT_TIMEOUT, watch=("joined the cluster",))
     report = lab.guest_report(1)
+    story_figures.append({"test": "offline release worker",
+                          "qemu_start_to_joined": guest.seen.get("joined the cluster"),
+                          "timeline": guest_timeline.keep(lab, NODE, lab.base / "timeline")})
 
     assert report["reason"] == "done", guest.serial[-3000:]
     assert lab.fake.cluster()["nodes"] == {NODE: "Ready"}
