@@ -24,10 +24,10 @@ TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict = {"boots": []}
 SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "test_boot_control_plane.py",
-                        "test_boot_offline.py"}
+                        "test_boot_offline.py", "test_boot_several_masters.py"}
 # The longest story (two guests at once) starts first, so that the other worker's shorter ones fill in around it; the
 # other two-guest story (offline) waits for it if it comes while it runs (lab.ClusterLab.two_guests).
-FIRST_MODULES = ("test_boot_control_plane.py",)
+FIRST_MODULES = ("test_boot_several_masters.py", "test_boot_control_plane.py")
 # Added to the rootfs with guest/test-tools/ before the build: the monitor, package-lock and enroll units enabled;
 # masked, what a headless guest without a screen does not need and TCG pays seconds for.
 GUEST_LINKS = {
@@ -176,12 +176,14 @@ def release_args(archive, tree: str = "release") -> tuple[str, ...]:
 
 def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
                   nodes: tuple[tuple[str, ...], ...] | None = None, init_args: tuple[str, ...] = (),
-                  add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = ()):
+                  add_args: tuple[str, ...] = (), build_args: tuple[str, ...] = (), vip: str | None = None):
     """`pi-image cluster init`, `cluster add-node` of each of `nodes` ((name, profile, *its own add-node
     arguments); default pi-worker1 as a worker-8g), then `pi-image build --cluster DIR --all` of `base_image` into
     `dest`, as a user builds a whole cluster: a cluster on 10.0.2.2 (the host) at Kubernetes `version`, its kube
     repository the test archive.
-    `init_args`, `add_args` (each node) and `build_args` go to `cluster init`, `cluster add-node` and `build`."""
+    `init_args`, `add_args` (each node) and `build_args` go to `cluster init`, `cluster add-node` and `build`.
+    With `vip`, the API server and the endpoint are at that virtual address of the subnet (`cluster init --vip`),
+    the host (10.0.2.2) its gateway; the guests reach the VIP's ports through guestfwd."""
     from join_fakes.harness import make_ca
     from lab import NODE, ClusterBuild, free_port, pi_image
 
@@ -189,10 +191,11 @@ def build_cluster(base_image: Path, archive, dest: Path, version: str = "1.31",
     dest.mkdir(parents=True, exist_ok=True)
     api_port, endpoint_port = free_port(), free_port()
     cluster_dir = dest / "cluster"
-    pi_image("cluster", "init", str(cluster_dir), "--api-server", f"10.0.2.2:{api_port}",
-             "--endpoint", f"10.0.2.2:{endpoint_port}", "--kubernetes-version", version, "--node-subnet", "10.0.2.0/24",
-             "--api-server-vip",  # the host's fake API server stands in front of the control plane, as a VIP would
-             *init_args)
+    # the host's fake API server stands in front of the control plane, as a VIP would
+    where = ("--vip", vip, "--gateway", "10.0.2.2") if vip else ("--api-server-vip",)
+    pi_image("cluster", "init", str(cluster_dir), "--api-server", f"{vip or '10.0.2.2'}:{api_port}",
+             "--endpoint", f"{vip or '10.0.2.2'}:{endpoint_port}", "--kubernetes-version", version,
+             "--node-subnet", "10.0.2.0/24", *where, *init_args)
     for node, profile, *own_args in nodes:
         pi_image("cluster", "add-node", str(cluster_dir), node, "--profile", profile, *add_args, *own_args)
     ca_cert = dest / "ca.crt"

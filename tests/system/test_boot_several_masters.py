@@ -15,7 +15,8 @@ on (the fake control plane plays the API server and etcd for every member, `etcd
 
 Networking: each guest has a QEMU network of its own (qemu_guest.py). A master's endpoint port is forwarded from a
 port of the host's 127.0.0.1 (hostfwd); a guest reaches another master's inventory address with guestfwd, handed by
-socat to that host port. The VIP is the host (10.0.2.2), forwarded to pi-master1 while it lives.
+socat to that host port. The VIP 10.0.2.5 is guestfwd too: its API port to the fake API server, its endpoint port to
+pi-master1's while it lives (afterwards nobody answers there, as if kube-vip had not moved it yet).
 """
 
 import json
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.system
 MASTERS = {"pi-master1": "10.0.2.21", "pi-master2": "10.0.2.22", "pi-master3": "10.0.2.23"}
 M1, M2, M3 = MASTERS
 WORKER = "pi-worker1"
-VIP = "10.0.2.2"
-BUILD = {"base": "preinstalled", "init_args": ("--vip", VIP),
+VIP = "10.0.2.5"  # the host (10.0.2.2) is the subnet's gateway
+BUILD = {"base": "preinstalled", "vip": VIP,
          "nodes": (*((name, "master-2g", "--address", address) for name, address in MASTERS.items()),
                    (WORKER, "worker-8g"))}
 ENDPOINT_STARTED = "token endpoint started"
@@ -62,15 +63,18 @@ class Ports:
     def hostfwd(self, node: str) -> tuple[tuple[int, int], ...]:
         return ((self.host[node], self.endpoint),)
 
-    def guestfwd(self) -> tuple[tuple[str, int], ...]:
-        """Every master's inventory address:endpoint port, to its host port."""
-        return tuple((f"{address}:{self.endpoint}", self.host[node]) for node, address in MASTERS.items())
+    def guestfwd(self, api_port: int) -> tuple[tuple[str, int], ...]:
+        """The VIP's API server and endpoint ports, and every master's inventory address:endpoint port, to their
+        host ports."""
+        return ((f"{VIP}:{api_port}", api_port), (f"{VIP}:{self.endpoint}", self.endpoint),
+                *((f"{address}:{self.endpoint}", self.host[node]) for node, address in MASTERS.items()))
 
 
 @pytest.fixture(scope="module")
 def story(cluster_lab, story_figures, base_images, archive):
     lab = cluster_lab
     ports = Ports(lab.build.endpoint_port)
+    forwards = ports.guestfwd(lab.build.api_port)
     guests: dict[str, Guest] = {}
     times: dict[str, float] = {}
     with lab.two_guests():
@@ -80,18 +84,18 @@ def story(cluster_lab, story_figures, base_images, archive):
             times[name] = round(time.monotonic() - began, 1)
 
         guests[M1] = first = lab.boot(M1, hostfwd=ports.hostfwd(M1), memory_mib=MEMORY, stay_while=lab.hold_url(),
-                                      guestfwd=ports.guestfwd()[1:])
+                                      guestfwd=forwards)
         first.wait_for(ENDPOINT_STARTED, BOOT_TIMEOUT)
         mark("first_master_serves")
         guests[M2] = second = lab.boot(M2, hostfwd=ports.hostfwd(M2), memory_mib=MEMORY, stay_while=lab.hold_url(),
-                                       guestfwd=ports.guestfwd())
+                                       guestfwd=forwards)
         second.wait_for(ENDPOINT_STARTED, BOOT_TIMEOUT)
         mark("second_master_serves")
         assert first.running(), f"the first master powered off early: {first.serial_path}"
         first.power_cut()
         lab.fake.set_node(M1, "NotReady")  # as the node controller marks it 40 s after its kubelet went silent
         mark("first_master_lost")
-        guests[WORKER] = worker = lab.boot(WORKER, guestfwd=ports.guestfwd())
+        guests[WORKER] = worker = lab.boot(WORKER, guestfwd=forwards)
         worker.wait_powered_off(BOOT_TIMEOUT, watch=(JOINED,))
         mark("worker_joined")
         repository = f"kube_repo_url={archive.kube_repo_url(archive.port)}"
@@ -101,7 +105,7 @@ def story(cluster_lab, story_figures, base_images, archive):
         run(["cp", "--sparse=always", str(lab.base / "reflashed.img"), str(lab.images[M1])])
         mark("first_master_rebuilt")
         guests[f"{M1}-reflashed"] = again = lab.boot(M1, hostfwd=ports.hostfwd(M1), memory_mib=MEMORY,
-                                                     guestfwd=ports.guestfwd())
+                                                     guestfwd=forwards)
         again.wait_powered_off(BOOT_TIMEOUT, watch=(JOINED, ENDPOINT_STARTED))
         mark("first_master_rejoined")
         lab.api.release()
