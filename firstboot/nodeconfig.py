@@ -11,6 +11,8 @@ keys; the agent reads it back with load_node_config(), which checks it (NodeConf
     package_manager      apt (absent: the default) | pacman: how runtime_packages are installed (localsetup.py)
     kube_install         packages (absent: the default; apt from pkgs.k8s.io, pinned to the minor) | release: the
                          upstream binaries of kubernetes_release (release.py)
+    kube_repo            with kube_install packages: the Kubernetes apt repository's URL, "{version}" standing for
+                         the minor (the profile's kube_repo_url): an upgrade moves the node's source to another minor's
     release {kube_url, crictl_url, crictl_version, cni_url, cni_version, arch, sha256}    present iff kube_install
                          is release: where the five assets are and the SHA-256 the build recorded for each (keys:
                          the asset file names); the device trusts these digests, never the network
@@ -66,7 +68,7 @@ CERTIFICATE_KEY = "certificate.key"  # in SECRETS_DIR: kubeadm's --certificate-k
 _LOCAL_KEYS = ("node", "kubernetes_version", "runtime")
 _WORKER_KEYS = ("endpoint", "endpoint_fingerprint", "credential", "api_server", "node_subnet")
 _CONTROL_PLANE_KEYS = ("api_server", "node_subnet")
-_TEXT_KEYS = _LOCAL_KEYS + _WORKER_KEYS + ("role", "kubernetes_release")
+_TEXT_KEYS = _LOCAL_KEYS + _WORKER_KEYS + ("role", "kubernetes_release", "kube_repo")
 
 _RELEASE_URLS = ("kube_url", "crictl_url", "cni_url")
 _RELEASE_VERSIONS = ("crictl_version", "cni_version")
@@ -212,14 +214,15 @@ class NodeConfig(_Record):
     A field that is None (False for unstamped, empty for kubelet) is a key node.json does not have."""
 
     __slots__ = ("node", "role", "kubernetes_version", "runtime", "runtime_packages", "built_at", "kubelet",
-                 "kubernetes_release", "package_manager", "kube_install", "release", "api_server", "node_subnet",
+                 "kubernetes_release", "package_manager", "kube_install", "kube_repo", "release", "api_server",
+                 "node_subnet",
                  "generation", "endpoint", "endpoint_fingerprint", "credential", "fallback_endpoints", "control_plane",
                  "unstamped")
 
     def __init__(self, *, node: str, kubernetes_version: str, runtime: str, role: str = "worker",
                  runtime_packages: Sequence[str] = (), built_at: Optional[float] = None,
                  kubelet: Optional[Dict[str, Any]] = None, kubernetes_release: Optional[str] = None,
-                 package_manager: str = "apt", kube_install: str = "packages",
+                 package_manager: str = "apt", kube_install: str = "packages", kube_repo: Optional[str] = None,
                  release: Optional[ReleaseSettings] = None, api_server: Optional[str] = None,
                  node_subnet: Optional[str] = None, generation: Optional[int] = None, endpoint: Optional[str] = None,
                  endpoint_fingerprint: Optional[str] = None, credential: Optional[str] = None,
@@ -235,6 +238,7 @@ class NodeConfig(_Record):
         self.kubernetes_release = kubernetes_release  # "1.31.4"
         self.package_manager = package_manager  # apt | pacman: installs runtime_packages (localsetup.py)
         self.kube_install = kube_install  # packages | release (release.py)
+        self.kube_repo = kube_repo  # "https://pkgs.k8s.io/core:/stable:/v{version}/deb/" (packages path)
         self.release = release  # with kube_install release: where the assets are and their digests
         self.api_server = api_server  # "HOST:6443"; a worker routes to it to find its node-ip if none in the subnet
         self.node_subnet = node_subnet  # CIDR: the node-ip is this node's address inside it
@@ -250,8 +254,8 @@ class NodeConfig(_Record):
         """node.json's object (the build writes it with sorted keys)."""
         data: Dict[str, Any] = {"node": self.node, "role": self.role, "kubernetes_version": self.kubernetes_version,
                                 "runtime": self.runtime, "runtime_packages": list(self.runtime_packages)}
-        for key in ("built_at", "kubernetes_release", "api_server", "node_subnet", "generation", "endpoint",
-                    "endpoint_fingerprint", "credential"):
+        for key in ("built_at", "kubernetes_release", "kube_repo", "api_server", "node_subnet", "generation",
+                    "endpoint", "endpoint_fingerprint", "credential"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.kubelet:
@@ -326,7 +330,8 @@ class NodeConfig(_Record):
             node=data["node"], role=role, kubernetes_version=data["kubernetes_version"], runtime=data["runtime"],
             runtime_packages=packages, built_at=data.get("built_at"), kubelet=kubelet,
             kubernetes_release=data.get("kubernetes_release"), package_manager=package_manager,
-            kube_install=kube_install, release=release, api_server=data.get("api_server"),
+            kube_install=kube_install, kube_repo=data.get("kube_repo"), release=release,
+            api_server=data.get("api_server"),
             node_subnet=data.get("node_subnet"), generation=data.get("generation"), endpoint=data.get("endpoint"),
             endpoint_fingerprint=data.get("endpoint_fingerprint"), credential=data.get("credential"),
             fallback_endpoints=fallbacks,

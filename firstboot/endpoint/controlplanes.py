@@ -5,9 +5,10 @@ stale etcd member of its name.
 certificate key; kubeadm deletes that Secret two hours after it was uploaded. Before the key is handed out, the Secret
 is uploaded again (`kubeadm init phase upload-certs --upload-certs --config F`) when it is older than CERTS_FRESH
 (1 h 50 min: the joining master has ten minutes left to download it) or its age is unknown. The key goes to kubeadm in
-F only, a 0600 file next to the key itself, deleted at once (kubeadm refuses --certificate-key together with --config,
-and a command line is readable by every local user); kubeadm is told not to print it. The time of the upload is kept
-in the shared state (store.share_value), so every master knows it.
+F only, a 0600 temporary file (in the endpoint unit's private /tmp: its sandbox keeps /etc read-only), deleted at
+once (kubeadm refuses --certificate-key together with --config, and a command line is readable by every local user);
+kubeadm is told not to print it. The time of the upload is kept in the shared state (store.share_value), so every
+master knows it.
 
 A master card reflashed finds its old etcd member still in the cluster, and `kubeadm join` would fail on it: the
 member named like the node is removed through the API, with etcdctl inside this master's etcd Pod.
@@ -60,8 +61,7 @@ class ControlPlaneJoins(object):
             return text
 
     def _upload(self, key):
-        directory = os.path.dirname(self.settings.file("certificate_key_file"))
-        descriptor, path = tempfile.mkstemp(prefix=".upload-certs-", suffix=".yaml", dir=directory)  # 0600
+        descriptor, path = tempfile.mkstemp(prefix="upload-certs-", suffix=".yaml")  # 0600
         try:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(self._upload_config(key))
