@@ -6,9 +6,10 @@
                vX.Y.Z/bin/linux/amd64/{kubeadm,kubelet,kubectl} (the recording stand-in with its release inside) each
                with its .sha256; /cri-tools/ and /cni-plugins/ as GitHub's release downloads lay out crictl's and the
                CNI plugins' archives; /release-tampered/ the same, but its kubeadm is not what its .sha256 says
-    /kube/     a flat repository (`deb [signed-by=...] URL /`), reached as /kube/v1.30/ and /kube/v1.31/ through
-               the build's kube_repo_url: stand-in kubelet/kubeadm/kubectl .debs of both minors (made here with
-               dpkg-deb), so the image's apt pin has something to choose from
+    /kube/     a flat repository (`deb [signed-by=...] URL /`), reached as /kube/v1.30/, /kube/v1.31/ and /kube/v1.32/
+               through the build's kube_repo_url: stand-in kubelet/kubeadm/kubectl .debs of the three minors (made
+               here with dpkg-deb), so the image's apt pin has something to choose from, and an upgrade somewhere
+               to go
 
 The Debian .debs are resolved by apt itself against the cached rootfs's dpkg status (`apt-get install
 --download-only`, Depends only: apt skips a Recommends such as criu when the archive lacks it) and cached beside the
@@ -38,7 +39,8 @@ from builder.run import run
 SUITE = "bookworm"
 ARCH = "amd64"
 RUNTIME_PACKAGES = ("containerd", "runc")
-KUBE_VERSIONS = ("1.30.5-1.1", "1.31.4-1.1")
+KUBE_VERSIONS = ("1.30.5-1.1", "1.31.4-1.1", "1.32.1-1.1")
+PREINSTALLED = "1.31.4-1.1"  # what the preinstalled base carries; 1.32 is what the upgrade story moves to
 KUBE_TOOLS = ("kubelet", "kubeadm", "kubectl")
 # What `kubeadm config images list` prints for each stand-in release, from kubeadm's own constants as minikube records
 # them (pkg/minikube/constants/constants_kubeadm_images.go): the stand-in kubeadm package carries its list, as the
@@ -51,6 +53,10 @@ KUBEADM_IMAGES = {
                "registry.k8s.io/kube-scheduler:v1.31.4", "registry.k8s.io/kube-proxy:v1.31.4",
                "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.10",
                "registry.k8s.io/etcd:3.5.15-0"),
+    "1.32.1": ("registry.k8s.io/kube-apiserver:v1.32.1", "registry.k8s.io/kube-controller-manager:v1.32.1",
+               "registry.k8s.io/kube-scheduler:v1.32.1", "registry.k8s.io/kube-proxy:v1.32.1",
+               "registry.k8s.io/coredns/coredns:v1.11.3", "registry.k8s.io/pause:3.10",
+               "registry.k8s.io/etcd:3.5.16-0"),
 }
 
 PACKAGES_DIR = Path(__file__).parent / "guest" / "packages"
@@ -180,7 +186,7 @@ class AptRepository:
             shutil.copyfile(deb, flat / deb.name)
         (flat / "Packages").write_bytes(self._ftparchive(flat, "packages", "."))
         self._release(flat, flat, ".")
-        for version in KUBE_VERSIONS:  # what kube_repo_url's {version} names: one flat repository for both minors
+        for version in KUBE_VERSIONS:  # what kube_repo_url's {version} names: one flat repository for all
             os.symlink(".", flat / ("v" + ".".join(version.split(".")[:2])))
         self.server: ThreadingHTTPServer | None = None
 

@@ -100,7 +100,7 @@ def archive(tmp_path_factory):
     key = SigningKey(base / "gnupg")
     repo = AptRepository(base / "repo", key, runtime_debs(rootfs), standin_debs(base / "standins"),
                          more=runtime_debs(rootfs, RELEASE_DEPENDENCIES["apt"]))
-    release_tree(repo.root, {minor: companions(minor) for minor in ("1.30", "1.31")})
+    release_tree(repo.root, {minor: companions(minor) for minor in ("1.30", "1.31", "1.32")})
     repo.port = free_port()
     repo.serve(repo.port)
     figures["archive_seconds"] = round(time.monotonic() - started, 1)
@@ -118,7 +118,7 @@ def base_images(tmp_path_factory, archive):
                       Jetson image that ships its runtime; for the stories about the join protocol, which then skip
                       a minute and a half of emulated dpkg
     """
-    from apt_repo import KUBE_VERSIONS
+    from apt_repo import PREINSTALLED
     from rootfs import cached_rootfs, rootfs_facts
     from ubuntu_layout import install_debs, make_image, stage_tree
 
@@ -134,7 +134,7 @@ def base_images(tmp_path_factory, archive):
         started = time.monotonic()
         stage = stage_tree(rootfs, overlays, base / f"stage-{name}", copy=name == "preinstalled")
         if name == "preinstalled":
-            install_debs(stage, archive.debs(KUBE_VERSIONS[-1]))
+            install_debs(stage, archive.debs(PREINSTALLED))
         images[name] = make_image(stage, base / f"ubuntu-22.04-raspi-like-{name}.img")
         shutil.rmtree(stage)
         figures[f"base_image_{name}_seconds"] = round(time.monotonic() - started, 1)

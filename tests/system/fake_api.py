@@ -13,6 +13,7 @@ API server comes here instead, and each request is played by the join tests' sta
                                       {name: text}); the answer adds the files it wrote there
                                       ({"etc/kubernetes/admin.conf": {"content", "mode"}, ...}). `init phase
                                       upload-certs` comes the same way.
+    POST /pi-image-test/kubeadm-upgrade {"args", "kubeadm_version"}  `kubeadm upgrade plan|apply|node ...`
     POST /pi-image-test/kubectl       `kubectl ARGS` (framing: see guest/.../kubectl.bash); a file given with -f FILE
                                       is written here first and its path put in its place
     GET  /pi-image-test/hold          "stay" until release() is called, then "release" (the guest monitor's
@@ -70,6 +71,8 @@ class FakeApiServer:
                 request = json.loads(body)
                 if route == "kubeadm-join":
                     answer = api.join(request["config"], request["kubeadm_version"])
+                elif route == "kubeadm-upgrade":
+                    answer = api.upgrade(request["args"], request["kubeadm_version"])
                 elif route == "kubeadm-init":
                     answer = api.init(request["args"], request["config"], request["config_mode"],
                                       request["kubeadm_version"], request.get("manifests", {}))
@@ -116,6 +119,10 @@ class FakeApiServer:
         if "phase" not in args:
             self.init_files = answer["files"]
         return answer
+
+    def upgrade(self, args: list[str], kubeadm_version: str) -> dict:
+        self.fake.knob("kubeadm_version", kubeadm_version)
+        return _answer(run([str(self.fake.bin / "kubeadm"), *args], env=self.fake.env, check=False))
 
     def _with_files(self, args: list[str], root: Path) -> dict:
         """The fake kubeadm's answer to `args` with FAKE_ROOT `root`, and the files it wrote there."""
