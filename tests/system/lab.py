@@ -110,7 +110,7 @@ class ClusterLab:
     def boot(self, node: str | None = None, kernel_args: tuple[str, ...] = (), rtc_base: str | None = None,
              cloud_init: bool = False, hostfwd: tuple[int | tuple[int, int], ...] = (), memory_mib: int = 1024,
              only_ports: tuple[int, ...] | None = None, guestfwd: tuple[tuple[str, int], ...] = (),
-             **knobs) -> Guest:
+             address: str | None = None, **knobs) -> Guest:
         """Power `node` on (default: the build's first); `knobs` become pitest.KEY=VALUE on the kernel command line
         (see guest/test-tools), `hostfwd` ports of the host's 127.0.0.1 lead to the same ports of its cluster NIC.
 
@@ -122,7 +122,7 @@ class ClusterLab:
         kernel_args = (*kernel_args, *(() if cloud_init else ("cloud-init=disabled",)))
         guest = Guest(self.images[node], self.boot_files[node], self.base / f"serial-{node}-{number}.log", knobs,
                       kernel_args, memory_mib=memory_mib, rtc_base=rtc_base, hostfwd=hostfwd, only_ports=only_ports,
-                      guestfwd=guestfwd)
+                      guestfwd=guestfwd, address=address)
         self.power_ons.append(PowerOn(node, number, guest))
         return guest.start()
 

@@ -51,12 +51,14 @@ class Guest:
     def __init__(self, image: Path, boot: BootFiles, serial: Path, knobs: dict[str, str] | None = None,
                  kernel_args: tuple[str, ...] = (), memory_mib: int = 1024, rtc_base: str | None = None,
                  hostfwd: tuple[int | tuple[int, int], ...] = (), only_ports: tuple[int, ...] | None = None,
-                 guestfwd: tuple[tuple[str, int], ...] = ()):
+                 guestfwd: tuple[tuple[str, int], ...] = (), address: str | None = None):
         """`rtc_base` (YYYY-MM-DDTHH:MM:SS, UTC): where the emulated hardware clock starts (None: the host's time).
         `hostfwd`: TCP ports of the host's 127.0.0.1 (only: nothing outside this machine reaches a test guest)
         forwarded to the same port of the guest's cluster address, or (host port, guest port) pairs.
         `guestfwd`: ("A.B.C.D:PORT", host port): the guest's connections to another machine of its cluster subnet
         handed to the host's 127.0.0.1:host port by socat (how one guest reaches another's hostfwd).
+        `address`: the cluster NIC's DHCP address (QEMU's dhcpstart; default 10.0.2.15, every guest's): guests that
+        must not share one (etcd members' peer URLs) get their inventory address.
         `only_ports`: an isolated guest (QEMU's restrict=on on both NICs: no route out, no DNS, no NTP) that reaches
         10.0.2.2:PORT for these ports only, each connection handed to the host's 127.0.0.1:PORT by socat."""
         self.image = image
@@ -74,8 +76,10 @@ class Guest:
             "-drive", f"file={image},format=raw,if=virtio",
             "-netdev", "user,id=other,net=10.0.3.0/24" + restrict, "-device", "virtio-net-pci,netdev=other",
             "-netdev", "".join(["user,id=cluster", restrict, moved_host,
-                                *(",hostfwd=tcp:127.0.0.1:{}-:{}".format(*(port if isinstance(port, tuple)
-                                                                           else (port, port))) for port in hostfwd),
+                                f",dhcpstart={address}" if address else "",
+                                *(",hostfwd=tcp:127.0.0.1:{}-{}:{}".format(
+                                    *((port[0], address or "", port[1]) if isinstance(port, tuple)
+                                      else (port, address or "", port))) for port in hostfwd),
                                 *(f",guestfwd=tcp:{address}-cmd:socat - TCP:127.0.0.1:{port}" for address, port in
                                   [*((f"10.0.2.2:{port}", port) for port in only_ports or ()), *guestfwd])]),
             "-device", "virtio-net-pci,netdev=cluster",

@@ -63,18 +63,23 @@ class Ports:
     def hostfwd(self, node: str) -> tuple[tuple[int, int], ...]:
         return ((self.host[node], self.endpoint),)
 
-    def guestfwd(self, api_port: int) -> tuple[tuple[str, int], ...]:
-        """The VIP's API server and endpoint ports, and every master's inventory address:endpoint port, to their
-        host ports."""
+    def guestfwd(self, api_port: int, own: str | None = None) -> tuple[tuple[str, int], ...]:
+        """The VIP's API server and endpoint ports, and every other master's inventory address:endpoint port (not
+        the guest's `own` node's), to their host ports."""
         return ((f"{VIP}:{api_port}", api_port), (f"{VIP}:{self.endpoint}", self.endpoint),
-                *((f"{address}:{self.endpoint}", self.host[node]) for node, address in MASTERS.items()))
+                *((f"{address}:{self.endpoint}", self.host[node]) for node, address in MASTERS.items()
+                  if node != own))
 
 
 @pytest.fixture(scope="module")
 def story(cluster_lab, story_figures, base_images, archive):
     lab = cluster_lab
     ports = Ports(lab.build.endpoint_port)
-    forwards = ports.guestfwd(lab.build.api_port)
+
+    def master(node: str, **options) -> Guest:
+        """A master guest at its inventory address (etcd's peer URLs must differ), its endpoint forwarded."""
+        return lab.boot(node, hostfwd=ports.hostfwd(node), memory_mib=MEMORY, address=MASTERS[node],
+                        guestfwd=ports.guestfwd(lab.build.api_port, node), **options)
     guests: dict[str, Guest] = {}
     times: dict[str, float] = {}
     with lab.two_guests():
@@ -83,19 +88,17 @@ def story(cluster_lab, story_figures, base_images, archive):
         def mark(name):
             times[name] = round(time.monotonic() - began, 1)
 
-        guests[M1] = first = lab.boot(M1, hostfwd=ports.hostfwd(M1), memory_mib=MEMORY, stay_while=lab.hold_url(),
-                                      guestfwd=forwards)
+        guests[M1] = first = master(M1, stay_while=lab.hold_url())
         first.wait_for(ENDPOINT_STARTED, BOOT_TIMEOUT)
         mark("first_master_serves")
-        guests[M2] = second = lab.boot(M2, hostfwd=ports.hostfwd(M2), memory_mib=MEMORY, stay_while=lab.hold_url(),
-                                       guestfwd=forwards)
+        guests[M2] = second = master(M2, stay_while=lab.hold_url())
         second.wait_for(ENDPOINT_STARTED, BOOT_TIMEOUT)
         mark("second_master_serves")
         assert first.running(), f"the first master powered off early: {first.serial_path}"
         first.power_cut()
         lab.fake.set_node(M1, "NotReady")  # as the node controller marks it 40 s after its kubelet went silent
         mark("first_master_lost")
-        guests[WORKER] = worker = lab.boot(WORKER, guestfwd=forwards)
+        guests[WORKER] = worker = lab.boot(WORKER, guestfwd=ports.guestfwd(lab.build.api_port))
         worker.wait_powered_off(BOOT_TIMEOUT, watch=(JOINED,))
         mark("worker_joined")
         repository = f"kube_repo_url={archive.kube_repo_url(archive.port)}"
@@ -104,8 +107,7 @@ def story(cluster_lab, story_figures, base_images, archive):
                  "-o", str(lab.base / "reflashed.img"))
         run(["cp", "--sparse=always", str(lab.base / "reflashed.img"), str(lab.images[M1])])
         mark("first_master_rebuilt")
-        guests[f"{M1}-reflashed"] = again = lab.boot(M1, hostfwd=ports.hostfwd(M1), memory_mib=MEMORY,
-                                                     guestfwd=forwards)
+        guests[f"{M1}-reflashed"] = again = master(M1)
         again.wait_powered_off(BOOT_TIMEOUT, watch=(JOINED, ENDPOINT_STARTED))
         mark("first_master_rejoined")
         lab.api.release()
