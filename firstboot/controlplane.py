@@ -166,6 +166,9 @@ class ControlPlane(object):
             self._apply_cni()
         result = self.commands.run(["systemctl", "start", ENDPOINT_UNIT], timeout=120)
         if not result.ok:
+            journal = self.commands.run(["journalctl", "-u", ENDPOINT_UNIT, "-n", "8", "--no-pager", "-o", "cat"])
+            for line in journal.stdout.splitlines()[-8:]:
+                log.warning("%s: %s", ENDPOINT_UNIT, protocol.redact(line))
             raise SetupFailed("cannot start the token endpoint ({}): {}; see `journalctl -u {}`".format(
                 ENDPOINT_UNIT, result.summary(), ENDPOINT_UNIT), retry=True)
         log.info("token endpoint started (%s): nodes can join once it listens", ENDPOINT_UNIT)
