@@ -33,7 +33,7 @@ import time
 
 from . import joinconfig, localsetup, netinfo, preflight, protocol
 from .bundle import Bundle
-from .client import EndpointClient, EndpointUnreachable, NodeStory, PinMismatch, split_fix
+from .client import EndpointBusy, EndpointClient, EndpointUnreachable, NodeStory, PinMismatch, split_fix
 from .commands import CommandRunner
 from .errors import SetupFailed
 from .logsetup import log_to
@@ -193,8 +193,8 @@ class FirstBootAgent(object):
         try:
             answer = self.client.join(self._facts(node_ip))
         except EndpointUnreachable as err:
-            if isinstance(err, PinMismatch) or not self._may_initialize():
-                raise
+            if isinstance(err, (PinMismatch, EndpointBusy)) or not self._may_initialize():
+                raise  # something answered: another certificate, or this cluster's endpoint too slow to finish
             log.info("%s: no control plane answers, so there is no cluster yet: this node initializes it", err)
             return self._set_up_control_plane()
         if self.control_plane is not None and not self._found_cluster():

@@ -62,6 +62,11 @@ class PinMismatch(EndpointUnreachable):
     """The server's certificate is not the pinned one: not our endpoint, nothing was sent."""
 
 
+class EndpointBusy(EndpointUnreachable):
+    """An endpoint of this cluster (it presented the pinned certificate) was reached, but the exchange failed: too
+    slow, cut off. The cluster exists: a first control plane must never initialize another one on that account."""
+
+
 class Answer(object):
     """HTTP status and decoded JSON of one endpoint answer."""
 
@@ -244,7 +249,8 @@ class EndpointClient(object):
             return answer
         if len(failures) == 1:
             raise failures[0]
-        kind = PinMismatch if any(isinstance(err, PinMismatch) for err in failures) else EndpointUnreachable
+        kind = next((kind for kind in (PinMismatch, EndpointBusy) if any(isinstance(err, kind) for err in failures)),
+                    EndpointUnreachable)
         raise kind("no token endpoint answered: " + "; ".join(str(err) for err in failures))
 
     @contextlib.contextmanager
@@ -260,7 +266,7 @@ class EndpointClient(object):
         try:
             yield connection
         except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-            raise EndpointUnreachable("exchange with {}:{} failed: {}".format(host, port, err)) from None
+            raise EndpointBusy("exchange with {}:{} failed: {}".format(host, port, err)) from None
         finally:
             connection.close()
 

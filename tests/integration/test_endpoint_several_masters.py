@@ -9,7 +9,9 @@ import http.client
 import json
 import logging
 import ssl
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 from join_fakes.harness import FakeCluster, make_ca, new_cluster
@@ -232,8 +234,9 @@ def test_a_master_joining_gets_the_key_and_the_certificates_are_uploaded_again_a
     assert all(answer[1]["certificate_key"] == KEY and answer[1]["token"] for answer in (joined, within, later))
     uploads = fleet.fake.calls("kubeadm", "init", "phase", "upload-certs")
     assert len(uploads) == 2, "age unknown at first, fresh an hour later, stale after two"
-    assert all(call[call.index("--config") + 1].startswith(str(fleet.key_file.parent)) for call in uploads)
-    assert not list(fleet.key_file.parent.glob(".upload-certs-*")), "the config holding the key is gone"
+    configs = [Path(call[call.index("--config") + 1]) for call in uploads]
+    assert all(path.parent == Path(tempfile.gettempdir()) for path in configs), "the unit's private /tmp"
+    assert not any(path.exists() for path in configs), "the config holding the key is gone"
     assert [upload["config_mode"] for upload in read_jsonl(fleet.fake.state / "uploads.jsonl")] == ["0600"] * 2
     assert fleet.store().shared_value(CERTS_UPLOADED_AT) == START + 7200
     logged = "\n".join(record.getMessage() for record in caplog.records)

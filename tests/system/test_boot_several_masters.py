@@ -94,6 +94,7 @@ def story(cluster_lab, story_figures, base_images, archive):
         guests[M2] = second = master(M2, stay_while=lab.hold_url())
         second.wait_for(ENDPOINT_STARTED, BOOT_TIMEOUT)
         mark("second_master_serves")
+        second.wait_for("PITEST report", BOOT_TIMEOUT)  # its agent is done: it told the first master it joined
         assert first.running(), f"the first master powered off early: {first.serial_path}"
         first.power_cut()
         lab.fake.set_node(M1, "NotReady")  # as the node controller marks it 40 s after its kubelet went silent
