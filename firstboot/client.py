@@ -218,6 +218,11 @@ class EndpointClient(object):
         return self._exchange(protocol.ADMIN_APPROVE_PATH,
                               {"node": node, "replace": bool(replace), "listed": bool(listed)})
 
+    def admin_upgrade(self, to, mode):
+        """Ask this control plane to upgrade itself to the minor `to` ("1.32"): `mode` apply (the first control
+        plane: `kubeadm upgrade apply`) or node (the others, once it is done); see protocol.ADMIN_UPGRADE_PATH."""
+        return self._exchange(protocol.ADMIN_UPGRADE_PATH, {"to": to, "mode": mode})
+
     def challenge(self):
         """Only GET /v1/challenge on a pinned connection: is our endpoint there and answering? (probes, benches)"""
         return self._ask(lambda connection: _request(connection, "GET", protocol.CHALLENGE_PATH))

@@ -144,6 +144,11 @@ class Apt(object):
         if self.commands.available("apt-mark"):
             self.commands.run(["apt-mark", "hold"] + list(packages))
 
+    def unhold(self, packages):
+        """Let apt-get move `packages` again (apt-mark unhold): a cluster upgrade, which holds them afterwards."""
+        if self.commands.available("apt-mark"):
+            self.commands.run(["apt-mark", "unhold"] + list(packages))
+
     def run(self, argv, timeout=900):
         """Run an apt or dpkg command; while it fails because another process holds a package lock, wait and retry."""
         return retry_while_locked(lambda: self.commands.run(argv, timeout=timeout), _LOCK_MARKERS, self.sleep,

@@ -17,6 +17,22 @@ Wire format, all over HTTPS with the endpoint's certificate pinned by SHA-256 fi
     POST /v1/admin/status     {} -> 200 {"nodes": [row, ...], "inventory": {name: generation}, "server_time": unix time}
     POST /v1/admin/approve    {"node", "replace": bool, "listed": bool} -> 200 {"node", "state"}
                                  404 a name neither known there nor `listed` (in the operator's inventory)
+    POST /v1/admin/upgrade    {"to": "1.32", "mode": "apply" | "node"}   (this master moves to that minor in place)
+                              -> 202 {"state": "started", "node", "from": "v1.31.4", "to": "1.32"}  (recorded, its
+                                     upgrade unit started)
+                                 200 {"state": "done", "node", "from", "to"}   (it runs that minor, its upgrade done)
+                                 409 {"error": "..."}   (one running; apply of anything but one minor up from the
+                                     cluster's version; node before the API server runs `to`; not a 1.NN minor)
+                                 503 {"error": "..."}   (kubectl cannot tell the cluster's version)
+
+The status answer also holds "cluster_version" (the API server's gitVersion, null when unknown), "upgrade" (the
+answering master's upgrade record, below, or null) and per node row "kubelet_version" (null when unknown).
+
+An upgrade record (a control plane's /var/lib/pi-image/upgrade.json, 0600, no secret in it): {"node", "to", "mode",
+"from", "release" (the installed kubeadm's version, once installed), "state": running | done | failed, "phase" (of
+UPGRADE_PHASES: the one under way, where it failed, or "done"), "phases" {phase: unix time done}, "error", "fix"
+(one line each, or null), "requested_at", "updated_at"}. Mode "node" runs `kubeadm upgrade node` in the "apply"
+phase and has no "plan".
 
 POST bodies are JSON objects of at most MAX_BODY_BYTES. Each POST carries three headers: the node name, a nonce from
 /v1/challenge (one-time, expires after NONCE_TTL_SECONDS) and an HMAC-SHA256 made with the node credential over
@@ -45,7 +61,9 @@ ADMIN_KUBECONFIG_PATH = "/v1/admin/kubeconfig"
 ADMIN_INVENTORY_PATH = "/v1/admin/inventory"
 ADMIN_STATUS_PATH = "/v1/admin/status"
 ADMIN_APPROVE_PATH = "/v1/admin/approve"
-ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH, ADMIN_INVENTORY_PATH, ADMIN_STATUS_PATH, ADMIN_APPROVE_PATH)
+ADMIN_UPGRADE_PATH = "/v1/admin/upgrade"
+ADMIN_PATHS = (ADMIN_KUBECONFIG_PATH, ADMIN_INVENTORY_PATH, ADMIN_STATUS_PATH, ADMIN_APPROVE_PATH,
+               ADMIN_UPGRADE_PATH)
 ADMIN_NAME = "pi-image-admin"
 
 HEADER_NODE = "X-Pi-Image-Node"
@@ -58,6 +76,13 @@ HEADER_GENERATION = "X-Pi-Image-Generation"  # which build of the node signed (o
 # comes from the API server (the endpoint asks), never from the node.
 PHASES = ("booted", "local-setup", "runtime-installed", "waiting-for-control-plane", "token-issued", "initialized",
           "joined", "ready")
+
+# A control plane's upgrade to the next minor, in order (firstboot/upgrade.py): each recorded when done.
+UPGRADE_PHASES = ("requested", "repository", "kubeadm", "plan", "apply", "drain", "kubelet", "uncordon",
+                  "done")
+UPGRADE_MODES = ("apply", "node")  # the first control plane applies the new version; the others follow
+UPGRADE_STATES = ("running", "done", "failed")
+MINOR_RE = re.compile(r"^1\.\d{1,3}$")  # what an upgrade's "to" is: a Kubernetes minor, "1.32"
 
 NONCE_TTL_SECONDS = 60
 API_SERVER_PORT = 6443  # kubeadm's default, for an api_server given without one

@@ -160,7 +160,7 @@ def prepare(request: BuildRequest) -> BuildContext:
     kube_install = install_method(profile, target)
     config = config.replace(
         runtime_packages=_runtime_packages(profile, target, kube_install), package_manager=target.package_manager,
-        kube_install=kube_install,
+        kube_install=kube_install, kube_repo=None if kube_install == RELEASE else profile["kube_repo_url"],
         kubelet=kubelet_settings(profile["memory_gb"], profile["cpus"], profile["max_pods"]),
         built_at=epoch)  # a floor for the device's clock (a Pi has no RTC)
     keyring = None if kube_install == RELEASE else (request.stamp.keyring if request.stamp else None) or kube_keyring(

@@ -1,4 +1,4 @@
-"""Cluster commands: `cluster init|add-node|remove-node|kubeconfig|sync`, `token-server`, `approve`, `status`.
+"""Cluster commands: `cluster init|add-node|remove-node|kubeconfig|sync|upgrade`, `token-server`, `approve`, `status`.
 Parsing and printing only (what status shows and how the master is asked: fleet_status.py)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from firstboot.endpoint.settings import ServerSettings, SettingsError
 
 from .. import cluster as clusters
 from ..cluster import status as fleet
+from ..cluster import upgrade as upgrades
 from ..cluster.kubeconfig import merge_kubeconfig
 from ..cluster.settings import set_command, show_command
 from ..cluster.verify import verify_command
@@ -246,6 +247,62 @@ def sync_command(directory: Path, endpoint: str | None) -> None:
     click.echo(f"next: power the new nodes on; `pi-image status --cluster {directory}` shows them")
 
 
+@cluster_group.command("upgrade")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "to", metavar="1.NN", help="The next minor [default: the upgrade cluster.yaml records, resumed].")
+@click.option("--no-wait", is_flag=True, help="Start the upgrade and return; `pi-image status` follows it, the same "
+              "command run again waits for it and upgrades the other control planes.")
+@MASTER_ENDPOINT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end (no progress lines).")
+def upgrade_command(directory: Path, to: str | None, no_wait: bool, endpoint: str | None, as_json: bool) -> None:
+    """Move the running cluster of DIRECTORY one Kubernetes minor up: its control planes upgrade themselves in place.
+
+    Checked first, and refused in one line with nothing changed: a downgrade, the same minor, a jump of two, a minor
+    pi-image does not know, another upgrade recorded or running, an offline or release-path cluster (not yet), a node
+    whose kubelet would fall outside Kubernetes' version-skew policy (more than three minors behind, or ahead), a
+    master that does not answer. Then the first control plane runs `kubeadm upgrade apply` (the others `kubeadm
+    upgrade node`, one after the other), each drained around its kubelet's restart; every phase is shown as its
+    status reports it. Once every control plane runs the new minor, cluster.yaml says so and new cards get it;
+    workers keep their version until reflashed. A failure says its phase and fix (exit 1): the same command resumes.
+
+    \b
+    Examples:
+      pi-image cluster upgrade lab --to 1.32
+      pi-image cluster upgrade lab --to 1.32 --no-wait && pi-image status --cluster lab --watch
+      pi-image cluster upgrade lab                 # resume the upgrade cluster.yaml records
+      pi-image cluster upgrade lab --to 1.32 --json | jq .control_planes
+    """
+    cluster = clusters.load_cluster(directory)
+    upgrade = upgrades.prepare_upgrade(cluster, to, endpoint)
+    say = (lambda line: None) if as_json else click.echo
+    say(f"{'resuming the upgrade' if upgrade.resumed else 'upgrading'} {directory} from Kubernetes "
+        f"{upgrade.start} to {upgrade.to}:")
+    for row in upgrades.outlook(upgrade):
+        say(f"  {row['node']} ({row['role']}" + (f", kubelet {row['kubelet_version']}" if row["kubelet_version"]
+                                                  else "") + f"): {row['action']}")
+    done = upgrades.run_upgrade(upgrade, not no_wait, say)
+    if as_json:
+        click.echo(json.dumps(upgrade.to_dict(done), indent=2))
+        return
+    if not done:
+        running = next(step for step in upgrade.steps if step.state != "done")
+        click.echo(f"{running.node}: upgrade to {upgrade.to} {running.state} ({running.mode}, its endpoint "
+                   f"{running.address}); {directory / 'cluster.yaml'} records upgrade_to {upgrade.to}")
+        click.echo(f"next: pi-image status --cluster {directory} --watch (each phase), then `pi-image cluster "
+                   f"upgrade {directory}` " + ("upgrades the other control planes" if len(upgrade.steps) > 1
+                                                 else "records the new version"))
+        return
+    took = ", ".join(f"{step.node} in {fleet.duration(step.took)}" for step in upgrade.steps if step.took is not None)
+    click.echo(f"the control plane of {directory} runs Kubernetes {upgrade.to}" + (f" ({took})" if took else "")
+               + f"; {directory / 'cluster.yaml'} now says kubernetes_version {upgrade.to}")
+    workers = [node.name for node in cluster.nodes if node.role != "control-plane"]
+    if workers:
+        click.echo(f"next: reflash the workers to move them to {upgrade.to} (`pi-image build --cluster {directory} "
+                   f"--node NAME`: {', '.join(workers)}), then `pi-image cluster verify {directory}`")
+    else:
+        click.echo(f"next: pi-image cluster verify {directory}")
+
+
 @click.command("token-server")
 @CLUSTER_OPTION
 @click.option("--listen", metavar="ADDR:PORT", help="Address to serve on [default: 0.0.0.0:<endpoint port>].")
@@ -341,6 +398,10 @@ def status_command(cluster_dir: Path | None, state_dir: Path | None, local: bool
                    as_json: bool) -> None:
     """Show every node's story: its phase and how long each took, address, architecture, OS, whether its card is
     the newest, its last error and the fix.
+
+    Also each node's kubelet version, and above the nodes the cluster's Kubernetes version, the API server's and an
+    upgrade's phase (`pi-image cluster upgrade`); when every control plane runs the minor an upgrade recorded,
+    cluster.yaml is moved to it.
 
     Asks the master's token endpoint (pinned TLS, the admin credential) and says so; reads the endpoint's state
     here instead where `pi-image token-server` serves this cluster from this machine, with --local or --state-dir,

@@ -5,7 +5,9 @@
                          offline, registry_mirrors, package_mirrors (every node's default, as profile settings);
                          kubernetes_release (the exact patch every card of the cluster runs, recorded by the first
                          --offline build or the first of a node installed from the upstream release: later cards
-                         hold or fetch the same one)
+                         hold or fetch the same one); upgrade_to (the minor `pi-image cluster upgrade` moves the
+                         control planes to: until they all run it, cards are still made at kubernetes_version, which
+                         then becomes it — builder/cluster/upgrade.py)
     DIR/inventory.yaml   nodes: [{name, role, profile, mac, address, generation, base}], retired: {name: generation}
     DIR/secrets/         0700 — enrollment.key (hex), endpoint.key + endpoint.crt (ECDSA P-256, self-signed); 0600;
                          certificate.key (hex, kubeadm's --certificate-key: made by `cluster init --vip`, else when the
@@ -33,6 +35,7 @@ import ipaddress
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import KW_ONLY, asdict, dataclass, field, fields
@@ -60,7 +63,8 @@ CLUSTER_ENV = "PI_IMAGE_CLUSTER"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _CLUSTER_KEYS = {"api_server", "endpoint", "kubernetes_version", "node_subnet", "pod_subnet", "service_subnet",
                  "gateway", "dns", "approval_mode", "endpoint_fingerprint", "ca_cert", "kubeconfig",
-                 "offline", "registry_mirrors", "package_mirrors", "kubernetes_release", "api_server_vip"}
+                 "offline", "registry_mirrors", "package_mirrors", "kubernetes_release", "api_server_vip",
+                 "upgrade_to"}
 # cluster.yaml keys that are profile settings too: a node's profile takes the cluster's unless it sets its own
 NODE_DEFAULTS = ("offline", "registry_mirrors", "package_mirrors")
 _NODE_KEYS = {"name", "role", "profile", "mac", "address", "generation", "base"}
@@ -110,6 +114,7 @@ class Cluster:
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     package_mirrors: dict[str, str] = field(default_factory=dict)
     kubernetes_release: str | None = None  # "1.31.4": the patch every card runs, once a bundle or release pinned it
+    upgrade_to: str | None = None  # "1.32": the minor `cluster upgrade` moves the control planes to, until they run it
 
     @property
     def secrets_dir(self) -> Path:
@@ -270,6 +275,13 @@ def check_settings(settings: dict, where: str) -> dict:
     if release is not None and not re.fullmatch(re.escape(settings["kubernetes_version"]) + r"\.\d{1,3}", str(release)):
         raise UserError(f"{where}: kubernetes_release {release!r} is not a patch of kubernetes_version "
                         f"{settings['kubernetes_version']} (like {settings['kubernetes_version']}.4)")
+    if settings.get("upgrade_to") is not None:
+        settings["upgrade_to"] = addresses.minor(str(settings["upgrade_to"]), f"{where}: upgrade_to")
+        current, target = (protocol.minor_version(settings[key]) for key in ("kubernetes_version", "upgrade_to"))
+        if target <= current:
+            raise UserError(f"{where}: upgrade_to {settings['upgrade_to']} is not newer than kubernetes_version "
+                            f"{settings['kubernetes_version']}: remove the line (`pi-image cluster upgrade` records "
+                            "it)")
     return settings
 
 
@@ -420,6 +432,37 @@ def record_release(directory: Path, release: str) -> None:
         cluster.kubernetes_release = release
 
 
+def record_upgrade(directory: Path, to: str) -> None:
+    """Record in cluster.yaml that the control planes are moving to minor `to` (`pi-image cluster upgrade`); a
+    UserError if another upgrade was recorded meanwhile."""
+    with changing(directory) as cluster:
+        if cluster.upgrade_to not in (None, to):
+            raise UserError(f"{directory / 'cluster.yaml'}: an upgrade to {cluster.upgrade_to} was recorded "
+                            f"meanwhile: finish it first (`pi-image cluster upgrade {directory}`)")
+        cluster.upgrade_to = to
+
+
+def finish_upgrade(directory: Path, to: str) -> bool:
+    """Every control plane runs minor `to`: cluster.yaml's kubernetes_version becomes it, and upgrade_to and
+    kubernetes_release (a patch of the old minor) go, so the next builds make cards of `to`. False (nothing written)
+    when cluster.yaml records no upgrade to `to` (done already by another command)."""
+    with changing(directory) as cluster:
+        if cluster.upgrade_to != to:
+            return False
+        cluster.kubernetes_version, cluster.upgrade_to, cluster.kubernetes_release = to, None, None
+    return True
+
+
+def upgrade_note(cluster: Cluster) -> str | None:
+    """What a build says while an upgrade is recorded: its card is still of the old minor, and why."""
+    if cluster.upgrade_to is None:
+        return None
+    return (f"cluster {cluster.directory} is upgrading to Kubernetes {cluster.upgrade_to}: this card is made at "
+            f"{cluster.kubernetes_version}, which it joins with until every control plane runs {cluster.upgrade_to} "
+            "(a kubelet may trail the API server by three minors); cards built after that get "
+            f"{cluster.upgrade_to} (`pi-image status` shows how far the upgrade is)")
+
+
 def next_free_node(cluster: Cluster, profile: str, base: str | None = None) -> tuple[Node, bool]:
     """The node a card of `profile` built from `base` (a catalog name or URL; None for a file) becomes when none is
     named: the first inventory node of that profile (and no other base) never built yet, else a new one (added to the
@@ -547,10 +590,12 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin
 
     A control plane of the inventory whose address is not the API server's is refused, as is one of 2, 4 or 6+
     control planes or of several without their virtual IP and fixed addresses (a profile image, whose node is not
-    chosen yet, is checked when `pi-image flash` stamps one).
+    chosen yet, is checked when `pi-image flash` stamps one). While cluster.yaml records an upgrade (upgrade_to), the
+    card is still of kubernetes_version, and stderr says so once (upgrade_note): nothing is refused.
     """
     listed = any(entry.name == node.name for entry in cluster.nodes)
     where = f"node {node.name!r}"
+    _say_once(upgrade_note(cluster))
     several.check_control_planes(cluster, where, count=listed and node.role == "control-plane")
     if node.role == "control-plane" and listed:
         check_control_plane_address(cluster, node, f"set `address: {_api_host(cluster)}` for it in "
@@ -570,6 +615,16 @@ def node_config(cluster: Cluster, node: Node, runtime: str = "containerd", admin
         return config.replace(control_plane=settings)
     return asks.replace(control_plane=settings.replace(vip=several.virtual_ip(cluster),
                                                        may_initialize=several.may_initialize(cluster, node)))
+
+
+def _say_once(note: str | None) -> None:
+    """A note on stderr, once per process (a fleet build plans many cards of one cluster)."""
+    if note and note not in _said:
+        _said.add(note)
+        print(f"pi-image: {note}", file=sys.stderr)
+
+
+_said: set[str] = set()
 
 
 def master_files(cluster: Cluster, settings: ControlPlaneSettings | None = None) -> list[tuple[str, bytes, int]]:

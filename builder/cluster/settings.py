@@ -21,11 +21,12 @@ import yaml
 
 from .. import cluster as clusters
 from ..errors import UserError
+from .versions import minor_text
 
 # In the order `show` lists them.
 ORDER = ("api_server", "endpoint", "endpoint_fingerprint", "kubernetes_version", "kubernetes_release", "node_subnet",
          "pod_subnet", "service_subnet", "gateway", "dns", "approval_mode", "offline", "registry_mirrors",
-         "package_mirrors", "ca_cert", "kubeconfig", "api_server_vip")
+         "package_mirrors", "ca_cert", "kubeconfig", "api_server_vip", "upgrade_to")
 # Keys whose value is taken as typed ("1.30" stays a string); the others are YAML (lists, maps, true/false).
 TEXT_KEYS = {"api_server", "endpoint", "kubernetes_version", "kubernetes_release", "node_subnet", "pod_subnet",
              "service_subnet", "gateway", "ca_cert", "kubeconfig"}
@@ -53,13 +54,20 @@ PINNED = {
     "node_subnet": "every card built chose its node-ip in it (node.json)",
     "pod_subnet": "the control plane's kubeadm configuration and flannel's network were fixed by its card",
     "service_subnet": "the control plane's kubeadm configuration was fixed by its card",
-    "kubernetes_version": "every card built pins the Kubernetes repository and packages to it; upgrading a running "
-                          "cluster is a kubeadm upgrade, not a setting (another issue)",
-    "kubernetes_release": "every card built carries that exact Kubernetes patch; upgrading a running cluster is a "
-                          "kubeadm upgrade, not a setting (another issue)",
+    "kubernetes_version": "every card built pins the Kubernetes repository and packages to it; a running cluster "
+                          "moves by a kubeadm upgrade, not a setting",
+    "kubernetes_release": "every card built carries that exact Kubernetes patch; a running cluster moves by a "
+                          "kubeadm upgrade, not a setting",
 }
+# How to change a pinned key all the same: a running cluster's version moves by `cluster upgrade` (its skew checks)
+UPGRADE_FIX = ("upgrade the running cluster one minor at a time with `pi-image cluster upgrade DIR --to 1.NN`, "
+               "which checks Kubernetes' version-skew policy and records the new version here once the control "
+               "plane runs it")
+PINNED_FIX = {"kubernetes_version": UPGRADE_FIX, "kubernetes_release": UPGRADE_FIX}
 NEVER = {"endpoint_fingerprint": "it is the fingerprint of the endpoint certificate `cluster init` made "
-                                 "(secrets/endpoint.crt) and every card pins it: not a setting"}
+                                 "(secrets/endpoint.crt) and every card pins it: not a setting",
+         "upgrade_to": "`pi-image cluster upgrade DIR --to 1.NN` records it when it starts an upgrade and removes it "
+                       "when the control plane runs that version: not a setting"}
 SETTABLE = tuple(key for key in ORDER if key not in NEVER)
 HOST_ONLY = {"approval_mode", "ca_cert", "kubeconfig"}  # only the token endpoint run from DIR reads them
 
@@ -98,8 +106,8 @@ def set_command(directory: Path, assignments: tuple[str, ...]) -> None:
     """Change DIRECTORY's settings. Values are YAML like `build --set`; `KEY=` goes back to the default.
 
     Once a card is built, the token endpoint, the API server, the subnets and the Kubernetes version are refused
-    (cards pin them); gateway, dns, registry_mirrors, package_mirrors, offline, approval_mode, ca_cert and
-    kubeconfig reach cards built from then on.
+    (cards pin them; `pi-image cluster upgrade` moves a running cluster's version); gateway, dns, registry_mirrors,
+    package_mirrors, offline, approval_mode, ca_cert and kubeconfig reach cards built from then on.
 
     \b
     Examples:
@@ -169,6 +177,8 @@ def change_settings(directory: Path, changes: dict[str, Any]) -> dict[str, tuple
                 raise UserError(f"cluster set: {key} cannot be empty: give it a value (it is {_shown(before[key])})")
             if value is None or value in ([], {}):
                 del merged[key]
+        if minor_text(changes.get("kubernetes_version")) not in (None, cluster.kubernetes_version):
+            merged.pop("kubernetes_release", None)  # a patch of the old minor: the new one's is resolved afresh
         checked = clusters.check_settings(merged, "cluster set")
         after = {key: checked.get(key, value) for key, value in settings_of(None).items()}
         changed = {key: (before[key], after[key]) for key in ORDER if before[key] != after[key]}
@@ -186,9 +196,10 @@ def _refuse_stranding(cluster: clusters.Cluster, changed: dict[str, tuple[Any, A
         return
     key = pinned[0]
     names = ", ".join(built[:3]) + (f" and {len(built) - 3} more" if len(built) > 3 else "")
+    fix = PINNED_FIX.get(key, f"keep it (a cluster with another {key} is a new cluster directory: "
+                                  "`pi-image cluster init`)").replace("DIR", str(cluster.directory))
     raise UserError(f"cluster set: {key} cannot change from {_shown(changed[key][0])}: {len(built)} card(s) are "
-                    f"built ({names}) and {PINNED[key]}; keep it (a cluster with another {key} is a new cluster "
-                    "directory: `pi-image cluster init`)")
+                    f"built ({names}) and {PINNED[key]}; {fix}")
 
 
 def built_nodes(cluster: clusters.Cluster) -> list[str]:

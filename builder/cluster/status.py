@@ -11,6 +11,10 @@ DIR/state/last-status.json (0600), so that a master that cannot be reached still
 ago. The endpoint's state is read directly instead (`local_state_dir`) where the workstation serves the cluster
 itself (`pi-image token-server --cluster DIR` runs here), where --state-dir or --local says so, and before any card of
 the master exists (nothing to ask yet). Whichever it comes from, a node is one NodeRow.
+
+Versions (issue 31): the master's answer says the API server's version, each node's kubelet version and its own
+upgrade record; the view shows them against cluster.yaml's, and when cluster.yaml records an upgrade that every
+control plane has finished, cluster.yaml moves to the new minor (settle_upgrade; builder/cluster/upgrade.py).
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from firstboot.protocol import PHASES
 from ..config import addresses
 from ..errors import UserError
 from ..outputs import write_atomic
-from . import Cluster, Node, inventory_lock, load_cluster, server_config
-from .several import fallback_endpoints
+from . import Cluster, Node, finish_upgrade, inventory_lock, load_cluster, server_config
+from .several import control_planes, fallback_endpoints
+from .versions import kubelet_skew, minor_text
 
 CACHE_NAME = "last-status.json"  # in the cluster's state directory
 ADMIN_TIMEOUT = 20.0  # seconds for one admin exchange (a status may wait for kubectl on a slow master)
@@ -108,7 +113,8 @@ class NodeRow:
     spoke with; newest_card: the two are the same. last_error and fix: its last failure and what fixes it (None once
     it got further). source: where the row comes from (SOURCES). Besides: state (the endpoint's: not-seen, pending,
     approved, token-issued, joined, failed), installed_from ("bundle" or "network"), network (the inventory's fixed
-    address, or "dhcp"). Nothing secret: no credential, token or hash ever reaches a row.
+    address, or "dhcp"), kubelet_version (the Node's, from the API server: "v1.31.4"; None when unknown). Nothing
+    secret: no credential, token or hash ever reaches a row.
     """
 
     node: str
@@ -128,6 +134,7 @@ class NodeRow:
     state: str = "not-seen"
     installed_from: str | None = None
     network: str | None = None
+    kubelet_version: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,12 +143,18 @@ class NodeRow:
 @dataclass
 class FleetView:
     """Rows and where they come from: `origin` for the header ("from the master H:P", "local state in DIR"),
-    `fetched_at` (Unix time), `notes` (lines worth saying: the master's inventory is older than the directory's)."""
+    `fetched_at` (Unix time), `notes` (lines worth saying: the master's inventory is older than the directory's).
+    Versions: `kubernetes_version` and `upgrade_to` (cluster.yaml's), `cluster_version` (the API server's, "v1.31.4",
+    None when unknown) and `upgrade` (the answering master's upgrade record, firstboot/upgrade.py; None if none)."""
 
     rows: list[NodeRow]
     origin: str
     fetched_at: float
     notes: list[str] = field(default_factory=list)
+    kubernetes_version: str | None = None
+    upgrade_to: str | None = None
+    cluster_version: str | None = None
+    upgrade: dict | None = None
 
 
 def fleet_status(cluster_dir: Path, endpoint: str | None = None) -> tuple[list[dict], str | None]:
@@ -202,13 +215,15 @@ _answered: dict[str, str] = {}  # cluster directory -> the endpoint that answere
 
 
 def ask_master(cluster: Cluster, endpoint: str | None, request: Callable[[EndpointClient], Answer],
-               timeout: float = ADMIN_TIMEOUT) -> Answered:
-    """admin_request() of each of master_addresses() in turn, until one answers; MasterUnreachable naming every one
-    tried when none does (any other refusal is raised at once: an endpoint that answers speaks for the cluster)."""
+               timeout: float = ADMIN_TIMEOUT, addresses: list[str] | None = None,
+               accept: tuple[int, ...] = (200,)) -> Answered:
+    """admin_request() of each of `addresses` (else master_addresses()) in turn, until one answers; MasterUnreachable
+    naming every one tried when none does (any other refusal is raised at once: an endpoint that answers speaks for
+    the cluster). `accept`: the HTTP statuses that are answers."""
     tried: list[tuple[str, str]] = []
-    for address in master_addresses(cluster, endpoint):
+    for address in addresses or master_addresses(cluster, endpoint):
         try:
-            answer = admin_request(cluster, address, request, timeout)
+            answer = admin_request(cluster, address, request, timeout, accept)
         except MasterUnreachable as err:
             tried += err.tried
             continue
@@ -246,8 +261,30 @@ def remote_view(cluster: Cluster, endpoint: str | None = None) -> FleetView:
     fetched_at = time.time()
     _keep(cluster, {"endpoint": answered.address, "fetched_at": fetched_at, "answer": answered.answer.payload})
     view = _view(cluster, answered.answer.payload, f"from the master {answered.address}", fetched_at, "master")
-    view.notes[:0] = answered.note()
+    view.notes[:0] = answered.note() + settle_upgrade(cluster, view)
     return view
+
+
+def settle_upgrade(cluster: Cluster, view: FleetView) -> list[str]:
+    """When cluster.yaml records an upgrade and the master's answer shows every control plane (and the API server)
+    running its minor: cluster.yaml moves to it (finish_upgrade, under the inventory lock). A note saying so, or
+    what is left: the control planes still to upgrade, and the command that does it."""
+    to = cluster.upgrade_to
+    if to is None or minor_text(view.cluster_version) != to:
+        return []
+    kubelets = {row.node: minor_text(row.kubelet_version) for row in view.rows}
+    behind = [node.name for node in control_planes(cluster) if kubelets.get(node.name) != to]
+    if behind and (view.upgrade or {}).get("state") == "running":
+        return []
+    if behind:
+        return [f"the API server runs {view.cluster_version}; control plane(s) {', '.join(behind)} not yet at {to}: "
+                f"`pi-image cluster upgrade {cluster.directory}` upgrades them"]
+    if not finish_upgrade(cluster.directory, to):
+        return []
+    view.kubernetes_version, view.upgrade_to = to, None
+    cluster.kubernetes_version, cluster.upgrade_to, cluster.kubernetes_release = to, None, None
+    return [f"every control plane runs {to}: {cluster.directory / 'cluster.yaml'} now says kubernetes_version {to} "
+            "(cards built from now on get it)"]
 
 
 def cached_view(cluster: Cluster, endpoints: list[str]) -> FleetView | None:
@@ -309,7 +346,14 @@ def _view(cluster: Cluster, answer: dict, origin: str, fetched_at: float, source
     inventory = {node.name: node for node in cluster.nodes}
     rows = [_row(name, records.get(name), inventory.get(name), source)
             for name in sorted(set(records) | set(inventory))]
-    return FleetView(rows, origin, fetched_at, _drift(cluster, answer.get("inventory")))
+    upgrade = answer.get("upgrade")
+    return FleetView(rows, origin, fetched_at, _drift(cluster, answer.get("inventory")), cluster.kubernetes_version,
+                     cluster.upgrade_to, _text(answer.get("cluster_version")),
+                     upgrade if isinstance(upgrade, dict) else None)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _row(name: str, record: dict | None, node: Node | None, source: str) -> NodeRow:
@@ -332,7 +376,7 @@ def _row(name: str, record: dict | None, node: Node | None, source: str) -> Node
         newest_card=None if generation is None or card is None else card == generation,
         phase=current_phase(state, phases, role), phases=phases, last_error=last_error, fix=fix,
         updated=record.get("updated_at"), source=source, state=state, installed_from=record.get("installed_from"),
-        network=(node.address or "dhcp") if node else None)
+        network=(node.address or "dhcp") if node else None, kubelet_version=_text(record.get("kubelet_version")))
 
 
 def current_phase(state: str, phases: dict[str, float], role: str | None) -> str:
@@ -368,8 +412,9 @@ def _keep(cluster: Cluster, record: dict) -> None:
 
 
 def admin_request(cluster: Cluster, address: str, request: Callable[[EndpointClient], Answer],
-                  timeout: float = ADMIN_TIMEOUT) -> Answer:
-    """One admin request to the token endpoint at `address`; its answer if 200, else one line that says why:
+                  timeout: float = ADMIN_TIMEOUT, accept: tuple[int, ...] = (200,)) -> Answer:
+    """One admin request to the token endpoint at `address`; its answer if its status is one of `accept`, else one
+    line that says why:
     MasterUnreachable (down or booting), the card and the directory disagree (another certificate), a stale admin
     credential (the master's card was built from another copy of the directory), the endpoint's own refusal."""
     client = EndpointClient(address, cluster.endpoint_fingerprint, protocol.ADMIN_NAME, cluster.admin_credential(),
@@ -392,7 +437,7 @@ def admin_request(cluster: Cluster, address: str, request: Callable[[EndpointCli
     if answer.status == 429:
         raise UserError(f"the master at {address} is answering too many admin requests: ask again in "
                         f"{int(answer.retry_after or 30)} s")
-    if answer.status != 200:
+    if answer.status not in accept:
         raise Refused(f"the token endpoint at {address} refused: {answer.error}", answer.status, address)
     return answer
 
@@ -454,15 +499,17 @@ def _push_inventory(cluster: Cluster, endpoint: str | None) -> str:
 
 
 def status_lines(view: FleetView, now: float) -> list[str]:
-    """What `pi-image status` prints: where the rows come from and when, a line per node (its phase, address,
-    architecture, OS, card, last news), and under it its story (each phase with how long it took to get there from
-    the one before) and its last error with the fix."""
+    """What `pi-image status` prints: where the rows come from and when, the cluster's versions and its upgrade's
+    phase (versions_lines), a line per node (its phase, address, architecture, OS, card, kubelet, last news), and
+    under it its story (each phase with how long it took to get there from the one before) and its last error with
+    the fix."""
     when = time.strftime("%H:%M:%S", time.localtime(view.fetched_at))
     lines = [f"{view.origin}, at {when}" + (f" ({_age(view.fetched_at, now)})" if now - view.fetched_at > 5 else "")]
-    lines += view.notes
-    table = [("NODE", "ROLE", "PHASE", "ADDRESS", "ARCH", "OS", "CARD", "UPDATED")]
+    lines += versions_lines(view, now) + view.notes
+    table = [("NODE", "ROLE", "PHASE", "ADDRESS", "ARCH", "OS", "CARD", "KUBELET", "UPDATED")]
     table += [(row.node, row.role or "-", row.phase + (", failed" if row.state == "failed" else ""),
-               row.address or "-", row.arch or "-", row.os or "-", _card(row), _age(row.updated, now))
+               row.address or "-", row.arch or "-", row.os or "-", _card(row), _kubelet(view, row),
+               _age(row.updated, now))
               for row in view.rows]
     widths = [max(len(cells[column]) for cells in table) for column in range(len(table[0]))]
     for index, cells in enumerate(table):
@@ -474,6 +521,37 @@ def status_lines(view: FleetView, now: float) -> list[str]:
             lines.append(f"    error: {row.last_error}")
             lines.extend([f"    fix: {row.fix}"] if row.fix else [])
     return lines
+
+
+def versions_lines(view: FleetView, now: float) -> list[str]:
+    """'Kubernetes 1.31 (cluster.yaml), API server v1.31.4, upgrading to 1.32' and, while the answering master has an
+    upgrade record, its node, phase and state, with its error and fix when it failed."""
+    if view.kubernetes_version is None:
+        return []
+    line = f"Kubernetes {view.kubernetes_version} (cluster.yaml)"
+    line += f", API server {view.cluster_version}" if view.cluster_version else ""
+    line += f", upgrading to {view.upgrade_to}" if view.upgrade_to else ""
+    lines = [line]
+    record = view.upgrade
+    if record:
+        lines.append(f"upgrade of {record.get('node')} to {record.get('to')} ({record.get('mode')}): "
+                     f"{record.get('state')}, phase {record.get('phase')}"
+                     + (f", release {record['release']}" if record.get("release") else "")
+                     + f", updated {_age(record.get('updated_at'), now)}")
+        if record.get("state") == "failed":
+            lines.append(f"    error: {record.get('error')}")
+            lines.extend([f"    fix: {record['fix']}"] if record.get("fix") else [])
+    return lines
+
+
+def _kubelet(view: FleetView, row: NodeRow) -> str:
+    """The row's kubelet version against the API server's (else cluster.yaml's minor): 'v1.31.4', '-',
+    'v1.27.3 (outside the skew policy)'."""
+    if row.kubelet_version is None:
+        return "-"
+    reference = minor_text(view.cluster_version) or view.kubernetes_version
+    outside = reference and kubelet_skew(row.kubelet_version, reference)
+    return row.kubelet_version + (" (outside the skew policy)" if outside else "")
 
 
 def story_text(phases: dict[str, float], installed_from: str | None = None) -> str:

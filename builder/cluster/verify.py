@@ -5,7 +5,11 @@ What the seed's author checked by hand with `kubectl get nodes -o wide` once eve
     Ready          the Ready condition is True (NotReady says why: no CNI yet, or a kubelet gone quiet)
     INTERNAL-IP    the first InternalIP is the node's inventory address; a DHCP node's lies in the node subnet
                    (the two-NIC trap: a board with Wi-Fi and Ethernet up registers the other interface's address)
-    kubelet        the cluster's kubernetes_release exactly (v1.31.4) once one is recorded, else its minor (v1.31.x)
+    kubelet        within Kubernetes' version-skew policy (builder/cluster/versions.py): never newer than the API
+                   server, at most three minors older — the API server taken as cluster.yaml's upgrade_to while an
+                   upgrade is recorded, else its kubernetes_version; a kubelet of the cluster's minor is its
+                   kubernetes_release exactly (v1.31.4) once one is recorded; one of another minor inside the policy
+                   (a worker an upgrade left behind, a control plane upgraded already) passes, with a note
     architecture   what its profile's target runs: amd64 for ubuntu-x86 and arch, arm64 for every board target
                    (Raspberry Pi, Kali, Jetson); not checked for a profile that names no target (any base, so any
                    architecture)
@@ -37,6 +41,7 @@ from ..run import run
 from ..targets import MACHINE_TARGETS, targets_of
 from ..targets.x86 import ARCHITECTURE as X86_ARCHITECTURE
 from .several import check_control_planes
+from .versions import kubelet_skew, minor_text
 
 BOARD_ARCHITECTURE = "arm64"  # every board target pi-image edits (the catalog's images are all arm64)
 OPERATING_SYSTEM = "linux"
@@ -94,7 +99,8 @@ def verify(cluster: clusters.Cluster, node_objects: list[dict]) -> list[dict]:
     One dict per inventory node (inventory order), then one per API node the inventory lacks (by name): node, role
     (the inventory's, None for an extra), result (ok | mismatch | missing | extra), what the API reports (ready:
     True/False/Unknown, internal_ip, kubelet_version, architecture, operating_system, container_runtime, os_image;
-    None where absent) and problems: [{check, message, fix}] — empty exactly when result is ok.
+    None where absent), problems: [{check, message, fix}] — empty exactly when result is ok — and note (a kubelet
+    of another minor within the skew policy: what moves it; else None).
     """
     found = {obj.get("metadata", {}).get("name"): obj for obj in node_objects}
     expected = expectations(cluster)
@@ -106,7 +112,8 @@ def verify(cluster: clusters.Cluster, node_objects: list[dict]) -> list[dict]:
             continue
         facts = node_facts(obj)
         problems = _compare(cluster, node, expected[node.name], facts)
-        rows.append(_row(node.name, node.role, "mismatch" if problems else "ok", facts, problems))
+        rows.append(_row(node.name, node.role, "mismatch" if problems else "ok", facts, problems,
+                         _kubelet_note(cluster, expected[node.name], facts["kubelet_version"])))
     for name in sorted(found):
         facts = node_facts(found[name])
         rows.append(_row(name, None, "extra", facts, [_extra(cluster, name, facts)]))
@@ -125,10 +132,11 @@ def node_facts(obj: dict) -> dict[str, str | None]:
             "container_runtime": info.get("containerRuntimeVersion"), "os_image": info.get("osImage")}
 
 
-def _row(name: str, role: str | None, result: str, facts: dict, problems: list[dict]) -> dict:
+def _row(name: str, role: str | None, result: str, facts: dict, problems: list[dict],
+         note: str | None = None) -> dict:
     shown = {key: facts.get(key) for key in ("ready", "internal_ip", "kubelet_version", "architecture",
                                              "operating_system", "container_runtime", "os_image")}
-    return {"node": name, "role": role, "result": result, **shown, "problems": problems}
+    return {"node": name, "role": role, "result": result, **shown, "problems": problems, "note": note}
 
 
 def _problem(check: str, message: str, fix: str) -> dict:
@@ -146,10 +154,9 @@ def _compare(cluster: clusters.Cluster, node: clusters.Node, expected: Expected,
             f"the kubelet registered another interface (Wi-Fi and Ethernet both up?): {expected.remake}, whose agent "
             f"takes the node-ip from {expected.subnet}, or set --node-ip={expected.address or 'ADDRESS'} in "
             "/var/lib/kubelet/kubeadm-flags.env on the node and restart the kubelet")))
-    if not _kubelet_matches(expected.kubelet, facts["kubelet_version"]):
-        wanted = expected.kubelet if cluster.kubernetes_release else f"{expected.kubelet}.x"
-        problems.append(_problem("kubelet", f"kubelet {facts['kubelet_version']}, not the cluster's v{wanted}",
-                                 f"the node runs another Kubernetes: {expected.remake}"))
+    kubelet = _kubelet_problem(cluster, expected, facts["kubelet_version"])
+    if kubelet:
+        problems.append(kubelet)
     if expected.architecture and facts["architecture"] != expected.architecture:
         problems.append(_problem(
             "architecture", f"architecture {facts['architecture']}, not {expected.architecture} (profile "
@@ -178,6 +185,39 @@ def _internal_ip_problem(expected: Expected, internal_ip: str | None) -> str | N
     except ValueError:
         inside = False
     return None if inside else f"INTERNAL-IP {internal_ip} is outside the node subnet {expected.subnet} (DHCP node)"
+
+
+def _kubelet_problem(cluster: clusters.Cluster, expected: Expected, found: str | None) -> dict | None:
+    """The kubelet's problem: outside the skew policy (against the newest the API server may run), else, at the
+    cluster's minor, not its recorded release; None for a kubelet of another minor inside the policy."""
+    newest = cluster.upgrade_to or cluster.kubernetes_version
+    skew = kubelet_skew(found, newest)
+    if skew and "newer" in skew:
+        return _problem("kubelet", f"{skew} (outside Kubernetes' version-skew policy)",
+                        f"{expected.remake}, whose card runs the cluster's {cluster.kubernetes_version}, or upgrade "
+                        f"the control plane (`pi-image cluster upgrade {cluster.directory}`, one minor at a time)")
+    if skew:
+        return _problem("kubelet", f"{skew} (outside Kubernetes' version-skew policy)",
+                        f"{expected.remake}, whose card runs the cluster's {cluster.kubernetes_version}")
+    if minor_text(found) not in (None, cluster.kubernetes_version):
+        return None
+    if _kubelet_matches(expected.kubelet, found):
+        return None
+    wanted = expected.kubelet if cluster.kubernetes_release else f"{expected.kubelet}.x"
+    return _problem("kubelet", f"kubelet {found}, not the cluster's v{wanted}",
+                    f"the node runs another Kubernetes: {expected.remake}")
+
+
+def _kubelet_note(cluster: clusters.Cluster, expected: Expected, found: str | None) -> str | None:
+    """A kubelet of another minor than the cluster's, inside the policy: why that is fine, and what moves it."""
+    minor = minor_text(found)
+    if minor in (None, cluster.kubernetes_version) or kubelet_skew(found, cluster.upgrade_to or
+                                                                    cluster.kubernetes_version):
+        return None
+    if minor == cluster.upgrade_to:
+        return f"upgraded to {minor} already (the cluster's upgrade to {minor} is under way)"
+    return (f"trails the cluster's {cluster.kubernetes_version} (a kubelet may trail the API server by three "
+            f"minors); to move it: {expected.remake}")
 
 
 def _kubelet_matches(expected: str, found: str | None) -> bool:
@@ -294,7 +334,7 @@ def _line(row: dict) -> str:
     """A node's verdict: OK with what it runs, else each problem and its fix."""
     if row["result"] == "ok":
         return (f"OK        {row['internal_ip']}  {row['kubelet_version']}  {row['operating_system']}/"
-                f"{row['architecture']}  {row['container_runtime']}")
+                f"{row['architecture']}  {row['container_runtime']}" + (f"  ({row['note']})" if row["note"] else ""))
     label = {"mismatch": "MISMATCH", "missing": "MISSING", "extra": "EXTRA"}[row["result"]]
     return f"{label:<8}  " + "; ".join(f"{p['message']}: {p['fix']}" for p in row["problems"])
 

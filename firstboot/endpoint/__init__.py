@@ -19,6 +19,7 @@ sub-package. Like the agent it uses the standard library only and runs on Python
     leases.py     a per-node Lease: one master at a time decides a node's join or report
     controlplanes.py  what a joining control plane gets: the certificate key (kubeadm-certs uploaded again), no
                   stale etcd member
+    upgrades.py   /v1/admin/upgrade: this card's move to the next minor, decided and recorded (its unit does it)
     settings.py   tokend.json
     discovery.py  kubeadm's CA cert hash
 """

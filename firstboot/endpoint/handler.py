@@ -1,5 +1,5 @@
 """The endpoint's HTTP requests: GET /v1/challenge, POST /v1/join, /v1/report, /v1/admin/{kubeconfig, inventory,
-status, approve}; nothing else.
+status, approve, upgrade}; nothing else.
 
 Everything from the network is hostile. A request's head (request line and headers) is capped while it is read,
 bodies are capped before they are read, addresses and nodes are rate limited, and a POST is authenticated (one-time
@@ -242,6 +242,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             return issuer.admin_inventory(payload.get("nodes"), address)
         if self.path == protocol.ADMIN_STATUS_PATH:
             return issuer.admin_status(address)
+        if self.path == protocol.ADMIN_UPGRADE_PATH:
+            return issuer.upgrades.request(payload.get("to"), payload.get("mode"), address)
         node = payload.get("node")  # protocol.ADMIN_APPROVE_PATH
         if not isinstance(node, str) or not protocol.NODE_NAME_RE.match(node):
             raise RequestRefused(400, "'node' must be a node name (lower-case letters, digits and '-')")

@@ -21,6 +21,7 @@ from .controlplanes import ControlPlaneJoins
 from .kube import ClusterError, new_bootstrap_token
 from .leases import NoLeases
 from .settings import SettingsError
+from .upgrades import Upgrades
 
 log = logging.getLogger("pi-image.tokend")
 
@@ -38,6 +39,7 @@ class JoinIssuer(object):
         self._clock = clock
         self._leases = leases or NoLeases()
         self.control_planes = ControlPlaneJoins(settings, admin, store, clock)
+        self.upgrades = Upgrades(settings, admin, clock)
         self._locks = {}
         self._locks_guard = threading.Lock()
 
@@ -79,9 +81,11 @@ class JoinIssuer(object):
 
     def admin_status(self, address):
         """(HTTP status, answer) for an authenticated operator: every node's public row (state.PUBLIC_COLUMNS), with
-        "ready" from the API server (None when kubectl cannot say) and the phases the endpoint saw itself, the
-        inventory this endpoint goes by, and its clock. Not audited: a status page asks every few seconds."""
+        "ready" and "kubelet_version" from the API server (None when kubectl cannot say) and the phases the endpoint
+        saw itself, the inventory this endpoint goes by, its clock, the cluster's version and this card's upgrade
+        (upgrades.py). Not audited: a status page asks every few seconds."""
         readiness = self._readiness()
+        kubelets = {} if readiness is None else self.upgrades.kubelet_versions()
         now = self._clock()
         rows = {row["name"]: row for row in self.store.all()}
         nodes = []
@@ -91,10 +95,13 @@ class JoinIssuer(object):
             ready = None if readiness is None else readiness.get(name) or (False, None)
             public["phases"] = self._seen_phases(row, ready, now)
             public["ready"] = None if ready is None else ready[0]
+            public["kubelet_version"] = kubelets.get(name)
             nodes.append(public)
         log.debug("status of %d nodes for %s", len(nodes), address)
         inventory = {name: self.settings.generation(name) for name in self.settings.known_nodes()}
-        return 200, {"nodes": nodes, "inventory": inventory, "server_time": now}
+        answer = {"nodes": nodes, "inventory": inventory, "server_time": now}
+        answer.update(self.upgrades.status(readiness is not None))
+        return 200, answer
 
     def _readiness(self):
         try:

@@ -60,31 +60,33 @@ class ClusterAdmin(object):
         self._node_list_ttl = node_list_ttl_seconds
         self._clock = clock
         self._version = None
-        self._version_expiry = 0.0
+        self._version_asked = 0.0
         self._version_lock = threading.Lock()
         self._node_names = None
         self._node_names_expiry = 0.0
         self._node_names_lock = threading.Lock()
         self._readiness_ttl = readiness_ttl_seconds
-        self._readiness = None
-        self._readiness_expiry = 0.0
+        self._nodes = None
+        self._nodes_expiry = 0.0
         self._readiness_lock = threading.Lock()
 
     def kubectl(self, *args, **options):
         """`kubectl --kubeconfig ADMIN ARGS...` (CommandRunner.run's options: input_text, timeout)."""
         return self.commands.run(["kubectl", "--kubeconfig", self.kubeconfig] + list(args), **options)
 
-    def cluster_version(self):
-        """The API server's gitVersion, e.g. 'v1.31.4'."""
+    def cluster_version(self, max_age=None):
+        """The API server's gitVersion, e.g. 'v1.31.4', asked again once older than `max_age` seconds (default
+        version_ttl; 0: asked now, as an upgrade's decision must)."""
         with self._version_lock:
-            if self._version is None or self._clock() >= self._version_expiry:
+            max_age = self._version_ttl if max_age is None else max_age
+            if self._version is None or self._clock() >= self._version_asked + max_age:
                 result = self.kubectl("version", "-o", "json")
                 try:
                     self._version = json.loads(result.stdout)["serverVersion"]["gitVersion"]
                 except (ValueError, KeyError, TypeError):
                     raise ClusterError("cannot read the cluster version (kubectl version): "
                                        + result.summary()) from None
-                self._version_expiry = self._clock() + self._version_ttl
+                self._version_asked = self._clock()
             return self._version
 
     def node_ready(self, name):
@@ -113,14 +115,26 @@ class ClusterAdmin(object):
         server's clock, or None); None when kubectl cannot say within READINESS_TIMEOUT. One `kubectl get nodes`,
         kept readiness_ttl seconds (READINESS_FAILURE_TTL when it failed), serves every status asked meanwhile (a
         page polling every 2 s, a second viewer)."""
+        nodes = self._node_list()
+        return None if nodes is None else {name: (node.ready, node.since) for name, node in nodes.items()}
+
+    def kubelet_versions(self):
+        """{name: the Node's status.nodeInfo.kubeletVersion, or None} from the same node list as node_readiness();
+        ClusterError when kubectl cannot say."""
+        nodes = self._node_list()
+        if nodes is None:
+            raise ClusterError("cannot list the nodes (kubectl get nodes): see the token server log")
+        return {name: node.kubelet_version for name, node in nodes.items()}
+
+    def _node_list(self):
         with self._readiness_lock:
-            if self._clock() >= self._readiness_expiry:
+            if self._clock() >= self._nodes_expiry:
                 result = self.kubectl("get", "nodes", "-o", "json", "--request-timeout={}s".format(READINESS_TIMEOUT),
                                       timeout=READINESS_TIMEOUT + 3)
-                self._readiness = _readiness(result.stdout) if result.ok else None
-                ttl = self._readiness_ttl if self._readiness is not None else READINESS_FAILURE_TTL
-                self._readiness_expiry = self._clock() + ttl
-            return self._readiness
+                self._nodes = _node_list(result.stdout) if result.ok else None
+                ttl = self._readiness_ttl if self._nodes is not None else READINESS_FAILURE_TTL
+                self._nodes_expiry = self._clock() + ttl
+            return self._nodes
 
     def _listed_node_names(self):
         with self._node_names_lock:
@@ -148,16 +162,30 @@ class ClusterAdmin(object):
         return self.kubectl("-n", "kube-system", "delete", "secret", "bootstrap-token-" + token_id).ok
 
 
-def _readiness(text):
-    """{name: (ready, since)} from `kubectl get nodes -o json`, None if it is not a node list."""
+class NodeFacts(object):
+    """What the endpoint reads of one Node: Ready, since when (Unix time or None), its kubelet's version (or None)."""
+
+    __slots__ = ("ready", "since", "kubelet_version")
+
+    def __init__(self, ready, since, kubelet_version):
+        self.ready = ready
+        self.since = since
+        self.kubelet_version = kubelet_version
+
+
+def _node_list(text):
+    """{name: NodeFacts} from `kubectl get nodes -o json`, None if it is not a node list."""
     try:
         items = json.loads(text)["items"]
         found = {}
         for item in items:
-            conditions = (item.get("status") or {}).get("conditions") or []
+            status = item.get("status") or {}
+            conditions = status.get("conditions") or []
             ready = [c for c in conditions if c.get("type") == "Ready"]
             since = _unix_time(ready[0].get("lastTransitionTime")) if ready else None
-            found[item["metadata"]["name"]] = (bool(ready) and ready[0].get("status") == "True", since)
+            version = (status.get("nodeInfo") or {}).get("kubeletVersion")
+            found[item["metadata"]["name"]] = NodeFacts(bool(ready) and ready[0].get("status") == "True", since,
+                                                        version if isinstance(version, str) else None)
         return found
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -582,6 +582,31 @@ CLUSTER_CASES = [
          (cluster(), write("lab/cluster.yaml",
                            "api_server: 6443\nendpoint: 192.168.6.10:8443\nkubernetes_version: '1.31'\n"
                            "node_subnet: 192.168.6.0/24\ngateway: 192.168.6.1\nendpoint_fingerprint: sha256:00\n"))),
+    # upgrade (issue 31): refused before anything changes; the template cluster runs 1.31 and has no master built
+    *[Case(f"cluster-upgrade-{name}", ("cluster", "upgrade", "{lab}", *args), expect, (cluster(), *setup))
+      for name, args, expect, setup in [
+          ("downgrade", ("--to", "1.30"), ("--to 1.30", "cannot be downgraded"), ()),
+          ("same-minor", ("--to", "1.31"), ("--to 1.31", "nothing to upgrade"), ()),
+          ("two-minors", ("--to", "1.33"), ("--to 1.33", "one minor at a time", "1.32"), ()),
+          ("unknown-minor", ("--to", "1.99"), ("--to 1.99", "not a minor pi-image knows"), ()),
+          ("not-a-version", ("--to", "latest"), ("--to latest", "latest"), ()),
+          ("no-target", (), ("--to 1.NN", "1.32"), ()),
+          ("no-master-built", ("--to", "1.32"), ("no control plane", "kubernetes_version=1.32"), ()),
+          ("offline-cluster", ("--to", "1.32"), ("not yet", "offline"),
+           (write("lab/cluster.yaml", "api_server: 192.168.6.10:6443\nendpoint: 192.168.6.10:8443\n"
+                  "kubernetes_version: '1.31'\nnode_subnet: 192.168.6.0/24\nendpoint_fingerprint: sha256:00\n"
+                  "offline: true\n"),)),
+          ("another-recorded", ("--to", "1.33"), ("upgrade to 1.32 recorded", "cluster upgrade"),
+           (write("lab/cluster.yaml", "api_server: 192.168.6.10:6443\nendpoint: 192.168.6.10:8443\n"
+                  "kubernetes_version: '1.31'\nnode_subnet: 192.168.6.0/24\nendpoint_fingerprint: sha256:00\n"
+                  "upgrade_to: '1.32'\n"),)),
+          ("recorded-not-newer", ("--to", "1.32"), ("cluster.yaml", "upgrade_to 1.30 is not newer"),
+           (write("lab/cluster.yaml", "api_server: 192.168.6.10:6443\nendpoint: 192.168.6.10:8443\n"
+                  "kubernetes_version: '1.31'\nnode_subnet: 192.168.6.0/24\nendpoint_fingerprint: sha256:00\n"
+                  "upgrade_to: '1.30'\n"),)),
+      ]],
+    Case("cluster-set-upgrade-to", ("cluster", "set", "{lab}", "upgrade_to=1.32"), ("upgrade_to", "cannot be set",
+                                                                                     "cluster upgrade"), (cluster(),)),
     Case("cluster-file-inventory-bad-profile-build", ("build", *KEY, "--base", "{base}", "--output", "{out}/n.img",
                                                       "--cluster", "{lab}", "--node", "pi-worker1"),
          ("wroker-8g",),

@@ -143,7 +143,8 @@ def test_once_a_card_exists_a_safe_setting_changes_and_says_what_it_reaches(lab,
     ("endpoint", "pins the token endpoint"), ("api_server", "pins the API server"),
     ("node_subnet", "chose its node-ip in it"), ("pod_subnet", "kubeadm configuration"),
     ("service_subnet", "kubeadm configuration"), ("kubernetes_version", "a kubeadm upgrade, not a setting"),
-    ("kubernetes_release", "a kubeadm upgrade, not a setting (another issue)"),
+    ("kubernetes_release", "a kubeadm upgrade, not a setting; upgrade the running cluster one minor at a time "
+                           "with `pi-image cluster upgrade"),
 ])
 def test_once_a_card_exists_a_pinned_setting_is_refused_with_the_reason_and_nothing_written(lab, key, reason):
     build(lab, "pi-worker1")

@@ -170,11 +170,16 @@ def test_not_ready_says_why_and_what_to_do(lab):
     assert "power it on" in gone["fix"] and "kubectl delete node jetson1" in gone["fix"]
 
 
-def test_a_kubelet_of_another_minor_is_a_mismatch(lab):
-    rows = by_node(verify(lab, replaced(healthy_nodes(), "pi-worker1", kubelet="v1.30.5")))
+def test_a_kubelet_outside_the_skew_policy_is_a_mismatch_one_inside_it_a_note(lab):
+    nodes = replaced(replaced(healthy_nodes(), "pi-worker1", kubelet="v1.27.5"), "jetson1", kubelet="v1.32.0")
+    rows = by_node(verify(lab, replaced(nodes, "x86-1", kubelet="v1.30.5")))
 
-    problem, = rows["pi-worker1"]["problems"]
-    assert problem["check"] == "kubelet" and problem["message"] == "kubelet v1.30.5, not the cluster's v1.31.x"
+    behind, = rows["pi-worker1"]["problems"]
+    ahead, = rows["jetson1"]["problems"]
+    assert behind["check"] == "kubelet" and behind["message"].startswith(
+        "kubelet v1.27.5 trails the API server's 1.31 by 4 minors")
+    assert ahead["message"].startswith("kubelet v1.32.0 is newer than the API server's 1.31")
+    assert rows["x86-1"]["result"] == "ok" and "trails the cluster's 1.31" in rows["x86-1"]["note"]
 
 
 def test_a_recorded_release_is_checked_to_the_patch(lab):
@@ -240,7 +245,7 @@ def test_verify_all_good_exits_0_with_one_line_per_node(lab, kubectl):
 
 
 def test_verify_exits_1_and_says_what_is_wrong_per_node(lab, kubectl, tmp_path):
-    nodes = replaced(replaced(healthy_nodes(), "pi-worker1", ip="192.168.0.23"), "x86-1", kubelet="v1.30.5")
+    nodes = replaced(replaced(healthy_nodes(), "pi-worker1", ip="192.168.0.23"), "x86-1", kubelet="v1.27.5")
     kubectl.serve([n for n in nodes if n["metadata"]["name"] != "jetson1"]
                   + [node_object("pi-worker1-old", "192.168.6.15", ready="NotReady")])
     config = tmp_path / "admin.conf"
@@ -251,7 +256,7 @@ def test_verify_exits_1_and_says_what_is_wrong_per_node(lab, kubectl, tmp_path):
     lines = {line.split()[0]: line for line in result.output.splitlines()[:-1]}
     assert lines["pi-master1"].split()[1] == "OK"
     assert lines["pi-worker1"].split()[1] == "MISMATCH" and "INTERNAL-IP 192.168.0.23" in lines["pi-worker1"]
-    assert lines["x86-1"].split()[1] == "MISMATCH" and "kubelet v1.30.5, not the cluster's v1.31.x" in lines["x86-1"]
+    assert lines["x86-1"].split()[1] == "MISMATCH" and "kubelet v1.27.5 trails the API server's 1.31" in lines["x86-1"]
     assert lines["jetson1"].split()[1] == "MISSING"
     assert lines["pi-worker1-old"].split()[1] == "EXTRA"
     assert "kubectl delete node pi-worker1-old" in lines["pi-worker1-old"]
@@ -272,7 +277,7 @@ def test_verify_json_is_the_rows_and_keeps_the_exit_status(lab, kubectl):
         "node": "pi-master1", "role": "control-plane", "result": "ok", "ready": "True",
         "internal_ip": "192.168.6.10", "kubelet_version": "v1.31.4", "architecture": "arm64",
         "operating_system": "linux", "container_runtime": "containerd://1.7.24", "os_image": "Ubuntu 24.04.1 LTS",
-        "problems": []}
+        "problems": [], "note": None}
 
 
 def one_line_error(result):

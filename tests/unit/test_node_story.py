@@ -135,8 +135,16 @@ class Readiness:
             raise ClusterError("kubectl get nodes: the server is down")
         return self.answer
 
+    def kubelet_versions(self):
+        return dict.fromkeys(self.node_readiness(), "v1.31.4")
+
+    def cluster_version(self, max_age=None):
+        return "v1.31.4"
+
 
 class Inventory:
+    path = "/nowhere/tokend.json"  # not a control plane's card: no upgrade record
+
     def known_nodes(self):
         return frozenset(["pi-worker1"])
 

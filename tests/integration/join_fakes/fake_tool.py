@@ -43,6 +43,10 @@ advertise address, the uploaded and unexpired certificates and the right key, no
 writes the control plane's files below $FAKE_ROOT (admin.conf, no super-admin.conf). `kubeadm reset` removes the
 machine's etcd member; the cluster goes only with its last one. Configs kept in inits.jsonl and joins.jsonl have the
 certificate key redacted.
+
+A cluster upgrade (fake_upgrades.py plays it): `kubeadm upgrade plan|apply|node`, `kubectl drain|uncordon` and
+`kubectl get nodes -o json` (with each node's kubelet version), apt-get moving the kube packages to the pinned minor,
+`systemctl restart kubelet` moving the node's kubelet version.
 """
 
 import base64
@@ -61,6 +65,7 @@ import time
 from contextlib import contextmanager
 
 import fake_control_planes as control_planes
+import fake_upgrades as upgrades
 
 STATE = os.environ["FAKE_STATE"]
 BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
@@ -118,7 +123,9 @@ def option(args, name):
 
 def kubeadm(args):
     if args[:1] == ["version"]:
-        print(knob("kubeadm_version", "v1.31.4"))
+        print(upgrades.installed_version(STATE, "kubeadm", knob("kubeadm_version", "v1.31.4")))
+    elif args[:1] == ["upgrade"]:
+        upgrades.kubeadm_upgrade(args[1:], cluster, STATE, knob, set_knob)
     elif args[:1] == ["join"]:
         join(option(args, "--config"))
     elif args[:3] == ["init", "phase", "upload-certs"]:
@@ -645,6 +652,8 @@ def kubectl(args):
 
     if fake_objects.handles(args):
         return fake_objects.kubectl(args, cluster)
+    if upgrades.handles_kubectl(args):
+        return upgrades.kubectl(args, cluster, knob)
     if args[:1] == ["version"]:
         with cluster() as state:
             version = (state.get("control_plane") or {}).get("version", "v1.31.4")
@@ -761,6 +770,7 @@ def apt_get(args):
         for package in ("kubelet", "kubeadm", "kubectl"):
             if package in args:
                 write_wrapper(os.environ["FAKE_BIN"], package)
+        upgrades.apt_install(args, STATE, knob)
 
 
 def dpkg_query(args):
@@ -788,7 +798,8 @@ def main():
     tool, args = sys.argv[1], sys.argv[2:]
     append("calls.jsonl", {"tool": tool, "args": args})
     handler = {"kubeadm": kubeadm, "kubectl": kubectl, "ip": ip, "apt-get": apt_get, "dpkg-query": dpkg_query,
-               "ctr": ctr, "containerd": containerd}.get(tool)
+               "ctr": ctr, "containerd": containerd,
+               "systemctl": lambda args: upgrades.systemctl(args, cluster, STATE, knob)}.get(tool)
     if handler:
         handler(args)
 

@@ -12,8 +12,11 @@ FAKE_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_tool.
 RECORD_ONLY = ("kubelet", "modprobe", "swapoff", "systemctl", "apt-mark", "dpkg", "journalctl")
 TOOLS = ("kubeadm", "kubectl", "ip", "apt-get", "dpkg-query", "ctr", "containerd") + RECORD_ONLY
 
+# The calls of a record-only tool that a stand-in plays after all (fake_tool.py records those itself).
+PLAYED_CALLS = {"systemctl": "restart kubelet"}  # the kubelet's new version, after an upgrade
+
 _RECORDING_SCRIPT = """#!/bin/sh
-args=""
+{played}args=""
 for arg in "$@"; do args="$args${{args:+, }}\\"$arg\\""; done
 printf '{{"tool": "{tool}", "args": [%s]}}\\n' "$args" >> "$FAKE_STATE/calls.jsonl"
 """
@@ -24,7 +27,9 @@ def write_wrapper(bin_dir, tool, python=sys.executable):
     path = os.path.join(bin_dir, tool)
     with open(path, "w") as handle:
         if tool in RECORD_ONLY:
-            handle.write(_RECORDING_SCRIPT.format(tool=tool))
+            played = 'case "$*" in "{}") exec "{}" "{}" {} "$@";; esac\n'.format(
+                PLAYED_CALLS[tool], python, FAKE_TOOL, tool) if tool in PLAYED_CALLS else ""
+            handle.write(_RECORDING_SCRIPT.format(tool=tool, played=played))
         else:
             handle.write('#!/bin/sh\nexec "{}" "{}" {} "$@"\n'.format(python, FAKE_TOOL, tool))
     os.chmod(path, 0o755)
