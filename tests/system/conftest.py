@@ -24,7 +24,7 @@ TOOLS = ("debootstrap", "qemu-system-x86_64", "debugfs", "mkfs.ext4", "mkfs.vfat
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict = {"boots": []}
 SHARED_GUEST_MODULES = {"test_boot_joins.py", "test_boot_static_network.py", "test_boot_control_plane.py",
-                        "test_boot_offline.py", "test_boot_several_masters.py"}
+                        "test_boot_offline.py", "test_boot_several_masters.py", "test_boot_upgrade.py"}
 # The longest story (two guests at once) starts first, so that the other worker's shorter ones fill in around it; the
 # other two-guest story (offline) waits for it if it comes while it runs (lab.ClusterLab.two_guests).
 FIRST_MODULES = ("test_boot_several_masters.py", "test_boot_control_plane.py")
