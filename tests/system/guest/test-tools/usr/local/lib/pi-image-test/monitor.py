@@ -172,6 +172,8 @@ def main():
     data = report(reason, boot)
     with open(os.path.join(RESULTS, "boot-{}.json".format(boot)), "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())  # a master that stays up may have its power cut later (the upgrade story)
     with open("/dev/console", "w") as console:
         console.write("PITEST report " + json.dumps(data, sort_keys=True) + "\n")
     if settings.get("stay_while"):
