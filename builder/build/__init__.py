@@ -339,7 +339,7 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         create_private(tmp).close()
         with track_writes(tmp) as writes:  # what the edits write: the output's digest reads only that again
             with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
-                sparse_copy(raw_base, tmp, advance)
+                sparse_copy(raw_base, tmp, advance, write_back=True)  # debugfs and publish() fsync it
             _make_room(ctx, tmp)
             if ctx.bundle and ctx.bundle.grown_by:
                 writes.complete = False  # resize2fs says nothing of what it wrote

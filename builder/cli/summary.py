@@ -15,13 +15,16 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..build import BuildResult
 from ..build.fleet import Failure
-from ..cards.flash import FlashResult
 from ..cluster import Node
 from ..image.inputs import DECOMPRESSORS
 from ..progress import human_size
+
+if TYPE_CHECKING:  # a build's summary needs none of the flash
+    from ..cards.flash import FlashResult
 
 NO_CLUSTER = ("none: this image joins no cluster — make one with `pi-image cluster init DIR ...` (or in "
               "~/.config/pi-image/cluster, used by default), then build with --cluster DIR")

@@ -2,7 +2,10 @@
 
 A copy is a reflink (FICLONE: instant, shares blocks) where the filesystem allows, else the data extents only
 (SEEK_DATA/SEEK_HOLE), moved in the kernel with copy_file_range, or read and written when the kernel cannot copy
-between the two filesystems: holes stay holes either way.
+between the two filesystems: holes stay holes either way. A copy that is to be fsync'd (`write_back`: a build's
+output, which debugfs fsyncs at each run and the build before it publishes it) is sent to the disk a step at a time
+while the next step is copied (sync_file_range): the fsyncs then find it written, instead of writing all of it while
+the build waits (1 GiB on the 2-core development VM: copy + fsync 0.62 s instead of 1.03 s).
 
 Digests read data extents only. `sha256_sparse` is the plain SHA-256 of the whole file (holes fed as zeros from
 memory: no disk reads, but CPU for every byte). `chunk_digest` is a SHA-256 over the SHA-256s of each 4 MiB chunk,
@@ -15,6 +18,7 @@ Each long function reports how far it got (bytes of the file, holes included) to
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -32,6 +36,10 @@ ZEROS = bytes(CHUNK)
 ZERO_CHUNK_DIGEST = hashlib.sha256(ZEROS).digest()
 KERNEL_CANNOT_COPY = (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 HASH_THREADS = min(4, os.cpu_count() or 1)
+COPY_STEP = 16 << 20  # bytes copied between two starts of write-back
+SYNC_FILE_RANGE_WRITE = 0x2  # start writeback of a range's dirty pages, without waiting for it
+_SYNC_FILE_RANGE = ctypes.CDLL(None, use_errno=True).sync_file_range
+_SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -52,8 +60,15 @@ def extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress) -> None:
-    """Copy `src` to the new file `dst`, keeping holes (a reflink where the filesystem can)."""
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the dirty pages of [offset, offset+length) of the open file `fd` to its disk, without waiting;
+    a file or kernel that cannot is left to the next fsync."""
+    _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress, *, write_back: bool = False) -> None:
+    """Copy `src` to the new file `dst`, keeping holes (a reflink where the filesystem can); with
+    `write_back`, start writing it to the disk as it is copied (the caller fsyncs it: see the module docstring)."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
@@ -61,7 +76,7 @@ def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress) -> None:
         except OSError:
             pass  # not a reflink-capable filesystem (or not the same one): copy the data extents
         size = os.fstat(fin.fileno()).st_size
-        _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst, advance)
+        _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst, advance, write_back)
 
 
 def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:
@@ -70,15 +85,19 @@ def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:
         _copy_extents(fin.fileno(), fout.fileno(), offset, length, dst)
 
 
-def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path, advance: Advance = no_progress) -> None:
-    """Copy the data extents of `fin`'s [offset, offset+length) to `fout` at [0, length)."""
+def _copy_extents(fin: int, fout: int, offset: int, length: int, dst: Path, advance: Advance = no_progress,
+                  write_back: bool = False) -> None:
+    """Copy the data extents of `fin`'s [offset, offset+length) to `fout` at [0, length), COPY_STEP bytes at a
+    time, each sent to the disk as the next is copied if `write_back`."""
     try:
         for start, end in extents(fin, offset + length):
             start, end = max(start, offset), min(end, offset + length)
             while start < end:
-                n = _copy_chunk(fin, fout, start, end - start, start - offset)
+                n = _copy_chunk(fin, fout, start, min(end - start, COPY_STEP), start - offset)
                 if n == 0:
                     raise UserError(f"{dst}: the source shrank while being copied")
+                if write_back:
+                    start_writeback(fout, start - offset, n)
                 start += n
                 advance(start - offset)
         os.ftruncate(fout, length)

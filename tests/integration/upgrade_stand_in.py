@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from firstboot.client import Answer, EndpointUnreachable
 
 PHASES = ("requested", "repository", "kubeadm", "plan", "apply", "drain", "kubelet", "uncordon", "done")
-UPGRADE_PATH = "/v1/admin/upgrade"
 
 
 def minor(version: str) -> str:
@@ -56,10 +55,10 @@ class StandInCluster:
             def admin_status(self):
                 return Answer(200, world.status(self._master()))
 
-            def _exchange(self, path, payload):
-                assert path == UPGRADE_PATH, path
+            def admin_upgrade(self, to, mode):
                 master = self._master()
-                world.pushes.append((self.address, dict(payload)))
+                payload = {"to": to, "mode": mode}
+                world.pushes.append((self.address, payload))
                 return world.upgrade(master, payload)
 
         monkeypatch.setattr("builder.cluster.status.EndpointClient", Client)
