@@ -75,13 +75,15 @@ def upload_certs(argv, config):
 
 
 def write_files(files):
-    """{path under /: {"content", "mode"}} written as the fake kubeadm wrote them."""
+    """{path under /: {"content", "mode"}} written as the fake kubeadm wrote them, each synced."""
     for relative, entry in sorted(files.items()):
         path = os.path.join("/", relative)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, entry["mode"])
         with open(descriptor, "w") as handle:
             handle.write(entry["content"])
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk, as kubeadm's are long before a later power cut (the upgrade story)
         os.chmod(path, entry["mode"])
 
 
