@@ -58,6 +58,7 @@ def make_deb(dest: Path, package: str, version: str, depends: str = "", padding:
     """A small arm64 .deb made with dpkg-deb; `padding` incompressible bytes make it the size of a real one."""
     tree = dest / f"{package}-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN").chmod(0o755)  # dpkg-deb's rule, whatever umask an in-process endpoint or agent left behind
     (tree / "DEBIAN/control").write_text(
         f"Package: {package}\nVersion: {version}\nArchitecture: {ARCH}\nMaintainer: pi-image tests <nobody@invalid>\n"
         + (f"Depends: {depends}\n" if depends else "") + f"Description: {package} stand-in for the offline tests\n")
