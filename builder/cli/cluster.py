@@ -459,7 +459,6 @@ def _show(view: fleet.FleetView, as_json: bool, compact: bool = False) -> None:
 for _command in (show_command, set_command, verify_command):  # cluster show / set / verify
     cluster_group.add_command(_command)
 
-COMMANDS: list[click.Command] = [cluster_group, token_server_command, approve_command, status_command]
 
 
 def _assignment(item: str, option: str) -> tuple[str, str]:
