@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from readback import random_card
 
 from builder.image import DiskImage
 from builder.image.bmap import mapped_ranges_blocks, write_bmap
@@ -36,14 +37,6 @@ def image_with_bmap(tmp_path_factory: pytest.TempPathFactory):
         return made[target]
 
     return make
-
-
-def random_card(path: Path, size: int) -> Path:
-    """A "used card": `size` random bytes (openssl rand, in pieces below its 2 GiB limit)."""
-    with open(path, "wb") as card:
-        for done in range(0, size, 512 * MIB):
-            run(["openssl", "rand", str(min(512 * MIB, size - done))], stdout=card.fileno())
-    return path
 
 
 def bmaptool_copy(bmap: Path, image: Path, card: Path, check: bool = True):
