@@ -134,14 +134,17 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def _write(self, chunk: bytes) -> bool:
-            """Send `chunk` (counted in `sent`); False once the client has hung up."""
+            """Send `chunk` (counted in `sent` before it goes: a client done reading it has it counted); False, and
+            not counted, once the client has hung up."""
+            with server._lock:
+                server.sent += len(chunk)
             try:
                 self.wfile.write(chunk)
                 self.wfile.flush()
             except OSError:
+                with server._lock:
+                    server.sent -= len(chunk)
                 return False
-            with server._lock:
-                server.sent += len(chunk)
             return True
 
         def _record(self, path: str, range_header: str | None, status: int) -> None:
