@@ -3,8 +3,10 @@ network but the cluster's.
 
     /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
     /var/lib/pi-image/bundle/debs/*.deb       installed by dpkg from these files only (apt-get with no source if
-                                              dpkg alone cannot: nothing to download either way)
-    /var/lib/pi-image/bundle/images/*.tar     OCI archives, imported into containerd's k8s.io namespace once
+                                              dpkg alone cannot: nothing to download either way); their data.tar
+                                              is uncompressed (the build host decompressed it: dpkg only copies)
+    /var/lib/pi-image/bundle/images/*.tar     OCI archives (one holding every image; older cards: one each),
+                                              imported into containerd's k8s.io namespace once
     /var/lib/pi-image/bundle/release/*        kube_install release: the upstream assets (kubeadm, kubelet, kubectl,
                                               crictl and CNI plugin archives), installed by release.py
 
@@ -36,6 +38,7 @@ class Bundle(object):
         self.root = root
         self.directory = os.path.join(root, BUNDLE_DIR.lstrip("/"))
         self.manifest = None
+        self._verified = {}  # path -> the SHA-256 it was found to have
         path = os.path.join(self.directory, BUNDLE_MANIFEST)
         try:
             with open(path) as handle:
@@ -86,16 +89,17 @@ class Bundle(object):
         ctr = ["ctr", "--address", socket_path, "-n", NAMESPACE]
         if not done:
             present = self._present(commands, ctr)
+            archives = {}  # archive -> the references it brings: one archive may hold every image (one ctr run)
             for entry in self.manifest.get("images", []):
-                if entry["reference"] in present:
-                    continue
-                archive = self._checked(entry)
+                if entry["reference"] not in present:
+                    archives.setdefault(self._checked(entry), []).append(entry["reference"])
+            for archive, references in archives.items():
                 result = commands.run(ctr + ["images", "import", "--platform", self.manifest["platform"], archive],
                                       timeout=900)
                 if not result.ok:
-                    raise SetupFailed("ctr could not import {} from the bundle: {}".format(entry["reference"],
-                                                                                          result.summary()), retry=True)
-                log.info("imported %s from the bundle", entry["reference"])
+                    raise SetupFailed("ctr could not import {} from the bundle: {}".format(
+                        ", ".join(references), result.summary()), retry=True)
+                log.info("imported %s from the bundle", ", ".join(references))
         missing = [entry["reference"] for entry in self.manifest.get("images", [])
                    if entry["reference"] not in self._present(commands, ctr)]
         if missing:
@@ -114,8 +118,10 @@ class Bundle(object):
         return set(result.stdout.split())
 
     def _checked(self, entry):
-        """The absolute path of a bundle file whose size and SHA-256 are those bundle.json records."""
+        """The absolute path of a bundle file whose size and SHA-256 are those bundle.json records (read once)."""
         path = os.path.join(self.directory, entry["file"])
+        if self._verified.get(path) == entry.get("sha256"):
+            return path
         sha = hashlib.sha256()
         try:
             with open(path, "rb") as handle:
@@ -127,6 +133,7 @@ class Bundle(object):
         if sha.hexdigest() != entry.get("sha256"):
             raise SetupFailed("the bundle's {} does not match its SHA-256 in {}: the card is damaged; rebuild or "
                               "reflash it".format(entry["file"], BUNDLE_MANIFEST), retry=False)
+        self._verified[path] = entry.get("sha256")
         return path
 
     def _digest(self):

@@ -273,7 +273,8 @@ def test_an_offline_master_card_of_several_carries_the_kube_vip_image(sample_ima
     [entry] = [entry for entry in bundle["images"] if entry["reference"] == KUBE_VIP_IMAGE]
     archived = tmp_path / "kube-vip.tar"
     archived.write_bytes(Card(image).root.read(f"/var/lib/pi-image/bundle/{entry['file']}"))
-    assert json.loads(tool("skopeo", "inspect", f"oci-archive:{archived}").stdout)["Architecture"] == "arm64"
+    assert json.loads(tool("skopeo", "inspect", f"oci-archive:{archived}:{KUBE_VIP_IMAGE}").stdout)["Architecture"] \
+        == "arm64"
 
 
 # --- the workstation fails over --------------------------------------------------------------------------------

@@ -29,9 +29,8 @@ class FakeContainerd:
         if "images" in argv and "ls" in argv:
             return CommandResult(argv, 0, "".join(name + "\n" for name in sorted(self.images)), "")
         if "images" in argv and "import" in argv:
-            reference = json.loads(Path(argv[-1]).read_text())["reference"]
-            if reference not in self.drop:
-                self.images.add(reference)
+            held = json.loads(Path(argv[-1]).read_text())
+            self.images.update(set(held.get("references", [held.get("reference")])) - self.drop)
             return CommandResult(argv, 0, "", "")
         return CommandResult(argv, 0, "", "")
 
@@ -111,3 +110,24 @@ def test_a_damaged_bundle_file_is_named_and_never_used(tmp_path):
     with pytest.raises(SetupFailed, match="images/image0.oci.tar does not match its SHA-256"):
         Bundle(str(tmp_path)).import_images(commands, "/run/containerd/containerd.sock")
     assert commands.imports() == []
+
+
+def test_one_archive_of_every_image_is_checked_once_and_imported_with_one_ctr_run(tmp_path, monkeypatch):
+    manifest = write_bundle(tmp_path)
+    directory = tmp_path / BUNDLE_DIR.lstrip("/")
+    combined = directory / "images" / "images-all.oci.tar"
+    combined.write_text(json.dumps({"references": list(IMAGES)}))
+    for entry in manifest["images"]:
+        entry.update(file="images/" + combined.name, sha256=hashlib.sha256(combined.read_bytes()).hexdigest(),
+                     size=combined.stat().st_size)
+    (directory / "bundle.json").write_text(json.dumps(manifest))
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    commands = FakeContainerd()
+
+    Bundle(str(tmp_path)).import_images(commands, "/run/containerd/containerd.sock")
+
+    assert [call[-1] for call in commands.imports()] == [str(combined)]
+    assert commands.images == set(IMAGES)
+    assert opened.count(str(combined)) == 1, "its SHA-256 is computed once, not once per image"

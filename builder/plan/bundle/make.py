@@ -17,8 +17,10 @@ from .. import PlanView
 from ..release import Fetch
 from . import images as oci
 from .apt import DPKG_STATUS, KUBE_PACKAGES, KUBE_PIN, AptTree, Deb, remove_tree
+from .debs import decompress_data
 
 MAX_RELEASE_ASSET = 512 << 20  # bytes: the largest release asset (the kubelet, the CNI plugins) is under 100 MiB
+DEB_FORMAT = "plain data.tar"  # how a cached .deb is kept (debs.py): part of the cache key, so none made before is used
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,12 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
         oci.platform(tree.arch)  # an architecture with no images is refused before anything is fetched
         release, debs = _packages(tree, request, cache / "packages" / _tree_key(tree, request), work, log)
         archives = _images(request, release, tree.arch, cache / "images", work, log)
+        combined = _combined(archives, cache / "images" / "sets", work)
         assets = _release_assets(request, cache / "release", work, fetch, log)
     finally:
         remove_tree(work)
     files = {f"debs/{name}": path for name, path in debs.items()}
-    files.update({f"images/{path.name}": path for path, _ in archives.values()})
+    files[f"images/{combined.name}"] = combined
     files.update({f"release/{name}": path for name, path in assets.items()})
     manifest = {
         "kubernetes": release, "architecture": tree.arch,
@@ -79,8 +82,8 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
         "sandbox_image": oci.pause_image(release),
         "packages": [{"file": f"debs/{name}", **_deb_fields(name), **_listed_digest(path)}
                      for name, path in sorted(debs.items())],
-        "images": [{"reference": reference, "digest": digest, "file": f"images/{path.name}", **_listed_digest(path)}
-                   for reference, (path, digest) in archives.items()],
+        "images": [{"reference": reference, "digest": digest, "file": f"images/{combined.name}",
+                    **_listed_digest(combined)} for reference, (_, digest) in archives.items()],
     }
     if assets:
         manifest["release"] = [{"file": f"release/{name}", **_digest(path)} for name, path in sorted(assets.items())]
@@ -130,12 +133,14 @@ def _packages(tree: AptTree, request: BundleRequest, key_dir: Path, work: Path,
 
 
 def _store(debs: list[Deb], work: Path, final: Path) -> dict[str, Path]:
-    """The downloaded `debs` listed with their digests and published in the cache at `final`."""
+    """The downloaded `debs`, their data decompressed (debs.py), listed with their digests and published in the cache
+    at `final`."""
     staged = work / "packages"
     staged.mkdir()
     listed = {}
     for deb in debs:
         shutil.move(str(deb.path), staged / deb.path.name)
+        decompress_data(staged / deb.path.name)
         listed[deb.path.name] = _digest(staged / deb.path.name)
     _write_json(staged / "packages.json", listed)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +168,23 @@ def _images(request: BundleRequest, release: str, arch: str, cache: Path, work: 
             os.replace(work / sidecar.name, sidecar)
         found[reference] = (archive, str(_read_json(sidecar)["digest"]))
     return found
+
+
+def _combined(archives: dict[str, tuple[Path, str]], cache: Path, work: Path) -> Path:
+    """The cached archive holding every image of `archives` (images.combine: one import at first boot), made when
+    missing or damaged; named by the archives' own digests, so a set made once serves every build that needs it."""
+    parts = [path for path, _ in archives.values()]
+    key = hashlib.sha256(json.dumps([_listed_digest(path)["sha256"] for path in parts]).encode()).hexdigest()[:24]
+    combined = cache / f"images-{key}.oci.tar"
+    sidecar = combined.with_name(combined.name + ".json")
+    if not (sidecar.is_file() and _matches(combined, _read_json(sidecar).get("file"))):
+        cache.mkdir(parents=True, exist_ok=True)
+        staged = work / combined.name
+        oci.combine(parts, staged)
+        _write_json(work / sidecar.name, {"file": _digest(staged)})
+        os.replace(staged, combined)
+        os.replace(work / sidecar.name, sidecar)
+    return combined
 
 
 def _release_assets(request: BundleRequest, cache: Path, work: Path, fetch: Fetch | None,
@@ -193,7 +215,8 @@ def _tree_key(tree: AptTree, request: BundleRequest) -> str:
     """What decides the closure: the apt tree's inputs (status, sources, keys, pins, architecture) and the packages.
     pi-image's own kube pin is left out: it only picks the release, which names the entry's subdirectory (a card
     stamped at flash time, whose pin names the release its image recorded, finds its image's bundle)."""
-    digest = hashlib.sha256(json.dumps([request.minor, sorted(request.runtime_packages), tree.arch]).encode())
+    digest = hashlib.sha256(json.dumps([request.minor, sorted(request.runtime_packages), tree.arch,
+                                        DEB_FORMAT]).encode())
     for path in sorted(p for p in tree.root.rglob("*") if p.is_file()):
         name = str(path.relative_to(tree.root))
         counts = name.split("/")[0] in ("etc", "keys") or name == DPKG_STATUS.lstrip("/")
