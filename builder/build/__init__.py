@@ -1,6 +1,7 @@
 """`pi-image build`: plan the edits against the (read-only) base, then make the output atomically.
 
-    base (never written) --plan--> ops --sparse copy--> temp output --apply+verify+fsck--> rename to OUTPUT
+    base (never written) --plan--> ops ------------------------> temp output --apply+verify+fsck--> rename to OUTPUT
+                         --sparse copy (meanwhile, a thread)--^
 
 A cluster build has one step more, before the edits are applied: it saves its recipe (how the image was made) in the
 cluster directory, and the manifest names it, so that `pi-image flash` can stamp a node onto the image later.
@@ -44,7 +45,7 @@ from ..config.runtimes import RELEASE_DEPENDENCIES, runtime_packages
 from ..errors import UserError
 from ..image import DirectoryFilesystem, DiskImage, open_medium
 from ..image.bmap import write_bmap
-from ..image.copy import chunk_digest, sha256_sparse, size_on_disk, sparse_copy
+from ..image.copy import BackgroundCopy, chunk_digest, sha256_sparse, size_on_disk
 from ..image.dirty import output_chunk_digest, track_writes, written_ranges
 from ..image.ext4 import Ext4Filesystem
 from ..image.fsck import check_partition
@@ -126,7 +127,7 @@ class BuildResult:
     bmap: Path | None = None
 
 
-def prepare(request: BuildRequest) -> BuildContext:
+def prepare(request: BuildRequest, *, plan: bool = True) -> BuildContext:
     """Load the profile, node and base; detect the target; plan every edit. Nothing is written."""
     profile = _with_login(load_profile(_profile_name(request), request.sets), request)
     cluster = load_cluster(request.cluster) if request.cluster else None
@@ -180,7 +181,8 @@ def prepare(request: BuildRequest) -> BuildContext:
         ctx.kubernetes_release, settings = resolve_release(profile, release_arch(target),
                                                            ctx.kubernetes_release, ctx.download)
         ctx.node_config = ctx.node_config.replace(kubernetes_release=ctx.kubernetes_release, release=settings)
-    make_plan(ctx)
+    if plan:
+        make_plan(ctx)
     return ctx
 
 
@@ -309,7 +311,7 @@ def _profile_image_node(profile: Profile, cluster: Cluster, admin_user: str | No
 
 def build(request: BuildRequest) -> BuildResult:
     """Make the output image (or edit a directory target); see the module docstring."""
-    ctx = prepare(request)
+    ctx = prepare(request, plan=False)  # an image's plan is made while its base is copied
     if ctx.target.name == UbuntuX86.name:
         raise UserError(f"{ctx.base} is an x86 Ubuntu root: its node is made by the stock system's cloud-init from a "
                         f"seed ISO, not by editing a tree: use `{SEED_ISO_COMMAND}`")
@@ -318,6 +320,7 @@ def build(request: BuildRequest) -> BuildResult:
     output = request.output or Path(f"{ctx.node.name}.img")
     remove_stale_temporaries(output.parent)
     if isinstance(ctx.target.medium, DirectoryFilesystem):
+        make_plan(ctx)
         result = _build_tree(ctx, base_path, output, request)
     else:
         result = _build_image(ctx, base_path, output, request)
@@ -338,8 +341,10 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
         _check_space(raw_base, output.parent)
         create_private(tmp).close()
         with track_writes(tmp) as writes:  # what the edits write: the output's digest reads only that again
-            with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
-                sparse_copy(raw_base, tmp, advance, write_back=True)  # debugfs and publish() fsync it
+            with BackgroundCopy(raw_base, tmp) as copying:  # debugfs and publish() fsync it
+                make_plan(ctx)  # reads the base only: on the other core while the kernel copies
+                with progress(f"{output.name}: copying the base", raw_base.stat().st_size) as advance:
+                    copying.finish(advance)
             _make_room(ctx, tmp)
             if ctx.bundle and ctx.bundle.grown_by:
                 writes.complete = False  # resize2fs says nothing of what it wrote
@@ -347,7 +352,7 @@ def _build_image(ctx: BuildContext, base_path: Path, output: Path, request: Buil
             base_record = _base_record(request, ctx)
             recipe = _save_recipe(request, ctx, base_record)
             manifest = build_manifest(ctx, base_record, recipe)
-            changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)])
+            changed = apply_checked(image, ctx.plan.ops + [manifest_op(manifest)], like=ctx.target)
             written = written_ranges(image, writes)
         if bmap_path is not None and bmap_tmp is not None:
             usage = usage_map(tmp)
@@ -384,10 +389,10 @@ def _make_room(ctx: BuildContext, image: Path) -> None:
         ctx.bundle.grown_by = missing
 
 
-def apply_checked(image: DiskImage, ops: list[FileOp]) -> list[FileOp]:
-    """Carry out `ops` on the disk image (or card) `image`, commit, and fsck every filesystem they changed; return
-    the ops that changed something."""
-    target = detect(image)
+def apply_checked(image: DiskImage, ops: list[FileOp], like: Target | None = None) -> list[FileOp]:
+    """Carry out `ops` on the disk image (or card) `image` (a copy of the image `like` was detected on, if given),
+    commit, and fsck every filesystem they changed; return the ops that changed something."""
+    target = detect(image, like)
     changed = apply(Plan(ops), target)
     image.commit()
     for partition in image.partitions:

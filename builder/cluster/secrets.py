@@ -10,11 +10,6 @@ import ipaddress
 import secrets
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from firstboot import protocol
 from firstboot.nodeconfig import CERTIFICATE_KEY
 from firstboot.nodeconfig import SECRETS_DIR as SECRETS_DIR  # the cluster directory's too (Cluster.secrets_dir)
@@ -28,6 +23,11 @@ SECRET_FILES = (ENROLLMENT_KEY, ENDPOINT_KEY, ENDPOINT_CERT)
 
 def create_secrets(secrets_dir: Path, endpoint_host: str) -> str:
     """Enrollment key and the endpoint's TLS key + self-signed certificate; returns the certificate's fingerprint."""
+    from cryptography import x509  # here only: every build imports this module, only `cluster init` makes keys
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     secrets_dir.chmod(0o700)
     key = ec.generate_private_key(ec.SECP256R1())

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ ZERO_CHUNK_DIGEST = hashlib.sha256(ZEROS).digest()
 KERNEL_CANNOT_COPY = (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 HASH_THREADS = min(4, os.cpu_count() or 1)
 COPY_STEP = 16 << 20  # bytes copied between two starts of write-back
+PROGRESS_POLL = 0.1  # seconds between two progress reports of a BackgroundCopy
 SYNC_FILE_RANGE_WRITE = 0x2  # start writeback of a range's dirty pages, without waiting for it
 _SYNC_FILE_RANGE = ctypes.CDLL(None, use_errno=True).sync_file_range
 _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -77,6 +79,57 @@ def sparse_copy(src: Path, dst: Path, advance: Advance = no_progress, *, write_b
             pass  # not a reflink-capable filesystem (or not the same one): copy the data extents
         size = os.fstat(fin.fileno()).st_size
         _copy_extents(fin.fileno(), fout.fileno(), 0, size, dst, advance, write_back)
+
+
+class BackgroundCopy:
+    """`sparse_copy(src, dst, write_back=True)` in a thread, so that work which only reads `src` (a build's plan)
+    runs on the other core meanwhile: the copy is the kernel's work (copy_file_range, sync_file_range) and lets go
+    of the GIL. `finish(advance)` waits for it, reporting progress; leaving the block early stops it at the next step.
+
+        with BackgroundCopy(base, tmp) as copying:
+            plan = make_plan(...)
+            with progress("copying", size) as advance:
+                copying.finish(advance)
+    """
+
+    def __init__(self, src: Path, dst: Path) -> None:
+        self.done = 0
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._copy, args=(src, dst), name="copy", daemon=True)
+
+    def __enter__(self) -> BackgroundCopy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def finish(self, advance: Advance = no_progress) -> None:
+        """Wait for the copy, passing its progress on to `advance`; raise what it raised."""
+        while self._thread.is_alive():
+            self._thread.join(PROGRESS_POLL)
+            advance(self.done)
+        if self._error is not None:
+            raise self._error
+
+    def _copy(self, src: Path, dst: Path) -> None:
+        try:
+            sparse_copy(src, dst, self._advance, write_back=True)
+        except _Stopped:
+            pass
+        except BaseException as err:  # handed to the thread that waits in finish()
+            self._error = err
+
+    def _advance(self, done: int) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+        self.done = done
+
+
+class _Stopped(Exception):
+    """The block that started a BackgroundCopy ended before it (an error there): the copy stops."""
 
 
 def copy_range(src: Path, offset: int, length: int, dst: Path) -> None:

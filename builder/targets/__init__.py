@@ -44,9 +44,12 @@ def target_class(name: str) -> type[Target] | None:
     return next((cls for cls in TARGETS if cls.name == name), None)
 
 
-def detect(medium: DiskImage | DirectoryFilesystem) -> Target:
-    """The target `medium` is, bound to its root and boot filesystems."""
+def detect(medium: DiskImage | DirectoryFilesystem, like: Target | None = None) -> Target:
+    """The target `medium` is, bound to its root and boot filesystems; `like`: the target found on the image that
+    `medium` is a byte copy of (a build's output): its kind, bound to `medium` without probing again."""
     root, boot = (_tree_root(medium), None) if isinstance(medium, DirectoryFilesystem) else _image_filesystems(medium)
+    if like is not None:
+        return type(like)(medium, root, like.os, boot)
     os_release = OsRelease.parse(root.read_text("/etc/os-release") or "")
     probe = Probe(medium, root, os_release, boot, facts={
         "tegra": root.exists("/etc/nv_tegra_release"),

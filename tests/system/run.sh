@@ -39,4 +39,6 @@ if [ "$JOBS" -gt 1 ]; then
   PARALLEL=(-n "$JOBS")  # conftest.py schedules (a module sharing one guest stays together)
   export PI_IMAGE_SYSTEM_VCPUS=${PI_IMAGE_SYSTEM_VCPUS:-1}
 fi
-exec "$VENV/bin/python" -m pytest -m system tests/system -p no:cacheprovider "${PARALLEL[@]}" "$@"
+# every story keeps its guests' logs (pyproject keeps only a failing test's tmp_path: the suite's GiBs)
+exec "$VENV/bin/python" -m pytest -m system tests/system -p no:cacheprovider -o tmp_path_retention_policy=all \
+  "${PARALLEL[@]}" "$@"
