@@ -12,9 +12,11 @@ real ones weigh; the registry's images are small (one busybox layer each), so im
     bundle warm     the same again: every cached file checked against its SHA-256, nothing fetched
     build           `pi-image build` of the worker without --offline vs with --offline from the warm cache (median
                     of --runs, order alternated): the ratio is what carrying the bundle costs a build
-    --boot          tests/system/run.sh's offline story (master + worker, isolated), its network story
-                    (test_boot_joins: one worker installing from the archive) and a clean join on the preinstalled
-                    base: QEMU start to joined and the ratios over the preinstalled one, from the run's figures
+    --boot          tests/system/run.sh's offline story (master + worker, isolated: the worker waits for its master),
+                    the offline release-path worker on its own (the like-for-like pair of the preinstalled join),
+                    its network story (test_boot_joins: one worker installing from the archive) and a clean join on
+                    the preinstalled base: QEMU start to joined and the ratios over the preinstalled one, from the
+                    run's figures
                     (goal 4 of issue 28; needs root and minutes; not in --smoke)
 
 --smoke: no padding, one run, no boot: the suite runs it so the script cannot rot.
@@ -87,19 +89,22 @@ def boots() -> list[str]:
     """First boot with the bundle, with the network install and on the preinstalled base, from one system-test run
     (the stories and the ratios: tests/system/conftest.py FIRST_BOOTS, first_boot_ratios)."""
     with tempfile.TemporaryDirectory(prefix="offline-bench-boot-") as tmp:
-        stories = "test_boot_offline or test_boot_joins or test_boot_control_plane or test_power_cut_just_after_joining"
+        stories = ("test_boot_offline or test_boot_joins or test_boot_control_plane or offline_release_card_joins"
+                   " or test_power_cut_just_after_joining")
         subprocess.run([str(REPO / "tests/system/run.sh"), "-k", stories, "--basetemp", tmp], check=True)
         first = json.loads((Path(tmp) / "system-figures.json").read_text())["first_boot"]
     labels = {"offline_worker_joined": "bundle: worker joined (isolated, beside its master)",
               "offline_master_endpoint_started": "bundle: its master's endpoint started",
               "network_install_joined": "network install: worker joined (archive on the host)",
               "preinstalled_joined": "preinstalled base: worker joined (endpoint up)",
+              "offline_release_worker_joined": "bundle, release path: worker joined (endpoint up)",
               "offline_master_init_done": "bundle: master's kubeadm init done",
               "preinstalled_master_init_done": "preinstalled base: master's kubeadm init done"}
     lines = [f"first boot, {label}: {first[name]} s" for name, label in labels.items() if name in first]
     lines += [f"ratio {name.replace('_over_', ' / ').replace('_', ' ')}: {first[name]:.2f}x"
-              for name in ("offline_worker_over_preinstalled", "network_install_over_preinstalled",
-                           "offline_master_init_over_preinstalled") if name in first]
+              for name in ("offline_release_worker_over_preinstalled", "offline_worker_over_preinstalled",
+                           "network_install_over_preinstalled", "offline_master_init_over_preinstalled")
+              if name in first]
     return lines
 
 

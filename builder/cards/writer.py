@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import UserError
+from ..image.copy import start_writeback
 from ..image.partitions import TABLE_BYTES
 from ..image.usage import Range, UsageMap
 from ..progress import human_size, progress
@@ -42,12 +43,9 @@ ZEROS = bytes(CHUNK)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 ZERO_RANGE = 0x11  # FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE: the blocks stay allocated, marked as reading zeros
 PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (tmpfs and btrfs have no ZERO_RANGE)
-SYNC_FILE_RANGE_WRITE = 0x2  # start writeback of a range's dirty pages, without waiting for it
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _FALLOCATE = _LIBC.fallocate64  # 64-bit offsets on 32-bit hosts too (armhf)
 _FALLOCATE.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_SYNC_FILE_RANGE = _LIBC.sync_file_range
-_SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 Chunk = tuple[int, int]  # (offset, length)
 
@@ -277,7 +275,7 @@ def _start_writeback(out: int, batch: list[Chunk]) -> None:
     """Start writing `batch`'s dirty pages to the card now, not when the final fsync comes (the page cache would
     otherwise hold a whole image before the card is sent a byte); a device or kernel that cannot is left to fsync."""
     start, end = batch[0][0], batch[-1][0] + batch[-1][1]
-    _SYNC_FILE_RANGE(out, start, end - start, SYNC_FILE_RANGE_WRITE)
+    start_writeback(out, start, end - start)
 
 
 def compare(source: int, card: int, path: Path, batch: list[Chunk]) -> int:

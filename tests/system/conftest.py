@@ -59,11 +59,16 @@ FIRST_BOOTS = {
     "preinstalled_joined": ("test_power_cut_just_after_joining_the_next_boot_does_not_join_again", "pi-worker1",
                             "qemu_start_to_joined"),
     "preinstalled_master_init_done": ("test_boot_control_plane", "pi-master1", "qemu_start_to_init_done"),
+    # a worker with the bundle on its own (the release path's card: runtime debs, release binaries, images) against
+    # the fake cluster, as the preinstalled one: goal 4's like-for-like pair, booted side by side
+    "offline_release_worker_joined": ("test_an_offline_release_card_joins_with_nothing_but_the_cluster_reachable",
+                                      "pi-worker1", "qemu_start_to_joined"),
 }
 FIRST_BOOT_RATIOS = {
     "offline_worker_over_preinstalled": ("offline_worker_joined", "preinstalled_joined"),
     "network_install_over_preinstalled": ("network_install_joined", "preinstalled_joined"),
     "offline_master_init_over_preinstalled": ("offline_master_init_done", "preinstalled_master_init_done"),
+    "offline_release_worker_over_preinstalled": ("offline_release_worker_joined", "preinstalled_joined"),
 }
 _SESSION_START = time.monotonic()
 
