@@ -38,7 +38,7 @@ class Bundle(object):
         self.root = root
         self.directory = os.path.join(root, BUNDLE_DIR.lstrip("/"))
         self.manifest = None
-        self._verified = {}  # path -> the SHA-256 it was found to have
+        self._verified = set()  # (path, SHA-256) of the files found to have it
         path = os.path.join(self.directory, BUNDLE_MANIFEST)
         try:
             with open(path) as handle:
@@ -120,7 +120,7 @@ class Bundle(object):
     def _checked(self, entry):
         """The absolute path of a bundle file whose size and SHA-256 are those bundle.json records (read once)."""
         path = os.path.join(self.directory, entry["file"])
-        if self._verified.get(path) == entry.get("sha256"):
+        if (path, entry.get("sha256")) in self._verified:
             return path
         sha = hashlib.sha256()
         try:
@@ -133,7 +133,7 @@ class Bundle(object):
         if sha.hexdigest() != entry.get("sha256"):
             raise SetupFailed("the bundle's {} does not match its SHA-256 in {}: the card is damaged; rebuild or "
                               "reflash it".format(entry["file"], BUNDLE_MANIFEST), retry=False)
-        self._verified[path] = entry.get("sha256")
+        self._verified.add((path, entry.get("sha256")))
         return path
 
     def _digest(self):

@@ -131,3 +131,14 @@ def test_one_archive_of_every_image_is_checked_once_and_imported_with_one_ctr_ru
     assert [call[-1] for call in commands.imports()] == [str(combined)]
     assert commands.images == set(IMAGES)
     assert opened.count(str(combined)) == 1, "its SHA-256 is computed once, not once per image"
+
+
+def test_an_entry_without_a_sha256_is_never_used(tmp_path):
+    manifest = write_bundle(tmp_path)
+    del manifest["images"][0]["sha256"]
+    (tmp_path / BUNDLE_DIR.lstrip("/") / "bundle.json").write_text(json.dumps(manifest))
+    commands = FakeContainerd()
+
+    with pytest.raises(SetupFailed, match="images/image0.oci.tar does not match its SHA-256"):
+        Bundle(str(tmp_path)).import_images(commands, "/run/containerd/containerd.sock")
+    assert commands.imports() == []

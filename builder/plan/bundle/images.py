@@ -209,7 +209,7 @@ def combine(archives: list[Path], dest: Path) -> None:
                 _add_file(out, name, handle, size)
             _add_file(out, "index.json", io.BytesIO(index_json), len(index_json))
             _add_file(out, "oci-layout", io.BytesIO(layout), len(layout))
-    except (OSError, tarfile.TarError, ValueError, KeyError) as err:
+    except (OSError, tarfile.TarError, ValueError, KeyError, AttributeError) as err:  # AttributeError: not an object
         raise UserError(f"cannot put the bundle's images into one archive ({err}): run `pi-image cache prune` and "
                         "build again") from None
     finally:
