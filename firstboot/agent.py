@@ -44,6 +44,8 @@ log = logging.getLogger("pi-image.agent")
 
 DONE, RETRY_NOW, RETRY_LATER = "done", "retry-now", "retry-later"
 CLOCK_SKEW_TOLERANCE = 300
+NETWORK_ONLINE = "network-online.target"  # the unit wants it, but waits for it here (_wait_for_network)
+NETWORK_WAIT_SECONDS = 300  # the network managers' own waits give up sooner (systemd-networkd-wait-online: 120 s)
 TOKEN_REUSE_MARGIN = 300  # a kept token is used only while it has at least this long to live
 
 _EXPIRED_TOKEN_MARKERS = ("could not find a JWS signature", "JWS signature", "token has expired", "token is expired")
@@ -110,6 +112,7 @@ class FirstBootAgent(object):
                                     kube_install=config.kube_install, release=config.release,
                                     kubernetes_release=config.kubernetes_release, sleep=sleep)
         self.reported_problem = None
+        self._network_waited = False
         self.control_plane = None
         if config.role == "control-plane" and config.control_plane is not None:
             from .controlplane import ControlPlane  # with the endpoint package, on control-plane images only
@@ -156,7 +159,10 @@ class FirstBootAgent(object):
                 self.sleep(delay)
 
     def _attempt(self):
+        if not Bundle(self.paths.root).present:
+            self._wait_for_network()  # the packages (and the release's files) come from the network
         self.setup.run()
+        self._wait_for_network()
         problems = preflight.problems(self.paths.root, self.setup.runtime)
         if problems:
             raise SetupFailed("kubeadm's preflight would fail, so no join token is asked for: " + "; ".join(problems),
@@ -421,6 +427,20 @@ class FirstBootAgent(object):
         except EndpointUnreachable as err:
             log.warning("could not report %r: %s", state, err)
             return False
+
+    def _wait_for_network(self):
+        """Wait, once, for network-online.target. The unit is not ordered after it, so that a card's bundle installs
+        while the network comes up (DHCP, Wi-Fi); `systemctl start` joins the boot's own start job of the target and
+        returns when the target is reached, as it is even when the network manager's wait failed (Wants=)."""
+        if self._network_waited:
+            return
+        started = time.monotonic()
+        result = self.commands.run(["systemctl", "start", NETWORK_ONLINE], timeout=NETWORK_WAIT_SECONDS)
+        self._network_waited = True
+        if not result.ok:
+            log.warning("%s was not reached (%s); going on", NETWORK_ONLINE, result.summary(200))
+        elif time.monotonic() - started >= 1:
+            log.info("waited %.1f s for %s", time.monotonic() - started, NETWORK_ONLINE)
 
     def _wait_for_clock(self, server_time):
         """kubeadm checks the API server's certificate dates: wait (bounded) while our clock is far behind."""

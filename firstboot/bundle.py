@@ -77,8 +77,9 @@ class Bundle(object):
                 "-o", "Dir::Etc::SourceParts=" + empty]
 
     def import_images(self, commands, socket_path):
-        """Import every image not yet in containerd (once per bundle), then check they all are; SetupFailed naming
-        the first one missing."""
+        """Import the bundle's archives (once per bundle), then check with one listing that every image is in
+        containerd; SetupFailed naming the first one missing. Nothing is listed before: an import that a power cut
+        interrupted is simply done again (containerd keeps the blobs it has), and a first boot saves a ctr run."""
         stamp = os.path.join(self.root, IMPORTED.lstrip("/"))
         digest = self._digest()
         try:
@@ -88,11 +89,9 @@ class Bundle(object):
             done = False
         ctr = ["ctr", "--address", socket_path, "-n", NAMESPACE]
         if not done:
-            present = self._present(commands, ctr)
             archives = {}  # archive -> the references it brings: one archive may hold every image (one ctr run)
             for entry in self.manifest.get("images", []):
-                if entry["reference"] not in present:
-                    archives.setdefault(self._checked(entry), []).append(entry["reference"])
+                archives.setdefault(self._checked(entry), []).append(entry["reference"])
             for archive, references in archives.items():
                 result = commands.run(ctr + ["images", "import", "--platform", self.manifest["platform"], archive],
                                       timeout=900)
@@ -100,8 +99,8 @@ class Bundle(object):
                     raise SetupFailed("ctr could not import {} from the bundle: {}".format(
                         ", ".join(references), result.summary()), retry=True)
                 log.info("imported %s from the bundle", ", ".join(references))
-        missing = [entry["reference"] for entry in self.manifest.get("images", [])
-                   if entry["reference"] not in self._present(commands, ctr)]
+        present = self._present(commands, ctr)
+        missing = [entry["reference"] for entry in self.manifest.get("images", []) if entry["reference"] not in present]
         if missing:
             raise SetupFailed("the image {} is not in containerd after importing the bundle: kubeadm would try to pull "
                               "it (rebuild the card with --offline)".format(missing[0]), retry=False)

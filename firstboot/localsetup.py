@@ -213,7 +213,9 @@ class LocalSetup(object):
             bundle.import_images(self.commands, self.runtime.socket_path)
         if not release or self.package_manager == "pacman":
             self.packages.hold(KUBE_PACKAGES)
-        self.commands.run(["systemctl", "enable", "kubelet"])
+        # the link only: the unit came with the card or with a package whose install reloaded systemd, and kubeadm
+        # reloads systemd before it (re)starts the kubelet (a daemon-reload costs a Pi seconds)
+        self.commands.run(["systemctl", "enable", "--no-reload", "kubelet"])
 
     def kubelet_resolv_conf(self):
         """The resolv.conf the kubelet must read instead of kubeadm's choice, or None to keep that choice.

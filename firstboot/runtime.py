@@ -58,8 +58,8 @@ class RuntimeCheck(object):
         service = self.runtime.service
         problem = self.problem()
         if problem is None:
-            if installed:
-                self.commands.run(["systemctl", "enable", service])
+            if installed:  # its package's postinst loaded the unit: no daemon-reload (seconds on a Pi) for a link
+                self.commands.run(["systemctl", "enable", "--no-reload", service])
                 log.info("%s answers on %s as its package started it (CRI plugin ok, runc with the systemd cgroup "
                          "driver)", self.runtime.name, self.socket_path)
             return

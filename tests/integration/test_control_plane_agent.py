@@ -223,7 +223,7 @@ def test_agent_gives_up_after_three_failed_inits_and_the_status_shows_why(master
     assert "couldn't initialize a Kubernetes cluster" in row["last_error"], "status shows kubeadm's error"
     [give_up] = [line for line in result.stderr.splitlines() if "giving up" in line]
     assert "kubeadm reset -f" in give_up and "reflash" in give_up
-    assert master.fake.calls("systemctl", "start") == [] and master.fake.applies() == []
+    assert master.fake.calls("systemctl", "start", "pi-image-tokend.service") == [] and master.fake.applies() == []
     assert not (root / "root/.kube").exists()
     for marker in ("control-plane.initialized", "firstboot.done"):
         assert not (root / "var/lib/pi-image" / marker).exists()
@@ -276,4 +276,4 @@ def test_pod_network_apply_is_retried_while_the_api_server_refuses(master):
     assert len(master.fake.calls("kubectl", "--kubeconfig", str(root / "etc/kubernetes/admin.conf"), "apply")) == 2
     assert "was refused" in result.stderr
     assert master.fake.cluster()["nodes"] == {MASTER: "Ready"}
-    assert master.fake.calls("systemctl", "start") == [["start", "pi-image-tokend.service"]]
+    assert master.fake.calls("systemctl", "start", "pi-image-tokend.service") == [["start", "pi-image-tokend.service"]]

@@ -77,7 +77,7 @@ def test_local_setup_loads_modules_sets_sysctls_turns_swap_off_and_holds_package
         assert (root / "proc/sys" / switch).read_text().strip() == "1"
     assert join_lab.fake.calls("swapoff") == [["-a"]]
     assert join_lab.fake.calls("apt-mark") == [["hold", "kubelet", "kubeadm", "kubectl"]]
-    assert ["enable", "kubelet"] in join_lab.fake.calls("systemctl")
+    assert ["enable", "--no-reload", "kubelet"] in join_lab.fake.calls("systemctl")
 
 
 def test_missing_kube_packages_are_installed_before_joining(join_lab):

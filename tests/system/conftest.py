@@ -311,7 +311,8 @@ def _lab(kind, node_build, base: Path, name: str, session):
 
 def boot_figures(test: str, number: int, guest, report: dict | None) -> dict:
     """How long a power-on took: QEMU start to the agent's milestones that the test watched for (host clock);
-    systemd start and kernel start to the agent's exit (the guest's monotonic clock, from its report)."""
+    systemd start and kernel start to the agent's exit, systemd start to the agent's start and to network-online.target
+    (the guest's monotonic clock, from its report)."""
     entry = {"test": test, "boot": number, "qemu_seconds": round(guest.elapsed(), 1)}
     for pattern, name in MILESTONES.items():
         if pattern in guest.seen:
@@ -324,6 +325,9 @@ def boot_figures(test: str, number: int, guest, report: dict | None) -> dict:
         entry["systemd_start_to_agent_done"] = round((exited - userspace) / 1e6, 1)
         entry["systemd_start_to_agent_start"] = round(
             (int(unit["ExecMainStartTimestampMonotonic"]) - userspace) / 1e6, 1)
+        online = int((report or {}).get("network_online", {}).get("ActiveEnterTimestampMonotonic") or 0)
+        if online:
+            entry["systemd_start_to_network_online"] = round((online - userspace) / 1e6, 1)
     return entry
 
 

@@ -91,6 +91,26 @@ def test_images_are_imported_once_and_a_reboot_imports_nothing(tmp_path):
     assert len(commands.imports()) == 2, "the stamp holds across a reboot"
 
 
+def test_a_first_import_lists_containerds_images_once_after_importing(tmp_path):
+    write_bundle(tmp_path)
+    commands = FakeContainerd()
+
+    Bundle(str(tmp_path)).import_images(commands, "/run/containerd/containerd.sock")
+
+    ctr = [call for call in commands.calls if call[0] == "ctr"]
+    assert ["import" in call for call in ctr] == [True, True, False] and ctr[-1][-3:] == ["images", "ls", "-q"]
+
+
+def test_an_import_a_power_cut_interrupted_is_done_again_whole(tmp_path):
+    write_bundle(tmp_path)
+    commands = FakeContainerd()
+    commands.images.add(IMAGES[0])  # imported before the power went
+
+    Bundle(str(tmp_path)).import_images(commands, "/run/containerd/containerd.sock")
+
+    assert len(commands.imports()) == 2 and commands.images == set(IMAGES)
+
+
 def test_an_image_the_import_lost_is_named(tmp_path):
     write_bundle(tmp_path)
     commands = FakeContainerd(drop=[IMAGES[1]])

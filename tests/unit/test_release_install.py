@@ -286,7 +286,7 @@ def test_on_the_release_path_apt_installs_the_runtime_and_dependencies_and_relea
     [install_call] = [call for call in commands.calls if call[:2] == ["apt-get", "install"]]
     assert install_call[-3:] == ["containerd", "conntrack", "socat"]
     assert not [call for call in commands.calls if call[0] == "apt-mark"], "no kube package to hold"
-    assert ["systemctl", "enable", "kubelet"] in commands.calls
+    assert ["systemctl", "enable", "--no-reload", "kubelet"] in commands.calls
     assert (tmp_path / "usr/local/bin/kubelet").read_bytes() == ASSETS["kubelet"]
 
 
