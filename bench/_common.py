@@ -51,10 +51,12 @@ def workdir(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
 
 def pi_image_env(work: Path) -> dict[str, str]:
     """The environment of a `pi-image` run: this checkout, the cache WORK/cache, fixed timestamps, and no default
-    cluster (a build or flash without --cluster would use and record into the developer's own)."""
-    env = {k: v for k, v in os.environ.items() if k != "PI_IMAGE_CLUSTER"}
+    cluster (a build or flash without --cluster would use and record into the developer's own). Its bytecode is
+    kept in WORK/pycache whatever PYTHONDONTWRITEBYTECODE says: an installed pi-image starts from compiled modules
+    (pip compiles them at install), so a run that compiled every source again would time what no user waits for."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PI_IMAGE_CLUSTER", "PYTHONDONTWRITEBYTECODE")}
     return {**env, "PYTHONPATH": str(REPO), "PI_IMAGE_CACHE": str(work / "cache"), "SOURCE_DATE_EPOCH": EPOCH,
-            "XDG_CONFIG_HOME": str(work / "config")}
+            "XDG_CONFIG_HOME": str(work / "config"), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
 
 
 def pi_image(work: Path, *args: str | Path) -> tuple[float, subprocess.CompletedProcess[str]]:

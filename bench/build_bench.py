@@ -17,7 +17,9 @@ Phases (medians of --runs, builds, copies and peers interleaved so that all see 
   breakdown   one build under cProfile: where the time goes (copy, plan, edits, fsck, checksum, start-up)
   fleet       pi-image build --cluster DIR --all for --nodes inventory nodes (0: skipped): total time and bytes on
               disk, against --nodes copies with cp (the floor again)
-Every build logs in with the tests' SSH key and trusts their stand-in apt key (tests/data), so it runs offline.
+Every build logs in with the tests' SSH key and trusts their stand-in apt key (tests/data), so it runs offline. Every
+pi-image run starts from compiled bytecode (kept in WORK/pycache, written by the first, untimed build), as an
+installed pi-image does.
 Goals (issue 28): build / peer <= 1.0x, build / (cp + sync) <= 1.3x. The base is made once and kept in --workdir
 (its SHA-256 and chunk digests are cached by pi-image after the first, untimed, build, as for a user who builds
 several nodes from one download). --files adds that many small files (1-16 KiB, 1000 per directory) to the root.
