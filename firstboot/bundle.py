@@ -4,7 +4,9 @@ network but the cluster's.
     /var/lib/pi-image/bundle/bundle.json      Kubernetes release, platform, sandbox image; each file with its SHA-256
     /var/lib/pi-image/bundle/debs/*.deb       installed by dpkg from these files only (apt-get with no source if
                                               dpkg alone cannot: nothing to download either way); their data.tar
-                                              is uncompressed (the build host decompressed it: dpkg only copies)
+                                              is uncompressed (the build host decompressed it: dpkg only copies).
+                                              None when the build host's dpkg unpacked them into the image
+                                              (bundle.json: "unpacked"): `dpkg --configure -a` finishes those
     /var/lib/pi-image/bundle/images/*.tar     OCI archives (one holding every image; older cards: one each),
                                               imported into containerd's k8s.io namespace once
     /var/lib/pi-image/bundle/release/*        kube_install release: the upstream assets (kubeadm, kubelet, kubectl,
@@ -57,9 +59,10 @@ class Bundle(object):
         return [self._checked(entry) for entry in self.manifest.get("packages", [])]
 
     def debs(self):
-        """The bundle's .debs as (package, version, checked absolute path): what dpkg has decides what it needs."""
+        """The bundle's .debs as (package, version, checked absolute path): what dpkg has decides what it needs.
+        Packages the build host unpacked into the image are not among them: `dpkg --configure -a` configures those."""
         return [(entry.get("package"), entry.get("version"), self._checked(entry))
-                for entry in self.manifest.get("packages", [])]
+                for entry in self.manifest.get("packages", []) if entry.get("unpacked") is not True]
 
     def release_file(self, name):
         """The checked path of the release asset `name` (its upstream file name), or None if the bundle has none."""

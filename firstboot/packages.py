@@ -16,9 +16,11 @@ package exists) are kept: --force-confold, never a prompt. DEBIAN_FRONTEND=nonin
 The offline bundle's .debs are a closed set the build resolved against this image: one `dpkg --install` of those not
 installed at their version yet, no resolver (apt-get spends seconds of a Pi's first boot loading its cache for
 nothing there); when dpkg alone cannot (a Pre-Depends between two of them, an image changed since its build),
-apt-get installs the same files. While packages install, man-db's trigger is paused (its cached debconf answer
-/var/lib/man-db/auto-update moved aside and put back after, also by the next run if this one was killed): rebuilding
-the manual's index costs a Pi tens of seconds on every install, and the daily man-db.timer does it anyway.
+apt-get installs the same files. Packages the build host's dpkg already unpacked into the image (bundle.json's
+"unpacked") are only configured, by the `dpkg --configure -a` that comes first. While packages install or configure,
+man-db's trigger is paused (its cached debconf answer /var/lib/man-db/auto-update moved aside and put back after, also
+by the next run if this one was killed): rebuilding the manual's index costs a Pi tens of seconds on every install,
+and the daily man-db.timer does it anyway.
 """
 
 import contextlib
@@ -78,22 +80,23 @@ class Apt(object):
             self._apt_install(packages, local_options)
 
     def install_files(self, debs, local_options):
-        """Finish what a power cut interrupted, then install the offline bundle's `debs` ((package, version, checked
-        .deb path) each) that are not installed at their version yet with one `dpkg --install`; if dpkg alone
-        cannot, apt-get installs them with `local_options` (no source, no download)."""
-        self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"]))
-        wanted = self._not_installed(debs)
-        if not wanted:
-            return
-        log.info("installing %s with dpkg", " ".join(os.path.basename(path) for path in wanted))
+        """Finish what a power cut interrupted and configure what the build host unpacked (`dpkg --configure -a`),
+        then install the offline bundle's `debs` ((package, version, checked .deb path) each) that are not installed
+        at their version yet with one `dpkg --install`; if dpkg alone cannot, apt-get installs them with
+        `local_options` (no source, no download)."""
         started = self.clock()
         with self._man_db_paused():
-            result = self.run(["dpkg", KEEP_OUR_CONFFILES, "--install"] + wanted, timeout=3600)
-            if not result.ok:
-                log.info("dpkg could not install the bundle's packages by itself (%s); apt-get orders them",
-                         result.summary(300))
-                self._apt_install(wanted, local_options)
-        log.info("%d packages of the bundle installed in %.1f s", len(wanted), self.clock() - started)
+            self._checked(self.run(["dpkg", KEEP_OUR_CONFFILES, "--configure", "-a"], timeout=3600))
+            wanted = self._not_installed(debs)
+            if wanted:
+                log.info("installing %s with dpkg", " ".join(os.path.basename(path) for path in wanted))
+                result = self.run(["dpkg", KEEP_OUR_CONFFILES, "--install"] + wanted, timeout=3600)
+                if not result.ok:
+                    log.info("dpkg could not install the bundle's packages by itself (%s); apt-get orders them",
+                             result.summary(300))
+                    self._apt_install(wanted, local_options)
+        log.info("the bundle's packages are installed (%d from .debs) in %.1f s", len(wanted),
+                 self.clock() - started)
 
     def _not_installed(self, debs):
         """The paths of `debs` whose package is not installed ("ii"/"hi") at exactly that version."""

@@ -78,12 +78,33 @@ def test_the_card_carries_the_exact_closure_apt_resolved_for_the_image(built):
                         "kubernetes-cni": "1.5.1-1.1", "kubelet": "1.31.4-1.1", "kubeadm": "1.31.4-1.1",
                         "kubectl": "1.31.4-1.1"}, "the newest 1.31 patch; libseccomp2 is in the image already"
     assert bundle["kubernetes"] == "1.31.4" and bundle["platform"] == "linux/arm64"
+    assert all(entry["unpacked"] for entry in bundle["packages"]), "this host's dpkg unpacked them into the image"
     root = Card(output).root
-    for entry in bundle["packages"] + bundle["images"]:
+    for entry in bundle["images"]:
         data = root.read(f"{BUNDLE}/{entry['file']}")
         assert data is not None and hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
         assert len(data) == entry["size"]
     assert "Pin: version 1.31.4-*" in root.text("/etc/apt/preferences.d/kubernetes"), "pinned to the bundle's patch"
+
+
+def test_the_packages_are_unpacked_in_the_image_as_dpkg_leaves_them_for_the_node_to_configure(built, tmp_path):
+    _, output, _ = built
+    root = Card(output).root
+    admin = tmp_path / "dpkg"
+    (admin / "info").mkdir(parents=True)
+    (admin / "status").write_bytes(root.read("/var/lib/dpkg/status"))
+    for package in ("containerd", "kubeadm"):
+        (admin / "info" / f"{package}.list").write_bytes(root.read(f"/var/lib/dpkg/info/{package}.list"))
+    listed = tool("dpkg-query", f"--admindir={admin}", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n",
+                  "containerd", "kubeadm", "libseccomp2").stdout.decode().splitlines()
+    listing = tool("dpkg-query", f"--admindir={admin}", "-L", "containerd").stdout.decode().split()
+
+    assert sorted(line.split()[0] + " " + line.split()[2] for line in listed) == \
+        ["containerd iU", "kubeadm iU", "libseccomp2 ii"], "unpacked: the node's dpkg --configure -a finishes them"
+    assert "/usr/share/doc/containerd/README" in listing
+    assert root.read("/usr/share/doc/containerd/README") is not None
+    assert "debs" not in root.listdir(BUNDLE), "no .deb beside its own files"
+    assert tool("e2fsck", "-fn", root.spec).returncode == 0
 
 
 def test_the_card_carries_every_image_for_its_platform_with_the_registrys_digests(built, registry, tmp_path):
@@ -125,7 +146,7 @@ def test_the_manifest_and_summary_say_what_the_bundle_adds(built):
     assert manifest["bundle"]["kubernetes"] == "1.31.4" and manifest["bundle"]["size"] > 0
     assert manifest["kubernetes_release"] == "1.31.4"
     listed = {entry["path"] for entry in manifest["files"]}
-    assert all(f"{BUNDLE}/{entry['file']}" in listed for entry in manifest["bundle"]["packages"])
+    assert {"/var/lib/dpkg/status", "/var/lib/dpkg/info/containerd.list"} <= listed
     assert "offline     7 packages and 5 images on the card" in proc.stdout
     inspected = succeeded(built[0]("inspect", output)).stdout
     assert "offline         yes: 7 packages and 5 images for linux/arm64" in inspected

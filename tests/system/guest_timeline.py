@@ -16,7 +16,7 @@ DPKG_LOG = "/var/log/dpkg.log"
 # The agent's log lines that open each phase (regular expressions), in order: the first line after the previous
 # phase's that matches starts it; a phase the boot did not have is left out.
 PHASES = (("install packages", r"from the card's bundle \(no network\)"),
-          ("release binaries, runtime check", r"packages? of the bundle installed|: installed "),
+          ("release binaries, runtime check", r"bundle's packages are installed|: installed "),
           ("start the runtime", "starting containerd"),
           ("import images", "answers on"),
           ("hold, enable, versions", r"image\(s\) of the bundle are in containerd"),

@@ -16,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PACKAGES=(debootstrap qemu-system-x86 e2fsprogs mtools dosfstools fdisk apt-utils gnupg skopeo docker-registry
-          busybox-static socat)
+          busybox-static socat fakeroot)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -217,3 +217,35 @@ def test_a_runtime_that_does_not_answer_after_its_install_is_restarted(tmp_path)
     setup.install_packages()
 
     assert ["systemctl", "restart", "containerd"] in node.calls
+
+
+class ConfiguringNode(FakeNode):
+    """FakeNode that also looks at man-db's flag while `dpkg --configure` runs."""
+
+    def __init__(self, root):
+        FakeNode.__init__(self, root)
+        self.man_db_flag_during_configure = []
+
+    def run(self, argv, input_text=None, timeout=None):
+        if "--configure" in argv:
+            self.man_db_flag_during_configure.append((self.root / MAN_DB_AUTO_UPDATE.lstrip("/")).exists())
+        return FakeNode.run(self, argv, input_text, timeout)
+
+
+def test_packages_the_build_host_unpacked_are_configured_by_dpkg_with_man_db_paused_and_nothing_installed(tmp_path):
+    directory = tmp_path / BUNDLE_DIR.lstrip("/")
+    directory.mkdir(parents=True)
+    (directory / "bundle.json").write_text(json.dumps({
+        "kubernetes": "1.31.4", "platform": "linux/amd64", "images": [],
+        "packages": [{"package": package, "version": version, "unpacked": True} for package, version in DEBS]}))
+    flag = tmp_path / MAN_DB_AUTO_UPDATE.lstrip("/")
+    flag.parent.mkdir(parents=True)
+    flag.write_text("")
+    node = ConfiguringNode(tmp_path)
+
+    setup_for(tmp_path, node).install_packages()
+
+    assert ["dpkg", "--force-confold", "--configure", "-a"] in node.calls
+    assert node.man_db_flag_during_configure == [False]
+    assert not [call for call in node.calls if "--install" in call or call[0] == "apt-get"]
+    assert flag.exists()

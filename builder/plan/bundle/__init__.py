@@ -4,7 +4,8 @@ image names): every package and container image a node needs, made on the build 
     BUNDLE_DIR/bundle.json     what the bundle holds: Kubernetes release, platform, each .deb and image with its
                                SHA-256 (firstboot/bundle.py reads it at first boot)
     BUNDLE_DIR/debs/*.deb      the exact closure apt resolved for this image (apt.py): runtime + kube packages,
-                               each with its data.tar decompressed (debs.py: the node's dpkg only copies)
+                               each with its data.tar decompressed (debs.py: the node's dpkg only copies); none
+                               when the host's dpkg unpacked them into the image (unpack.py: the node configures)
     BUNDLE_DIR/images/*.tar    one OCI archive of every image for the node's platform (images.py: one import)
 
 The host keeps what it fetched under CACHE/bundles/ and reuses it, so a warm cache builds with no network:

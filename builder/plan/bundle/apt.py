@@ -47,10 +47,15 @@ class Deb:
     path: Path
 
 
+def status_stanzas(status: str) -> list[dict[str, str]]:
+    """dpkg's status file as one {field: value} per package (continuation lines left out)."""
+    return [dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+            for stanza in status.split("\n\n")]
+
+
 def dpkg_architecture(status: str, where: str) -> str:
     """The image's native architecture: that of its dpkg package."""
-    for stanza in status.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+    for fields in status_stanzas(status):
         if fields.get("Package") == "dpkg" and fields.get("Architecture"):
             return fields["Architecture"]
     raise UserError(f"{where}: its dpkg status names no dpkg package, so its architecture is unknown: is this a "

@@ -39,6 +39,9 @@ class BundleRequest:
     # kube_install: release: {asset file name: (URL this host fetches it from, its SHA-256)}; the node's kubeadm,
     # kubelet and kubectl are these (with crictl and the CNI plugins), so apt fetches the runtime's closure only
     release_assets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # bundle.json's package entries of a bundle the build host already unpacked into this image (an image built
+    # with --offline, being stamped): nothing to resolve, they are there
+    unpacked: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -49,11 +52,12 @@ class Bundle:
     files: dict[str, Path]
     manifest: dict[str, Any]
     grown_by: int = 0  # bytes the image's root filesystem was grown by to hold it
+    unpacked: int = 0  # bytes of its packages' files, unpacked into the image on the build host (unpack.py)
 
     @property
     def size(self) -> int:
         """Bytes the bundle adds to the image."""
-        return sum(path.stat().st_size for path in self.files.values())
+        return self.unpacked + sum(path.stat().st_size for path in self.files.values())
 
 
 def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: Path | None = None,
@@ -67,7 +71,11 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
     try:
         tree = AptTree(work / "apt", view, request.package_mirrors, where, request.source_placeholders)
         oci.platform(tree.arch)  # an architecture with no images is refused before anything is fetched
-        release, debs = _packages(tree, request, cache / "packages" / _tree_key(tree, request), work, log)
+        if request.unpacked:
+            assert request.release, "an image's unpacked bundle names its release"
+            release, debs = request.release, dict[str, Path]()
+        else:
+            release, debs = _packages(tree, request, cache / "packages" / _tree_key(tree, request), work, log)
         archives = _images(request, release, tree.arch, cache / "images", work, log)
         combined = _combined(archives, cache / "images" / "sets", work)
         assets = _release_assets(request, cache / "release", work, fetch, log)
@@ -80,8 +88,8 @@ def make_bundle(view: PlanView, request: BundleRequest, where: str, cache_dir: P
         "kubernetes": release, "architecture": tree.arch,
         "platform": "linux/" + "/".join(filter(None, oci.platform(tree.arch))),
         "sandbox_image": oci.pause_image(release),
-        "packages": [{"file": f"debs/{name}", **_deb_fields(name), **_listed_digest(path)}
-                     for name, path in sorted(debs.items())],
+        "packages": list(request.unpacked) or [{"file": f"debs/{name}", **_deb_fields(name), **_listed_digest(path)}
+                                               for name, path in sorted(debs.items())],
         "images": [{"reference": reference, "digest": digest, "file": f"images/{combined.name}",
                     **_listed_digest(combined)} for reference, (_, digest) in archives.items()],
     }
