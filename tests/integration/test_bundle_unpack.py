@@ -116,3 +116,11 @@ def test_an_image_is_taken_as_already_unpacked_only_when_its_dpkg_has_each_packa
     assert not unpack.already_unpacked(view, [("tool", "2.0")]), "another version: made again"
     assert not unpack.already_unpacked(view, [("other", "1.0")]), "a bundle.json a base carries proves nothing"
     assert not unpack.already_unpacked(view, [])
+
+
+def test_an_image_whose_dpkg_database_is_too_large_keeps_the_debs_for_the_node(tmp_path, monkeypatch):
+    view = image_root(tmp_path)
+    monkeypatch.setattr(unpack, "DATABASE_LIMIT", 100)
+
+    assert unpack.why_not(view, {"tool": deb(tmp_path, "tool")}) == \
+        "the image's dpkg database (/var/lib/dpkg) holds 0 MiB, more than 0 MiB"

@@ -32,7 +32,8 @@ from .apt import status_stanzas
 DPKG_DIR = "/var/lib/dpkg"
 # what dpkg keeps for itself, or what this run changed for this host only: never copied into the image
 _NOT_COPIED = {"arch", "status-old", "available-old", "diversions-old", "statoverride-old", "lock", "lock-frontend",
-               "triggers/Lock", "cmethopt"}
+               "triggers/Lock"}
+DATABASE_LIMIT = 256 << 20  # bytes of an image's dpkg database read into STAGING (a real one: tens of MiB)
 
 
 @dataclass
@@ -68,6 +69,9 @@ def why_not(view: PlanView, debs: dict[str, Path]) -> str | None:
     there = [package for package in debs if package in listed]
     if there:
         return f"the image has {there[0]} already (a reinstall would run its scripts)"
+    size = sum(_files_below(view, DPKG_DIR).values())
+    if size > DATABASE_LIMIT:
+        return f"the image's dpkg database ({DPKG_DIR}) holds {size >> 20} MiB, more than {DATABASE_LIMIT >> 20} MiB"
     with_preinst = [path.name for path in debs.values() if "preinst" in _control_members(path)]
     if with_preinst:
         return f"{with_preinst[0]} has a preinst, which only the node may run"
@@ -158,7 +162,7 @@ def _changes(view: PlanView, staging: Path, original: dict[str, bytes], owners: 
             if stat.S_ISLNK(entry.st_mode):
                 changes.links[path] = os.readlink(here / name)
             elif stat.S_ISDIR(entry.st_mode):
-                if path != "/var/lib/dpkg" and view.lstat("root", path) is None:
+                if view.lstat("root", path) is None:
                     changes.directories[path] = (mode, uid, gid)
             else:
                 changes.files[path] = ((here / name).read_bytes(), mode, uid, gid)

@@ -88,9 +88,9 @@ def _unpack(ctx: BuildContext, bundle: Bundle) -> Bundle:
     """The bundle with its .debs unpacked into the image by the host's dpkg (bundle/unpack.py), so that the node only
     configures them; as it is, with the reason said, when they cannot be."""
     debs = {name: path for name, path in bundle.files.items() if name.startswith("debs/")}
-    entries = {entry["file"]: entry for entry in bundle.manifest["packages"]}
     if not debs:
         return bundle
+    entries = {entry["file"]: entry for entry in bundle.manifest["packages"]}
     reason = unpack.why_not(ctx.view, {entries[name]["package"]: path for name, path in debs.items()})
     if reason is not None:
         _say(f"the bundle's packages go on the card as .debs, unpacked at first boot: {reason}")
